@@ -1,0 +1,1 @@
+"""durafsd: the durafs service (supervisor, scheduler, udev watcher, media requests)."""

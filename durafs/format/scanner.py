@@ -1,0 +1,209 @@
+"""Walk a volume front to back with no index: for verify and for rebuilding a lost index.
+
+The scanner checks everything it passes — tar checksums, zero padding, every frame against
+its chunk id, every member against the manifest, the manifest against the seal — and on
+the first damage it reports where and stops, having already yielded everything before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+
+from durafs.errors import DurafsError, FormatError, IntegrityError, TruncatedError
+from durafs.format import tarfmt
+from durafs.format.frames import codec_for_thread
+from durafs.format.header import (
+    DATA_MEMBER_PREFIX,
+    HEADER_MEMBER,
+    MANIFEST_MEMBER,
+    SEAL_MEMBER,
+    ChunkEntry,
+    Manifest,
+    MemberEntry,
+    VolumeHeader,
+    check_version,
+    loads,
+    parse_manifest_lines,
+)
+from durafs.format.reader import Identity, ReadAt, VolumeReader, decompress_manifest
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedChunk:
+    """A frame found in a data member, decompressed and checked against its id."""
+
+    id: bytes
+    offset: int
+    length: int
+    size: int
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedMember:
+    """A non-chunk member (header, catalog tree, index copy): where its data lies."""
+
+    name: str
+    offset: int
+    size: int
+    blake3: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ScanDamage:
+    """The scan stopped here: *offset* in the plaintext stream and what was wrong."""
+
+    offset: int
+    message: str
+
+
+ScanEvent = VolumeHeader | ScannedChunk | ScannedMember | Manifest | ScanDamage
+
+
+def scan_volume(
+    read_at: ReadAt,
+    *,
+    identities: Sequence[Identity] = (),
+    size: int | None = None,
+    name: str = "volume",
+    catalog_id: str | None = None,
+) -> Iterator[ScanEvent]:
+    """Yield the header, then chunks and members in order, then the verified manifest.
+
+    On damage, yields one ScanDamage and stops. Opening errors (wrong key, foreign catalog,
+    unknown version) are raised, not yielded: nothing can be read at all then.
+    """
+    reader = VolumeReader(
+        read_at, identities=identities, size=size, name=name, catalog_id=catalog_id
+    )
+    yield reader.header
+    walker = _Walker(reader)
+    try:
+        yield from walker.walk()
+    except DurafsError as exc:
+        yield ScanDamage(walker.pos, str(exc))
+
+
+class _Walker:
+    def __init__(self, reader: VolumeReader) -> None:
+        self.reader = reader
+        self.name = reader.name
+        self.key = reader.header.id_key
+        self.pos = 0
+        self.chunks: dict[int, ScannedChunk] = {}
+        self.members: dict[str, ScannedMember] = {}
+        self.seal: dict[str, object] | None = None
+
+    def walk(self) -> Iterator[ScannedChunk | ScannedMember | Manifest]:
+        manifest_data = b""
+        while True:
+            block = self._read_exact(tarfmt.BLOCK)
+            parsed = tarfmt.parse_block(block, self.pos - tarfmt.BLOCK)
+            if parsed is None:
+                self._check_end()
+                break
+            member, typeflag, size = parsed
+            if typeflag not in (b"0", b"\0"):
+                raise FormatError(f"{self.name}: unexpected tar member type {typeflag!r}")
+            if member.startswith(DATA_MEMBER_PREFIX):
+                yield from self._data_member(member, size)
+            elif member == SEAL_MEMBER:
+                self.seal = loads(self._read_exact(size), f"{self.name} seal")
+            else:
+                scanned, data = self._plain_member(member, size)
+                if member == MANIFEST_MEMBER:
+                    manifest_data = data
+                elif member != HEADER_MEMBER:
+                    yield scanned
+            self._check_padding(size)
+        yield self._verify_manifest(manifest_data)
+
+    def _read_exact(self, length: int) -> bytes:
+        data = self.reader._read(self.pos, length)
+        if len(data) != length:
+            raise TruncatedError(f"{self.name}: volume is truncated at offset {self.pos + len(data)}")
+        self.pos += length
+        return data
+
+    def _check_padding(self, size: int) -> None:
+        pad = tarfmt.padding(size)
+        if pad and self._read_exact(pad) != bytes(pad):
+            raise IntegrityError(f"{self.name}: damaged padding at offset {self.pos - pad}")
+
+    def _check_end(self) -> None:
+        if self._read_exact(tarfmt.BLOCK) != bytes(tarfmt.BLOCK):
+            raise IntegrityError(f"{self.name}: damaged end-of-archive block")
+        if self.reader._read(self.pos, 1):
+            raise FormatError(f"{self.name}: unexpected bytes after the end of the archive")
+
+    def _plain_member(self, member: str, size: int) -> tuple[ScannedMember, bytes]:
+        # Only the manifest's bytes are kept (it is parsed at the end); other members
+        # (catalog trees, index copies) may be large and are hashed piece by piece.
+        start = self.pos
+        hasher = blake3.blake3(key=self.key)
+        kept: list[bytes] = []
+        remaining = size
+        while remaining:
+            piece = self._read_exact(min(remaining, 1 << 20))
+            hasher.update(piece)
+            if member == MANIFEST_MEMBER:
+                kept.append(piece)
+            remaining -= len(piece)
+        scanned = ScannedMember(member, start, size, hasher.digest())
+        self.members[member] = scanned
+        return scanned, b"".join(kept)
+
+    def _data_member(self, member: str, size: int) -> Iterator[ScannedChunk]:
+        start = self.pos
+        data = self._read_exact(size)
+        codec = codec_for_thread(self.key)
+        pos = 0
+        while pos < size:
+            dobj = zstandard.ZstdDecompressor().decompressobj()
+            try:
+                plain = dobj.decompress(data[pos:])
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(
+                    f"{self.name}: damaged frame in {member} at offset {start + pos} ({exc})"
+                ) from exc
+            if not dobj.eof:
+                raise IntegrityError(f"{self.name}: incomplete frame in {member} at {start + pos}")
+            length = size - pos - len(dobj.unused_data)
+            chunk = ScannedChunk(codec.chunk_id(plain), start + pos, length, len(plain), member)
+            self.chunks[chunk.offset] = chunk
+            yield chunk
+            pos += length
+
+    def _verify_manifest(self, data: bytes) -> Manifest:
+        what = f"{self.name} manifest"
+        scanned = self.members.get(MANIFEST_MEMBER)
+        if self.seal is None or scanned is None:
+            raise TruncatedError(f"{self.name}: no manifest or seal (truncated volume)")
+        check_version(self.seal, f"{self.name} seal")
+        if self.seal.get("manifest_blake3") != scanned.blake3.hex():
+            raise IntegrityError(f"{what}: damaged (hash does not match the seal)")
+        manifest = parse_manifest_lines(decompress_manifest(data, what), self.name)
+        for entry in manifest.chunks:
+            self._check_chunk(entry)
+        for member_entry in manifest.members:
+            self._check_member(member_entry)
+        if len(manifest.chunks) != len(self.chunks) or self.seal.get("chunks") != len(self.chunks):
+            raise IntegrityError(f"{what}: lists a different number of chunks than the volume holds")
+        return manifest
+
+    def _check_chunk(self, entry: ChunkEntry) -> None:
+        found = self.chunks.get(entry.offset)
+        if found is None or found.id != entry.id or found.length != entry.length:
+            raise IntegrityError(
+                f"{self.name}: chunk {entry.id.hex()[:16]} at offset {entry.offset} "
+                "does not match the manifest"
+            )
+
+    def _check_member(self, entry: MemberEntry) -> None:
+        found = self.members.get(entry.name)
+        if found is None or found.blake3 != entry.blake3 or found.offset != entry.offset:
+            raise IntegrityError(f"{self.name}: member {entry.name} does not match the manifest")

@@ -1,0 +1,231 @@
+"""Streaming volume writer: header, data members, manifest and seal, front to back.
+
+Memory stays bounded: only the data member being filled (about ``member_target`` bytes)
+and the compressed manifest (spilled to a temporary file past a few MiB) are held.
+Nothing is ever sought back to, so the same writer feeds a file, a tape or an upload.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+import blake3
+import zstandard
+
+from durafs.format import age, tarfmt
+from durafs.format.frames import StoredChunk
+from durafs.format.header import (
+    DATA_MEMBER_PREFIX,
+    FORMAT_VERSION,
+    HEADER_MEMBER,
+    MANIFEST_MEMBER,
+    SEAL_MEMBER,
+    SEAL_SIZE,
+    ChunkEntry,
+    MemberEntry,
+    VolumeHeader,
+    dumps,
+)
+
+#: Data members are closed once they reach this size: large enough that per-member tar
+#: overhead (1 KiB at most) is noise, small enough to bound the writer's memory.
+MEMBER_TARGET = 8 * 1024 * 1024
+_COPY = 1024 * 1024
+
+
+class Sink(Protocol):
+    def write(self, data: bytes | memoryview, /) -> object: ...
+
+
+class _CountingSink:
+    """Counts the bytes that really reach the medium (ciphertext when encrypted)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.count = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.sink.write(data)
+        self.count += len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeSummary:
+    """What finishing a volume produced: sizes and the manifest counts."""
+
+    volume_id: str
+    plain_size: int
+    stored_size: int
+    chunks: int
+    members: int
+
+
+class VolumeWriter:
+    """Writes one volume to *sink*; ``add_chunk`` returns where each chunk landed.
+
+    Not thread-safe: one pipeline stage owns the writer and feeds it chunks that worker
+    threads already hashed and compressed (``ChunkCodec.encode``). Offsets are in the
+    volume's plaintext stream; with encryption the reader maps them through age.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        header: VolumeHeader,
+        recipients: Sequence[age.X25519Recipient | age.ScryptRecipient] = (),
+        *,
+        member_target: int = MEMBER_TARGET,
+    ) -> None:
+        self.header = header
+        self._counter = _CountingSink(sink)
+        self._age = age.AgeWriter(self._counter, recipients) if recipients else None
+        self._out: Sink = self._age if self._age is not None else self._counter
+        self._mtime = header.created_ns // 1_000_000_000
+        self._member_target = member_target
+        self.pos = 0
+        self._members = 0
+        self._chunks = 0
+        self._pending: list[bytes] = []
+        self._pending_chunks: list[tuple[StoredChunk, tuple[tuple[bytes, int], ...]]] = []
+        self._pending_size = 0
+        self._manifest_file = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)
+        self._manifest = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
+            self._manifest_file, closefd=False
+        )
+        self._record(
+            {"t": "manifest", "format": FORMAT_VERSION, "volume_id": header.volume_id}
+        )
+        self.add_member(HEADER_MEMBER, header.to_json())
+
+    # -- public -----------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Plaintext bytes the volume has so far, counting the member being filled."""
+        return self.pos + (tarfmt.BLOCK + self._pending_size if self._pending else 0)
+
+    def add_chunk(self, chunk: StoredChunk, files: Sequence[tuple[bytes, int]] = ()) -> int:
+        """Append one stored chunk; return the plaintext offset of its frame.
+
+        *files* names the file pieces the chunk is: (path, offset in that file).
+        """
+        if self._pending and self._pending_size + len(chunk.frame) > self._member_target:
+            self._flush_member()
+        offset = self.pos + tarfmt.BLOCK + self._pending_size
+        self._pending.append(chunk.frame)
+        self._pending_chunks.append((chunk, tuple(files)))
+        self._pending_size += len(chunk.frame)
+        return offset
+
+    def add_member(self, name: str, data: bytes) -> MemberEntry:
+        """Append a whole non-chunk member (catalog tree, index copy) held in memory."""
+        self._flush_member()
+        digest = blake3.blake3(data, key=self.header.id_key).digest()
+        entry = MemberEntry(name, self._write_member(name, [data], len(data)), len(data), digest)
+        self._record(entry.to_record())
+        return entry
+
+    def add_member_file(self, name: str, src: IO[bytes], size: int) -> MemberEntry:
+        """Append a member copied from file *src* (*size* bytes), streaming, hashed on the way."""
+        entry = self._copy_member(name, src, size)
+        self._record(entry.to_record())
+        return entry
+
+    def _copy_member(self, name: str, src: IO[bytes], size: int) -> MemberEntry:
+        self._flush_member()
+        hasher = blake3.blake3(key=self.header.id_key)
+        data_offset = self._write_header(name, size)
+        remaining = size
+        while remaining:
+            piece = src.read(min(_COPY, remaining))
+            if not piece:
+                raise OSError(f"{name}: source ended {remaining} bytes early")
+            hasher.update(piece)
+            self._emit(piece)
+            remaining -= len(piece)
+        self._emit(bytes(tarfmt.padding(size)))
+        return MemberEntry(name, data_offset, size, hasher.digest())
+
+    def finish(self) -> VolumeSummary:
+        """Write the manifest, the seal and the end of the archive; close the encryption."""
+        self._flush_member()
+        self._manifest.flush(zstandard.FLUSH_FRAME)
+        manifest_size = self._manifest_file.tell()
+        self._manifest_file.seek(0)
+        manifest = self._copy_member(MANIFEST_MEMBER, self._manifest_file, manifest_size)
+        self._manifest_file.close()
+        seal = dumps(
+            {
+                "format": FORMAT_VERSION,
+                "volume_id": self.header.volume_id,
+                "manifest_off": manifest.offset,
+                "manifest_len": manifest.size,
+                "manifest_blake3": manifest.blake3.hex(),
+                "chunks": self._chunks,
+                "members": self._members,
+            }
+        )
+        if len(seal) > SEAL_SIZE:
+            raise AssertionError("seal record outgrew its block")
+        self._write_member(SEAL_MEMBER, [seal.ljust(SEAL_SIZE, b" ")], SEAL_SIZE)
+        self._emit(tarfmt.END_OF_ARCHIVE)
+        if self._age is not None:
+            self._age.close()
+        return VolumeSummary(
+            self.header.volume_id, self.pos, self._counter.count, self._chunks, self._members
+        )
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _record(self, record: dict[str, object]) -> None:
+        self._manifest.write(dumps(record) + b"\n")
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        self._out.write(data)
+        self.pos += len(data)
+
+    def _write_header(self, name: str, size: int) -> int:
+        self._emit(tarfmt.member_header(name, size, self._mtime))
+        self._members += 1
+        return self.pos
+
+    def _write_member(self, name: str, parts: Sequence[bytes], size: int) -> int:
+        data_offset = self._write_header(name, size)
+        for part in parts:
+            self._emit(part)
+        self._emit(bytes(tarfmt.padding(size)))
+        return data_offset
+
+    def _flush_member(self) -> None:
+        if not self._pending:
+            return
+        name = f"{DATA_MEMBER_PREFIX}{self._members:08d}.zst"
+        header = tarfmt.member_header(name, self._pending_size, self._mtime)
+        if len(header) != tarfmt.BLOCK:
+            raise AssertionError("data member header must be one block")
+        data_offset = self.pos + tarfmt.BLOCK
+        member_offset = member_pos = 0
+        for chunk, files in self._pending_chunks:
+            entry = ChunkEntry(
+                chunk.id, data_offset + member_offset, len(chunk.frame), chunk.size,
+                chunk.raw, name, member_offset, member_pos, files,
+            )
+            self._record(entry.to_record())
+            member_offset += len(chunk.frame)
+            member_pos += chunk.size
+        self._chunks += len(self._pending_chunks)
+        self._write_member(name, self._pending, self._pending_size)
+        self._pending = []
+        self._pending_chunks = []
+        self._pending_size = 0
+
+
+def new_header(
+    catalog_id: str, volume_id: str, kind: str, pool: str, encryption: str, id_key: bytes
+) -> VolumeHeader:
+    """A header stamped with the current time."""
+    return VolumeHeader(catalog_id, volume_id, kind, pool, time.time_ns(), encryption, id_key)

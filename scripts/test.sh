@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up everything (scripts/setup.sh) and runs the whole test suite plus the linter.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k age -x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/ruff check -q durafs daemon tests scripts
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
