@@ -22,9 +22,12 @@ CDC_MAX = 4 * 1024 * 1024
 
 
 def chunker_seed(id_key: bytes) -> int:
-    """A non-zero 64-bit gear seed derived from the id key (zero means "unseeded")."""
+    """A non-zero gear seed derived from the id key (zero means "unseeded").
+
+    62 bits: pyfastcdc shifts the seed left by one into a uint64.
+    """
     digest = blake3.blake3(b"durafs chunker seed", key=id_key).digest()
-    return int.from_bytes(digest[:8], "little") | 1
+    return (int.from_bytes(digest[:8], "little") & (2**62 - 1)) | 1
 
 
 class Chunker:

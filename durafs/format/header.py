@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from durafs.errors import FormatError, ForeignCatalogError, UnsupportedVersionError
+from durafs.errors import ForeignCatalogError, FormatError, UnsupportedVersionError
 
 #: The on-media format this code writes and the only one it reads (docs/FORMAT.md).
 FORMAT_VERSION = 1

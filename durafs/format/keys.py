@@ -18,7 +18,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from durafs.errors import FormatError, ForeignCatalogError, NoIdentityError
+from durafs.errors import ForeignCatalogError, FormatError, NoIdentityError
 from durafs.format import age
 from durafs.format.header import ENCRYPTIONS, FORMAT_VERSION, check_version, dumps, loads
 

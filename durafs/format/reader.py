@@ -61,7 +61,9 @@ class VolumeReader:
         self.encrypted = is_encrypted(read_at)
         if self.encrypted:
             if not identities:
-                raise NoIdentityError(f"{name}: volume is encrypted; its key or passphrase is needed")
+                raise NoIdentityError(
+                    f"{name}: volume is encrypted; its key or passphrase is needed"
+                )
             reader = age.AgeReader(read_at, list(identities), size=size, name=name)
             self._read: ReadAt = reader.read
             self.plain_size = reader.plaintext_size
@@ -83,9 +85,12 @@ class VolumeReader:
 
     def read_chunk(self, offset: int, length: int, size: int, chunk_id: bytes) -> bytes:
         """The plaintext of the chunk whose frame is at *offset*, checked against its id."""
-        frame = self.read(offset, length)
-        codec = codec_for_thread(self.header.id_key)
         what = f"{self.name}: chunk {chunk_id.hex()[:16]} at offset {offset}"
+        try:
+            frame = self.read(offset, length)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{what}: {exc}") from exc
+        codec = codec_for_thread(self.header.id_key)
         return codec.decode(frame, size, chunk_id, what)
 
     def read_member(self, entry: MemberEntry) -> bytes:

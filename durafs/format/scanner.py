@@ -97,6 +97,7 @@ class _Walker:
         self.chunks: dict[int, ScannedChunk] = {}
         self.members: dict[str, ScannedMember] = {}
         self.seal: dict[str, object] | None = None
+        self._data_members = 0
 
     def walk(self) -> Iterator[ScannedChunk | ScannedMember | Manifest]:
         manifest_data = b""
@@ -125,7 +126,9 @@ class _Walker:
     def _read_exact(self, length: int) -> bytes:
         data = self.reader._read(self.pos, length)
         if len(data) != length:
-            raise TruncatedError(f"{self.name}: volume is truncated at offset {self.pos + len(data)}")
+            raise TruncatedError(
+                f"{self.name}: volume is truncated at offset {self.pos + len(data)}"
+            )
         self.pos += length
         return data
 
@@ -158,6 +161,7 @@ class _Walker:
         return scanned, b"".join(kept)
 
     def _data_member(self, member: str, size: int) -> Iterator[ScannedChunk]:
+        self._data_members += 1
         start = self.pos
         data = self._read_exact(size)
         codec = codec_for_thread(self.key)
@@ -184,15 +188,23 @@ class _Walker:
         if self.seal is None or scanned is None:
             raise TruncatedError(f"{self.name}: no manifest or seal (truncated volume)")
         check_version(self.seal, f"{self.name} seal")
-        if self.seal.get("manifest_blake3") != scanned.blake3.hex():
-            raise IntegrityError(f"{what}: damaged (hash does not match the seal)")
+        expected = {
+            "volume_id": self.reader.header.volume_id,
+            "manifest_off": scanned.offset,
+            "manifest_len": scanned.size,
+            "manifest_blake3": scanned.blake3.hex(),
+            "members": len(self.members) + self._data_members,
+            "chunks": len(self.chunks),
+        }
+        if any(self.seal.get(k) != v for k, v in expected.items()):
+            raise IntegrityError(f"{what}: damaged (the seal does not match the volume)")
         manifest = parse_manifest_lines(decompress_manifest(data, what), self.name)
         for entry in manifest.chunks:
             self._check_chunk(entry)
         for member_entry in manifest.members:
             self._check_member(member_entry)
-        if len(manifest.chunks) != len(self.chunks) or self.seal.get("chunks") != len(self.chunks):
-            raise IntegrityError(f"{what}: lists a different number of chunks than the volume holds")
+        if len(manifest.chunks) != len(self.chunks):
+            raise IntegrityError(f"{what}: lists another number of chunks than the volume holds")
         return manifest
 
     def _check_chunk(self, entry: ChunkEntry) -> None:

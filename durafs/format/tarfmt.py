@@ -45,10 +45,12 @@ class MemberHeader:
 
 
 def _checksum_ok(block: bytes) -> bool:
-    try:
-        stored = int(block[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
-    except ValueError:
+    # durafs writes the field as six octal digits, NUL, space (as POSIX tar does); anything
+    # else, even a changed terminator that sums the same, is damage.
+    field = block[148:156]
+    if field[6:] != b"\0 " or not field[:6].isdigit():
         return False
+    stored = int(field[:6], 8)
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
     return stored == unsigned
 

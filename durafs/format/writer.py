@@ -92,7 +92,8 @@ class VolumeWriter:
         self._pending: list[bytes] = []
         self._pending_chunks: list[tuple[StoredChunk, tuple[tuple[bytes, int], ...]]] = []
         self._pending_size = 0
-        self._manifest_file = tempfile.SpooledTemporaryFile(max_size=4 * 1024 * 1024)
+        # Closed in finish(); a volume abandoned mid-way leaves it to the garbage collector.
+        self._manifest_file = tempfile.SpooledTemporaryFile(max_size=4 << 20)  # noqa: SIM115
         self._manifest = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
             self._manifest_file, closefd=False
         )
