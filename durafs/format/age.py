@@ -51,6 +51,7 @@ FILE_KEY_SIZE = 16
 MAX_HEADER_SIZE = 1 << 20  # refuse headers beyond this instead of reading forever
 _MAX_ARG_LINE = 1 << 16
 _OUT_BATCH = 64  # chunks (~4 MiB) per sink.write / dst.write
+_HAS_INTO = hasattr(ChaCha20Poly1305, "decrypt_into")  # cryptography >= 45
 _X25519_INFO = b"age-encryption.org/v1/X25519"
 _SCRYPT_SALT_PREFIX = b"age-encryption.org/v1/scrypt"
 _ZERO_NONCE = bytes(12)
@@ -58,6 +59,8 @@ _WORK_FACTOR_RE = re.compile(rb"[1-9][0-9]*")
 _B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 _SECRET_HRP = "AGE-SECRET-KEY-"
 _RECIPIENT_HRP = "age"
+
+Buffer = bytes | bytearray | memoryview
 
 
 def _p(name: str) -> str:
@@ -435,13 +438,63 @@ def unwrap_file_key(header: Header, identities: Sequence[Identity], name: str = 
 # --------------------------------------------------------------------------- writing
 
 
+class _Sink(Protocol):
+    def write(self, data: Buffer, /) -> object: ...
+
+
+class _Source(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _seal_into(aead: ChaCha20Poly1305, index: int, last: bool, chunk: Buffer, out: Buffer) -> None:
+    # encrypt_into/decrypt_into release the GIL and skip a copy; plain encrypt() holds it
+    if _HAS_INTO:
+        aead.encrypt_into(_chunk_nonce(index, last), chunk, None, out)
+    else:
+        memoryview(out)[:] = aead.encrypt(_chunk_nonce(index, last), chunk, None)
+
+
+def _open_into(aead: ChaCha20Poly1305, index: int, last: bool, piece: Buffer, out: Buffer) -> None:
+    if _HAS_INTO:
+        aead.decrypt_into(_chunk_nonce(index, last), piece, None, out)
+    else:
+        memoryview(out)[:] = aead.decrypt(_chunk_nonce(index, last), piece, None)
+
+
+def _open_chunk(
+    aead: ChaCha20Poly1305, index: int, piece: Buffer, last: bool, name: str, out: Buffer
+) -> None:
+    """Decrypt one chunk into ``out``; a full chunk failing as final is told as a truncation."""
+    try:
+        _open_into(aead, index, last, piece, out)
+        return
+    except InvalidTag:
+        pass
+    if last and len(piece) == CT_CHUNK_SIZE:
+        try:
+            aead.decrypt(_chunk_nonce(index, False), piece, None)
+        except InvalidTag:
+            pass
+        else:
+            raise TruncatedError(
+                f"{_p(name)}age payload ends after chunk {index} without a final chunk"
+            )
+    raise IntegrityError(f"{_p(name)}age payload chunk {index} failed authentication")
+
+
+def _check_piece(index: int, piece_len: int, last: bool, name: str) -> None:
+    if piece_len < TAG_SIZE or (last and index > 0 and piece_len == TAG_SIZE):
+        raise TruncatedError(f"{_p(name)}age payload ends inside chunk {index}")
+
+
 class AgeWriter:
     """Streaming encryption to a binary sink (anything with ``.write(bytes)``).
 
     Memory is bounded: less than one chunk of plaintext is held between calls (a
     full chunk is held back until more data shows it is not the final one), and
-    output goes to the sink in batches of up to ~4 MiB. The sink receives fresh
-    ``bytes`` objects it may keep. The header and nonce are written at once.
+    each call hands the sink at most ~4 MiB at a time, in fresh buffers it may keep.
+    The header and payload nonce are written at construction. ``file_key`` is for
+    callers that need the key up front; the spec forbids reusing one across files.
     """
 
     def __init__(
@@ -457,43 +510,47 @@ class AgeWriter:
         self.header_len = len(header)
         sink.write(header + nonce)
 
-    def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> bytes:
-        sealed = self._aead.encrypt(_chunk_nonce(self._index, last), chunk, None)
-        self._index += 1
-        return sealed
+    def _seal(self, chunks: Sequence[Buffer], last: bool = False) -> bytearray:
+        """Seal consecutive chunks into one new buffer (``last`` flags the final one)."""
+        out = bytearray(sum(len(c) for c in chunks) + TAG_SIZE * len(chunks))
+        view = memoryview(out)
+        pos = 0
+        for i, chunk in enumerate(chunks):
+            end = pos + len(chunk) + TAG_SIZE
+            final = last and i == len(chunks) - 1
+            _seal_into(self._aead, self._index, final, chunk, view[pos:end])
+            self._index += 1
+            pos = end
+        return out
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: Buffer) -> None:
         """Encrypt ``data``; full chunks are sealed now, the tail is buffered."""
         if self._closed:
             raise ValueError("write to a closed AgeWriter")
         view = memoryview(data).cast("B")
         size = len(view)
         pos = 0
-        out: list[bytes] = []
+        chunks: list[Buffer] = []
         if self._buf:
             pos = min(CHUNK_SIZE - len(self._buf), size)
             self._buf += view[:pos]
             if pos == size:
                 return  # a full buffer may still be the final chunk: hold it
-            out.append(self._seal(self._buf, last=False))
-            self._buf.clear()
+            chunks.append(self._buf)
+            self._buf = bytearray()
         while size - pos > CHUNK_SIZE:  # keep 1..CHUNK_SIZE bytes back for the last chunk
-            out.append(self._seal(view[pos : pos + CHUNK_SIZE], last=False))
+            chunks.append(view[pos : pos + CHUNK_SIZE])
             pos += CHUNK_SIZE
-            if len(out) >= _OUT_BATCH:
-                self._sink.write(b"".join(out))
-                out.clear()
         self._buf += view[pos:]
-        if out:
-            self._sink.write(b"".join(out))
+        for i in range(0, len(chunks), _OUT_BATCH):
+            self._sink.write(self._seal(chunks[i : i + _OUT_BATCH]))
 
     def close(self) -> None:
         """Seal the final chunk (empty only if nothing was written). Idempotent."""
-        if self._closed:
-            return
-        self._sink.write(self._seal(self._buf, last=True))
-        self._buf = bytearray()
-        self._closed = True
+        if not self._closed:
+            self._sink.write(self._seal([self._buf], last=True))
+            self._buf = bytearray()
+            self._closed = True
 
     def ciphertext_offset(self, plain_offset: int) -> int:
         """Where plaintext byte ``plain_offset`` lands in the file."""
@@ -508,35 +565,7 @@ class AgeWriter:
             self.close()
 
 
-class _Sink(Protocol):
-    def write(self, data: bytes, /) -> object: ...
-
-
-class _Source(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-
 # --------------------------------------------------------------------------- reading
-
-
-def _open_chunk(aead: ChaCha20Poly1305, index: int, piece: bytes, last: bool, name: str) -> bytes:
-    """Decrypt one chunk; a full chunk failing as final is told apart as a truncation."""
-    if len(piece) < TAG_SIZE or (last and index > 0 and len(piece) == TAG_SIZE):
-        raise TruncatedError(f"{_p(name)}age payload ends inside chunk {index}")
-    try:
-        return aead.decrypt(_chunk_nonce(index, last), piece, None)
-    except InvalidTag:
-        pass
-    if last and len(piece) == CT_CHUNK_SIZE:
-        try:
-            aead.decrypt(_chunk_nonce(index, False), piece, None)
-        except InvalidTag:
-            pass
-        else:
-            raise TruncatedError(
-                f"{_p(name)}age payload ends after chunk {index} without a final chunk"
-            )
-    raise IntegrityError(f"{_p(name)}age payload chunk {index} failed authentication")
 
 
 class AgeReader:
@@ -544,15 +573,17 @@ class AgeReader:
 
     ``read_at`` must return exactly ``length`` bytes unless the file ends first.
     With ``size`` the chunk layout is known up front; without it the end is found
-    by trial (a short chunk, or a full one that only opens with the last flag).
-    Only the chunks covering a read are fetched and decrypted; the most recently
+    by trial (a short chunk, or a full one that only opens with the last flag) and
+    remembered. Only the chunks covering a read are fetched and decrypted; the last
     decrypted chunk is kept so sequential small reads decrypt each chunk once.
-    ``chunks_decrypted`` counts successful chunk decryptions.
+    Reads reaching the end verify the final chunk (spec). ``chunks_decrypted``
+    counts chunk decryptions. Concurrent reads are safe: shared state is the key
+    and idempotent caches.
     """
 
     def __init__(
         self,
-        read_at: Callable[[int, int], bytes],
+        read_at: Callable[[int, int], Buffer],
         identities: Sequence[Identity],
         *,
         size: int | None = None,
@@ -561,18 +592,18 @@ class AgeReader:
         self._read_at = read_at
         self.name = name
         self.chunks_decrypted = 0
-        self._cache: tuple[int, bytes] | None = None
+        self._cache: tuple[int, bytearray] | None = None
         self._n_chunks: int | None = None
         self._plaintext_size: int | None = None
         self._end_verified = False
         header, self.header_len, head = self._read_header(size)
         file_key = unwrap_file_key(header, identities, name)
-        nonce = head[self.header_len : self.header_len + NONCE_SIZE]
+        nonce = bytes(head[self.header_len : self.header_len + NONCE_SIZE])
         if len(nonce) < NONCE_SIZE:
-            nonce = read_at(self.header_len, NONCE_SIZE)
+            nonce = bytes(read_at(self.header_len, NONCE_SIZE))
         if len(nonce) < NONCE_SIZE:
             raise TruncatedError(f"{_p(name)}age file ends before its payload")
-        self._aead = _payload_aead(file_key, bytes(nonce))
+        self._aead = _payload_aead(file_key, nonce)
         self._start = self.header_len + NONCE_SIZE
         if size is not None:
             self._layout_from_size(size)
@@ -582,7 +613,7 @@ class AgeReader:
         while True:
             if size is not None:
                 want = min(want, size)
-            head = self._read_at(0, want)
+            head = bytes(self._read_at(0, want))
             try:
                 header, header_len = parse_header(head, name=self.name)
                 return header, header_len, head
@@ -612,8 +643,10 @@ class AgeReader:
         self._n_chunks = index + 1
         self._end_verified = True
 
-    def _open(self, index: int, piece: bytes, last: bool) -> bytes:
-        plain = _open_chunk(self._aead, index, piece, last, self.name)
+    def _open(self, index: int, piece: Buffer, last: bool) -> bytearray:
+        _check_piece(index, len(piece), last, self.name)
+        plain = bytearray(len(piece) - TAG_SIZE)
+        _open_chunk(self._aead, index, piece, last, self.name, plain)
         self.chunks_decrypted += 1
         self._cache = (index, plain)
         return plain
@@ -626,7 +659,7 @@ class AgeReader:
             return b""
         first = offset // CHUNK_SIZE
         last = (offset + length - 1) // CHUNK_SIZE
-        parts: list[bytes] = []
+        parts: list[bytearray] = []
         cache = self._cache
         if cache is not None and cache[0] == first:
             parts.append(cache[1])
@@ -638,13 +671,13 @@ class AgeReader:
                 parts += self._read_known(first, last)
         start = offset % CHUNK_SIZE
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return data[start : start + length]
+        return bytes(memoryview(data)[start : start + length])
 
-    def _read_known(self, first: int, last: int) -> list[bytes]:
+    def _read_known(self, first: int, last: int) -> list[bytearray]:
         assert self._n_chunks is not None and self._plaintext_size is not None
         final = self._n_chunks - 1
         if first > final:
-            if not self._end_verified:  # spec: reading relative to the end verifies it first
+            if not self._end_verified:
                 self._read_known(final, final)
             return []
         last = min(last, final)
@@ -662,16 +695,16 @@ class AgeReader:
             self._end_verified = True
         return parts
 
-    def _read_unknown(self, first: int, last: int) -> list[bytes]:
+    def _read_unknown(self, first: int, last: int) -> list[bytearray]:
         """Decrypt chunks first..last while discovering where the payload ends."""
         pos = self._start + first * CT_CHUNK_SIZE
         data = memoryview(self._read_at(pos, (last - first + 1) * CT_CHUNK_SIZE))
-        parts: list[bytes] = []
+        parts: list[bytearray] = []
         for k, index in enumerate(range(first, last + 1)):
             piece = data[k * CT_CHUNK_SIZE : (k + 1) * CT_CHUNK_SIZE]
             if not piece:
                 if k == 0 and index > 0:
-                    self._read_unknown(index - 1, index - 1)  # must prove chunk index-1 final
+                    self._read_unknown(index - 1, index - 1)  # is chunk index-1 the final one?
                 if self._n_chunks is None:
                     raise TruncatedError(
                         f"{_p(self.name)}age payload ends after chunk {index - 1} "
@@ -705,8 +738,10 @@ def _read_stream_header(src: _Source, name: str) -> tuple[Header, int, bytes]:
             break
         except TruncatedError:
             more = src.read(1 << 16)
-            if not more or len(buf) > MAX_HEADER_SIZE:
+            if not more:
                 raise
+            if len(buf) > MAX_HEADER_SIZE:
+                raise CryptoError(f"{_p(name)}age header longer than {MAX_HEADER_SIZE}") from None
             buf += more
     while len(buf) < header_len + NONCE_SIZE:
         more = src.read(1 << 16)
@@ -716,10 +751,30 @@ def _read_stream_header(src: _Source, name: str) -> tuple[Header, int, bytes]:
     return header, header_len, buf
 
 
+def _open_batch(
+    aead: ChaCha20Poly1305, index: int, data: memoryview, last: bool, name: str
+) -> bytearray:
+    """Decrypt consecutive chunks filling ``data``; ``last`` marks the final one."""
+    count = max(1, -(-len(data) // CT_CHUNK_SIZE))
+    _check_piece(index + count - 1, len(data) - (count - 1) * CT_CHUNK_SIZE, last, name)
+    out = bytearray(len(data) - count * TAG_SIZE)
+    view = memoryview(out)
+    for k in range(count):
+        piece = data[k * CT_CHUNK_SIZE : (k + 1) * CT_CHUNK_SIZE]
+        final = last and k == count - 1
+        plain = view[k * CHUNK_SIZE : k * CHUNK_SIZE + len(piece) - TAG_SIZE]
+        _open_chunk(aead, index + k, piece, final, name, plain)
+    return out
+
+
 def decrypt_stream(
     src: _Source, dst: _Sink, identities: Sequence[Identity], name: str = ""
 ) -> None:
-    """Decrypt a whole age file sequentially from ``src`` into ``dst``."""
+    """Decrypt a whole age file sequentially from ``src`` into ``dst`` (~4 MiB writes).
+
+    Plaintext reaches ``dst`` only after its chunk authenticated, but an error in
+    a later chunk leaves earlier plaintext written: callers discard ``dst`` on error.
+    """
     header, header_len, buf = _read_stream_header(src, name)
     nonce = buf[header_len : header_len + NONCE_SIZE]
     aead = _payload_aead(unwrap_file_key(header, identities, name), nonce)
@@ -730,16 +785,12 @@ def decrypt_stream(
         if not block:
             break
         data = memoryview(pending + block if pending else block)
-        pos = 0
-        out = []
-        while len(data) - pos > CT_CHUNK_SIZE:  # keep the tail: it may be the final chunk
-            out.append(_open_chunk(aead, index, data[pos : pos + CT_CHUNK_SIZE], False, name))
-            index += 1
-            pos += CT_CHUNK_SIZE
-        pending = bytes(data[pos:])
-        if out:
-            dst.write(b"".join(out))
-    dst.write(_open_chunk(aead, index, pending, True, name))
+        whole = (len(data) - 1) // CT_CHUNK_SIZE  # keep the tail: it may be the final chunk
+        if whole:
+            dst.write(_open_batch(aead, index, data[: whole * CT_CHUNK_SIZE], False, name))
+            index += whole
+        pending = bytes(data[whole * CT_CHUNK_SIZE :])
+    dst.write(_open_batch(aead, index, memoryview(pending), True, name))
 
 
 # --------------------------------------------------------------------------- identity files

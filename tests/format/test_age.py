@@ -155,7 +155,7 @@ BIP173_VALID = [
     "a12uel5l",
     "an83characterlonghumanreadablepartthatcontainsthenumber1andtheexcludedcharactersbio1tt5tgs",
     "abcdef1qpzry9x8gf2tvdw0s3jn54khce6mua7lmqqqxw",
-    "11qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqc8247j",
+    "11" + "q" * 82 + "c8247j",  # 90 characters: the BIP-173 maximum
     "split1checkupstagehandshakeupstreamerranterredcaperred2y9e3w",
     "?1ezyfcl",
 ]
@@ -188,10 +188,11 @@ def test_bech32_bip173_invalid(text: str) -> None:
 
 
 def test_bech32_byte_padding_rules() -> None:
-    with pytest.raises(bech32.Bech32Error):  # zero padding of more than 4 bits
-        bech32.decode("bc1zw508d6qejxtdg4y5r3zarvaryvqyzf3du")
+    assert bech32.decode(bech32.encode_5bit("a", [0, 0])) == ("a", b"\x00")
+    with pytest.raises(bech32.Bech32Error):  # 15 bits: 7 bits of padding is too many
+        bech32.decode(bech32.encode_5bit("a", [0, 0, 0]))
     with pytest.raises(bech32.Bech32Error):  # non-zero padding bits
-        bech32.decode("tb1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3pjxtptv")
+        bech32.decode(bech32.encode_5bit("a", [0, 1]))
 
 
 @given(
@@ -392,8 +393,9 @@ def test_random_access(size: int, offset: int, length: int, known: bool) -> None
     fetched: list[int] = []
 
     def read_at(off: int, n: int) -> bytes:
-        fetched.append(n)
-        return encrypted[off : off + n]
+        got = encrypted[off : off + n]
+        fetched.append(len(got))
+        return got
 
     r = AgeReader(read_at, [IDENTITY], size=len(encrypted) if known else None)
     fetched.clear()
@@ -401,7 +403,7 @@ def test_random_access(size: int, offset: int, length: int, known: bool) -> None
     needed = covered_chunks(offset, length, size)
     past_end = length > 0 and offset + length > size  # reading at the end proves the end
     assert needed <= r.chunks_decrypted <= needed + past_end
-    assert sum(fetched) <= (needed + past_end) * CT_CHUNK_SIZE + (0 if known else 1)
+    assert sum(fetched) <= (needed + past_end) * CT_CHUNK_SIZE
 
 
 @pytest.mark.parametrize("known", [True, False])
@@ -523,7 +525,7 @@ def test_truncation_everywhere() -> None:
 
 
 def test_chunk_boundary_truncation_is_reported_as_truncation() -> None:
-    data, encrypted = RA_FILES[5 * CHUNK_SIZE + 1234]
+    encrypted = RA_FILES[5 * CHUNK_SIZE + 1234][1]
     cut = encrypted[: parse_header(encrypted)[1] + 16 + 2 * CT_CHUNK_SIZE]
     with pytest.raises(TruncatedError, match="without a final chunk"):
         stream_decrypt(cut, name="v")
