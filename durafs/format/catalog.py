@@ -57,6 +57,10 @@ class TreeEntry:
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
     chunks: list[tuple[int, bytes, int]] = field(default_factory=list)
     link: bytes | None = None
+    ino: int = 0
+    dev: int = 0
+    nlink: int = 1
+    blake3: bytes | None = None
 
     def to_record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {
@@ -77,6 +81,9 @@ class TreeEntry:
             rec["chunks"] = [[off, cid.hex(), size] for off, cid, size in self.chunks]
         if self.link is not None:
             rec["link"] = encode_path(self.link)
+        rec["ino"], rec["dev"], rec["nlink"] = self.ino, self.dev, self.nlink
+        if self.blake3 is not None:
+            rec["blake3"] = self.blake3.hex()
         return rec
 
     @classmethod
@@ -94,6 +101,8 @@ class TreeEntry:
             xattrs={decode_path(k): base64.b64decode(v) for k, v in r.get("xattrs", {}).items()},
             chunks=[(int(o), bytes.fromhex(c), int(s)) for o, c, s in r.get("chunks", ())],
             link=None if link is None else decode_path(link),
+            ino=int(r.get("ino", 0)), dev=int(r.get("dev", 0)), nlink=int(r.get("nlink", 1)),
+            blake3=bytes.fromhex(r["blake3"]) if "blake3" in r else None,
         )
 
 

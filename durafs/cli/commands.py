@@ -1,0 +1,285 @@
+"""One function per `durafs` subcommand: parse nothing, call the engine, print results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+from durafs.cli.output import Progress, human_size, print_json, print_table
+from durafs.engine.access import VolumeAccess
+from durafs.engine.backup import Backup, BackupOptions
+from durafs.engine.home import Home, read_passphrase
+from durafs.engine.recover import Recover
+from durafs.engine.restore import Restore, parse_spec
+from durafs.engine.verify import Verify
+from durafs.errors import UsageError
+from durafs.format import age
+from durafs.media.base import MediumMarker
+from durafs.media.directory import DirectoryMedium
+
+Args = argparse.Namespace
+
+
+def _say(message: str) -> None:
+    print(f"durafs: {message}", file=sys.stderr, flush=True)
+
+
+def init(home: Home, args: Args) -> int:
+    if args.encryption == "password":
+        read_passphrase("new passphrase: ", confirm=True)
+    config = home.init(args.encryption)
+    print(f"initialised catalog {config.catalog_id} in {home.path} (encryption: "
+          f"{args.encryption})")
+    if args.encryption == "key":
+        print("export the identity and keep it safe: durafs key export-identity FILE")
+    return 0
+
+
+def key_help(home: Home, args: Args) -> int:
+    raise UsageError("a subcommand is needed (see --help)")
+
+
+def key_recipient(home: Home, args: Args) -> int:
+    print(home.recipient())
+    return 0
+
+
+def key_export(home: Home, args: Args) -> int:
+    passphrase = None
+    if args.protect:
+        passphrase = read_passphrase("identity passphrase: ", env="DURAFS_IDENTITY_PASSPHRASE",
+                                     confirm=True)
+    data = age.write_identity_file(home.identity(), passphrase)
+    fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    print(f"wrote {args.file}")
+    return 0
+
+
+def _add_medium(home: Home, pool_name: str, args: Args) -> str:
+    with home.catalog() as catalog:
+        pool = catalog.pool(pool_name)
+        if pool is None:
+            raise UsageError(f"no pool named {pool_name!r}")
+        keys = home.keys(read=False)
+        count = len(catalog.media(pool.id)) + 1
+        label = args.label or f"{pool_name.upper()}-{count:03d}"
+        marker = MediumMarker(uuid.uuid4().hex, label, pool_name, keys.catalog_id, "dir",
+                              time.time_ns(), {})
+        path = os.path.abspath(args.path)
+        medium = DirectoryMedium(path, args.capacity)
+        medium.initialize(marker, keys.keys_file_name, keys.keys_file())
+        catalog.add_medium(pool.id, uuid=marker.medium_id, label=label, path=path,
+                           location=args.location, capacity=args.capacity)
+    return label
+
+
+def pool_add(home: Home, args: Args) -> int:
+    home.config()
+    with home.catalog() as catalog:
+        catalog.add_pool(args.name, args.kind, volume_size=args.volume_size)
+    label = _add_medium(home, args.name, args)
+    print(f"pool {args.name}: medium {label} at {os.path.abspath(args.path)}")
+    return 0
+
+
+def media_add(home: Home, args: Args) -> int:
+    label = _add_medium(home, args.pool, args)
+    print(f"pool {args.pool}: medium {label} at {os.path.abspath(args.path)}")
+    return 0
+
+
+def pool_list(home: Home, args: Args) -> int:
+    with home.catalog(readonly=True) as catalog:
+        pools = [{"name": p.name, "kind": p.kind, "volume_size": p.volume_size,
+                  "media": len(catalog.media(p.id))} for p in catalog.pools()]
+    if args.json:
+        print_json(pools)
+    else:
+        print_table(("pool", "kind", "volume size", "media"),
+                    [(p["name"], p["kind"], human_size(p["volume_size"]), p["media"])
+                     for p in pools])
+    return 0
+
+
+def media_list(home: Home, args: Args) -> int:
+    from durafs.engine.poolwriter import open_medium
+
+    with home.catalog(readonly=True) as catalog:
+        rows = []
+        for m in catalog.media():
+            online = open_medium(m).is_online()
+            rows.append({"pool": m.pool, "label": m.label, "kind": m.kind, "state": m.state,
+                         "online": online, "used": m.used, "capacity": m.capacity,
+                         "path": m.path, "location": m.location})
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(("pool", "label", "state", "online", "used", "capacity", "path", "location"),
+                    [(r["pool"], r["label"], r["state"], "yes" if r["online"] else "no",
+                      human_size(r["used"]), human_size(r["capacity"]) if r["capacity"] else "-",
+                      r["path"], r["location"]) for r in rows])
+    return 0
+
+
+def _save_hooks(home: Home, args: Args) -> None:
+    if args.pre_hook is None and args.post_hook is None:
+        return
+    with home.catalog() as catalog:
+        plan = catalog.ensure_plan(args.plan)
+        config = dict(plan.config)
+        for key in ("pre_hook", "post_hook"):
+            if getattr(args, key) is not None:
+                config[key] = getattr(args, key)
+        catalog.db.execute("UPDATE plans SET config = ? WHERE id = ?",
+                           (__import__("json").dumps(config), plan.id))
+
+
+def backup(home: Home, args: Args) -> int:
+    sources = []
+    for src in args.sources:
+        path = os.path.abspath(src)
+        if not os.path.isdir(path):
+            raise UsageError(f"{src}: not a directory")
+        sources.append(os.fsencode(path))
+    _save_hooks(home, args)
+    options = BackupOptions(sources, args.pool, args.plan, args.exclude, args.one_file_system,
+                            args.follow_symlinks, args.dry_run, args.media_timeout)
+    keys = home.keys(read=False)
+    progress = Progress()
+    with home.catalog() as catalog:
+        result = Backup(catalog, keys, options, progress=progress, on_wait=_say).run()
+    progress.done()
+    for problem in result.problems:
+        _say(str(problem))
+    if args.json:
+        print_json({"plan": result.plan, "checkpoint": result.checkpoint, "stats": result.stats,
+                    "problems": [{"path": os.fsdecode(p.path), "reason": p.reason}
+                                 for p in result.problems]})
+    else:
+        s = result.stats
+        what = "would back up" if args.dry_run else f"checkpoint {result.plan}/{result.checkpoint}:"
+        print(f"{what} {s.get('files', 0)} files, {human_size(s.get('bytes', 0))}; "
+              f"{s.get('changed_files', 0)} new or changed, "
+              f"{human_size(s.get('bytes_new', 0))} new data")
+    return 1 if result.problems else 0
+
+
+def checkpoints(home: Home, args: Args) -> int:
+    with home.catalog(readonly=True) as catalog:
+        rows = catalog.checkpoints(args.plan)
+    data = [{"plan": c.plan, "name": c.name, "created_ns": c.created_ns,
+             "files": c.stats.get("files", 0), "bytes": c.stats.get("bytes", 0)} for c in rows]
+    if args.json:
+        print_json(data)
+    else:
+        print_table(("plan", "checkpoint", "files", "size"),
+                    [(d["plan"], d["name"], d["files"], human_size(d["bytes"])) for d in data])
+    return 0
+
+
+def ls(home: Home, args: Args) -> int:
+    with home.catalog(readonly=True) as catalog:
+        checkpoint, path = parse_spec(catalog, args.spec)
+        plan = catalog.plan(checkpoint.plan)
+        assert plan is not None
+        top = catalog.resolve(plan.id, checkpoint.seq, path)
+        if top is None:
+            raise UsageError(f"{os.fsdecode(path)}: not in {checkpoint.plan}/{checkpoint.name}")
+        children = catalog.listdir(plan.id, checkpoint.seq, top.path_id) if top.type == "d" \
+            else [(path.rsplit(b"/", 1)[-1], top)]
+    rows = [{"name": os.fsdecode(n), "type": v.type, "mode": oct(v.mode), "size": v.size,
+             "uid": v.uid, "gid": v.gid, "mtime_ns": v.mtime_ns} for n, v in children]
+    if args.json:
+        print_json(rows)
+    else:
+        for r in rows:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["mtime_ns"] / 1e9))
+            print(f"{r['type']} {r['mode']:>7} {r['uid']:>6} {r['gid']:>6} {r['size']:>12} "
+                  f"{when} {r['name']}")
+    return 0
+
+
+def find(home: Home, args: Args) -> int:
+    with home.catalog(readonly=True) as catalog:
+        hits = [{"plan": p, "checkpoint": c, "path": os.fsdecode(path)}
+                for p, c, path in catalog.find(args.pattern, args.plan)]
+    if args.json:
+        print_json(hits)
+    else:
+        for h in hits:
+            print(f"{h['plan']}/{h['checkpoint']}{h['path']}")
+    return 0
+
+
+def restore(home: Home, args: Args) -> int:
+    keys = home.keys(read=True)
+    with home.catalog(readonly=True) as catalog:
+        checkpoint, path = parse_spec(catalog, args.spec)
+        access = VolumeAccess(catalog, keys, wait=args.media_timeout, on_wait=_say)
+        try:
+            result = Restore(catalog, access, overwrite=args.overwrite).run(
+                checkpoint, path, os.fsencode(os.path.abspath(args.target)))
+        finally:
+            access.close()
+    for problem in result.problems:
+        _say(problem)
+    if args.json:
+        print_json(result.__dict__)
+    else:
+        print(f"restored {result.files} files, {human_size(result.bytes)}"
+              + (f"; {len(result.problems)} problems" if result.problems else ""))
+    return 1 if result.problems else 0
+
+
+def verify(home: Home, args: Args) -> int:
+    keys = home.keys(read=True)
+    fraction = 1.0 if args.read_data else (args.read_data_subset or 0) / 100
+    with home.catalog(readonly=True) as catalog:
+        access = VolumeAccess(catalog, keys, wait=0)
+        try:
+            result = Verify(catalog, access, fraction=fraction).run(args.pool)
+        finally:
+            access.close()
+    if args.json:
+        print_json({"ok": result.ok, "volumes": result.volumes, "chunks_read": result.chunks_read,
+                    "offline": result.offline, "structure": result.structure,
+                    "damage": [d.__dict__ for d in result.damage]})
+    else:
+        print(f"{result.volumes} volumes checked, {result.chunks_read} chunks read")
+        for line in result.offline:
+            print(f"not checked: {line}")
+        for line in result.structure:
+            print(f"DAMAGE: {line}")
+        for d in result.damage:
+            print(f"DAMAGE: {d.volume} chunk {d.chunk[:16]}: {d.reason}")
+            for p in d.paths:
+                print(f"  affects {p}")
+    return 0 if result.ok else 1
+
+
+def recover(home: Home, args: Args) -> int:
+    identities: list[Any] = []
+    if args.identity:
+        with open(args.identity, "rb") as f:
+            data = f.read()
+        passphrase = None
+        if data.startswith(b"age-encryption.org/v1"):
+            passphrase = read_passphrase("identity passphrase: ", env="DURAFS_IDENTITY_PASSPHRASE")
+        identities = list(age.read_identity_file(data, passphrase))
+    elif os.environ.get("DURAFS_PASSPHRASE") is not None or os.isatty(0):
+        identities = [age.ScryptIdentity(read_passphrase("durafs passphrase: "))]
+    result = Recover(home, identities, progress=lambda m: None).run(args.path)
+    if args.json:
+        print_json(result.__dict__)
+    else:
+        print(f"recovered {len(result.checkpoints)} checkpoints from {result.volumes} volumes "
+              f"on {result.media} media ({result.chunks} chunks)")
+    for problem in result.problems:
+        _say(problem)
+    return 1 if result.problems else 0

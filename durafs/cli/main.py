@@ -1,0 +1,147 @@
+"""The `durafs` command: argument parsing and the exit-code contract.
+
+Exit status: 0 success; 1 done, but some paths were skipped or damage was found (each
+named); 2 usage or configuration error; 3 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable
+
+from durafs.cli import commands
+from durafs.cli.output import parse_size
+from durafs.engine.home import Home
+from durafs.errors import DurafsError, UsageError
+
+log = logging.getLogger("durafs")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add(sub: argparse._SubParsersAction[_Parser], name: str, func: Callable[..., int],
+         help_text: str) -> _Parser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="durafs", description="Backups you can mount.")
+    parser.add_argument("--home", help="catalog directory (default $DURAFS_HOME, "
+                        "/var/lib/durafs as root, ~/.local/share/durafs otherwise)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = _add(sub, "init", commands.init, "create a new catalog")
+    p.add_argument("--encryption", choices=("key", "password", "none"), default="key")
+
+    key = _add(sub, "key", commands.key_help, "key management")
+    ksub = key.add_subparsers(dest="key_command", required=True, parser_class=_Parser)
+    _add(ksub, "recipient", commands.key_recipient, "print the age recipient (age1…)")
+    p = _add(ksub, "export-identity", commands.key_export, "write the age identity file")
+    p.add_argument("file")
+    p.add_argument("--protect", action="store_true",
+                   help="encrypt the identity file with a passphrase "
+                        "(DURAFS_IDENTITY_PASSPHRASE or a prompt)")
+
+    pool = _add(sub, "pool", commands.key_help, "pools of media")
+    psub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
+    p = _add(psub, "add", commands.pool_add, "add a pool (and its first medium)")
+    p.add_argument("name")
+    p.add_argument("--kind", choices=("dir",), required=True)
+    p.add_argument("--path", required=True)
+    p.add_argument("--volume-size", type=parse_size, default=parse_size("1G"))
+    p.add_argument("--label")
+    p.add_argument("--capacity", type=parse_size)
+    p.add_argument("--location", default="")
+    p = _add(psub, "list", commands.pool_list, "list pools")
+    p.add_argument("--json", action="store_true")
+
+    media = _add(sub, "media", commands.key_help, "media")
+    msub = media.add_subparsers(dest="media_command", required=True, parser_class=_Parser)
+    p = _add(msub, "list", commands.media_list, "list every medium")
+    p.add_argument("--json", action="store_true")
+    p = _add(msub, "add", commands.media_add, "add a medium (a directory or disk) to a pool")
+    p.add_argument("pool")
+    p.add_argument("--path", required=True)
+    p.add_argument("--label")
+    p.add_argument("--capacity", type=parse_size)
+    p.add_argument("--location", default="")
+
+    p = _add(sub, "backup", commands.backup, "back up source directories")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--plan", default="default")
+    p.add_argument("--exclude", action="append", default=[])
+    p.add_argument("--one-file-system", action="store_true")
+    p.add_argument("--follow-symlinks", action="store_true")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--pre-hook", help="command run before the backup (saved in the plan)")
+    p.add_argument("--post-hook", help="command run after the backup (saved in the plan)")
+    p.add_argument("--media-timeout", type=float,
+                   help="seconds to wait for an offline medium (default: forever)")
+    p.add_argument("--json", action="store_true")
+
+    p = _add(sub, "checkpoints", commands.checkpoints, "list checkpoints")
+    p.add_argument("--plan")
+    p.add_argument("--json", action="store_true")
+    p = _add(sub, "ls", commands.ls, "list a directory of a checkpoint")
+    p.add_argument("spec", metavar="PLAN/CHECKPOINT[/PATH]")
+    p.add_argument("--json", action="store_true")
+    p = _add(sub, "find", commands.find, "find names across every checkpoint")
+    p.add_argument("pattern")
+    p.add_argument("--plan")
+    p.add_argument("--json", action="store_true")
+    p = _add(sub, "restore", commands.restore, "restore a checkpoint or a subtree")
+    p.add_argument("spec", metavar="PLAN/CHECKPOINT[/PATH]")
+    p.add_argument("target")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--media-timeout", type=float, default=None)
+    p.add_argument("--json", action="store_true")
+    p = _add(sub, "verify", commands.verify, "check the media against the index")
+    p.add_argument("--pool")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--read-data", action="store_true")
+    group.add_argument("--read-data-subset", type=float, metavar="PERCENT")
+    p.add_argument("--json", action="store_true")
+    p = _add(sub, "recover", commands.recover, "rebuild a lost index from directory media")
+    p.add_argument("--path", action="append", required=True)
+    p.add_argument("--identity", help="age identity file (DURAFS_IDENTITY_PASSPHRASE or a "
+                   "prompt if it is passphrase-protected)")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="durafs: %(message)s", level=logging.WARNING)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.verbose:
+            logging.getLogger().setLevel(logging.DEBUG)
+        home = Home(args.home and os.path.abspath(args.home))
+        return int(args.func(home, args))
+    except DurafsError as exc:
+        print(f"durafs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("durafs: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"durafs: {exc}", file=sys.stderr)
+        return 3
+
+
+def new_label(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6].upper()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""How the CLI talks to people and scripts: tables, JSON, progress lines, sizes."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from durafs.errors import UsageError
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'512M', '10G', '1.5T', '4096' → bytes (binary units, optional trailing 'B'/'iB')."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.I)
+    if not m:
+        raise UsageError(f"{text!r} is not a size (examples: 512M, 10G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=1, default=str)
+    sys.stdout.write("\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+class Progress:
+    """A one-line progress display on a terminal (stderr); silent otherwise."""
+
+    def __init__(self, expected_bytes: int = 0) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.expected = expected_bytes
+
+    def __call__(self, stats: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        done = stats.get("bytes", 0)
+        rate = stats.get("bytes_read", 0) / elapsed
+        line = (f"{stats.get('files', 0)} files  {human_size(done)}  "
+                f"{human_size(rate)}/s")
+        if self.expected and done < self.expected and done:
+            eta = elapsed * (self.expected - done) / done
+            line += f"  ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        sys.stderr.write("\r\x1b[K" + line)
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")

@@ -1,0 +1,94 @@
+"""Reading volumes recorded in the index: media online checks, waits, open readers.
+
+Shared by restore, verify and the FUSE tree. A volume on an offline medium either waits
+(polling, telling *on_wait* what to bring online) or raises MediumOfflineError at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from durafs.engine.poolwriter import describe_offline, open_medium
+from durafs.errors import MediumOfflineError
+from durafs.format.keys import CatalogKeys
+from durafs.format.reader import VolumeReader
+from durafs.index.catalog import Catalog
+from durafs.index.rows import MediumRow, VolumeRow
+from durafs.media.base import Medium, VolumeHandle
+
+log = logging.getLogger(__name__)
+OPEN_VOLUMES = 16
+POLL_SECONDS = 1.0
+
+
+class VolumeAccess:
+    """Opens volumes by index row, caching up to OPEN_VOLUMES readers (thread-safe).
+
+    *wait*: seconds to wait for an offline medium (None = forever, 0 = fail at once).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        keys: CatalogKeys,
+        *,
+        wait: float | None = 0,
+        on_wait: Callable[[str], None] = log.warning,
+    ) -> None:
+        self.catalog = catalog
+        self.keys = keys
+        self.wait = wait
+        self.on_wait = on_wait
+        self._lock = threading.Lock()
+        self._open: OrderedDict[int, tuple[VolumeHandle, VolumeReader]] = OrderedDict()
+        self._media: dict[int, MediumRow] = {}
+
+    def medium_row(self, medium_id: int) -> MediumRow:
+        row = self._media.get(medium_id)
+        if row is None:
+            row = self._media[medium_id] = self.catalog.medium(medium_id)  # type: ignore[assignment]
+            assert row is not None
+        return row
+
+    def online_medium(self, row: MediumRow) -> Medium:
+        """The medium's driver once it is online (waiting per *wait*)."""
+        deadline = None if self.wait is None else time.monotonic() + self.wait
+        told = False
+        while True:
+            medium = open_medium(row)
+            if medium.is_online():
+                return medium
+            if deadline is not None and time.monotonic() >= deadline:
+                raise MediumOfflineError(f"{describe_offline(row)} is offline")
+            if not told:
+                self.on_wait(f"waiting for {describe_offline(row)}: bring it online")
+                told = True
+            time.sleep(POLL_SECONDS)
+
+    def reader(self, volume: VolumeRow) -> VolumeReader:
+        """An open reader for *volume* (cached)."""
+        with self._lock:
+            cached = self._open.get(volume.id)
+            if cached is not None:
+                self._open.move_to_end(volume.id)
+                return cached[1]
+        medium = self.online_medium(self.medium_row(volume.medium_id))
+        handle = medium.open_volume(volume.name or "")
+        reader = VolumeReader(handle.read_at, identities=self.keys.identities, size=handle.size,
+                              name=volume.name or volume.uuid, catalog_id=self.keys.catalog_id)
+        with self._lock:
+            self._open[volume.id] = (handle, reader)
+            while len(self._open) > OPEN_VOLUMES:
+                old_handle, _ = self._open.popitem(last=False)[1]
+                old_handle.close()
+        return reader
+
+    def close(self) -> None:
+        with self._lock:
+            for handle, _ in self._open.values():
+                handle.close()
+            self._open.clear()

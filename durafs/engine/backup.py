@@ -1,0 +1,369 @@
+"""The backup pipeline: scan → read → chunk → hash+compress (2 threads) → volumes → index.
+
+One thread (the caller's) walks the sources, reads files and cuts them into chunks; a pool
+of worker threads hashes and compresses chunks (blake3 and zstd release the GIL, so both
+cores work); the caller's thread then stores each new chunk in the open volume, in the
+order the chunks were cut. Bytes in flight are bounded, so memory stays flat whatever the
+tree's size.
+
+Two queues keep order: ``_chunks`` (every chunk future, in cut order) and ``_units`` (every
+tree entry, in walk order). A unit goes to the TreeWriter once all its chunks are in
+committed volumes, so the tree never refers to a chunk the index does not have.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+
+from durafs.engine.fsmeta import data_regions
+from durafs.engine.poolwriter import PoolWriter
+from durafs.engine.scan import ScanItem, ScanProblem, scan
+from durafs.errors import UsageError
+from durafs.format.chunker import Chunker
+from durafs.format.frames import StoredChunk, codec_for_thread
+from durafs.format.keys import CatalogKeys
+from durafs.index.catalog import Catalog
+from durafs.index.rows import Entry, pack_pieces, pack_xattrs
+from durafs.index.treewriter import TreeWriter
+
+from durafs.engine.catalogvol import write_catalog_volume
+
+log = logging.getLogger(__name__)
+
+#: Plaintext bytes read but not yet stored: bounds memory.
+IN_FLIGHT = 48 * 1024 * 1024
+#: Files up to this size are read whole; larger ones stream through the chunker.
+WHOLE_READ = 8 * 1024 * 1024
+#: Tree entries waiting for their volume: past this many the volume is committed early.
+MAX_WAITING_UNITS = 20_000
+#: Attempts to read a file that keeps changing before it is reported.
+READ_ATTEMPTS = 3
+WORKERS = 2
+
+
+@dataclass
+class BackupOptions:
+    sources: list[bytes]
+    pool: str
+    plan: str = "default"
+    excludes: list[str] = field(default_factory=list)
+    one_file_system: bool = False
+    follow_symlinks: bool = False
+    dry_run: bool = False
+    media_timeout: float | None = None
+
+
+@dataclass
+class Problem:
+    path: bytes
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{os.fsdecode(self.path)}: {self.reason}"
+
+
+@dataclass
+class BackupResult:
+    plan: str
+    checkpoint: str | None
+    stats: dict[str, Any]
+    problems: list[Problem]
+
+
+@dataclass
+class _Unit:
+    """One tree entry on its way to the TreeWriter; files gather their pieces here."""
+
+    entry: Entry
+    reading: bool = False
+    attempt: int = 0
+    skip: bool = False
+    outstanding: int = 0
+    pieces: list[tuple[int, bytes, int]] = field(default_factory=list)
+
+
+class Backup:
+    """One run of a plan into a pool (see the module docstring for the pipeline)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        keys: CatalogKeys,
+        options: BackupOptions,
+        *,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        on_wait: Callable[[str], None] = log.warning,
+    ) -> None:
+        self.catalog = catalog
+        self.keys = keys
+        self.opts = options
+        self.progress = progress
+        pool = catalog.pool(options.pool)
+        if pool is None:
+            raise UsageError(f"no pool named {options.pool!r} (see `durafs pool list`)")
+        self.pool = pool
+        self.writer = PoolWriter(catalog, keys, pool, on_wait=on_wait,
+                                 media_timeout=options.media_timeout)
+        self.chunker = Chunker(keys.id_key)
+        self.problems: list[Problem] = []
+        self.stats: dict[str, Any] = collections.Counter()
+        self._chunks: collections.deque[tuple[_Unit, int, concurrent.futures.Future[StoredChunk], int, int]] = collections.deque()
+        self._units: collections.deque[_Unit] = collections.deque()
+        self._in_flight = 0
+        self._ids: dict[bytes, int] = {}
+        self._links: dict[Any, _Unit] = {}
+        self._tree: TreeWriter
+        self._pool: concurrent.futures.ThreadPoolExecutor
+        self._last_progress = 0.0
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run(self) -> BackupResult:
+        plan = self.catalog.ensure_plan(self.opts.plan)
+        self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
+        prev = self.catalog.checkpoints(plan.name)
+        self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
+        name = self._checkpoint_name(plan.name)
+        created = time.time_ns()
+        with self.catalog.tree_writer(
+            plan.id, self.catalog.next_seq(plan.id), name, created_ns=created,
+            sources=[os.fsdecode(s) for s in self.opts.sources],
+        ) as tree, concurrent.futures.ThreadPoolExecutor(WORKERS, "durafs-cpu") as pool:
+            self._tree, self._pool = tree, pool
+            try:
+                self._walk()
+                self._drain(final=True)
+            except BaseException:
+                self.writer.abort()
+                raise
+            if self.opts.dry_run:
+                return BackupResult(plan.name, None, dict(self.stats), self.problems)
+            self.stats["pool"] = self.pool.name
+            self.stats["problems"] = len(self.problems)
+            checkpoint = tree.finish(stats=dict(self.stats))
+        write_catalog_volume(self.catalog, self.writer, checkpoint)
+        self._run_hook(plan.config.get("post_hook"), "post-backup hook", fatal=False)
+        self._report(force=True)
+        return BackupResult(plan.name, checkpoint.name, dict(self.stats), self.problems)
+
+    def _walk(self) -> None:
+        items = scan(self.opts.sources, excludes=self.opts.excludes,
+                     one_file_system=self.opts.one_file_system,
+                     follow_symlinks=self.opts.follow_symlinks)
+        for item in items:
+            if isinstance(item, ScanProblem):
+                self.problems.append(Problem(item.path, item.reason))
+                continue
+            unit = _Unit(self._entry(item))
+            self._units.append(unit)
+            self.stats["entries"] += 1
+            if item.type == "f":
+                self._file(unit, item)
+            self._drain(final=False)
+            self._report()
+
+    def _entry(self, item: ScanItem) -> Entry:
+        return Entry.from_stat(
+            item.path, item.st, uname=item.user or None, gname=item.group or None,
+            target=item.target, xattrs=pack_xattrs(item.xattrs),
+            hardlink_key=item.hardlink_key,
+        )
+
+    # -- files -----------------------------------------------------------------------
+
+    def _file(self, unit: _Unit, item: ScanItem) -> None:
+        self.stats["files"] += 1
+        self.stats["bytes"] += item.st.st_size
+        entry = unit.entry
+        if item.hardlink_key is not None and item.hardlink_key in self._links:
+            unit.reading = False  # content comes from the group's first member
+            return
+        if item.hardlink_key is not None:
+            self._links[item.hardlink_key] = unit
+        prev = self._tree.prev_version(item.path)
+        if (prev is not None and self._trust_prev and prev.type == "f"
+                and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.ino, prev.dev)
+                == (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino, entry.dev)):
+            entry.chunks, entry.blake3 = prev.chunks, prev.blake3
+            self.stats["unchanged_files"] += 1
+            return
+        self.stats["changed_files"] += 1
+        if self.opts.dry_run:
+            self.stats["bytes_to_read"] += entry.size
+            return
+        self._read_file(unit, item)
+
+    def _read_file(self, unit: _Unit, item: ScanItem) -> None:
+        for attempt in range(READ_ATTEMPTS):
+            unit.attempt, unit.pieces, unit.reading = attempt, [], True
+            try:
+                st = self._read_once(unit, item)
+            except OSError as exc:
+                self._fail(unit, item.path, exc.strerror or str(exc))
+                return
+            if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
+                    item.st.st_size, item.st.st_mtime_ns, item.st.st_ctime_ns):
+                unit.reading = False
+                return
+            item.st = st
+            unit.entry = self._entry(item)
+        self._fail(unit, item.path, f"changed while being read ({READ_ATTEMPTS} attempts)")
+
+    def _fail(self, unit: _Unit, path: bytes, reason: str) -> None:
+        self.problems.append(Problem(path, reason))
+        unit.skip, unit.reading = True, False
+        unit.attempt += 1
+
+    def _read_once(self, unit: _Unit, item: ScanItem) -> os.stat_result:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
+        try:
+            fd = os.open(item.path, flags)
+        except PermissionError:
+            fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW)
+        hasher = blake3.blake3(max_threads=1)
+        try:
+            size = os.fstat(fd).st_size
+            sparse = item.st.st_blocks * 512 < size
+            if sparse:
+                self._read_sparse(unit, fd, size, hasher)
+            elif size <= WHOLE_READ:
+                data = _read_all(fd, size)
+                hasher.update(data)
+                self._cut(unit, memoryview(data), 0)
+            else:
+                with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+                    offset = 0
+                    for piece in self.chunker.cut_stream(f):
+                        data = bytes(piece)
+                        hasher.update(data)
+                        self._submit(unit, data, offset)
+                        offset += len(data)
+            unit.entry.blake3 = hasher.digest()
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def _read_sparse(self, unit: _Unit, fd: int, size: int, hasher: Any) -> None:
+        pos = 0
+        for start, length in data_regions(fd, size):
+            hasher.update(bytes(start - pos))
+            for block in range(start, start + length, WHOLE_READ):
+                data = os.pread(fd, min(WHOLE_READ, start + length - block), block)
+                hasher.update(data)
+                self._cut(unit, memoryview(data), block)
+            pos = start + length
+        hasher.update(bytes(size - pos))
+
+    def _cut(self, unit: _Unit, data: memoryview, base: int) -> None:
+        offset = 0
+        for piece in self.chunker.cut_buffer(data):
+            self._submit(unit, piece, base + offset)
+            offset += len(piece)
+
+    def _submit(self, unit: _Unit, data: bytes | memoryview, offset: int) -> None:
+        self.stats["bytes_read"] += len(data)
+        id_key = self.keys.id_key
+        future = self._pool.submit(lambda d=data: codec_for_thread(id_key).encode(d))
+        self._chunks.append((unit, unit.attempt, future, offset, len(data)))
+        unit.outstanding += 1
+        self._in_flight += len(data)
+        while self._in_flight > IN_FLIGHT:
+            self._store_next_chunk()
+
+    # -- storing and recording -------------------------------------------------------
+
+    def _store_next_chunk(self) -> None:
+        unit, attempt, future, offset, size = self._chunks.popleft()
+        stored = future.result()
+        self._in_flight -= size
+        unit.outstanding -= 1
+        if attempt != unit.attempt:
+            return  # a superseded read of a file that changed
+        cid = stored.id
+        if cid not in self._ids and cid not in self.writer.open:
+            found = self.catalog.lookup_chunks(self.pool.id, [cid]).get(cid)
+            if found is not None:
+                self._ids[cid] = found.id
+            else:
+                self._ids.update(self.writer.add_chunk(stored, [(unit.entry.path, offset)]))
+                self.stats["chunks_new"] += 1
+                self.stats["bytes_new"] += size
+        unit.pieces.append((offset, cid, size))
+
+    def _drain(self, *, final: bool) -> None:
+        """Store finished chunks and pass ready units to the TreeWriter."""
+        while self._chunks and (final or self._chunks[0][2].done()):
+            self._store_next_chunk()
+        if len(self._units) > MAX_WAITING_UNITS or final:
+            self._ids.update(self.writer.commit())
+        while self._units and self._ready(self._units[0]):
+            unit = self._units.popleft()
+            if not unit.skip:
+                self._record(unit)
+
+    def _ready(self, unit: _Unit) -> bool:
+        if unit.reading or unit.outstanding:
+            return False
+        return all(cid in self._ids for _, cid, _ in unit.pieces)
+
+    def _record(self, unit: _Unit) -> None:
+        entry = unit.entry
+        if entry.type == "f" and entry.chunks is None:
+            leader = self._links.get(entry.hardlink_key) if entry.hardlink_key else None
+            if leader is not None and leader is not unit:
+                if leader.skip:
+                    self.problems.append(Problem(entry.path, "hard link to a file not backed up"))
+                    return
+                entry.chunks, entry.blake3 = leader.entry.chunks, leader.entry.blake3
+            else:
+                entry.chunks = pack_pieces((o, self._ids[c], s) for o, c, s in unit.pieces)
+        if not self.opts.dry_run:
+            self._tree.add(entry)
+
+    # -- odds and ends ---------------------------------------------------------------
+
+    def _checkpoint_name(self, plan: str) -> str:
+        base = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+        name, n = base, 1
+        while self.catalog.checkpoint(plan, name) is not None:
+            n += 1
+            name = f"{base}.{n}"
+        return name
+
+    def _run_hook(self, command: str | None, what: str, *, fatal: bool) -> None:
+        if not command:
+            return
+        result = subprocess.run(command, shell=True, capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        message = f"{what} `{command}` failed (exit {result.returncode}): {result.stderr.strip()}"
+        if fatal:
+            raise UsageError(message)
+        self.problems.append(Problem(b"(" + socket.gethostname().encode() + b")", message))
+
+    def _report(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.progress is not None and (force or now - self._last_progress > 0.2):
+            self._last_progress = now
+            self.progress(dict(self.stats))
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    parts, got = [], 0
+    while True:
+        data = os.read(fd, max(size - got, 0) + 1)  # +1: notice a file that grew
+        if not data:
+            return b"".join(parts)
+        parts.append(data)
+        got += len(data)

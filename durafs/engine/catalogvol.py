@@ -1,0 +1,68 @@
+"""Checkpoint trees between the index and catalog volumes (docs/FORMAT.md §4).
+
+After a checkpoint is committed to the index, its tree is written to the pool as a catalog
+volume, so the media alone can rebuild the index (`durafs recover`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from durafs.engine.poolwriter import PoolWriter
+from durafs.format.catalog import CheckpointRecord, TreeEntry, write_catalog
+from durafs.format.writer import VolumeWriter
+from durafs.index.catalog import Catalog
+from durafs.index.rows import CheckpointRow, VersionRow
+
+#: meta key recording which catalog volume holds a checkpoint in a pool.
+META_KEY = "catalog_volume:{pool}:{checkpoint}"
+
+
+def tree_entries(catalog: Catalog, plan_id: int, seq: int) -> Iterator[TreeEntry]:
+    """Every entry of checkpoint *seq*, parents first, with chunk ids (not row ids)."""
+    leaders: dict[int, bytes] = {}
+    for path, version in catalog.walk(plan_id, seq, catalog.root_id(plan_id)):
+        yield to_tree_entry(catalog, path, version, leaders)
+
+
+def to_tree_entry(
+    catalog: Catalog, path: bytes, v: VersionRow, leaders: dict[int, bytes]
+) -> TreeEntry:
+    """The catalog-volume form of one version; *leaders* tracks hard-link groups."""
+    entry = TreeEntry(
+        path=path, type=v.type, mode=v.mode, uid=v.uid, gid=v.gid, user=v.uname or "",
+        group=v.gname or "", mtime_ns=v.mtime_ns, atime_ns=v.atime_ns, ctime_ns=v.ctime_ns,
+        size=v.size if v.type == "f" else 0, target=v.target, rdev=v.rdev,
+        xattrs=v.xattr_dict(), ino=v.ino, dev=v.dev, nlink=v.nlink, blake3=v.blake3,
+    )
+    if v.type != "f":
+        return entry
+    if v.hardlink_id is not None:
+        if v.hardlink_id in leaders:
+            entry.type, entry.link = "h", leaders[v.hardlink_id]
+            return entry
+        leaders[v.hardlink_id] = path
+    pieces = v.pieces()
+    rows = catalog.chunk_by_rowid(p[1] for p in pieces)
+    entry.chunks = [(off, rows[rid].cid, size) for off, rid, size in pieces]
+    return entry
+
+
+def write_catalog_volume(catalog: Catalog, writer: PoolWriter, checkpoint: CheckpointRow) -> None:
+    """Write *checkpoint*'s catalog volume into the writer's pool and note where it is."""
+    plan = catalog.plan(checkpoint.plan)
+    assert plan is not None
+    record = CheckpointRecord(
+        plan=checkpoint.plan, name=checkpoint.name, created_ns=checkpoint.created_ns,
+        finished_ns=checkpoint.finished_ns,
+        sources=[os.fsencode(s) for s in checkpoint.sources or []],
+        host=os.uname().nodename,
+        stats={k: v for k, v in checkpoint.stats.items() if isinstance(v, int)},
+    )
+
+    def fill(volume: VolumeWriter) -> None:
+        write_catalog(volume, record, tree_entries(catalog, plan.id, checkpoint.seq))
+
+    row = writer.write_volume("catalog", fill)
+    catalog.set_meta(META_KEY.format(pool=writer.pool.name, checkpoint=checkpoint.id), row.uuid)

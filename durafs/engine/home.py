@@ -1,0 +1,163 @@
+"""The catalog directory: index, configuration and keys of one durafs installation.
+
+Layout of ``$DURAFS_HOME`` (default ``/var/lib/durafs`` as root, else
+``~/.local/share/durafs``)::
+
+    config.json          catalog id, encryption mode, scrypt salt/work factor (no secrets)
+    index.sqlite         the catalog index (durafs.index)
+    keys/id-key          the chunk-id key, hex (0600) - needed to write
+    keys/recipient.txt   the age recipient (mode key) - needed to write
+    keys/identity.txt    the age identity (mode key, 0600) - needed to read; may be
+                         removed from a write-only host after `durafs key export-identity`
+    staging/             volumes staged from slow media (FUSE reads)
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from durafs.errors import CatalogError, UsageError
+from durafs.format import age
+from durafs.format.keys import CatalogKeys
+from durafs.index.catalog import Catalog, open_catalog
+
+CONFIG_FORMAT = 1
+DEFAULT_WORK_FACTOR = 18
+
+
+def default_home() -> Path:
+    """$DURAFS_HOME, else the per-user or system default."""
+    env = os.environ.get("DURAFS_HOME")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/durafs")
+    return Path.home() / ".local" / "share" / "durafs"
+
+
+def read_passphrase(prompt: str, *, env: str = "DURAFS_PASSPHRASE", confirm: bool = False) -> bytes:
+    """The passphrase from *env*, or asked on the terminal; never logged."""
+    value = os.environ.get(env)
+    if value is not None:
+        return value.encode()
+    if not os.isatty(0):
+        raise UsageError(f"a passphrase is needed: set {env} or run on a terminal")
+    first = getpass.getpass(prompt)
+    if confirm and getpass.getpass("again: ") != first:
+        raise UsageError("the passphrases do not match")
+    return first.encode()
+
+
+@dataclass
+class HomeConfig:
+    catalog_id: str
+    encryption: str
+    scrypt_salt: str = ""
+    scrypt_work_factor: int = DEFAULT_WORK_FACTOR
+
+
+class Home:
+    """One catalog directory; opens its index and assembles its keys."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path else default_home()
+        self.keys_dir = self.path / "keys"
+        self.index_path = self.path / "index.sqlite"
+        self.staging = self.path / "staging"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def config(self) -> HomeConfig:
+        if not self.exists():
+            raise UsageError(f"no durafs catalog in {self.path}: run `durafs init` first")
+        try:
+            return HomeConfig(**json.loads(self.config_path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise CatalogError(f"{self.config_path}: damaged configuration ({exc})") from exc
+
+    def init(self, encryption: str, *, work_factor: int = DEFAULT_WORK_FACTOR) -> HomeConfig:
+        """Create a new catalog: config, keys and an empty index."""
+        if self.exists():
+            raise UsageError(f"{self.path} already holds a durafs catalog")
+        config = HomeConfig(uuid.uuid4().hex, encryption)
+        self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(self.keys_dir / "id-key", secrets.token_bytes(32).hex() + "\n")
+        if encryption == "key":
+            identity = age.X25519Identity.generate()
+            _write_private(self.keys_dir / "identity.txt", identity.to_str() + "\n")
+            (self.keys_dir / "recipient.txt").write_text(identity.recipient().to_str() + "\n")
+        elif encryption == "password":
+            config.scrypt_salt = secrets.token_bytes(16).hex()
+            config.scrypt_work_factor = work_factor
+        self._save(config)
+        with self.catalog() as catalog:
+            catalog.set_meta("catalog_id", config.catalog_id)
+            catalog.set_meta("encryption", encryption)
+        return config
+
+    def adopt(self, config: HomeConfig, id_key: bytes, identity: str | None) -> None:
+        """Set up an empty catalog directory for an existing catalog (recover)."""
+        self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(self.keys_dir / "id-key", id_key.hex() + "\n")
+        if identity is not None:
+            ident = age.X25519Identity.parse(identity)
+            _write_private(self.keys_dir / "identity.txt", ident.to_str() + "\n")
+            (self.keys_dir / "recipient.txt").write_text(ident.recipient().to_str() + "\n")
+        self._save(config)
+
+    def _save(self, config: HomeConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config.__dict__, indent=1) + "\n")
+        os.replace(tmp, self.config_path)
+
+    def catalog(self, *, readonly: bool = False) -> Catalog:
+        return open_catalog(self.index_path, readonly=readonly)
+
+    def recipient(self) -> str:
+        path = self.keys_dir / "recipient.txt"
+        if not path.exists():
+            raise UsageError("this catalog has no age recipient (encryption is not 'key')")
+        return path.read_text().strip()
+
+    def identity(self) -> age.X25519Identity:
+        path = self.keys_dir / "identity.txt"
+        if not path.exists():
+            raise UsageError(
+                f"{path} is missing: reading needs the identity (durafs recover --identity)"
+            )
+        return age.parse_identities(path.read_text())[0]
+
+    def keys(self, *, read: bool) -> CatalogKeys:
+        """Keys to write volumes, and with *read* also to read them (identity/passphrase)."""
+        config = self.config()
+        id_key = bytes.fromhex((self.keys_dir / "id-key").read_text().strip())
+        keys = CatalogKeys(config.catalog_id, config.encryption, id_key)
+        if config.encryption == "key":
+            keys.recipients = [age.X25519Recipient.parse(self.recipient())]
+            if read:
+                keys.identities = [self.identity()]
+        elif config.encryption == "password":
+            passphrase = read_passphrase("durafs passphrase: ")
+            keys.recipients = [age.ScryptRecipient(
+                passphrase, work_factor=config.scrypt_work_factor,
+                salt=bytes.fromhex(config.scrypt_salt))]
+            keys.identities = [age.ScryptIdentity(passphrase)]
+        return keys
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

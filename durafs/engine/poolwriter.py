@@ -1,0 +1,192 @@
+"""Writing volumes into a pool: choosing a medium, rotating volumes, recording them.
+
+A volume's chunks enter the index only after the volume is committed (fsynced and renamed
+on its medium): a run killed at any moment leaves the index describing only what is safely
+stored, and the next run stores just what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from durafs.errors import MediumFullError, MediumOfflineError
+from durafs.format.frames import StoredChunk
+from durafs.format.keys import CatalogKeys
+from durafs.format.writer import VolumeWriter, new_header
+from durafs.index.catalog import Catalog
+from durafs.index.rows import MediumRow, NewChunk, PoolRow, VolumeRow
+from durafs.media.base import Medium, VolumeSink
+from durafs.media.directory import DirectoryMedium
+
+log = logging.getLogger(__name__)
+
+#: A medium with less room than this takes no new volume (it is marked full).
+MIN_VOLUME = 1024 * 1024
+#: Room kept free beyond a volume's plaintext size (age overhead, tar end, rounding).
+SLACK = 64 * 1024
+POLL_SECONDS = 1.0
+
+
+def open_medium(row: MediumRow) -> Medium:
+    """The driver object for a medium row."""
+    if row.kind != "dir":
+        raise MediumOfflineError(f"medium {row.label}: kind {row.kind!r} is not supported yet")
+    return DirectoryMedium(row.path or "", row.capacity, label=row.label, medium_id=row.uuid)
+
+
+def describe_offline(row: MediumRow) -> str:
+    """'medium HDD-001 (last seen at /mnt/x, kept at shelf 2)' for messages and requests."""
+    where = f"last seen at {row.path}" if row.path else "never seen"
+    if row.location:
+        where += f", kept at {row.location}"
+    return f"medium {row.label} of pool {row.pool} ({where})"
+
+
+class PoolWriter:
+    """Feeds chunks into volumes of one pool and records each volume as it is committed.
+
+    *on_wait* is told (once per medium) when the run waits for a medium to come online;
+    *media_timeout* (seconds, None = forever) bounds that wait.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        keys: CatalogKeys,
+        pool: PoolRow,
+        *,
+        on_wait: Callable[[str], None] = log.warning,
+        media_timeout: float | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.keys = keys
+        self.pool = pool
+        self.on_wait = on_wait
+        self.media_timeout = media_timeout
+        self.open: dict[bytes, NewChunk] = {}
+        self._sink: VolumeSink | None = None
+        self._writer: VolumeWriter | None = None
+        self._medium_row: MediumRow | None = None
+        self._limit = 0
+        self.volumes_written = 0
+        self.bytes_stored = 0
+
+    # -- data ------------------------------------------------------------------------
+
+    def add_chunk(self, stored: StoredChunk, files: Sequence[tuple[bytes, int]]) -> dict[bytes, int]:
+        """Store one new chunk; returns cid -> chunks.id of any volume committed meanwhile."""
+        committed: dict[bytes, int] = {}
+        if self._writer is not None and self._writer.size + len(stored.frame) > self._limit:
+            committed = self.commit()
+        writer = self._writer or self._start("data")
+        offset = writer.add_chunk(stored, files)
+        self.open[stored.id] = NewChunk(stored.id, offset, len(stored.frame), stored.size,
+                                        stored.raw)
+        return committed
+
+    def commit(self) -> dict[bytes, int]:
+        """Finish the open volume, if any, and record it and its chunks."""
+        if self._writer is None or self._sink is None or self._medium_row is None:
+            return {}
+        summary = self._writer.finish()
+        stored = self._sink.commit()
+        with self.catalog.db.transaction():
+            volume = self._record(stored, summary.plain_size, "data")
+            ids = self.catalog.add_chunks(self.pool.id, volume.id, self.open.values())
+        self.bytes_stored += stored.stored_size
+        self._writer = self._sink = None
+        self.open = {}
+        return ids
+
+    def abort(self) -> None:
+        """Drop the open volume (nothing of it was recorded)."""
+        if self._sink is not None:
+            self._sink.abort()
+        self._writer = self._sink = None
+        self.open = {}
+
+    # -- whole volumes (catalog, index copies) ---------------------------------------
+
+    def write_volume(self, kind: str, fill: Callable[[VolumeWriter], None]) -> VolumeRow:
+        """Write a non-data volume whose members *fill* adds; record and return it."""
+        self.commit()
+        writer = self._start(kind)
+        assert self._sink is not None
+        try:
+            fill(writer)
+            summary = writer.finish()
+            stored = self._sink.commit()
+        except BaseException:
+            self.abort()
+            raise
+        with self.catalog.db.transaction():
+            volume = self._record(stored, summary.plain_size, kind)
+        self._writer = self._sink = None
+        return volume
+
+    # -- internals -------------------------------------------------------------------
+
+    def _record(self, stored: object, plain_size: int, kind: str) -> VolumeRow:
+        assert self._medium_row is not None
+        from durafs.media.base import StoredVolume
+
+        assert isinstance(stored, StoredVolume)
+        medium = open_medium(self._medium_row)
+        volume = self.catalog.add_volume(
+            self._medium_row.id, uuid=stored.volume_id, kind=kind, seq=stored.seq,
+            name=stored.name, plain_size=plain_size, stored_size=stored.stored_size,
+            tape_file=stored.tape_file, tape_block=stored.tape_block,
+        )
+        free = medium.free_bytes()
+        self.catalog.update_medium(
+            self._medium_row.id, used=medium.used_bytes(), last_seen_ns=time.time_ns(),
+            **({"state": "full"} if free is not None and free < MIN_VOLUME else {}),
+        )
+        self.volumes_written += 1
+        return volume
+
+    def _start(self, kind: str) -> VolumeWriter:
+        row, medium = self._choose_medium()
+        free = medium.free_bytes()
+        limit = self.pool.volume_size if free is None else min(self.pool.volume_size, free - SLACK)
+        volume_id = uuid.uuid4().hex
+        encrypted = self.keys.encryption != "none"
+        self._sink = medium.create_volume(kind, volume_id, encrypted)
+        header = new_header(self.keys.catalog_id, volume_id, kind, self.pool.name,
+                            self.keys.encryption, self.keys.id_key)
+        self._writer = VolumeWriter(self._sink, header, self.keys.recipients)
+        self._medium_row, self._limit = row, limit
+        return self._writer
+
+    def _choose_medium(self) -> tuple[MediumRow, Medium]:
+        deadline = None if self.media_timeout is None else time.monotonic() + self.media_timeout
+        told: set[int] = set()
+        while True:
+            offline = []
+            for row in self.catalog.media(self.pool.id):
+                if row.state != "active":
+                    continue
+                medium = open_medium(row)
+                if not medium.is_online():
+                    offline.append(row)
+                    continue
+                free = medium.free_bytes()
+                if free is None or free >= MIN_VOLUME + SLACK:
+                    return row, medium
+                self.catalog.update_medium(row.id, state="full")
+            if not offline:
+                raise MediumFullError(
+                    f"pool {self.pool.name} has no medium with room left: add one with "
+                    f"`durafs media add {self.pool.name} --path PATH`"
+                )
+            for row in offline:
+                if row.id not in told:
+                    told.add(row.id)
+                    self.on_wait(f"waiting for {describe_offline(row)}: bring it online")
+            if deadline is not None and time.monotonic() >= deadline:
+                names = ", ".join(describe_offline(r) for r in offline)
+                raise MediumOfflineError(f"no writable medium online in pool {self.pool.name}: {names}")
+            time.sleep(POLL_SECONDS)
