@@ -26,8 +26,10 @@ from typing import Any
 
 import blake3
 
+from durafs.engine.catalogvol import write_catalog_volume
 from durafs.engine.fsmeta import data_regions
 from durafs.engine.poolwriter import PoolWriter
+from durafs.engine.prevtree import PrevTree
 from durafs.engine.scan import ScanItem, ScanProblem, scan
 from durafs.errors import UsageError
 from durafs.format.chunker import Chunker
@@ -36,8 +38,6 @@ from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
 from durafs.index.rows import Entry, pack_pieces, pack_xattrs
 from durafs.index.treewriter import TreeWriter
-
-from durafs.engine.catalogvol import write_catalog_volume
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,10 @@ class _Unit:
     pieces: list[tuple[int, bytes, int]] = field(default_factory=list)
 
 
+#: A chunk being hashed and compressed: (unit, read attempt, future, file offset, size).
+_Pending = tuple[_Unit, int, "concurrent.futures.Future[StoredChunk]", int, int]
+
+
 class Backup:
     """One run of a plan into a pool (see the module docstring for the pipeline)."""
 
@@ -118,7 +122,7 @@ class Backup:
         self.chunker = Chunker(keys.id_key)
         self.problems: list[Problem] = []
         self.stats: dict[str, Any] = collections.Counter()
-        self._chunks: collections.deque[tuple[_Unit, int, concurrent.futures.Future[StoredChunk], int, int]] = collections.deque()
+        self._chunks: collections.deque[_Pending] = collections.deque()
         self._units: collections.deque[_Unit] = collections.deque()
         self._in_flight = 0
         self._ids: dict[bytes, int] = {}
@@ -134,6 +138,7 @@ class Backup:
         self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
+        self._prev = PrevTree(self.catalog, plan.id, prev[-1].seq if prev else None)
         name = self._checkpoint_name(plan.name)
         created = time.time_ns()
         with self.catalog.tree_writer(
@@ -191,7 +196,7 @@ class Backup:
             return
         if item.hardlink_key is not None:
             self._links[item.hardlink_key] = unit
-        prev = self._tree.prev_version(item.path)
+        prev = self._prev.version(item.path)
         if (prev is not None and self._trust_prev and prev.type == "f"
                 and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.ino, prev.dev)
                 == (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino, entry.dev)):

@@ -18,7 +18,6 @@ import getpass
 import json
 import os
 import secrets
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +89,10 @@ class Home:
         """Create a new catalog: config, keys and an empty index."""
         if self.exists():
             raise UsageError(f"{self.path} already holds a durafs catalog")
-        config = HomeConfig(uuid.uuid4().hex, encryption)
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.catalog() as catalog:
+            catalog.set_meta("encryption", encryption)
+            config = HomeConfig(catalog.catalog_id, encryption)
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(self.keys_dir / "id-key", secrets.token_bytes(32).hex() + "\n")
         if encryption == "key":
@@ -101,9 +103,6 @@ class Home:
             config.scrypt_salt = secrets.token_bytes(16).hex()
             config.scrypt_work_factor = work_factor
         self._save(config)
-        with self.catalog() as catalog:
-            catalog.set_meta("catalog_id", config.catalog_id)
-            catalog.set_meta("encryption", encryption)
         return config
 
     def adopt(self, config: HomeConfig, id_key: bytes, identity: str | None) -> None:

@@ -76,7 +76,9 @@ class PoolWriter:
 
     # -- data ------------------------------------------------------------------------
 
-    def add_chunk(self, stored: StoredChunk, files: Sequence[tuple[bytes, int]]) -> dict[bytes, int]:
+    def add_chunk(
+        self, stored: StoredChunk, files: Sequence[tuple[bytes, int]]
+    ) -> dict[bytes, int]:
         """Store one new chunk; returns cid -> chunks.id of any volume committed meanwhile."""
         committed: dict[bytes, int] = {}
         if self._writer is not None and self._writer.size + len(stored.frame) > self._limit:
@@ -188,5 +190,6 @@ class PoolWriter:
                     self.on_wait(f"waiting for {describe_offline(row)}: bring it online")
             if deadline is not None and time.monotonic() >= deadline:
                 names = ", ".join(describe_offline(r) for r in offline)
-                raise MediumOfflineError(f"no writable medium online in pool {self.pool.name}: {names}")
+                raise MediumOfflineError(
+                    f"no writable medium online in pool {self.pool.name}: {names}")
             time.sleep(POLL_SECONDS)

@@ -40,7 +40,7 @@ def _scrypt_params(keys_file: bytes) -> tuple[str, int]:
     args = header.stanzas[0].args
     if args[0] != "scrypt":
         raise UsageError("keys file is not passphrase-encrypted")
-    salt = age._b64decode(args[1].encode(), "scrypt salt")  # noqa: SLF001
+    salt = age._b64decode(args[1].encode(), "scrypt salt")
     return salt.hex(), int(args[2])
 
 
@@ -86,7 +86,10 @@ class Recover:
         self.home.adopt(config, keys.id_key, identity)
         self.keys = keys
         catalog = self.home.catalog()
-        catalog.set_meta("catalog_id", keys.catalog_id)
+        # The fresh index was given a new catalog id; it must be the media's. Nothing refers
+        # to the id yet (the index is empty), so changing it here is safe.
+        catalog.db.execute("UPDATE meta SET value = ? WHERE key = 'catalog_id'",
+                           (keys.catalog_id,))
         catalog.set_meta("encryption", keys.encryption)
         return catalog
 

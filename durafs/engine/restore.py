@@ -102,7 +102,7 @@ class Restore:
                 return entry
             if os.path.lexists(dest):
                 if not self.overwrite:
-                    raise FileExistsError(f"exists (use --overwrite)")
+                    raise FileExistsError("exists (use --overwrite)")
                 os.unlink(dest)
             if entry.type == "f":
                 self._file(dest, entry, version, jobs)
