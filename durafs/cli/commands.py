@@ -31,7 +31,7 @@ def _say(message: str) -> None:
 def init(home: Home, args: Args) -> int:
     if args.encryption == "password":
         read_passphrase("new passphrase: ", confirm=True)
-    config = home.init(args.encryption)
+    config = home.init(args.encryption, work_factor=args.work_factor)
     print(f"initialised catalog {config.catalog_id} in {home.path} (encryption: "
           f"{args.encryption})")
     if args.encryption == "key":
@@ -150,7 +150,7 @@ def backup(home: Home, args: Args) -> int:
     _save_hooks(home, args)
     options = BackupOptions(sources, args.pool, args.plan, args.exclude, args.one_file_system,
                             args.follow_symlinks, args.dry_run, args.media_timeout)
-    keys = home.keys(read=False)
+    keys = home.keys(read=None)
     progress = Progress()
     with home.catalog() as catalog:
         result = Backup(catalog, keys, options, progress=progress, on_wait=_say).run()

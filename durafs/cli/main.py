@@ -42,6 +42,8 @@ def build_parser() -> _Parser:
 
     p = _add(sub, "init", commands.init, "create a new catalog")
     p.add_argument("--encryption", choices=("key", "password", "none"), default="key")
+    p.add_argument("--work-factor", type=int, default=18,
+                   help="password mode: scrypt cost as log2 N (default 18, as age)")
 
     key = _add(sub, "key", commands.key_help, "key management")
     ksub = key.add_subparsers(dest="key_command", required=True, parser_class=_Parser)

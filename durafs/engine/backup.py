@@ -30,6 +30,7 @@ from durafs.engine.catalogvol import write_catalog_volume
 from durafs.engine.fsmeta import data_regions
 from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree
+from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
 from durafs.engine.scan import ScanItem, ScanProblem, scan
 from durafs.errors import UsageError
 from durafs.format.chunker import Chunker
@@ -135,6 +136,9 @@ class Backup:
 
     def run(self) -> BackupResult:
         plan = self.catalog.ensure_plan(self.opts.plan)
+        if not self.opts.dry_run:
+            adopt_orphan_volumes(self.catalog, self.keys, self.pool)
+            write_missing_catalogs(self.catalog, self.writer, plan.name)
         self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name

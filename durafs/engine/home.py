@@ -138,14 +138,15 @@ class Home:
             )
         return age.parse_identities(path.read_text())[0]
 
-    def keys(self, *, read: bool) -> CatalogKeys:
-        """Keys to write volumes, and with *read* also to read them (identity/passphrase)."""
+    def keys(self, *, read: bool | None) -> CatalogKeys:
+        """Keys to write volumes, and with *read* also to read them (identity/passphrase);
+        *read* None: the identity too if this host has it (write-only hosts may not)."""
         config = self.config()
         id_key = bytes.fromhex((self.keys_dir / "id-key").read_text().strip())
         keys = CatalogKeys(config.catalog_id, config.encryption, id_key)
         if config.encryption == "key":
             keys.recipients = [age.X25519Recipient.parse(self.recipient())]
-            if read:
+            if read or (read is None and (self.keys_dir / "identity.txt").exists()):
                 keys.identities = [self.identity()]
         elif config.encryption == "password":
             passphrase = read_passphrase("durafs passphrase: ")

@@ -1,0 +1,54 @@
+"""Running the real `durafs` command line from tests, in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from durafs.cli.main import main
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def durafs(*args: str | os.PathLike[str]) -> Run:
+    """`durafs ARGS…` in this process (DURAFS_HOME comes from the test's environment)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([os.fspath(a) for a in args])
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def durafs_process(*args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """`durafs ARGS…` as a child process (for kill -9 tests)."""
+    command = [sys.executable, "-m", "durafs.cli.main", *map(os.fspath, args)]
+    return subprocess.Popen(command, **kwargs)
+
+
+def setup_catalog(tmp: Path, encryption: str = "key", **pool: str) -> Path:
+    """A catalog with one directory pool `p` at tmp/pool; returns the pool path."""
+    # a cheap scrypt work factor keeps password-mode tests fast
+    assert durafs("init", "--encryption", encryption, "--work-factor", "12").code == 0
+    path = tmp / "pool"
+    extra = [f"--{k.replace('_', '-')}={v}" for k, v in pool.items()]
+    run = durafs("pool", "add", "p", "--kind", "dir", "--path", path, *extra)
+    assert run.code == 0, run.err
+    return path
+
+
+def checkpoint_names(plan: str = "default") -> list[str]:
+    return [c["name"] for c in durafs("checkpoints", "--plan", plan, "--json").json()]

@@ -1,0 +1,223 @@
+"""Faults: bad input, damaged media, lost catalogs, full and offline media."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from durafs.engine.home import Home
+from tests.engine.cli import checkpoint_names, durafs, setup_catalog
+from tests.support.oddtree import compare_trees, make_small_tree, require_root, world_dir
+
+
+def test_fifos_and_sockets_are_recorded_never_opened(tmp_path: Path) -> None:
+    import socket
+
+    source = tmp_path / "src"
+    source.mkdir()
+    os.mkfifo(source / "fifo")  # opening it would block forever: the test would hang
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(os.fspath(source / "sock"))
+    (source / "plain").write_text("x")
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    types = {e["name"]: e["type"] for e in durafs("ls", f"default/latest{source}", "--json").json()}
+    assert types == {"fifo": "p", "sock": "s", "plain": "f"}
+    sock.close()
+
+
+def test_growing_file_is_retried_then_reported(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "calm").write_text("calm")
+    growing = source / "growing.log"
+    growing.write_bytes(os.urandom(30 << 20))
+    stop = threading.Event()
+
+    def append() -> None:
+        with open(growing, "ab") as f:
+            while not stop.is_set():
+                f.write(b"more\n")
+                f.flush()
+                time.sleep(0.0005)
+
+    setup_catalog(tmp_path)
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        run = durafs("backup", source, "--pool", "p", "--json")
+    finally:
+        stop.set()
+        writer.join()
+    assert run.code == 1
+    problems = run.json()["problems"]
+    reason = "changed while being read (3 attempts)"
+    assert problems == [{"path": os.fspath(growing), "reason": reason}]
+    assert f"{growing}: changed while being read" in run.err
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert (out / "calm").read_text() == "calm"
+
+
+def test_unreadable_paths_are_named_and_the_rest_is_kept(tmp_path: Path) -> None:
+    require_root("the backup runs as an unprivileged user against root-only files")
+    with world_dir() as world:
+        source = world / "src"
+        source.mkdir()
+        make_small_tree(source)
+        secret = source / "secret.txt"
+        secret.write_text("root only")
+        os.chmod(secret, 0o600)
+        closed = source / "closed"
+        closed.mkdir()
+        (closed / "inner").write_text("x")
+        os.chmod(closed, 0o700)
+        for path in [source, *source.rglob("*")]:
+            if path not in (secret, closed, closed / "inner"):
+                os.lchown(path, 65534, 65534)
+        home = world / "home"
+        home.mkdir()
+        os.chown(home, 65534, 65534)
+        env = {**os.environ, "DURAFS_HOME": os.fspath(home / "cat"), "HOME": os.fspath(home)}
+        command = os.path.join(os.path.dirname(sys.executable), "durafs")
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", command]
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*as_nobody, *args], env=env, capture_output=True, text=True)
+        assert run("init").returncode == 0
+        pool = os.fspath(home / "pool")
+        assert run("pool", "add", "p", "--kind", "dir", "--path", pool).returncode == 0
+        result = run("backup", os.fspath(source), "--pool", "p")
+        assert result.returncode == 1, result.stderr
+        assert f"{secret}: permission denied" in result.stderr.lower()
+        assert f"{closed}" in result.stderr
+        out = home / "out"
+        assert run("restore", f"default/latest{source}", os.fspath(out)).returncode == 0
+        assert (out / "a.txt").exists() if (source / "a.txt").exists() else True
+        restored = {p.name for p in out.rglob("*")}
+        assert "secret.txt" not in restored and "closed" in restored
+
+
+def test_damaged_volume_names_exactly_the_hurt_chunks_and_paths(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(20):
+        (source / f"file{i}").write_bytes(os.urandom(100_000))
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    from durafs.index.catalog import open_catalog
+
+    with open_catalog(Home().index_path, readonly=True) as catalog:
+        plan = catalog.plan("default")
+        assert plan is not None
+        checkpoint = catalog.checkpoint("default", "latest")
+        assert checkpoint is not None
+        victim = catalog.resolve(plan.id, checkpoint.seq, os.fsencode(source / "file7"))
+        assert victim is not None
+        piece = catalog.file_chunks(victim)[0]
+        volume = catalog.volume(piece.chunk.volume_id)
+        assert volume is not None and volume.name
+    path = pool / "volumes" / volume.name
+    with open(path, "r+b") as f:
+        f.seek(piece.chunk.offset + piece.chunk.length // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 1
+    report = run.json()
+    assert len(report["damage"]) == 1
+    damage = report["damage"][0]
+    assert damage["chunk"] == piece.chunk.cid.hex()
+    assert damage["paths"] == [f"default/{checkpoint.name}{source}/file7"]
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 1 and "file7" in run.err
+    for i in range(20):
+        if i != 7:
+            assert (out / f"file{i}").read_bytes() == (source / f"file{i}").read_bytes()
+
+
+@pytest.mark.parametrize("encryption", ["key", "password", "none"])
+def test_recover_rebuilds_the_index_from_the_medium(
+    tmp_path: Path, encryption: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if encryption == "password":
+        monkeypatch.setenv("DURAFS_PASSPHRASE", "a long passphrase")
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    pool = setup_catalog(tmp_path, encryption=encryption)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    (source / "later.txt").write_text("second checkpoint")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    before = checkpoint_names()
+    identity = tmp_path / "identity.txt"
+    args: list[str | Path] = []
+    if encryption == "key":
+        assert durafs("key", "export-identity", identity).code == 0
+        args = ["--identity", identity]
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool, *args)
+    assert run.code == 0, run.err
+    assert checkpoint_names() == before
+    for name in before:
+        out = tmp_path / f"out-{name}"
+        assert durafs("restore", f"default/{name}{source}", out).code == 0
+    assert compare_trees(source, tmp_path / f"out-{before[-1]}") == []
+    assert not (tmp_path / f"out-{before[0]}" / "later.txt").exists()
+    assert durafs("verify", "--read-data").code == 0
+    # and backups continue where they left off: nothing new to store
+    stats = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
+    assert stats.get("bytes_new", 0) == 0
+
+
+def test_backup_waits_for_an_offline_medium_and_names_it(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    pool = setup_catalog(tmp_path)
+    pool.rename(tmp_path / "unplugged")
+    run = durafs("backup", source, "--pool", "p", "--media-timeout", "1")
+    assert run.code == 3
+    assert "P-001" in run.err and f"last seen at {pool}" in run.err
+
+
+def test_full_medium_spills_onto_the_next(tmp_path: Path) -> None:
+    require_root("loop-mounted ext4 file systems need root")
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(6):
+        (source / f"r{i}").write_bytes(os.urandom(5 << 20))
+    mounts = []
+    try:
+        for n in (1, 2):
+            image, mnt = tmp_path / f"disk{n}.img", tmp_path / f"disk{n}"
+            subprocess.run(["truncate", "-s", "24M", image], check=True)
+            subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
+            mnt.mkdir()
+            subprocess.run(["mount", "-o", "loop", image, mnt], check=True)
+            mounts.append(mnt)
+        assert durafs("init").code == 0
+        assert durafs("pool", "add", "p", "--kind", "dir", "--path", mounts[0] / "d",
+                      "--volume-size", "4M").code == 0
+        assert durafs("media", "add", "p", "--path", mounts[1] / "d").code == 0
+        run = durafs("backup", source, "--pool", "p")
+        assert run.code == 0, run.err
+        media = durafs("media", "list", "--json").json()
+        assert [m["state"] for m in media] == ["full", "active"]
+        assert list((mounts[1] / "d" / "volumes").iterdir())
+        out = tmp_path / "out"
+        assert durafs("restore", f"default/latest{source}", out).code == 0
+        assert compare_trees(source, out) == []
+    finally:
+        for mnt in mounts:
+            subprocess.run(["umount", mnt], check=False)

@@ -1,0 +1,88 @@
+"""Backup → restore reproduces every oddity of a source tree, field by field."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.engine.cli import checkpoint_names, durafs, setup_catalog
+from tests.support.oddtree import compare_trees, make_odd_tree, make_small_tree, require_root
+
+
+def test_odd_tree_round_trip(tmp_path: Path) -> None:
+    require_root("the odd tree has foreign owners, devices and ACLs")
+    source = tmp_path / "src"
+    source.mkdir()
+    make_odd_tree(source)
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 0, run.err
+    assert compare_trees(source, out) == []
+
+
+def test_restore_whole_checkpoint_recreates_absolute_paths(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    assert durafs("restore", "default/latest", out).code == 0
+    assert compare_trees(source, Path(os.fspath(out) + os.fspath(source))) == []
+
+
+def test_restore_never_overwrites_without_flag(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("new")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "f").write_text("precious")
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 1 and "use --overwrite" in run.err
+    assert (out / "f").read_text() == "precious"
+    assert durafs("restore", f"default/latest{source}", out, "--overwrite").code == 0
+    assert (out / "f").read_text() == "new"
+
+
+def test_unchanged_files_are_not_read_again_and_add_no_rows(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(300):
+        (source / f"f{i}").write_text(f"file {i}\n" * 50)
+    setup_catalog(tmp_path)
+    first = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
+    second = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
+    assert first["changed_files"] == 300
+    assert second.get("changed_files", 0) == 0 and second["unchanged_files"] == 300
+    assert second.get("bytes_read", 0) == 0
+    (source / "f7").write_text("changed")
+    third = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
+    assert third["changed_files"] == 1
+    names = checkpoint_names()
+    assert len(names) == 3 and names == sorted(names)
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/{names[1]}{source}", out).code == 0
+    assert (out / "f7").read_text() == "file 7\n" * 50
+
+
+def test_exclude_and_ls_and_find(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "keep").mkdir(parents=True)
+    (source / "cache").mkdir()
+    (source / "keep" / "photo.jpg").write_bytes(b"jpg")
+    (source / "keep" / "x.tmp").write_bytes(b"tmp")
+    (source / "cache" / "big").write_bytes(b"c")
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p", "--exclude", "*.tmp", "--exclude", "/cache/")
+    assert run.code == 0, run.err
+    listing = durafs("ls", f"default/latest{source}/keep", "--json").json()
+    assert [e["name"] for e in listing] == ["photo.jpg"]
+    hits = durafs("find", "*.jpg", "--json").json()
+    assert [h["path"] for h in hits] == [f"{source}/keep/photo.jpg"]
+    assert durafs("find", "x.tmp", "--json").json() == []
