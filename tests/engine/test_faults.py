@@ -202,7 +202,8 @@ def test_full_medium_spills_onto_the_next(tmp_path: Path) -> None:
         for n in (1, 2):
             image, mnt = tmp_path / f"disk{n}.img", tmp_path / f"disk{n}"
             subprocess.run(["truncate", "-s", "24M", image], check=True)
-            subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
+            lazy_off = "lazy_itable_init=0,lazy_journal_init=0"
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-E", lazy_off, image], check=True)
             mnt.mkdir()
             subprocess.run(["mount", "-o", "loop", image, mnt], check=True)
             mounts.append(mnt)
@@ -220,4 +221,13 @@ def test_full_medium_spills_onto_the_next(tmp_path: Path) -> None:
         assert compare_trees(source, out) == []
     finally:
         for mnt in mounts:
-            subprocess.run(["umount", mnt], check=False)
+            unmount(mnt)
+
+
+def unmount(mnt: Path) -> None:
+    """Unmount, retrying while something (udev probing a new loop device) keeps it busy."""
+    for _ in range(50):
+        if subprocess.run(["umount", mnt], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", mnt], check=True)
