@@ -1,0 +1,96 @@
+"""kill -9 at random moments during backups: the index and every checkpoint survive, and the
+next run stores only what is missing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+from durafs.engine.home import Home
+from durafs.format.reader import VolumeReader
+from durafs.media.directory import DirectoryMedium
+from tests.engine.cli import checkpoint_names, durafs, durafs_process, setup_catalog
+from tests.support.oddtree import compare_trees
+
+ROUNDS = 20
+FILES = 100
+FILE_SIZE = 2 << 20  # 100 × 2 MiB = 200 MiB
+
+
+def mutate(source: Path, rng: random.Random, fraction: float) -> None:
+    for i in range(FILES):
+        if rng.random() < fraction:
+            (source / f"d{i % 7}" / f"f{i}").write_bytes(rng.randbytes(FILE_SIZE))
+
+
+def chunk_ids_on_medium(pool: Path) -> list[bytes]:
+    """Every chunk id in every committed volume of the medium (duplicates kept)."""
+    medium = DirectoryMedium(pool)
+    identities = Home().keys(read=True).identities
+    ids = []
+    for stored in medium.list_volumes():
+        with medium.open_volume(stored.name) as handle:
+            reader = VolumeReader(handle.read_at, identities=identities, size=handle.size)
+            ids += [c.id for c in reader.read_manifest().chunks]
+    return ids
+
+
+def integrity_ok() -> None:
+    conn = apsw.Connection(os.fspath(Home().index_path))
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_kill_9_during_backups(tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    source = tmp_path / "src"
+    for d in range(7):
+        (source / f"d{d}").mkdir(parents=True)
+    mutate(source, rng, 1.0)
+    pool = setup_catalog(tmp_path)
+    # how long one full backup takes, to spread the kills over a whole run
+    probe_home = os.environ["DURAFS_HOME"]
+    os.environ["DURAFS_HOME"] = os.fspath(tmp_path / "probe")
+    started = time.monotonic()
+    setup_catalog(tmp_path / "probe")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    duration = time.monotonic() - started
+    os.environ["DURAFS_HOME"] = probe_home
+
+    kills = 0
+    for round_no in range(ROUNDS):
+        if round_no:
+            mutate(source, rng, 0.3)
+        before = set(checkpoint_names())
+        proc = durafs_process("backup", source, "--pool", "p",
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, duration))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        integrity_ok()
+        run = durafs("backup", source, "--pool", "p", "--json")
+        assert run.code == 0, run.err
+        integrity_ok()
+        new = sorted(set(checkpoint_names()) - before)
+        assert new, "the resumed run made a checkpoint"
+        for name in new:
+            out = tmp_path / f"out-{round_no}-{name}"
+            assert durafs("restore", f"default/{name}{source}", out).code == 0
+            assert compare_trees(source, out) == [], name
+            subprocess.run(["rm", "-rf", out], check=True)
+        ids = chunk_ids_on_medium(pool)
+        assert len(ids) == len(set(ids)), f"round {round_no}: a chunk was stored twice"
+    assert kills >= ROUNDS * 2 // 3, f"only {kills} kills landed during a run"
+    assert durafs("verify", "--read-data").code == 0
