@@ -36,6 +36,8 @@ durafs ls "default/$first$DEMO/source/docs" | head -5
 echo "== restore the first checkpoint's source tree to $DEMO/restored"
 durafs restore "default/$first$DEMO/source" "$DEMO/restored"
 diff -r "$DEMO/restored/docs" "$DEMO/source/docs" || true
-echo "== the pool holds plain files that age and tar read:"
+echo "== the pool holds plain files that age and tar read without durafs:"
 ls -l "$DEMO/pool/volumes"
+first_volume=$(ls "$DEMO"/pool/volumes/*-data-*.tar.age | head -1)
+age -d -i "$DEMO/identity.txt" "$first_volume" | tar -tv | head -4
 echo "demo done: everything is in $DEMO"

@@ -27,7 +27,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.durafs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test]'
+    log=$(mktemp)
+    if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } \
+            >"$log" 2>&1; then
+        cat "$log" >&2
+        exit 3
+    fi
+    rm -f "$log"
     touch "$stamp"
 fi
