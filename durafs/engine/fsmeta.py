@@ -1,0 +1,275 @@
+"""Recreating file-system objects and their metadata on restore, and sparse file helpers.
+
+Paths are bytes and may be longer than PATH_MAX (4096): such paths are reached through a
+chain of ``O_PATH`` directory descriptors and ``*at`` calls, and extended attributes through
+``/proc/self/fd/N/name``, so no system call ever sees more than one long name at a time.
+
+Order matters when metadata is applied (see ``apply_metadata``): owner, then extended
+attributes, then mode, then times, each step for a reason the kernel imposes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from durafs.format.catalog import TreeEntry
+
+#: Paths at least this long are opened piecewise (PATH_MAX is 4096 including the NUL).
+LONG_PATH = 4000
+#: The ACL xattrs a new file can inherit from a default ACL of its directory.
+ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
+#: Namespaces only a privileged process may write (and, for trusted, even read).
+PRIVILEGED_PREFIXES = (b"security.", b"trusted.")
+#: errnos saying a file system has no extended attributes at all.
+NO_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+
+_DIR_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_DEVICE_TYPES = {"c": stat.S_IFCHR, "b": stat.S_IFBLK}
+
+
+def fd_path(dir_fd: int | None, name: bytes) -> bytes:
+    """A path naming *name* in the directory open as *dir_fd*, short whatever its depth.
+
+    Used for the xattr calls, which take no ``dir_fd``. With *dir_fd* None, *name* itself.
+    """
+    return name if dir_fd is None else b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+@contextmanager
+def at_path(path: bytes) -> Iterator[tuple[int | None, bytes]]:
+    """(dir_fd, name) for use with ``*at`` calls, for a path of any length.
+
+    Short paths come back unchanged with dir_fd None; long ones as an ``O_PATH`` descriptor
+    of the parent directory (closed on exit) and the last component.
+    """
+    if len(path) < LONG_PATH:
+        yield None, path
+        return
+    parent, name = path.rsplit(b"/", 1)
+    fd = open_dir_path(parent or b"/", _DIR_PATH_FLAGS)
+    try:
+        yield fd, name
+    finally:
+        os.close(fd)
+
+
+def open_dir_path(path: bytes, flags: int) -> int:
+    """Open the directory *path* (absolute, any length) with *flags*.
+
+    Long paths are walked one component at a time with ``O_PATH`` descriptors; symlinks in
+    the path are followed as ``open`` would.
+    """
+    if len(path) < LONG_PATH:
+        return os.open(path, flags)
+    fd = os.open(b"/", _DIR_PATH_FLAGS)
+    parts = [p for p in path.split(b"/") if p]
+    try:
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            new = os.open(part, flags if last else _DIR_PATH_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = new
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_node(path: bytes, entry: TreeEntry) -> None:
+    """Create the non-regular object *entry* describes at *path*.
+
+    Directories are created mode 0700 (the final mode comes from ``apply_metadata``, called
+    after their children exist); an existing directory is accepted. Symlinks get their bytes
+    target, FIFOs and device nodes are made with ``mknod`` and never opened. Sockets are
+    skipped: a listening socket cannot be recreated without its program. Regular files and
+    hard links are the caller's (ValueError).
+    """
+    kind = entry.type
+    if kind == "s":
+        return
+    if kind in ("f", "h"):
+        raise ValueError(f"make_node does not create regular files or links: {path!r}")
+    with at_path(path) as (dir_fd, name):
+        if kind == "d":
+            _mkdir(name, dir_fd)
+        elif kind == "l":
+            if entry.target is None:
+                raise ValueError(f"symlink without a target: {path!r}")
+            os.symlink(entry.target, name, dir_fd=dir_fd)
+        elif kind == "p":
+            os.mkfifo(name, 0o600, dir_fd=dir_fd)
+        elif kind in _DEVICE_TYPES:
+            _mknod_device(path, name, dir_fd, entry)
+        else:
+            raise ValueError(f"unknown entry type {kind!r} for {path!r}")
+
+
+def _mkdir(name: bytes, dir_fd: int | None) -> None:
+    try:
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise
+
+
+def _mknod_device(path: bytes, name: bytes, dir_fd: int | None, entry: TreeEntry) -> None:
+    what = "character" if entry.type == "c" else "block"
+    try:
+        os.mknod(name, _DEVICE_TYPES[entry.type] | 0o600, entry.rdev, dir_fd=dir_fd)
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:  # EACCES is about the directory, not the privilege
+            raise
+        raise PermissionError(
+            exc.errno, f"creating a {what} device node needs root (CAP_MKNOD)", path
+        ) from exc
+
+
+def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool) -> None:
+    """Give the object at *path* the owner, xattrs, mode and times of *entry*.
+
+    Order, each for a kernel reason: chown first (it clears setuid/setgid and the
+    ``security.capability`` xattr), then xattrs (ACLs included; ACL xattrs the object
+    inherited from a default ACL but *entry* lacks are removed), then chmod (not on symlinks;
+    it also sets the ACL mask, consistent with the source's), then times with ns precision
+    (last: every other change may touch them). Directories: call this after their children are
+    restored, or creating the children changes the mtime again. Content must be written
+    before, since a write clears setuid/setgid and file capabilities.
+
+    Without *is_root*: ownership is changed only to our own uid / a group we belong to, and
+    ``security.*`` / ``trusted.*`` xattrs are skipped. Steps that fail do not stop the
+    others; afterwards one OSError names every failure. Sockets are skipped (never created).
+    """
+    if entry.type == "s":
+        return
+    failures: list[tuple[OSError, str]] = []
+    with at_path(path) as (dir_fd, name):
+        _step(failures, "owner", _apply_owner, dir_fd, name, entry, is_root)
+        _apply_xattrs(fd_path(dir_fd, name), entry, is_root, failures)
+        if entry.type != "l":
+            _step(failures, "mode", os.chmod, name, entry.mode & 0o7777, dir_fd=dir_fd)
+        _step(failures, "times", os.utime, name, ns=(entry.atime_ns, entry.mtime_ns),
+              dir_fd=dir_fd, follow_symlinks=False)
+    if failures:
+        first = failures[0][0]
+        detail = "; ".join(f"{what}: {exc.strerror or exc}" for exc, what in failures)
+        raise OSError(first.errno, f"metadata not fully restored ({detail})", path)
+
+
+def _step(
+    failures: list[tuple[OSError, str]], what: str, func: Callable[..., object], *args: object,
+    **kwargs: object,
+) -> None:
+    try:
+        func(*args, **kwargs)
+    except OSError as exc:
+        failures.append((exc, what))
+
+
+def _apply_owner(dir_fd: int | None, name: bytes, entry: TreeEntry, is_root: bool) -> None:
+    uid, gid = entry.uid, entry.gid
+    if not is_root:
+        # An unprivileged process may only "give" a file to itself and its own groups.
+        uid = uid if uid == os.geteuid() else -1
+        gid = gid if gid == os.getegid() or gid in os.getgroups() else -1
+        if uid == -1 and gid == -1:
+            return
+    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _apply_xattrs(
+    xpath: bytes, entry: TreeEntry, is_root: bool, failures: list[tuple[OSError, str]]
+) -> None:
+    wanted = {k: v for k, v in entry.xattrs.items() if is_root or not _privileged(k)}
+    if entry.type != "l":  # symlinks carry no ACLs
+        _drop_inherited_acls(xpath, wanted, failures)
+    for key, value in wanted.items():
+        try:
+            os.setxattr(xpath, key, value, follow_symlinks=False)
+        except OSError as exc:
+            failures.append((exc, f"xattr {os.fsdecode(key)}"))
+
+
+def _drop_inherited_acls(
+    xpath: bytes, wanted: dict[bytes, bytes], failures: list[tuple[OSError, str]]
+) -> None:
+    # A default ACL on the destination's parent gives new objects ACLs the source never had.
+    try:
+        present = os.listxattr(xpath, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in NO_XATTR_ERRNOS:
+            failures.append((exc, "listing xattrs"))
+        return
+    for key in present:
+        raw = os.fsencode(key)
+        if raw in ACL_NAMES and raw not in wanted:
+            try:
+                os.removexattr(xpath, key, follow_symlinks=False)
+            except OSError as exc:
+                failures.append((exc, f"removing inherited {key}"))
+
+
+def _privileged(key: bytes) -> bool:
+    return key.startswith(PRIVILEGED_PREFIXES)
+
+
+def write_sparse(fd: int, pieces: Iterable[tuple[int, bytes]], size: int) -> None:
+    """Make the file open as *fd* hold *pieces* at their offsets, holes elsewhere, *size* long.
+
+    The file is truncated to 0 first, so earlier content never shows through a hole. Gaps
+    between pieces are never written (they stay holes); the final ftruncate creates a
+    trailing hole up to *size*. Pieces must lie within [0, size) (ValueError otherwise).
+    """
+    os.ftruncate(fd, 0)
+    for offset, data in pieces:
+        if offset < 0 or offset + len(data) > size:
+            raise ValueError(f"piece at {offset} (+{len(data)}) outside the file size {size}")
+        _pwrite_all(fd, data, offset)
+    os.ftruncate(fd, size)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the data regions of the first *size* bytes of the file *fd*.
+
+    Found with SEEK_DATA/SEEK_HOLE; where the file system has no such support the whole file
+    is one region. Regions are sorted, disjoint and clipped to *size*; a file of holes only
+    gives []. The file offset of *fd* is left where it was (read with pread meanwhile).
+    """
+    if size <= 0:
+        return []
+    here = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        return _regions(fd, size)
+    finally:
+        os.lseek(fd, here, os.SEEK_SET)
+
+
+def _regions(fd: int, size: int) -> list[tuple[int, int]]:
+    regions: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after pos: the rest is a hole
+                break
+            if exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP) and pos == 0:
+                return [(0, size)]
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        regions.append((start, end - start))
+        pos = end
+    return regions

@@ -1,0 +1,1 @@
+"""Tests of the engine: scan, fs metadata, backup, restore."""
