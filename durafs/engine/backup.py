@@ -27,7 +27,7 @@ from typing import Any
 import blake3
 
 from durafs.engine.catalogvol import write_catalog_volume
-from durafs.engine.fsmeta import data_regions
+from durafs.engine.fsmeta import at_path, data_regions
 from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
@@ -235,11 +235,7 @@ class Backup:
         unit.attempt += 1
 
     def _read_once(self, unit: _Unit, item: ScanItem) -> os.stat_result:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
-        try:
-            fd = os.open(item.path, flags)
-        except PermissionError:
-            fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = open_source_file(item.path, follow=self.opts.follow_symlinks)
         hasher = blake3.blake3(max_threads=1)
         try:
             size = os.fstat(fd).st_size
@@ -366,6 +362,17 @@ class Backup:
         if self.progress is not None and (force or now - self._last_progress > 0.2):
             self._last_progress = now
             self.progress(dict(self.stats))
+
+
+def open_source_file(path: bytes, *, follow: bool) -> int:
+    """Open a file to back up: any path length, without updating its atime when allowed,
+    never through a symlink unless symlinks are followed."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    with at_path(path) as (dir_fd, name):
+        try:
+            return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
+        except PermissionError:  # O_NOATIME needs ownership of the file
+            return os.open(name, flags, dir_fd=dir_fd)
 
 
 def _read_all(fd: int, size: int) -> bytes:

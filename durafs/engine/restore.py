@@ -17,7 +17,7 @@ from typing import Any
 
 from durafs.engine.access import VolumeAccess
 from durafs.engine.catalogvol import to_tree_entry
-from durafs.engine.fsmeta import apply_metadata, make_node
+from durafs.engine.fsmeta import apply_metadata, at_path, make_node
 from durafs.errors import DurafsError, UsageError
 from durafs.format.catalog import TreeEntry
 from durafs.index.catalog import Catalog
@@ -98,12 +98,13 @@ class Restore:
         entry = to_tree_entry(self.catalog, src, version, leaders)
         try:
             if entry.type == "d":
-                os.makedirs(dest, exist_ok=True)
+                make_node(dest, entry)
                 return entry
-            if os.path.lexists(dest):
-                if not self.overwrite:
-                    raise FileExistsError("exists (use --overwrite)")
-                os.unlink(dest)
+            with at_path(dest) as (dir_fd, name):
+                if _lexists(name, dir_fd):
+                    if not self.overwrite:
+                        raise FileExistsError("exists (use --overwrite)")
+                    os.unlink(name, dir_fd=dir_fd)
             if entry.type == "f":
                 self._file(dest, entry, version, jobs)
             elif entry.type != "h":
@@ -114,7 +115,8 @@ class Restore:
         return entry
 
     def _file(self, dest: bytes, entry: TreeEntry, version: VersionRow, jobs: list[_Job]) -> None:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with at_path(dest) as (dir_fd, name):
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=dir_fd)
         try:
             os.ftruncate(fd, entry.size)
         finally:
@@ -144,7 +146,8 @@ class Restore:
     def _write_chunk(self, volume: Any, job: _Job) -> None:
         reader = self.access.reader(volume)
         data = reader.read_chunk(job.offset, job.length, job.size, job.cid)
-        fd = os.open(job.dest, os.O_WRONLY)
+        with at_path(job.dest) as (dir_fd, name):
+            fd = os.open(name, os.O_WRONLY, dir_fd=dir_fd)
         try:
             os.pwrite(fd, data, job.file_offset)
         finally:
@@ -164,7 +167,7 @@ class Restore:
             try:
                 if entry.type == "h":
                     assert entry.link is not None
-                    os.link(links[entry.link], dest)
+                    _link(links[entry.link], dest)
                     continue
                 if entry.type == "d":
                     dirs.append((dest, entry))
@@ -181,3 +184,17 @@ class Restore:
     def _problem(self, path: bytes, exc: BaseException) -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         self.result.problems.append(f"{os.fsdecode(path)}: {reason}")
+
+
+def _lexists(name: bytes, dir_fd: int | None) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _link(existing: bytes, new: bytes) -> None:
+    """os.link for paths of any length."""
+    with at_path(existing) as (src_fd, src), at_path(new) as (dst_fd, dst):
+        os.link(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from tests.engine.cli import checkpoint_names, durafs, setup_catalog
@@ -86,3 +87,57 @@ def test_exclude_and_ls_and_find(tmp_path: Path) -> None:
     hits = durafs("find", "*.jpg", "--json").json()
     assert [h["path"] for h in hits] == [f"{source}/keep/photo.jpg"]
     assert durafs("find", "x.tmp", "--json").json() == []
+
+
+def _deep_walk(top: Path, levels: int, create: bool) -> bytes:
+    """Walk (or build) *levels* directories of 200-byte names below *top* with *at calls
+    (no absolute path that long can be used) and return the leaf file's content."""
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(levels):
+            if create:
+                os.mkdir(b"d" * 200, dir_fd=fd)
+            new = os.open(b"d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+        if create:
+            leaf = os.open(b"leaf.txt", os.O_WRONLY | os.O_CREAT, 0o640, dir_fd=fd)
+            os.write(leaf, b"deep down")
+            os.close(leaf)
+        leaf = os.open(b"leaf.txt", os.O_RDONLY, dir_fd=fd)
+        try:
+            assert os.fstat(leaf).st_mode & 0o777 == 0o640
+            return os.read(leaf, 100)
+        finally:
+            os.close(leaf)
+    finally:
+        os.close(fd)
+
+
+def test_paths_longer_than_path_max_round_trip(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    assert _deep_walk(source, 25, create=True) == b"deep down"  # 5 KiB of path
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 0, run.err
+    assert _deep_walk(out, 25, create=False) == b"deep down"
+    subprocess.run(["rm", "-rf", source, out], check=True)  # pytest's cleanup recurses
+
+
+def test_follow_symlinks_stores_what_links_point_to(tmp_path: Path) -> None:
+    source, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
+    source.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "real.txt").write_text("the target")
+    (source / "link.txt").symlink_to(elsewhere / "real.txt")
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p", "--follow-symlinks")
+    assert run.code == 0, run.err
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert not (out / "link.txt").is_symlink()
+    assert (out / "link.txt").read_text() == "the target"
