@@ -13,7 +13,7 @@ import sys
 import uuid
 from collections.abc import Callable
 
-from durafs.cli import commands
+from durafs.cli import commands, fscommands
 from durafs.cli.output import parse_size
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
@@ -118,6 +118,23 @@ def build_parser() -> _Parser:
     p.add_argument("--path", action="append", required=True)
     p.add_argument("--identity", help="age identity file (DURAFS_IDENTITY_PASSPHRASE or a "
                    "prompt if it is passphrase-protected)")
+    p.add_argument("--json", action="store_true")
+
+    p = _add(sub, "mount", fscommands.mount, "mount the checkpoints read-only on MOUNTPOINT")
+    p.add_argument("mountpoint")
+    p.add_argument("--foreground", action="store_true", help="serve in this process")
+    p.add_argument("--offline", default="wait", metavar="wait|fail|wait:SECONDS",
+                   help="when a file's medium is offline: wait for it (default), fail at "
+                        "once (ENOMEDIUM), or wait SECONDS, then fail")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",
+                   help="mount option: allow_other (let other users enter the mount)")
+    p.add_argument("--staging-size", type=parse_size, default=None,
+                   help="room for volumes staged from waited-for media (default 2G)")
+    p.add_argument("--cache-size", type=parse_size, default=None,
+                   help="memory for decrypted chunks (default 64M)")
+    p = _add(sub, "umount", fscommands.umount, "unmount a mounted tree")
+    p.add_argument("mountpoint")
+    p = _add(sub, "requests", fscommands.requests, "list open media requests")
     p.add_argument("--json", action="store_true")
     return parser
 

@@ -1,0 +1,306 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The pyfuse3 adapter: kernel requests in, `durafs.fs.vfs` / `durafs.fs.reads` calls out.
+
+This is a protocol adapter only. It owns the handle tables and the one mapping from
+durafs errors to errnos (`errno_of`); the tree's meaning lives in the model. Every
+handler runs on the trio thread: metadata handlers call the model directly (indexed
+queries, no medium), data handlers await the reader, which does blocking work in worker
+threads.
+
+Kernel caching: nodes inside checkpoints never change, so their entries and attributes
+are cached for `STABLE_TIMEOUT` (negative lookups too); the root, plan directories and
+``latest`` links change when checkpoints are made, so the kernel re-asks after
+`VOLATILE_TIMEOUT`. Inodes are arithmetic (no per-inode state), so ``forget`` has
+nothing to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
+
+import pyfuse3
+from pyfuse3 import (
+    EntryAttributes,
+    FileHandleT,
+    FileInfo,
+    FileNameT,
+    FlagT,
+    InodeT,
+    ModeT,
+    ReaddirToken,
+    RequestContext,
+    SetattrFields,
+    StatvfsData,
+    XAttrNameT,
+)
+
+from durafs.errors import DurafsError, MediumOfflineError, NoIdentityError
+from durafs.fs.errors import (
+    BadHandle,
+    Interrupted,
+    IsADirectory,
+    NoSuchAttribute,
+    NoSuchEntry,
+    NotADirectory,
+    NotASymlink,
+    ReadOnly,
+)
+from durafs.fs.reads import OpenFile, Reader
+from durafs.fs.requests import signal_pending
+from durafs.fs.vfs import XATTR_ONLINE, Attr, DirStream, Tree
+
+log = logging.getLogger(__name__)
+
+#: Seconds the kernel may cache what never changes (the checkpoints' trees).
+STABLE_TIMEOUT = 86400.0
+#: Seconds for the root, plan directories and latest links (new checkpoints show up).
+VOLATILE_TIMEOUT = 1.0
+BLOCK_SIZE = 4096
+
+#: Errors the kernel hears, most specific first (subclasses before their bases).
+_ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
+    (NoSuchEntry, errno.ENOENT),
+    (NotADirectory, errno.ENOTDIR),
+    (IsADirectory, errno.EISDIR),
+    (NotASymlink, errno.EINVAL),
+    (NoSuchAttribute, pyfuse3.ENOATTR),
+    (ReadOnly, errno.EROFS),
+    (Interrupted, errno.EINTR),
+    (BadHandle, errno.EBADF),
+    (MediumOfflineError, errno.ENOMEDIUM),
+    (NoIdentityError, errno.EACCES),
+    (DurafsError, errno.EIO),  # damaged data, media errors, index errors
+)
+#: Errnos that are answers, not problems: logged at debug level only.
+_QUIET = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, pyfuse3.ENOATTR,
+                    errno.EROFS})
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno the kernel gets for *exc* (EIO for anything unexpected)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    for cls, number in _ERRNOS:
+        if isinstance(exc, cls):
+            return number
+    return errno.EIO
+
+
+@contextmanager
+def _to_errno(what: str) -> Iterator[None]:
+    """Turn what the model raises into FUSEError; log what is a real problem."""
+    try:
+        yield
+    except pyfuse3.FUSEError:
+        raise
+    except (DurafsError, OSError) as exc:
+        number = errno_of(exc)
+        if number in _QUIET:
+            log.debug("%s: %s", what, exc)
+        elif number in (errno.ENOMEDIUM, errno.EINTR):
+            log.warning("%s: %s", what, exc)
+        else:
+            log.error("%s: %s", what, exc)
+        raise pyfuse3.FUSEError(number) from exc
+    except Exception as exc:  # a bug: answer EIO, keep serving everyone else
+        log.exception("%s failed", what)
+        raise pyfuse3.FUSEError(errno.EIO) from exc
+
+
+def entry_attributes(attr: Attr) -> EntryAttributes:
+    """The kernel's view of *attr*, with cache timeouts by stability."""
+    entry = EntryAttributes()
+    entry.st_ino = InodeT(attr.ino)
+    entry.generation = 0
+    timeout = STABLE_TIMEOUT if attr.stable else VOLATILE_TIMEOUT
+    entry.entry_timeout = timeout
+    entry.attr_timeout = timeout
+    entry.st_mode = ModeT(attr.mode)
+    entry.st_nlink = attr.nlink
+    entry.st_uid = attr.uid
+    entry.st_gid = attr.gid
+    entry.st_rdev = attr.rdev
+    entry.st_size = attr.size
+    entry.st_blksize = BLOCK_SIZE
+    entry.st_blocks = attr.blocks
+    entry.st_atime_ns = attr.atime_ns
+    entry.st_mtime_ns = attr.mtime_ns
+    entry.st_ctime_ns = attr.ctime_ns
+    return entry
+
+
+def _negative_entry() -> EntryAttributes:
+    entry = EntryAttributes()
+    entry.st_ino = InodeT(0)  # "no such name", cached for entry_timeout
+    entry.entry_timeout = STABLE_TIMEOUT
+    return entry
+
+
+class Operations(pyfuse3.Operations):
+    """Serves a `Tree` (metadata) and a `Reader` (data) to the kernel, read-only."""
+
+    supports_dot_lookup = False  # no NFS export: ".." of an arbitrary inode is not kept
+    enable_writeback_cache = False
+    enable_acl = True  # the kernel enforces the source's POSIX ACLs (it asks getxattr)
+
+    def __init__(self, tree: Tree, reader: Reader) -> None:
+        super().__init__()
+        self.tree = tree
+        self.reader = reader
+        self._handles = itertools.count(1)
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, DirStream] = {}
+
+    # -- metadata: the index only ---------------------------------------------------------
+
+    async def lookup(self, parent_inode: InodeT, name: FileNameT,
+                     ctx: RequestContext) -> EntryAttributes:
+        with _to_errno(f"lookup of {name!r} in {parent_inode}"):
+            try:
+                return entry_attributes(self.tree.lookup(parent_inode, name))
+            except NoSuchEntry:
+                if self.tree.is_stable(parent_inode):
+                    return _negative_entry()
+                raise
+
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
+        return None  # inodes are arithmetic: nothing is kept per inode
+
+    async def getattr(self, inode: InodeT, ctx: RequestContext) -> EntryAttributes:
+        with _to_errno(f"getattr of {inode}"):
+            return entry_attributes(self.tree.getattr(inode))
+
+    async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
+        with _to_errno(f"readlink of {inode}"):
+            return FileNameT(self.tree.readlink(inode))
+
+    async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
+        with _to_errno(f"opendir of {inode}"):
+            fh = next(self._handles)
+            self._dirs[fh] = self.tree.opendir(inode)
+            return FileHandleT(fh)
+
+    async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
+        with _to_errno(f"readdir of handle {fh}"):
+            stream = self._dirs.get(fh)
+            if stream is None:
+                raise BadHandle(f"no directory handle {fh}")
+            for next_id, name, attr in stream.entries_from(start_id):
+                if not pyfuse3.readdir_reply(token, FileNameT(name), entry_attributes(attr),
+                                             next_id):
+                    break
+
+    async def releasedir(self, fh: FileHandleT) -> None:
+        self._dirs.pop(fh, None)
+
+    async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
+        with _to_errno(f"getxattr {name!r} of {inode}"):
+            if name == XATTR_ONLINE and name not in self.tree.listxattr(inode):
+                return await self._online(inode)
+            return self.tree.getxattr(inode, name)
+
+    async def _online(self, inode: int) -> bytes:
+        """``yes`` if reading the file now needs no medium that is offline."""
+        try:
+            plan = self.tree.read_plan(inode)
+        except (IsADirectory, NoSuchAttribute) as exc:
+            raise NoSuchAttribute("only files have user.durafs.online") from exc
+        return b"yes" if await self.reader.available(plan) else b"no"
+
+    async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
+        with _to_errno(f"listxattr of {inode}"):
+            return [XAttrNameT(name) for name in self.tree.listxattr(inode)]
+
+    async def statfs(self, ctx: RequestContext) -> StatvfsData:
+        with _to_errno("statfs"):
+            stats = self.tree.statfs()
+        data = StatvfsData()
+        data.f_bsize = BLOCK_SIZE
+        data.f_frsize = BLOCK_SIZE
+        data.f_blocks = -(-stats.stored_bytes // BLOCK_SIZE)
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = stats.files
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    # -- data -----------------------------------------------------------------------------
+
+    async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
+        with _to_errno(f"open of {inode}"):
+            self.tree.check_open(inode, flags)
+            plan = self.tree.read_plan(inode)
+            # May wait for a medium; the waiting process's signals end the wait (EINTR).
+            await self.reader.ensure_available(plan, lambda: signal_pending(ctx.pid))
+            fh = next(self._handles)
+            self._files[fh] = OpenFile(plan)
+            # keep_cache: the content never changes, so the page cache survives reopening
+            return FileInfo(fh=FileHandleT(fh), keep_cache=True)
+
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        f = self._files.get(fh)
+        with _to_errno(f"read of {f.plan.what if f else fh} at {off}"):
+            if f is None:
+                raise BadHandle(f"no file handle {fh}")
+            return await self.reader.read(f, off, size)  # type: ignore[return-value]
+
+    async def release(self, fh: FileHandleT) -> None:
+        self._files.pop(fh, None)
+
+    # -- everything that would change the tree: EROFS --------------------------------------
+
+    def _refuse(self, what: str) -> NoReturn:
+        with _to_errno(what):
+            self.tree.refuse_change(what)
+        raise AssertionError("refuse_change returned")
+
+    async def setattr(self, inode: InodeT, attr: EntryAttributes, fields: SetattrFields,
+                      fh: FileHandleT | None, ctx: RequestContext) -> EntryAttributes:
+        self._refuse("setattr")
+
+    async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
+                    ctx: RequestContext) -> EntryAttributes:
+        self._refuse("mknod")
+
+    async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
+                    ctx: RequestContext) -> EntryAttributes:
+        self._refuse("mkdir")
+
+    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
+        self._refuse("unlink")
+
+    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
+        self._refuse("rmdir")
+
+    async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
+                      ctx: RequestContext) -> EntryAttributes:
+        self._refuse("symlink")
+
+    async def rename(self, parent_inode_old: InodeT, name_old: FileNameT,
+                     parent_inode_new: InodeT, name_new: FileNameT, flags: FlagT,
+                     ctx: RequestContext) -> None:
+        self._refuse("rename")
+
+    async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
+                   ctx: RequestContext) -> EntryAttributes:
+        self._refuse("link")
+
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        self._refuse("write")
+
+    async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
+                     ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        self._refuse("create")
+
+    async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes,
+                       ctx: RequestContext) -> None:
+        self._refuse("setxattr")
+
+    async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
+        self._refuse("removexattr")
+

@@ -1,0 +1,272 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Serving the tree on a mount point: the pyfuse3 session, its tasks, clean exits.
+
+`serve` is the library entry point: the CLI runs it under ``trio.run`` (foreground, or in
+a forked child for background mounts), the daemon will run it in its own nursery with
+``await nursery.start(serve, config)``. It returns when the file system is unmounted
+(``durafs umount``, ``fusermount3 -u``) and unmounts cleanly when cancelled (SIGTERM in
+the CLI). After a crash it leaves the mount in place (``pyfuse3.close(unmount=False)``):
+a dead mount answers ENOTCONN, which a mirroring ``rsync --delete`` treats as an error,
+whereas an unmounted, empty directory would look like a tree whose files were all
+deleted. The next `prepare_mountpoint` lazily unmounts such a stale mount.
+
+pyfuse3 keeps its session in module globals, so one process serves at most one mount.
+
+While a mount is served, ``$DURAFS_HOME/mounts/<key>.json`` names the mount point and the
+serving process, so ``durafs umount`` knows whom to wait for.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from durafs.engine.access import VolumeAccess
+from durafs.engine.home import Home
+from durafs.errors import DurafsError, UsageError
+from durafs.format.keys import CatalogKeys
+from durafs.fs.fuseops import Operations
+from durafs.fs.reads import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_STAGING_BYTES,
+    ChunkSource,
+    OfflinePolicy,
+    Reader,
+    Staging,
+)
+from durafs.fs.requests import MediaRequests
+from durafs.fs.vfs import Tree
+from durafs.index.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+#: Page cache of the mount's index connections, KiB: the tree's queries touch few pages,
+#: and the default (64 MiB each) would dominate the mount's memory after a big listing.
+TREE_CACHE_KIB = 16_384
+ACCESS_CACHE_KIB = 2_048
+#: Seconds `unmount` waits for the serving process to exit.
+EXIT_WAIT = 15.0
+
+
+class MountError(DurafsError):
+    """The tree could not be mounted or unmounted."""
+
+
+@dataclass
+class MountConfig:
+    """Everything a mount needs; *keys* must be able to read (identities loaded)."""
+
+    mountpoint: str
+    home: Home
+    keys: CatalogKeys
+    policy: OfflinePolicy = field(default_factory=OfflinePolicy)
+    allow_other: bool = False
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    staging_bytes: int = DEFAULT_STAGING_BYTES
+    debug: bool = False
+
+    def fuse_options(self) -> set[str]:
+        options = {"ro", "default_permissions", "fsname=durafs", "subtype=durafs"}
+        if self.allow_other:
+            options.add("allow_other")
+        if self.debug:
+            options.add("debug")
+        return options
+
+
+# -- the mount point ----------------------------------------------------------------------
+
+
+def mount_state(path: str) -> str:
+    """``free`` (a directory to mount on), ``mounted`` or ``stale`` (ENOTCONN)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return "stale"
+        if exc.errno == errno.ENOENT:
+            raise UsageError(f"{path}: no such directory") from exc
+        raise
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{path}: not a directory")
+    return "mounted" if os.path.ismount(path) else "free"
+
+
+def prepare_mountpoint(path: str) -> None:
+    """Make sure *path* can be mounted on: lazily unmount a stale mount left by a crash,
+    refuse a live one."""
+    state = mount_state(path)
+    if state == "stale":
+        log.warning("%s: cleaning up a stale mount (transport endpoint is not connected)", path)
+        _lazy_unmount(path)
+        state = mount_state(path)
+        if state == "stale":
+            raise MountError(f"{path}: a stale mount is in the way and could not be removed; "
+                             f"remove it with: fusermount3 -uz {path}")
+    if state == "mounted":
+        raise UsageError(f"{path} is already a mount point (unmount it: durafs umount {path})")
+
+
+def _lazy_unmount(path: str) -> None:
+    for command in (["fusermount3", "-u", "-z", path], ["umount", "-l", path]):
+        if shutil.which(command[0]) is None:
+            continue
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            return
+        log.debug("%s: %s", " ".join(command), result.stderr.strip())
+
+
+def unmount(path: str) -> None:
+    """Unmount the tree at *path* (a stale one lazily); MountError if it stays mounted."""
+    state = mount_state(path)
+    if state == "free":
+        raise UsageError(f"{path} is not mounted")
+    if state == "stale":
+        _lazy_unmount(path)
+    else:
+        result = subprocess.run(["fusermount3", "-u", path], capture_output=True, text=True,
+                                check=False)
+        if result.returncode != 0:
+            detail = result.stderr.strip() or f"exit status {result.returncode}"
+            raise MountError(f"cannot unmount {path}: {detail}")
+    if mount_state(path) != "free":
+        raise MountError(f"{path} is still mounted")
+
+
+# -- mount records ------------------------------------------------------------------------
+
+
+def _record_path(home: Home, mountpoint: str) -> Path:
+    key = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:20]
+    return home.path / "mounts" / f"{key}.json"
+
+
+def read_mount_record(home: Home, mountpoint: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(_record_path(home, mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_mount_record(home: Home, mountpoint: str) -> Path:
+    path = _record_path(home, mountpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"mountpoint": mountpoint, "pid": os.getpid(),
+                               "started_ns": time.time_ns()}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def wait_for_exit(pid: int, timeout: float = EXIT_WAIT) -> bool:
+    """Wait until process *pid* has exited (or is a zombie); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _running(pid):
+            return True
+        time.sleep(0.05)
+    return not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+def _open_catalog(home: Home, cache_kib: int) -> Catalog:
+    catalog = home.catalog(readonly=True)
+    catalog.db.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
+    return catalog
+
+
+async def serve(config: MountConfig, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Mount the tree on *config.mountpoint* and serve it until it is unmounted.
+
+    Reports readiness through *task_status* once the kernel mount exists. Cancelling
+    the caller's scope unmounts cleanly.
+    """
+    await trio.to_thread.run_sync(prepare_mountpoint, config.mountpoint)
+    with ExitStack() as stack:
+        tree = Tree(stack.enter_context(_open_catalog(config.home, TREE_CACHE_KIB)))
+        access = VolumeAccess(stack.enter_context(_open_catalog(config.home, ACCESS_CACHE_KIB)),
+                              config.keys, wait=0)
+        source = ChunkSource(config.keys, access, Staging(config.home.staging,
+                                                          config.staging_bytes))
+        stack.callback(source.close)
+        requests = MediaRequests(config.home.path / "requests", mountpoint=config.mountpoint,
+                                 probe=_never_online)
+        stack.callback(requests.close)
+        reader = Reader(source, requests, policy=config.policy, cache_bytes=config.cache_bytes)
+        requests.probe = reader.fresh_probe
+        ops = Operations(tree, reader)
+        await _session(config, ops, requests, reader, task_status)
+
+
+async def _never_online(_medium: object) -> bool:
+    return False
+
+
+async def _session(config: MountConfig, ops: Operations, requests: MediaRequests,
+                   reader: Reader, task_status: Any) -> None:
+    try:
+        pyfuse3.init(ops, config.mountpoint, config.fuse_options())
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount on {config.mountpoint}: {exc}") from exc
+    record: Path | None = None
+    crashed = True
+    try:
+        async with trio.open_nursery() as nursery:
+            requests.start(nursery)
+            reader.start(nursery)
+            nursery.start_soon(_main_then_stop, nursery.cancel_scope)
+            record = _write_mount_record(config.home, config.mountpoint)
+            log.info("serving %s on %s", config.home.path, config.mountpoint)
+            task_status.started()
+        crashed = False
+    except BaseException as exc:
+        crashed = not _only_cancelled(exc)
+        raise
+    finally:
+        if crashed:
+            log.error("the mount of %s crashed; it is left in place (ENOTCONN) until the "
+                      "next mount or: fusermount3 -uz %s", config.mountpoint, config.mountpoint)
+        pyfuse3.close(unmount=not crashed)
+        if record is not None:
+            record.unlink(missing_ok=True)
+        log.info("unmounted %s", config.mountpoint)
+
+
+async def _main_then_stop(scope: trio.CancelScope) -> None:
+    await pyfuse3.main()
+    scope.cancel()  # unmounted from outside: stop pollers and readahead too
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return False

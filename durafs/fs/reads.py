@@ -1,0 +1,464 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Reading file data through the mount: availability at open, staging, the chunk cache
+and readahead.
+
+Three parts, each with its own threading rule:
+
+* `Staging` (any thread, locked): whole volumes copied from media that had to be waited
+  for into ``$DURAFS_HOME/staging``, named by volume uuid, LRU by last use (file mtime),
+  at most *capacity* bytes. A staged copy is the stored bytes as they are on the medium
+  (encrypted if the volume is); every chunk read from it is still checked against its id.
+* `ChunkSource` (worker threads): one chunk's plaintext, from the staged copy if there is
+  one, else through `VolumeAccess` (its own catalog connection) from the medium, which
+  must be online by then (``wait=0``: the waiting happened at open, in trio).
+* `Reader` (trio thread only, so no locks): the open files' reads. Decrypted chunks live
+  in an LRU cache bounded by bytes; a chunk wanted by several readers is fetched once
+  (later ones wait for the first); a sequential reader gets the next chunks prefetched in
+  worker threads. Blocking work runs under named `trio.CapacityLimiter`s, so a slow
+  medium never stalls the trio thread (and with it ``ls`` in another shell).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from durafs.engine.access import VolumeAccess
+from durafs.engine.poolwriter import open_medium
+from durafs.errors import DurafsError, MediumError, MediumOfflineError
+from durafs.format.keys import CatalogKeys
+from durafs.format.reader import VolumeReader
+from durafs.fs.requests import MediaRequests
+from durafs.fs.vfs import ReadPlan
+from durafs.index.rows import ChunkRow, FilePiece, MediumRow, VolumeRow
+from durafs.media.filehandle import FileVolumeHandle
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+DEFAULT_CACHE_BYTES = 64 * MiB
+DEFAULT_STAGING_BYTES = 2048 * MiB
+#: Chunks prefetched ahead of a sequential reader.
+READAHEAD_CHUNKS = 2
+#: How long an online/offline probe of a medium is believed.
+PROBE_TTL = 1.0
+#: Open readers of staged volumes kept (each holds a file descriptor).
+STAGED_READERS = 16
+_COPY_BLOCK = 4 * MiB
+_STAGED_SUFFIX = ".vol"
+
+
+@dataclass(frozen=True, slots=True)
+class OfflinePolicy:
+    """What an open does when its data is on an offline medium.
+
+    *timeout*: seconds to wait for the medium (None: forever, 0: fail at once).
+    """
+
+    timeout: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> OfflinePolicy:
+        """``wait`` | ``fail`` | ``wait:SECONDS``; ValueError otherwise."""
+        if text == "wait":
+            return cls(None)
+        if text == "fail":
+            return cls(0.0)
+        head, _, seconds = text.partition(":")
+        if head == "wait" and seconds:
+            value = float(seconds)
+            if value >= 0 and value != float("inf"):
+                return cls(value)
+        raise ValueError(f"{text!r}: expected wait, fail or wait:SECONDS")
+
+
+# -- staging -------------------------------------------------------------------------------
+
+
+class Staging:
+    """Whole volumes on local disk (see the module docstring); thread-safe."""
+
+    def __init__(self, directory: Path, capacity: int = DEFAULT_STAGING_BYTES) -> None:
+        self.directory = directory
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._busy: dict[str, threading.Lock] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+        for leftover in directory.glob(".tmp-*"):  # copies cut short by a crash
+            leftover.unlink(missing_ok=True)
+
+    def path(self, volume: VolumeRow) -> Path:
+        return self.directory / f"{volume.uuid}{_STAGED_SUFFIX}"
+
+    def has(self, volume: VolumeRow) -> bool:
+        try:
+            return self.path(volume).stat().st_size == volume.stored_size
+        except OSError:
+            return False
+
+    def open(self, volume: VolumeRow) -> FileVolumeHandle | None:
+        """A handle on the staged copy (marking it used), or None if there is none."""
+        path = self.path(volume)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            if os.fstat(fd).st_size != volume.stored_size:
+                os.close(fd)
+                return None
+            os.utime(fd)  # last use, for LRU eviction
+        except OSError:
+            os.close(fd)
+            return None
+        name = path.name
+        return FileVolumeHandle(fd, name, lambda exc: MediumError(f"staged {name}: {exc}"))
+
+    def stage(self, volume: VolumeRow, medium: MediumRow) -> bool:
+        """Copy *volume* from its (online) medium unless staged already; False if it does
+        not fit in the staging area at all."""
+        if volume.stored_size > self.capacity:
+            return False
+        with self._lock:
+            busy = self._busy.setdefault(volume.uuid, threading.Lock())
+        with busy:  # one copy per volume, whoever asks
+            if self.has(volume):
+                return True
+            self._make_room(volume.stored_size)
+            self._copy(volume, medium)
+        return True
+
+    def _copy(self, volume: VolumeRow, medium: MediumRow) -> None:
+        handle = open_medium(medium).open_volume(volume.name or "")
+        tmp = self.directory / f".tmp-{volume.uuid}-{os.getpid()}"
+        started = time.monotonic()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                offset = 0
+                while offset < handle.size:
+                    block = handle.read_at(offset, min(_COPY_BLOCK, handle.size - offset))
+                    if not block:
+                        raise MediumError(f"{volume.name}: ends at {offset} while staging")
+                    os.pwrite(fd, block, offset)
+                    offset += len(block)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path(volume))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            handle.close()
+        log.info("staged volume %s (%d bytes) from medium %s in %.1f s", volume.name,
+                 volume.stored_size, medium.label, time.monotonic() - started)
+
+    def _make_room(self, incoming: int) -> None:
+        """Evict the least recently used copies until *incoming* more bytes fit."""
+        entries = []
+        for path in self.directory.glob(f"*{_STAGED_SUFFIX}"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total + incoming <= self.capacity:
+                break
+            # An open reader keeps its descriptor: unlinking never breaks a read.
+            path.unlink(missing_ok=True)
+            total -= size
+            log.info("evicted staged volume %s", path.name)
+
+    def used(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.glob(f"*{_STAGED_SUFFIX}"))
+
+
+# -- chunk source (worker threads) -------------------------------------------------------
+
+
+class ChunkSource:
+    """Chunk plaintext by index rows, from staged copies or online media; thread-safe."""
+
+    def __init__(self, keys: CatalogKeys, access: VolumeAccess, staging: Staging) -> None:
+        self.keys = keys
+        self.access = access
+        self.staging = staging
+        self._lock = threading.Lock()
+        self._staged: OrderedDict[int, tuple[FileVolumeHandle, VolumeReader]] = OrderedDict()
+
+    def read_chunk(self, chunk: ChunkRow, volume: VolumeRow) -> bytes:
+        reader = self._staged_reader(volume) or self.access.reader(volume)
+        return reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
+
+    def _staged_reader(self, volume: VolumeRow) -> VolumeReader | None:
+        with self._lock:
+            cached = self._staged.get(volume.id)
+            if cached is not None:
+                self._staged.move_to_end(volume.id)
+                return cached[1]
+        handle = self.staging.open(volume)
+        if handle is None:
+            return None
+        try:
+            reader = VolumeReader(handle.read_at, identities=self.keys.identities,
+                                  size=handle.size, name=volume.name or volume.uuid,
+                                  catalog_id=self.keys.catalog_id)
+        except BaseException:
+            handle.close()
+            raise
+        with self._lock:
+            self._staged[volume.id] = (handle, reader)
+            while len(self._staged) > STAGED_READERS:
+                self._staged.popitem(last=False)[1][0].close()
+        return reader
+
+    def is_online(self, medium: MediumRow) -> bool:
+        """Probe the medium (directory media: read its marker); never raises."""
+        try:
+            return open_medium(medium).is_online()
+        except (DurafsError, OSError) as exc:
+            log.debug("probe of medium %s failed: %s", medium.label, exc)
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            for handle, _ in self._staged.values():
+                handle.close()
+            self._staged.clear()
+        self.access.close()
+
+
+# -- reads of open files (trio thread) ----------------------------------------------------
+
+
+class ChunkCache:
+    """Plaintext chunks by chunks.id, least recently used dropped beyond *capacity* bytes."""
+
+    def __init__(self, capacity: int = DEFAULT_CACHE_BYTES) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._data: OrderedDict[int, bytes] = OrderedDict()
+
+    def get(self, chunk_id: int) -> bytes | None:
+        data = self._data.get(chunk_id)
+        if data is not None:
+            self._data.move_to_end(chunk_id)
+        return data
+
+    def put(self, chunk_id: int, data: bytes) -> None:
+        if len(data) > self.capacity or chunk_id in self._data:
+            return
+        self._data[chunk_id] = data
+        self.used += len(data)
+        while self.used > self.capacity:
+            self.used -= len(self._data.popitem(last=False)[1])
+
+    def __contains__(self, chunk_id: int) -> bool:
+        return chunk_id in self._data
+
+
+@dataclass(eq=False)
+class OpenFile:
+    """One open file: its read plan and where its last read ended (readahead)."""
+
+    plan: ReadPlan
+    starts: list[int] = field(default_factory=list)
+    next_offset: int = 0
+
+    def __post_init__(self) -> None:
+        self.starts = [p.file_offset for p in self.plan.pieces]
+
+    def pieces_in(self, start: int, end: int) -> list[tuple[int, FilePiece]]:
+        """(index, piece) of every piece overlapping bytes [start, end)."""
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        found = []
+        pieces = self.plan.pieces
+        while i < len(pieces) and pieces[i].file_offset < end:
+            if pieces[i].file_offset + pieces[i].size > start:
+                found.append((i, pieces[i]))
+            i += 1
+        return found
+
+
+@dataclass(eq=False)
+class _Fetch:
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+
+
+class Reader:
+    """Availability checks at open and the reads of open files (see the module docstring).
+
+    *requests* raises and joins media requests; *policy* says how long an open waits.
+    """
+
+    def __init__(
+        self,
+        source: ChunkSource,
+        requests: MediaRequests,
+        *,
+        policy: OfflinePolicy = OfflinePolicy(),
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        readahead: int = READAHEAD_CHUNKS,
+    ) -> None:
+        self.source = source
+        self.requests = requests
+        self.policy = policy
+        self.cache = ChunkCache(cache_bytes)
+        self.readahead = readahead
+        self._inflight: dict[int, _Fetch] = {}
+        self._probes: dict[int, tuple[bool, float]] = {}
+        self._nursery: trio.Nursery | None = None
+        # One limiter per kind of blocking work: readahead and staging copies never take
+        # the threads foreground reads and probes need.
+        self.read_limiter = trio.CapacityLimiter(8)
+        self.ahead_limiter = trio.CapacityLimiter(2)
+        self.probe_limiter = trio.CapacityLimiter(4)
+        self.stage_limiter = trio.CapacityLimiter(2)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Give readahead tasks a home; call once before serving."""
+        self._nursery = nursery
+
+    # -- availability ---------------------------------------------------------------------
+
+    async def probe(self, medium: MediumRow, *, fresh: bool = False) -> bool:
+        """Is *medium* online? Answers younger than PROBE_TTL are reused unless *fresh*."""
+        cached = self._probes.get(medium.id)
+        now = time.monotonic()
+        if cached is not None and not fresh and now - cached[1] < PROBE_TTL:
+            return cached[0]
+        online = await trio.to_thread.run_sync(self.source.is_online, medium,
+                                               limiter=self.probe_limiter)
+        self._probes[medium.id] = (online, time.monotonic())
+        return online
+
+    async def fresh_probe(self, medium: MediumRow) -> bool:
+        return await self.probe(medium, fresh=True)
+
+    def _missing(self, plan: ReadPlan) -> dict[int, list[VolumeRow]]:
+        """Volumes of *plan* not staged, by medium id."""
+        by_medium: dict[int, list[VolumeRow]] = {}
+        for volume in plan.volumes.values():
+            if not self.source.staging.has(volume):
+                by_medium.setdefault(volume.medium_id, []).append(volume)
+        return by_medium
+
+    async def available(self, plan: ReadPlan) -> bool:
+        """True if reading *plan* now needs no medium that is offline."""
+        for medium_id in self._missing(plan):
+            if not await self.probe(plan.media[medium_id]):
+                return False
+        return True
+
+    async def ensure_available(self, plan: ReadPlan, interrupted: Callable[[], bool]) -> None:
+        """Return once every volume of *plan* is staged or on an online medium.
+
+        An offline medium raises (or joins) a media request and waits per the policy;
+        volumes from a medium that had to be waited for are staged before returning, so
+        the next file from them needs no request even if the medium goes away again.
+        """
+        for medium_id, volumes in self._missing(plan).items():
+            medium = plan.media[medium_id]
+            if await self.probe(medium):
+                continue
+            if self.policy.timeout == 0:
+                raise MediumOfflineError(f"medium {medium.label} is offline "
+                                         f"(needed for {plan.what}; mounted with --offline fail)")
+            await self.requests.wait_online(medium, f"open of {plan.what}",
+                                            give_up_after=self.policy.timeout,
+                                            interrupted=interrupted)
+            self._probes[medium.id] = (True, time.monotonic())
+            await self._stage(volumes, medium)
+
+    async def _stage(self, volumes: list[VolumeRow], medium: MediumRow) -> None:
+        for volume in volumes:
+            try:
+                staged = await trio.to_thread.run_sync(self.source.staging.stage, volume, medium,
+                                                       limiter=self.stage_limiter)
+            except (DurafsError, OSError) as exc:  # reads can still go to the medium
+                log.warning("could not stage volume %s from medium %s: %s", volume.name,
+                            medium.label, exc)
+                continue
+            if not staged:
+                log.warning("volume %s (%d bytes) is larger than the staging area; it is "
+                            "read from medium %s directly", volume.name, volume.stored_size,
+                            medium.label)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read(self, f: OpenFile, offset: int, size: int) -> bytes | memoryview:
+        """*size* bytes of *f* at *offset* (fewer at the end; holes read as zeros)."""
+        end = min(offset + size, f.plan.size)
+        if end <= offset:
+            return b""
+        found = f.pieces_in(offset, end)
+        sequential = offset == f.next_offset
+        f.next_offset = end
+        if sequential and self.readahead:
+            self._read_ahead(f, (found[-1][0] + 1) if found else bisect.bisect_left(f.starts, end))
+        if len(found) == 1:
+            _, piece = found[0]
+            if piece.file_offset <= offset and end <= piece.file_offset + piece.size:
+                data = await self._chunk(f.plan, piece)  # one piece covers it all: no copy
+                return memoryview(data)[offset - piece.file_offset : end - piece.file_offset]
+        buf = bytearray(end - offset)  # zeros: whatever no piece covers is a hole
+        for _, piece in found:
+            data = await self._chunk(f.plan, piece)
+            lo, hi = max(offset, piece.file_offset), min(end, piece.file_offset + piece.size)
+            rel = piece.file_offset
+            buf[lo - offset : hi - offset] = memoryview(data)[lo - rel : hi - rel]
+        return buf
+
+    def _read_ahead(self, f: OpenFile, first: int) -> None:
+        if self._nursery is None:
+            return
+        for piece in f.plan.pieces[first : first + self.readahead]:
+            cid = piece.chunk.id
+            if cid not in self.cache and cid not in self._inflight:
+                self._nursery.start_soon(self._prefetch, f.plan, piece)
+
+    async def _prefetch(self, plan: ReadPlan, piece: FilePiece) -> None:
+        try:
+            await self._chunk(plan, piece, ahead=True)
+        except (DurafsError, OSError) as exc:  # the real read will report it
+            log.debug("readahead of %s failed: %s", plan.what, exc)
+
+    async def _chunk(self, plan: ReadPlan, piece: FilePiece, *, ahead: bool = False) -> bytes:
+        """The plaintext of *piece*'s chunk: cached, fetched by another task, or fetched."""
+        chunk = piece.chunk
+        while True:
+            data = self.cache.get(chunk.id)
+            if data is not None:
+                return data
+            pending = self._inflight.get(chunk.id)
+            if pending is None:
+                return await self._fetch(chunk, plan.volumes[chunk.volume_id], ahead)
+            await pending.done.wait()
+            if pending.data is not None:
+                return pending.data
+            # the fetch we waited for failed: try ourselves (and report our own error)
+
+    async def _fetch(self, chunk: ChunkRow, volume: VolumeRow, ahead: bool) -> bytes:
+        pending = self._inflight[chunk.id] = _Fetch()
+        limiter = self.ahead_limiter if ahead else self.read_limiter
+        try:
+            data = await trio.to_thread.run_sync(self.source.read_chunk, chunk, volume,
+                                                 limiter=limiter)
+            self.cache.put(chunk.id, data)
+            pending.data = data
+            return data
+        finally:
+            del self._inflight[chunk.id]
+            pending.done.set()

@@ -1,0 +1,572 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The mounted tree as a FUSE-free model: inodes, attributes, lookups, listings, xattrs
+and read plans, all answered from the index alone (never from a medium).
+
+Layout::
+
+    /                                   ROOT_INO
+    /<plan>/                            plan directory
+    /<plan>/latest -> <checkpoint>      symlink to the newest checkpoint
+    /<plan>/<checkpoint>/...            the checkpoint's tree ("/" of the sources)
+
+Inode numbers are arithmetic, so the model keeps no per-inode state and its memory does
+not grow with what the kernel has looked up:
+
+* 1 is the root; plan *p* has ``16 + 2p`` (its directory) and ``17 + 2p`` (its
+  ``latest`` link); all of them are below ``2**SEQ_BITS``.
+* A node inside checkpoint *seq* has ``(vid << SEQ_BITS) | seq`` where *vid* is
+  ``hardlink_id or id`` of its version: the members of a hard-link group share one inode
+  within a checkpoint, and the same version in two checkpoints has two inodes (its
+  ``st_nlink`` and ``user.durafs.checkpoint`` may differ). ``vid >= 1``, so these never
+  collide with the reserved numbers. Version ids are never reused (AUTOINCREMENT), so an
+  inode means the same node for the life of the mount.
+
+Freshness: committed checkpoint trees never change, so tree nodes are *stable* (the
+adapter gives the kernel long cache timeouts). The plan and checkpoint lists are reloaded
+when ``PRAGMA data_version`` says another connection committed, so checkpoints made while
+mounted appear at once; those nodes are not stable (short timeouts).
+
+Threading: one `Tree` owns one read-only catalog connection and must be used from one
+thread (the trio thread of the mount). Every method is a few indexed queries.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from durafs.fs.errors import (
+    IsADirectory,
+    NoSuchAttribute,
+    NoSuchEntry,
+    NotADirectory,
+    NotASymlink,
+    ReadOnly,
+)
+from durafs.index.catalog import Catalog
+from durafs.index.rows import (
+    VERSION_COLUMNS,
+    CheckpointRow,
+    FilePiece,
+    MediumRow,
+    PlanRow,
+    VersionRow,
+    VolumeRow,
+)
+
+SEQ_BITS = 20
+SEQ_MASK = (1 << SEQ_BITS) - 1
+ROOT_INO = 1
+_PLAN_BASE = 16
+#: Plan ids above this have no reserved inode numbers left (about half a million plans).
+MAX_PLAN_ID = (SEQ_MASK - _PLAN_BASE - 1) // 2
+
+LATEST = b"latest"
+#: Entries per page when a directory is listed (one indexed query per page).
+PAGE = 1000
+#: Versions, hard-link group sizes and volumes kept in memory; each is immutable.
+CACHE_ENTRIES = 8192
+
+# durafs's own facts: readable by name, never listed (so cp -a and rsync -X skip them).
+XATTR_MEDIA = b"user.durafs.media"
+XATTR_LOCATION = b"user.durafs.location"
+XATTR_ONLINE = b"user.durafs.online"
+XATTR_BLAKE3 = b"user.durafs.blake3"
+XATTR_CHECKPOINT = b"user.durafs.checkpoint"
+FACTS = frozenset({XATTR_MEDIA, XATTR_LOCATION, XATTR_ONLINE, XATTR_BLAKE3, XATTR_CHECKPOINT})
+
+_DIR_MODE = stat.S_IFDIR | 0o555
+_LINK_MODE = stat.S_IFLNK | 0o777
+
+_BY_ID = f"SELECT v.plan_id, {VERSION_COLUMNS} FROM versions v WHERE v.id = ?"
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A dict that forgets its least recently used entries beyond *size*."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> V:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """What stat shows for one node. *stable*: never changes while mounted."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    stable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """Everything needed to read one file, taken from the index at open time.
+
+    *pieces* are in file order (bytes no piece covers are holes); *volumes* and *media*
+    hold the rows those pieces refer to; *what* names the file in messages.
+    """
+
+    ino: int
+    size: int
+    what: str
+    pieces: list[FilePiece]
+    volumes: dict[int, VolumeRow]
+    media: dict[int, MediumRow]
+
+
+@dataclass(frozen=True, slots=True)
+class FsStats:
+    """statfs numbers: stored bytes and the number of versions ever recorded."""
+
+    stored_bytes: int
+    files: int
+
+
+@dataclass(slots=True)
+class _Plans:
+    """The plans and their checkpoints, as of one ``data_version``."""
+
+    by_name: dict[bytes, PlanRow] = field(default_factory=dict)
+    by_id: dict[int, PlanRow] = field(default_factory=dict)
+    checkpoints: dict[int, list[CheckpointRow]] = field(default_factory=dict)
+    by_cp_name: dict[tuple[int, bytes], CheckpointRow] = field(default_factory=dict)
+    by_seq: dict[tuple[int, int], CheckpointRow] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A decoded inode: *kind* is root, plan, latest or tree."""
+
+    kind: str
+    plan_id: int = 0
+    vid: int = 0
+    seq: int = 0
+
+
+def plan_ino(plan_id: int) -> int:
+    if not 0 < plan_id <= MAX_PLAN_ID:
+        raise NoSuchEntry(f"plan id {plan_id} is outside the mountable range")
+    return _PLAN_BASE + 2 * plan_id
+
+
+def latest_ino(plan_id: int) -> int:
+    return plan_ino(plan_id) + 1
+
+
+def tree_ino(version: VersionRow, seq: int) -> int:
+    """The inode of *version* inside checkpoint *seq* (hard links share the leader's)."""
+    return ((version.hardlink_id or version.id) << SEQ_BITS) | seq
+
+
+def decode(ino: int) -> _Node:
+    """Which node inode *ino* stands for (see the module docstring)."""
+    if ino == ROOT_INO:
+        return _Node("root")
+    if ino > SEQ_MASK:
+        return _Node("tree", vid=ino >> SEQ_BITS, seq=ino & SEQ_MASK)
+    if ino < _PLAN_BASE + 2:
+        raise NoSuchEntry(f"inode {ino} is not in use")
+    plan_id, odd = divmod(ino - _PLAN_BASE, 2)
+    return _Node("latest" if odd else "plan", plan_id=plan_id)
+
+
+def blocks_of(version: VersionRow) -> int:
+    """st_blocks: 512-byte units of stored data (holes excluded), rounded up."""
+    if version.type == "f":
+        stored = sum(size for _, _, size in version.pieces())
+    elif version.type == "d":
+        stored = version.size
+    else:
+        stored = 0
+    return -(-stored // 512)
+
+
+class Tree:
+    """The tree model over one read-only catalog (see the module docstring)."""
+
+    def __init__(self, catalog: Catalog, *, mounted_ns: int | None = None) -> None:
+        self.catalog = catalog
+        self.mounted_ns = mounted_ns or time.time_ns()
+        self._data_version: int | None = None
+        self._plans = _Plans()
+        self._versions: LRU[int, tuple[int, VersionRow]] = LRU(CACHE_ENTRIES)
+        self._groups: LRU[tuple[int, int], int] = LRU(CACHE_ENTRIES)
+        self._volumes: LRU[int, VolumeRow] = LRU(CACHE_ENTRIES)
+        self._roots: dict[tuple[int, int], VersionRow] = {}
+        self._media: dict[int, MediumRow] = {}
+
+    # -- freshness ------------------------------------------------------------------------
+
+    def plans(self) -> _Plans:
+        """The plan/checkpoint snapshot, reloaded if anyone committed since the last one."""
+        version = int(self.catalog.db.get_val("PRAGMA data_version"))
+        if version != self._data_version:
+            self._plans = self._load_plans()
+            self._media.clear()  # a medium's path or location may have changed too
+            self._data_version = version
+        return self._plans
+
+    def _load_plans(self) -> _Plans:
+        snap = _Plans()
+        for plan in self.catalog.plans():
+            if plan.id > MAX_PLAN_ID:
+                continue
+            snap.by_name[os.fsencode(plan.name)] = plan
+            snap.by_id[plan.id] = plan
+            snap.checkpoints[plan.id] = []
+        for cp in self.catalog.checkpoints():
+            if cp.plan_id not in snap.by_id:
+                continue
+            snap.checkpoints[cp.plan_id].append(cp)
+            snap.by_cp_name[(cp.plan_id, os.fsencode(cp.name))] = cp
+            snap.by_seq[(cp.plan_id, cp.seq)] = cp
+        return snap
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Attr:
+        node = decode(ino)
+        if node.kind == "root":
+            return self._root_attr()
+        if node.kind == "plan":
+            return self._plan_attr(self._plan(node.plan_id))
+        if node.kind == "latest":
+            return self._latest_attr(self._plan(node.plan_id))
+        return self._tree_attr(self._version(node.vid)[1], node.seq)
+
+    def lookup(self, parent: int, name: bytes) -> Attr:
+        """The node *name* in directory *parent*, or NoSuchEntry."""
+        node = decode(parent)
+        if node.kind == "root":
+            plan = self.plans().by_name.get(name)
+            if plan is None:
+                raise NoSuchEntry(f"no plan {name!r}")
+            return self._plan_attr(plan)
+        if node.kind == "plan":
+            return self._lookup_in_plan(self._plan(node.plan_id), name)
+        if node.kind == "latest":
+            raise NotADirectory("latest is a symbolic link")
+        plan_id, version = self._version(node.vid)
+        if version.type != "d":
+            raise NotADirectory(f"inode {parent} is not a directory")
+        child = self.catalog.lookup(plan_id, node.seq, version.path_id, name)
+        if child is None:
+            raise NoSuchEntry(f"no {name!r} in inode {parent}")
+        return self._tree_attr(self._leader(child), node.seq)
+
+    def _lookup_in_plan(self, plan: PlanRow, name: bytes) -> Attr:
+        snap = self.plans()
+        if name == LATEST and snap.checkpoints.get(plan.id):
+            return self._latest_attr(plan)
+        cp = snap.by_cp_name.get((plan.id, name))
+        if cp is None:
+            raise NoSuchEntry(f"no checkpoint {name!r} in plan {plan.name}")
+        return self._tree_attr(self._checkpoint_root(cp), cp.seq)
+
+    def is_stable(self, ino: int) -> bool:
+        """True for nodes inside checkpoints: they never change while mounted."""
+        return ino > SEQ_MASK
+
+    def readlink(self, ino: int) -> bytes:
+        node = decode(ino)
+        if node.kind == "latest":
+            return self._latest_target(self._plan(node.plan_id))
+        if node.kind != "tree":
+            raise NotASymlink(f"inode {ino} is not a symbolic link")
+        _, version = self._version(node.vid)
+        if version.type != "l" or version.target is None:
+            raise NotASymlink(f"inode {ino} is not a symbolic link")
+        return version.target
+
+    # -- listings -------------------------------------------------------------------------
+
+    def entries(
+        self, ino: int, *, after: bytes = b"", limit: int = PAGE
+    ) -> list[tuple[bytes, Attr]]:
+        """Up to *limit* entries of directory *ino* with names after *after*, by name."""
+        node = decode(ino)
+        if node.kind == "tree":
+            plan_id, version = self._version(node.vid)
+            if version.type != "d":
+                raise NotADirectory(f"inode {ino} is not a directory")
+            rows = self.catalog.listdir(plan_id, node.seq, version.path_id, after=after,
+                                        limit=limit)
+            return [(name, self._tree_attr(self._leader(v), node.seq)) for name, v in rows]
+        if node.kind == "latest":
+            raise NotADirectory("latest is a symbolic link")
+        names = self._small_listing(node)
+        return [(n, a) for n, a in names if n > after][:limit]
+
+    def _small_listing(self, node: _Node) -> list[tuple[bytes, Attr]]:
+        snap = self.plans()
+        if node.kind == "root":
+            listing = [(name, self._plan_attr(plan)) for name, plan in snap.by_name.items()]
+        else:
+            plan = self._plan(node.plan_id)
+            cps = snap.checkpoints.get(plan.id, [])
+            listing = [(os.fsencode(cp.name), self._tree_attr(self._checkpoint_root(cp), cp.seq))
+                       for cp in cps]
+            if cps:
+                listing.append((LATEST, self._latest_attr(plan)))
+        return sorted(listing, key=lambda item: item[0])
+
+    def opendir(self, ino: int) -> DirStream:
+        if not stat.S_ISDIR(self.getattr(ino).mode):
+            raise NotADirectory(f"inode {ino} is not a directory")
+        return DirStream(self, ino)
+
+    # -- xattrs ---------------------------------------------------------------------------
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        """The source's own xattr names (ACLs included); never durafs's facts."""
+        node = decode(ino)
+        if node.kind != "tree":
+            return []
+        return sorted(self._version(node.vid)[1].xattr_dict())
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        """A source xattr, or one of durafs's facts (`FACTS`) except XATTR_ONLINE, which
+        needs a probe of the media (see `durafs.fs.reads`)."""
+        node = decode(ino)
+        if node.kind != "tree":
+            raise NoSuchAttribute(name.decode(errors="replace"))
+        plan_id, version = self._version(node.vid)
+        own = version.xattr_dict()
+        if name in own:  # the source's own value wins over a fact of the same name
+            return own[name]
+        if name == XATTR_CHECKPOINT:
+            cp = self._checkpoint(plan_id, node.seq)
+            return f"{cp.plan}/{cp.name}".encode()
+        if name == XATTR_BLAKE3 and version.blake3 is not None:
+            return version.blake3.hex().encode()
+        if name in (XATTR_MEDIA, XATTR_LOCATION) and version.type == "f":
+            media = self.data_media(ino)
+            if name == XATTR_MEDIA:
+                return ",".join(m.label for m in media).encode()
+            return ",".join(m.location or m.path or "" for m in media).encode()
+        raise NoSuchAttribute(name.decode(errors="replace"))
+
+    def data_media(self, ino: int) -> list[MediumRow]:
+        """The media holding the data of file *ino*, by label."""
+        plan = self.read_plan(ino)
+        return sorted(plan.media.values(), key=lambda m: m.label)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read_plan(self, ino: int) -> ReadPlan:
+        """Where the bytes of file *ino* are: pieces, their volumes and media."""
+        node = decode(ino)
+        if node.kind != "tree":
+            raise IsADirectory(f"inode {ino} is not a file")
+        plan_id, version = self._version(node.vid)
+        if version.type == "d":
+            raise IsADirectory(f"inode {ino} is a directory")
+        if version.type != "f":
+            raise NoSuchAttribute(f"inode {ino} has no data")
+        pieces = self.catalog.file_chunks(version)
+        volumes = {p.chunk.volume_id: self._volume(p.chunk.volume_id) for p in pieces}
+        media = {v.medium_id: self._medium(v.medium_id) for v in volumes.values()}
+        what = self._describe(plan_id, node.seq, version)
+        return ReadPlan(ino, version.size, what, pieces, volumes, media)
+
+    def _describe(self, plan_id: int, seq: int, version: VersionRow) -> str:
+        cp = self._checkpoint(plan_id, seq)
+        path = os.fsdecode(self.catalog.path_of(version.path_id))
+        return f"{cp.plan}/{cp.name}{path}"
+
+    def check_open(self, ino: int, flags: int) -> None:
+        """Refuse opens that could write (the kernel refuses them first on a ro mount)."""
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise ReadOnly("the backup tree is read-only")
+
+    def statfs(self) -> FsStats:
+        stored = self.catalog.db.get_val("SELECT coalesce(sum(stored_size), 0) FROM volumes")
+        files = self.catalog.db.last_id("versions")
+        return FsStats(int(stored), files)
+
+    # -- rows -----------------------------------------------------------------------------
+
+    def _plan(self, plan_id: int) -> PlanRow:
+        plan = self.plans().by_id.get(plan_id)
+        if plan is None:
+            raise NoSuchEntry(f"no plan with id {plan_id}")
+        return plan
+
+    def _checkpoint(self, plan_id: int, seq: int) -> CheckpointRow:
+        cp = self._plans.by_seq.get((plan_id, seq)) or self.plans().by_seq.get((plan_id, seq))
+        if cp is None:
+            raise NoSuchEntry(f"checkpoint {seq} of plan {plan_id} is gone")
+        return cp
+
+    def _checkpoint_root(self, cp: CheckpointRow) -> VersionRow:
+        key = (cp.plan_id, cp.seq)
+        root = self._roots.get(key)
+        if root is None:
+            plan = self._plan(cp.plan_id)
+            root = self.catalog.version_at(plan.root_id, cp.seq)
+            if root is None:
+                raise NoSuchEntry(f"checkpoint {cp.plan}/{cp.name} has no root")
+            self._roots[key] = root
+        return root
+
+    def _version(self, vid: int) -> tuple[int, VersionRow]:
+        """(plan id, version) of version *vid*; versions never change once committed."""
+        cached = self._versions.get(vid)
+        if cached is not None:
+            return cached
+        row = self.catalog.db.get_row(_BY_ID, (vid,))
+        if row is None:
+            raise NoSuchEntry(f"version {vid} is gone")
+        return self._versions.put(vid, (int(row[0]), VersionRow(*row[1:])))
+
+    def _leader(self, version: VersionRow) -> VersionRow:
+        """The version whose attributes a hard-link group shows (its first member)."""
+        if version.hardlink_id is None or version.hardlink_id == version.id:
+            return version
+        return self._version(version.hardlink_id)[1]
+
+    def _group_size(self, hardlink_id: int, seq: int) -> int:
+        size = self._groups.get((hardlink_id, seq))
+        if size is None:
+            size = self._groups.put((hardlink_id, seq),
+                                    len(self.catalog.hardlink_group(hardlink_id, seq)) or 1)
+        return size
+
+    def _volume(self, volume_id: int) -> VolumeRow:
+        volume = self._volumes.get(volume_id)
+        if volume is None:
+            row = self.catalog.volume(volume_id)
+            if row is None:
+                raise NoSuchEntry(f"volume {volume_id} is not in the index")
+            volume = self._volumes.put(volume_id, row)
+        return volume
+
+    def _medium(self, medium_id: int) -> MediumRow:
+        self.plans()  # drops cached media rows when the index changed
+        medium = self._media.get(medium_id)
+        if medium is None:
+            row = self.catalog.medium(medium_id)
+            if row is None:
+                raise NoSuchEntry(f"medium {medium_id} is not in the index")
+            medium = self._media[medium_id] = row
+        return medium
+
+    # -- attributes -----------------------------------------------------------------------
+
+    def _tree_attr(self, version: VersionRow, seq: int) -> Attr:
+        if version.hardlink_id is not None:
+            nlink = self._group_size(version.hardlink_id, seq)
+        elif version.type == "d":
+            nlink = version.nlink
+        else:
+            nlink = 1
+        return Attr(tree_ino(version, seq), version.st_mode, nlink, version.uid, version.gid,
+                    version.rdev, version.size, blocks_of(version), version.atime_ns,
+                    version.mtime_ns, version.ctime_ns, True)
+
+    def _root_attr(self) -> Attr:
+        plans = len(self.plans().by_id)
+        t = self.mounted_ns
+        return Attr(ROOT_INO, _DIR_MODE, 2 + plans, 0, 0, 0, 0, 0, t, t, t, False)
+
+    def _plan_attr(self, plan: PlanRow) -> Attr:
+        cps = self.plans().checkpoints.get(plan.id, [])
+        t = cps[-1].finished_ns if cps else plan.created_ns
+        return Attr(plan_ino(plan.id), _DIR_MODE, 2 + len(cps), 0, 0, 0, 0, 0, t, t, t, False)
+
+    def _latest_attr(self, plan: PlanRow) -> Attr:
+        cps = self.plans().checkpoints.get(plan.id, [])
+        if not cps:
+            raise NoSuchEntry(f"plan {plan.name} has no checkpoint yet")
+        t = cps[-1].finished_ns
+        size = len(self._latest_target(plan))
+        return Attr(latest_ino(plan.id), _LINK_MODE, 1, 0, 0, 0, size, 0, t, t, t, False)
+
+    def _latest_target(self, plan: PlanRow) -> bytes:
+        cps = self.plans().checkpoints.get(plan.id, [])
+        if not cps:
+            raise NoSuchEntry(f"plan {plan.name} has no checkpoint yet")
+        return os.fsencode(cps[-1].name)
+
+    # -- the read-only contract -----------------------------------------------------------
+
+    def refuse_change(self, what: str) -> None:
+        """Every operation that would change the tree ends here."""
+        raise ReadOnly(f"{what}: the backup tree is read-only")
+
+
+class DirStream:
+    """The entries of one directory at positions 0, 1, 2 ..., fetched a page at a time.
+
+    A position is the offset cookie the kernel hands back to continue a listing; going
+    on from the end of the current page costs one query, going back restarts the listing
+    (rare: only after seekdir).
+    """
+
+    def __init__(self, tree: Tree, ino: int, page: int = PAGE) -> None:
+        self.tree = tree
+        self.ino = ino
+        self.page_size = page
+        self._reset()
+
+    def _reset(self) -> None:
+        self._start = 0
+        self._page: list[tuple[bytes, Attr]] = []
+        self._after = b""
+        self._done = False
+
+    def _advance(self) -> None:
+        self._start += len(self._page)
+        self._page = self.tree.entries(self.ino, after=self._after, limit=self.page_size)
+        if self._page:
+            self._after = self._page[-1][0]
+        self._done = len(self._page) < self.page_size
+
+    def entries_from(self, pos: int) -> Iterator[tuple[int, bytes, Attr]]:
+        """(position of the next entry, name, attributes) from position *pos* on."""
+        if pos < self._start:
+            self._reset()
+        while True:
+            while pos - self._start >= len(self._page):
+                if self._done:
+                    return
+                self._advance()
+            name, attr = self._page[pos - self._start]
+            pos += 1
+            yield pos, name, attr
