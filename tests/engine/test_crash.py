@@ -51,7 +51,7 @@ def integrity_ok() -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_during_backups(tmp_path: Path) -> None:
+def test_kill_9_during_backups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(1234)
     source = tmp_path / "src"
     for d in range(7):
@@ -59,13 +59,13 @@ def test_kill_9_during_backups(tmp_path: Path) -> None:
     mutate(source, rng, 1.0)
     pool = setup_catalog(tmp_path)
     # how long one full backup takes, to spread the kills over a whole run
-    probe_home = os.environ["DURAFS_HOME"]
-    os.environ["DURAFS_HOME"] = os.fspath(tmp_path / "probe")
+    home = os.environ["DURAFS_HOME"]
+    monkeypatch.setenv("DURAFS_HOME", os.fspath(tmp_path / "probe"))
     started = time.monotonic()
     setup_catalog(tmp_path / "probe")
     assert durafs("backup", source, "--pool", "p").code == 0
     duration = time.monotonic() - started
-    os.environ["DURAFS_HOME"] = probe_home
+    monkeypatch.setenv("DURAFS_HOME", home)
 
     kills = 0
     for round_no in range(ROUNDS):

@@ -1,0 +1,118 @@
+"""The command-line contract: exit codes, one-line errors, hooks, dry runs, listings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from durafs.engine.home import Home
+from tests.engine.cli import checkpoint_names, durafs, setup_catalog
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    run = durafs("backup", tmp_path, "--pool", "p")
+    assert run.code == 2 and "durafs init" in run.err and len(run.err.splitlines()) == 1
+    setup_catalog(tmp_path)
+    run = durafs("init")
+    assert run.code == 2 and "already holds" in run.err
+    run = durafs("backup", tmp_path / "missing", "--pool", "p")
+    assert run.code == 2 and "missing: not a directory" in run.err
+    run = durafs("backup", tmp_path, "--pool", "nope")
+    assert run.code == 2 and "no pool named 'nope'" in run.err
+    run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "x",
+                 "--volume-size", "lots")
+    assert run.code == 2 and "not a size" in run.err
+    run = durafs("restore", "default/nosuch", tmp_path / "out")
+    assert run.code == 2 and "no checkpoint" in run.err
+    assert durafs("frobnicate").code == 2
+
+
+def test_dry_run_stores_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("a" * 1000)
+    pool = setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p", "--dry-run", "--json")
+    assert run.code == 0
+    report = run.json()
+    assert report["checkpoint"] is None and report["stats"]["changed_files"] == 1
+    assert checkpoint_names() == []
+    assert list((pool / "volumes").iterdir()) == []
+
+
+def test_hooks_run_around_the_backup_and_failures_are_reported(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    log = tmp_path / "log"
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p", "--pre-hook", f"echo pre >> {log}",
+                 "--post-hook", f"echo post >> {log}")
+    assert run.code == 0, run.err
+    assert durafs("backup", source, "--pool", "p").code == 0  # hooks are kept in the plan
+    assert log.read_text() == "pre\npost\npre\npost\n"
+    run = durafs("backup", source, "--pool", "p", "--post-hook", "exit 4")
+    assert run.code == 1 and "post-backup hook `exit 4` failed (exit 4)" in run.err
+    before = checkpoint_names()
+    run = durafs("backup", source, "--pool", "p", "--pre-hook", "false")
+    assert run.code == 2 and "pre-backup hook" in run.err
+    assert checkpoint_names() == before
+
+
+def test_listings_and_keys(tmp_path: Path) -> None:
+    setup_catalog(tmp_path, location="shelf 2")
+    pools = durafs("pool", "list", "--json").json()
+    assert pools == [{"name": "p", "kind": "dir", "volume_size": 1 << 30, "media": 1}]
+    media = durafs("media", "list", "--json").json()
+    assert media[0]["label"] == "P-001" and media[0]["online"] is True
+    assert media[0]["location"] == "shelf 2"
+    table = durafs("media", "list").out
+    assert "P-001" in table and "shelf 2" in table
+    recipient = durafs("key", "recipient").out.strip()
+    assert recipient.startswith("age1")
+    identity = tmp_path / "id.txt"
+    assert durafs("key", "export-identity", identity).code == 0
+    assert os.stat(identity).st_mode & 0o777 == 0o600
+    assert f"public key: {recipient}" in identity.read_text()
+
+
+def test_wrong_identity_on_recover_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    shutil.rmtree(Home().path)
+    other = tmp_path / "other"
+    monkeypatch.setenv("DURAFS_HOME", os.fspath(other))
+    assert durafs("init").code == 0
+    wrong = tmp_path / "wrong.txt"
+    assert durafs("key", "export-identity", wrong).code == 0
+    monkeypatch.setenv("DURAFS_HOME", os.fspath(tmp_path / "fresh"))
+    run = durafs("recover", "--path", pool, "--identity", wrong)
+    assert run.code == 3
+    assert "no identity" in run.err.lower() and "Traceback" not in run.err
+
+
+@pytest.mark.parametrize("protect", [False, True])
+def test_recover_with_an_exported_identity(
+    tmp_path: Path, protect: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DURAFS_IDENTITY_PASSPHRASE", "identity secret")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    identity = tmp_path / "id.age"
+    args = ["--protect"] if protect else []
+    assert durafs("key", "export-identity", identity, *args).code == 0
+    assert identity.read_bytes().startswith(b"age-encryption.org/v1") == protect
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool, "--identity", identity)
+    assert run.code == 0, run.err
+    assert len(checkpoint_names()) == 1
