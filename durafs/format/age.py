@@ -14,82 +14,134 @@ Invariants this module keeps:
 - Errors are always durafs errors: CryptoError (malformed key material or header),
   NoIdentityError (nothing opens the header), IntegrityError (a tag or the header
   MAC fails), TruncatedError (the data ends early); messages name the volume.
+
+The header (stanzas, parsing, MAC) lives in ``age_header`` and the recipients,
+identities and key wrapping in ``age_keys``; this module holds the STREAM payload
+(AgeWriter, AgeReader, decrypt_stream) and identity-file encryption, and re-exports
+the whole API, so callers use ``from durafs.format import age`` and ``age.X``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
-import hashlib
-import hmac
 import io
 import os
-import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from durafs.errors import CryptoError, IntegrityError, NoIdentityError, TruncatedError
-from durafs.format import bech32
+from durafs.format.age_header import (
+    _B64_CHARS,
+    _MAX_ARG_LINE,
+    FILE_KEY_SIZE,
+    MAX_HEADER_SIZE,
+    VERSION_LINE,
+    Header,
+    Identity,
+    Recipient,
+    Stanza,
+    _b64decode,
+    _b64encode,
+    _header_mac,
+    _hkdf,
+    _line,
+    _p,
+    _parse_stanza,
+    parse_header,
+)
+from durafs.format.age_keys import (
+    _CACHE_PEPPER,
+    _RECIPIENT_HRP,
+    _SCRYPT_CACHE,
+    _SCRYPT_CACHE_MAX,
+    _SCRYPT_LOCK,
+    _SCRYPT_SALT_PREFIX,
+    _SECRET_HRP,
+    _WORK_FACTOR_RE,
+    _X25519_INFO,
+    _ZERO_NONCE,
+    ScryptIdentity,
+    ScryptRecipient,
+    X25519Identity,
+    X25519Recipient,
+    _no_identity_message,
+    _scrypt_wrap_key,
+    encrypt_header,
+    parse_identities,
+    unwrap_file_key,
+)
 
-VERSION_LINE = b"age-encryption.org/v1\n"
+__all__ = [
+    "CHUNK_SIZE",
+    "CT_CHUNK_SIZE",
+    "FILE_KEY_SIZE",
+    "MAX_HEADER_SIZE",
+    "NONCE_SIZE",
+    "TAG_SIZE",
+    "VERSION_LINE",
+    "_B64_CHARS",
+    "_CACHE_PEPPER",
+    "_HAS_INTO",
+    "_MAX_ARG_LINE",
+    "_OUT_BATCH",
+    "_RECIPIENT_HRP",
+    "_SCRYPT_CACHE",
+    "_SCRYPT_CACHE_MAX",
+    "_SCRYPT_LOCK",
+    "_SCRYPT_SALT_PREFIX",
+    "_SECRET_HRP",
+    "_WORK_FACTOR_RE",
+    "_X25519_INFO",
+    "_ZERO_NONCE",
+    "AgeReader",
+    "AgeWriter",
+    "Buffer",
+    "Header",
+    "Identity",
+    "Recipient",
+    "ScryptIdentity",
+    "ScryptRecipient",
+    "Stanza",
+    "X25519Identity",
+    "X25519Recipient",
+    "_b64decode",
+    "_b64encode",
+    "_check_piece",
+    "_chunk_nonce",
+    "_header_mac",
+    "_hkdf",
+    "_line",
+    "_no_identity_message",
+    "_open_batch",
+    "_open_chunk",
+    "_open_into",
+    "_p",
+    "_parse_stanza",
+    "_payload_aead",
+    "_read_stream_header",
+    "_scrypt_wrap_key",
+    "_seal_into",
+    "decrypt_stream",
+    "encrypt_header",
+    "encrypted_size",
+    "parse_header",
+    "parse_identities",
+    "read_identity_file",
+    "unwrap_file_key",
+    "write_identity_file",
+]
+
 CHUNK_SIZE = 64 * 1024  # plaintext bytes per STREAM chunk
 TAG_SIZE = 16
 CT_CHUNK_SIZE = CHUNK_SIZE + TAG_SIZE  # ciphertext bytes per full chunk
 NONCE_SIZE = 16
-FILE_KEY_SIZE = 16
-MAX_HEADER_SIZE = 1 << 20  # refuse headers beyond this instead of reading forever
-_MAX_ARG_LINE = 1 << 16
 _OUT_BATCH = 64  # chunks (~4 MiB) per sink.write / dst.write
 _HAS_INTO = hasattr(ChaCha20Poly1305, "decrypt_into")  # cryptography >= 45
-_X25519_INFO = b"age-encryption.org/v1/X25519"
-_SCRYPT_SALT_PREFIX = b"age-encryption.org/v1/scrypt"
-_ZERO_NONCE = bytes(12)
-_WORK_FACTOR_RE = re.compile(rb"[1-9][0-9]*")
-_B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-_SECRET_HRP = "AGE-SECRET-KEY-"
-_RECIPIENT_HRP = "age"
 
 Buffer = bytes | bytearray | memoryview
-
-
-def _p(name: str) -> str:
-    return f"{name}: " if name else ""
-
-
-def _b64encode(data: bytes) -> bytes:
-    return base64.b64encode(data).rstrip(b"=")
-
-
-def _b64decode(text: bytes, what: str) -> bytes:
-    """Decode unpadded base64, rejecting padding, stray characters and non-zero spare bits."""
-    if not _B64_CHARS.issuperset(text) or len(text) % 4 == 1:
-        raise CryptoError(f"{what}: invalid base64")
-    try:
-        data = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
-    except binascii.Error:
-        raise CryptoError(f"{what}: invalid base64") from None
-    if _b64encode(data) != text:
-        raise CryptoError(f"{what}: non-canonical base64")
-    return data
-
-
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
-
-
-def _header_mac(file_key: bytes, mac_input: bytes) -> bytes:
-    return hmac.new(_hkdf(file_key, b"", b"header"), mac_input, hashlib.sha256).digest()
 
 
 def _payload_aead(file_key: bytes, nonce: bytes) -> ChaCha20Poly1305:
@@ -104,335 +156,6 @@ def encrypted_size(header_len: int, plaintext_size: int) -> int:
     """Total age file size for a header of ``header_len`` bytes and that much plaintext."""
     chunks = max(1, -(-plaintext_size // CHUNK_SIZE))
     return header_len + NONCE_SIZE + plaintext_size + chunks * TAG_SIZE
-
-
-# --------------------------------------------------------------------------- header
-
-
-@dataclass(frozen=True)
-class Stanza:
-    """One recipient stanza: ``args[0]`` is its type; ``body`` is the decoded body."""
-
-    args: tuple[str, ...]
-    body: bytes
-
-    def marshal(self) -> bytes:
-        """The canonical text form: arg line, body wrapped at 64 columns, short last line."""
-        text = _b64encode(self.body)
-        lines = [text[i : i + 64] for i in range(0, len(text), 64)]
-        if not lines or len(lines[-1]) == 64:
-            lines.append(b"")  # the body must end with a line shorter than 64 columns
-        arg_line = b"-> " + " ".join(self.args).encode("ascii")
-        return b"\n".join([arg_line, *lines]) + b"\n"
-
-
-@dataclass(frozen=True)
-class Header:
-    """A parsed header; ``mac_input`` is the exact bytes the MAC covers (through ``---``)."""
-
-    stanzas: tuple[Stanza, ...]
-    mac: bytes
-    mac_input: bytes
-
-
-def _line(data: bytes, pos: int, max_len: int, what: str) -> tuple[bytes, int]:
-    """The line at ``pos`` without its LF, and the position after it."""
-    end = data.find(b"\n", pos, pos + max_len + 1)
-    if end < 0:
-        if len(data) - pos > max_len:
-            raise CryptoError(f"{what}: line too long")
-        raise TruncatedError(f"{what}: header is truncated")
-    return data[pos:end], end + 1
-
-
-def _parse_stanza(data: bytes, pos: int, what: str) -> tuple[Stanza, int]:
-    line, pos = _line(data, pos, _MAX_ARG_LINE, what)
-    raw_args = line[3:].split(b" ")
-    if any(not arg or any(not 33 <= c <= 126 for c in arg) for arg in raw_args):
-        raise CryptoError(f"{what}: malformed stanza argument line")
-    parts = []
-    while True:
-        body_line, pos = _line(data, pos, 64, what)
-        parts.append(body_line)
-        if len(body_line) < 64:
-            break
-    body = _b64decode(b"".join(parts), f"{what}: stanza body")
-    return Stanza(tuple(a.decode("ascii") for a in raw_args), body), pos
-
-
-def parse_header(data: bytes, *, name: str = "") -> tuple[Header, int]:
-    """Parse the header at the start of ``data``; return it and the bytes it spans.
-
-    Raises TruncatedError if ``data`` ends inside the header (read more and retry)
-    and CryptoError if it is not a well-formed, canonical v1 header.
-    """
-    what = f"{_p(name)}age header"
-    if not data.startswith(VERSION_LINE):
-        if VERSION_LINE.startswith(data):
-            raise TruncatedError(f"{what} is truncated")
-        if data.startswith(b"age-encryption.org/"):
-            raise CryptoError(f"{what}: unsupported age format version")
-        raise CryptoError(f"{_p(name)}not an age file")
-    pos = len(VERSION_LINE)
-    stanzas: list[Stanza] = []
-    while True:
-        mark = data[pos : pos + 3]
-        if mark == b"---":
-            line, end = _line(data, pos, 47, what)
-            if not stanzas or len(line) != 47 or line[3:4] != b" ":
-                raise CryptoError(f"{what}: malformed MAC line")
-            mac = _b64decode(line[4:], f"{what} MAC")
-            return Header(tuple(stanzas), mac, data[: pos + 3]), end
-        if mark == b"-> ":
-            stanza, pos = _parse_stanza(data, pos, what)
-            stanzas.append(stanza)
-        elif b"-> ".startswith(mark) or b"---".startswith(mark):
-            raise TruncatedError(f"{what} is truncated")
-        else:
-            raise CryptoError(f"{what}: malformed line")
-
-
-# --------------------------------------------------------------------------- scrypt
-
-_SCRYPT_CACHE: OrderedDict[tuple[bytes, bytes, int], bytes] = OrderedDict()
-_SCRYPT_CACHE_MAX = 64
-_SCRYPT_LOCK = threading.Lock()
-_CACHE_PEPPER = os.urandom(32)  # cache keys must not be a plain hash of the passphrase
-
-
-def _scrypt_wrap_key(passphrase: bytes, salt: bytes, work_factor: int) -> bytes:
-    """scrypt(N=2**wf, r=8, p=1) of the passphrase; cached because it costs ~1 s at wf 18."""
-    key = (hmac.new(_CACHE_PEPPER, passphrase, hashlib.sha256).digest(), salt, work_factor)
-    with _SCRYPT_LOCK:
-        if key in _SCRYPT_CACHE:
-            _SCRYPT_CACHE.move_to_end(key)
-            return _SCRYPT_CACHE[key]
-    try:
-        kdf = Scrypt(salt=_SCRYPT_SALT_PREFIX + salt, length=32, n=1 << work_factor, r=8, p=1)
-        wrap_key = kdf.derive(passphrase)
-    except (ValueError, MemoryError) as exc:
-        raise CryptoError(f"scrypt with work factor {work_factor} failed: {exc}") from exc
-    with _SCRYPT_LOCK:
-        _SCRYPT_CACHE[key] = wrap_key
-        while len(_SCRYPT_CACHE) > _SCRYPT_CACHE_MAX:
-            _SCRYPT_CACHE.popitem(last=False)
-    return wrap_key
-
-
-class ScryptRecipient:
-    """Encrypt to a passphrase. ``salt`` defaults to fresh random bytes (spec: per file)."""
-
-    def __init__(self, passphrase: bytes, work_factor: int = 18, salt: bytes | None = None):
-        if not passphrase:
-            raise CryptoError("empty passphrase")
-        if not 1 <= work_factor <= 40:
-            raise CryptoError(f"scrypt work factor {work_factor} out of range 1..40")
-        if salt is not None and len(salt) != 16:
-            raise CryptoError("scrypt salt must be 16 bytes")
-        self._passphrase = passphrase
-        self.work_factor = work_factor
-        self.salt = salt
-
-    def wrap(self, file_key: bytes) -> Stanza:
-        salt = self.salt if self.salt is not None else os.urandom(16)
-        wrap_key = _scrypt_wrap_key(self._passphrase, salt, self.work_factor)
-        body = ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None)
-        return Stanza(("scrypt", _b64encode(salt).decode(), str(self.work_factor)), body)
-
-
-class ScryptIdentity:
-    """Decrypt with a passphrase; refuses work factors above ``max_work_factor``."""
-
-    def __init__(self, passphrase: bytes, max_work_factor: int = 22):
-        self._passphrase = passphrase
-        self.max_work_factor = max_work_factor
-
-    def unwrap(self, stanza: Stanza) -> bytes | None:
-        """The file key, None if the stanza is not scrypt or the passphrase is wrong."""
-        if stanza.args[0] != "scrypt":
-            return None
-        if len(stanza.args) != 3:
-            raise CryptoError("malformed scrypt stanza: needs 3 arguments")
-        salt = _b64decode(stanza.args[1].encode(), "scrypt stanza salt")
-        wf_text = stanza.args[2].encode()
-        if len(salt) != 16 or not _WORK_FACTOR_RE.fullmatch(wf_text) or len(wf_text) > 3:
-            raise CryptoError("malformed scrypt stanza")
-        work_factor = int(wf_text)
-        if work_factor > self.max_work_factor:
-            raise CryptoError(
-                f"scrypt work factor {work_factor} exceeds the limit {self.max_work_factor}"
-            )
-        if len(stanza.body) != 32:  # checked before decrypting (partitioning oracles)
-            raise CryptoError("malformed scrypt stanza body")
-        wrap_key = _scrypt_wrap_key(self._passphrase, salt, work_factor)
-        try:
-            return ChaCha20Poly1305(wrap_key).decrypt(_ZERO_NONCE, stanza.body, None)
-        except InvalidTag:
-            return None
-
-
-# --------------------------------------------------------------------------- X25519
-
-
-class X25519Recipient:
-    """An ``age1...`` public key."""
-
-    def __init__(self, public: bytes):
-        if len(public) != 32:
-            raise CryptoError("X25519 recipient must be 32 bytes")
-        self._public = public
-
-    @classmethod
-    def parse(cls, text: str) -> X25519Recipient:
-        try:
-            hrp, data = bech32.decode(text.strip())
-        except bech32.Bech32Error as exc:
-            raise CryptoError(f"invalid age recipient: {exc}") from None
-        if hrp != _RECIPIENT_HRP or len(data) != 32:
-            raise CryptoError("invalid age recipient: not an age1... X25519 public key")
-        return cls(data)
-
-    def to_str(self) -> str:
-        return bech32.encode(_RECIPIENT_HRP, self._public)
-
-    def __repr__(self) -> str:
-        return f"X25519Recipient({self.to_str()})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, X25519Recipient) and other._public == self._public
-
-    def __hash__(self) -> int:
-        return hash(self._public)
-
-    def wrap(self, file_key: bytes) -> Stanza:
-        ephemeral = X25519PrivateKey.generate()
-        share = ephemeral.public_key().public_bytes_raw()
-        try:
-            shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(self._public))
-        except ValueError:
-            raise CryptoError("X25519 recipient is a low-order point") from None
-        wrap_key = _hkdf(shared, share + self._public, _X25519_INFO)
-        body = ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None)
-        return Stanza(("X25519", _b64encode(share).decode()), body)
-
-
-class X25519Identity:
-    """An ``AGE-SECRET-KEY-1...`` private key (32 random bytes, kept as written)."""
-
-    def __init__(self, secret: bytes):
-        if len(secret) != 32:
-            raise CryptoError("X25519 identity must be 32 bytes")
-        self._secret = secret
-        self._key = X25519PrivateKey.from_private_bytes(secret)
-        self._public = self._key.public_key().public_bytes_raw()
-
-    @classmethod
-    def generate(cls) -> X25519Identity:
-        return cls(os.urandom(32))
-
-    @classmethod
-    def parse(cls, text: str) -> X25519Identity:
-        try:
-            hrp, data = bech32.decode(text.strip())
-        except bech32.Bech32Error as exc:  # the message never echoes the key text
-            raise CryptoError(f"invalid age identity: {exc}") from None
-        if hrp != _SECRET_HRP or len(data) != 32:
-            raise CryptoError("invalid age identity: not an AGE-SECRET-KEY-1... X25519 key")
-        return cls(data)
-
-    def to_str(self) -> str:
-        return bech32.encode(_SECRET_HRP, self._secret).upper()
-
-    def recipient(self) -> X25519Recipient:
-        return X25519Recipient(self._public)
-
-    def __repr__(self) -> str:  # never show the secret
-        return f"X25519Identity(public={self.recipient().to_str()})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, X25519Identity) and hmac.compare_digest(
-            other._secret, self._secret
-        )
-
-    def __hash__(self) -> int:
-        return hash(self._public)
-
-    def unwrap(self, stanza: Stanza) -> bytes | None:
-        """The file key, or None if the stanza is not X25519 or not addressed to us."""
-        if stanza.args[0] != "X25519":
-            return None
-        if len(stanza.args) != 2:
-            raise CryptoError("malformed X25519 stanza: needs 2 arguments")
-        share = _b64decode(stanza.args[1].encode(), "X25519 stanza share")
-        if len(share) != 32 or len(stanza.body) != 32:
-            raise CryptoError("malformed X25519 stanza")
-        try:
-            shared = self._key.exchange(X25519PublicKey.from_public_bytes(share))
-        except ValueError:  # OpenSSL refuses the all-zero shared secret of low-order points
-            raise CryptoError("X25519 stanza has a low-order ephemeral share") from None
-        if shared == bytes(32):
-            raise CryptoError("X25519 stanza has a low-order ephemeral share")
-        wrap_key = _hkdf(shared, share + self._public, _X25519_INFO)
-        try:
-            return ChaCha20Poly1305(wrap_key).decrypt(_ZERO_NONCE, stanza.body, None)
-        except InvalidTag:
-            return None
-
-
-class Recipient(Protocol):
-    def wrap(self, file_key: bytes) -> Stanza: ...
-
-
-class Identity(Protocol):
-    def unwrap(self, stanza: Stanza) -> bytes | None: ...
-
-
-# --------------------------------------------------------------------------- key wrapping
-
-
-def encrypt_header(
-    recipients: Sequence[Recipient], file_key: bytes | None = None
-) -> tuple[bytes, bytes]:
-    """Build a header wrapping ``file_key`` (fresh if None); return (header, file_key)."""
-    if not recipients:
-        raise CryptoError("no recipients")
-    if len(recipients) > 1 and any(isinstance(r, ScryptRecipient) for r in recipients):
-        raise CryptoError("a passphrase (scrypt) recipient must be the only recipient")
-    if file_key is None:
-        file_key = os.urandom(FILE_KEY_SIZE)
-    elif len(file_key) != FILE_KEY_SIZE:
-        raise CryptoError("age file key must be 16 bytes")
-    body = VERSION_LINE + b"".join(r.wrap(file_key).marshal() for r in recipients) + b"---"
-    return body + b" " + _b64encode(_header_mac(file_key, body)) + b"\n", file_key
-
-
-def _no_identity_message(header: Header, identities: Sequence[Identity]) -> str:
-    has_passphrase = any(isinstance(i, ScryptIdentity) for i in identities)
-    if header.stanzas[0].args[0] == "scrypt":
-        if has_passphrase:
-            return "wrong passphrase for this age file"
-        return "this age file is passphrase-protected, but no passphrase was given"
-    if identities and all(isinstance(i, ScryptIdentity) for i in identities):
-        return "this age file is encrypted to keys, not a passphrase (no identity matches)"
-    return "no identity matches this age file (wrong key?)"
-
-
-def unwrap_file_key(header: Header, identities: Sequence[Identity], name: str = "") -> bytes:
-    """Find the file key with the first identity that opens a stanza; verify the header MAC."""
-    if len(header.stanzas) > 1 and any(s.args[0] == "scrypt" for s in header.stanzas):
-        raise CryptoError(f"{_p(name)}age header mixes a passphrase stanza with others")
-    for identity in identities:
-        for stanza in header.stanzas:
-            try:
-                file_key = identity.unwrap(stanza)
-            except CryptoError as exc:
-                raise type(exc)(f"{_p(name)}{exc}") from exc
-            if file_key is None:
-                continue
-            if not hmac.compare_digest(_header_mac(file_key, header.mac_input), header.mac):
-                raise IntegrityError(f"{_p(name)}age header MAC mismatch (header damaged)")
-            return file_key
-    raise NoIdentityError(_p(name) + _no_identity_message(header, identities))
 
 
 # --------------------------------------------------------------------------- writing
@@ -794,21 +517,6 @@ def decrypt_stream(
 
 
 # --------------------------------------------------------------------------- identity files
-
-
-def parse_identities(text: str) -> list[X25519Identity]:
-    """Parse an identity file: ``#`` comments, blank lines, one AGE-SECRET-KEY-1 per line."""
-    identities = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not line.startswith(_SECRET_HRP + "1"):  # never echo the line: it may be a key
-            raise CryptoError(f"identity file line {number} is not an AGE-SECRET-KEY-1 key")
-        identities.append(X25519Identity.parse(line))
-    if not identities:
-        raise CryptoError("identity file holds no identities")
-    return identities
 
 
 def write_identity_file(
