@@ -13,7 +13,7 @@ import sys
 import uuid
 from collections.abc import Callable
 
-from durafs.cli import commands, fscommands
+from durafs.cli import commands
 from durafs.cli.output import parse_size
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
@@ -24,6 +24,18 @@ log = logging.getLogger("durafs")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
+
+
+def _fs(name: str) -> Callable[..., int]:
+    """A FUSE subcommand, imported only when run: pyfuse3 and trio cost 0.3 s to import,
+    which every backup would pay otherwise."""
+
+    def run(home: Home, args: argparse.Namespace) -> int:
+        from durafs.cli import fscommands
+
+        return int(getattr(fscommands, name)(home, args))
+
+    return run
 
 
 def _add(sub: argparse._SubParsersAction[_Parser], name: str, func: Callable[..., int],
@@ -120,7 +132,7 @@ def build_parser() -> _Parser:
                    "prompt if it is passphrase-protected)")
     p.add_argument("--json", action="store_true")
 
-    p = _add(sub, "mount", fscommands.mount, "mount the checkpoints read-only on MOUNTPOINT")
+    p = _add(sub, "mount", _fs("mount"), "mount the checkpoints read-only on MOUNTPOINT")
     p.add_argument("mountpoint")
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.add_argument("--offline", default="wait", metavar="wait|fail|wait:SECONDS",
@@ -132,9 +144,9 @@ def build_parser() -> _Parser:
                    help="room for volumes staged from waited-for media (default 2G)")
     p.add_argument("--cache-size", type=parse_size, default=None,
                    help="memory for decrypted chunks (default 64M)")
-    p = _add(sub, "umount", fscommands.umount, "unmount a mounted tree")
+    p = _add(sub, "umount", _fs("umount"), "unmount a mounted tree")
     p.add_argument("mountpoint")
-    p = _add(sub, "requests", fscommands.requests, "list open media requests")
+    p = _add(sub, "requests", _fs("requests"), "list open media requests")
     p.add_argument("--json", action="store_true")
     return parser
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import blake3
 
+from durafs.engine.catalogspool import CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
 from durafs.engine.fsmeta import at_path, data_regions
 from durafs.engine.poolwriter import PoolWriter
@@ -128,6 +129,7 @@ class Backup:
         self._in_flight = 0
         self._ids: dict[bytes, int] = {}
         self._links: dict[Any, _Unit] = {}
+        self._spool = CatalogSpool(catalog)
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
         self._last_progress = 0.0
@@ -161,7 +163,10 @@ class Backup:
             self.stats["pool"] = self.pool.name
             self.stats["problems"] = len(self.problems)
             checkpoint = tree.finish(stats=dict(self.stats))
-        write_catalog_volume(self.catalog, self.writer, checkpoint)
+        try:
+            write_catalog_volume(self.catalog, self.writer, checkpoint, self._spool)
+        finally:
+            self._spool.close()
         self._run_hook(plan.config.get("post_hook"), "post-backup hook", fatal=False)
         self._report(force=True)
         return BackupResult(plan.name, checkpoint.name, dict(self.stats), self.problems)
@@ -335,6 +340,9 @@ class Backup:
                 entry.chunks = pack_pieces((o, self._ids[c], s) for o, c, s in unit.pieces)
         if not self.opts.dry_run:
             self._tree.add(entry)
+            leader = self._links.get(entry.hardlink_key) if entry.hardlink_key else None
+            link = leader.entry.path if leader is not None and leader is not unit else None
+            self._spool.add(entry, link)
 
     # -- odds and ends ---------------------------------------------------------------
 

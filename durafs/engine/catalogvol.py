@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from durafs.engine.catalogspool import CatalogSpool
 from durafs.engine.poolwriter import PoolWriter
 from durafs.format.catalog import CheckpointRecord, TreeEntry, write_catalog
 from durafs.format.writer import VolumeWriter
@@ -49,8 +50,13 @@ def to_tree_entry(
     return entry
 
 
-def write_catalog_volume(catalog: Catalog, writer: PoolWriter, checkpoint: CheckpointRow) -> None:
-    """Write *checkpoint*'s catalog volume into the writer's pool and note where it is."""
+def write_catalog_volume(
+    catalog: Catalog, writer: PoolWriter, checkpoint: CheckpointRow,
+    spool: CatalogSpool | None = None,
+) -> None:
+    """Write *checkpoint*'s catalog volume into the writer's pool and note where it is.
+
+    The tree comes from *spool* when the backup spooled it, else from the index."""
     plan = catalog.plan(checkpoint.plan)
     assert plan is not None
     record = CheckpointRecord(
@@ -62,7 +68,10 @@ def write_catalog_volume(catalog: Catalog, writer: PoolWriter, checkpoint: Check
     )
 
     def fill(volume: VolumeWriter) -> None:
-        write_catalog(volume, record, tree_entries(catalog, plan.id, checkpoint.seq))
+        if spool is not None:
+            spool.write(volume, record)
+        else:
+            write_catalog(volume, record, tree_entries(catalog, plan.id, checkpoint.seq))
 
     row = writer.write_volume("catalog", fill)
     catalog.set_meta(META_KEY.format(pool=writer.pool.name, checkpoint=checkpoint.id), row.uuid)
