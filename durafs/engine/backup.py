@@ -52,6 +52,8 @@ MAX_WAITING_UNITS = 20_000
 #: Attempts to read a file that keeps changing before it is reported.
 READ_ATTEMPTS = 3
 WORKERS = 2
+#: Chunks smaller than this are hashed and compressed on the reading thread.
+INLINE_MAX = 256 * 1024
 
 
 @dataclass
@@ -95,8 +97,24 @@ class _Unit:
     pieces: list[tuple[int, bytes, int]] = field(default_factory=list)
 
 
+class _Done:
+    """A result computed on the spot, with the two Future methods the queue uses (a real
+    Future costs a Condition and a lock per chunk)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: StoredChunk) -> None:
+        self._value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> StoredChunk:
+        return self._value
+
+
 #: A chunk being hashed and compressed: (unit, read attempt, future, file offset, size).
-_Pending = tuple[_Unit, int, "concurrent.futures.Future[StoredChunk]", int, int]
+_Pending = tuple[_Unit, int, "concurrent.futures.Future[StoredChunk] | _Done", int, int]
 
 
 class Backup:
@@ -243,7 +261,7 @@ class Backup:
         fd = open_source_file(item.path, follow=self.opts.follow_symlinks)
         hasher = blake3.blake3(max_threads=1)
         try:
-            size = os.fstat(fd).st_size
+            size = item.st.st_size
             sparse = item.st.st_blocks * 512 < size
             if sparse:
                 self._read_sparse(unit, fd, size, hasher)
@@ -284,7 +302,13 @@ class Backup:
     def _submit(self, unit: _Unit, data: bytes | memoryview, offset: int) -> None:
         self.stats["bytes_read"] += len(data)
         id_key = self.keys.id_key
-        future = self._pool.submit(lambda d=data: codec_for_thread(id_key).encode(d))
+        future: concurrent.futures.Future[StoredChunk] | _Done
+        if len(data) < INLINE_MAX:
+            # A thread hop costs more than hashing and compressing a small chunk, and the
+            # GIL hand-offs it causes slow every syscall of this thread (S3QL does the same).
+            future = _Done(codec_for_thread(id_key).encode(data))
+        else:
+            future = self._pool.submit(lambda d=data: codec_for_thread(id_key).encode(d))
         self._chunks.append((unit, unit.attempt, future, offset, len(data)))
         unit.outstanding += 1
         self._in_flight += len(data)

@@ -98,7 +98,9 @@ class ChunkCodec:
         if chunk_id is None:
             chunk_id = self.chunk_id(data)
         size = len(data)
-        if size and not looks_incompressible(data, self._probe):
+        # Below a few probe sizes, trying the real compression costs about what the probe does.
+        probe = size > 4 * PROBE_BYTES
+        if size and not (probe and looks_incompressible(data, self._probe)):
             frame = self._cctx.compress(data)
             if len(frame) < size * (1 - MIN_SAVING):
                 return StoredChunk(chunk_id, size, frame, raw=False)
