@@ -28,9 +28,11 @@ def tree_entries(catalog: Catalog, plan_id: int, seq: int) -> Iterator[TreeEntry
 
 
 def to_tree_entry(
-    catalog: Catalog, path: bytes, v: VersionRow, leaders: dict[int, bytes]
+    catalog: Catalog, path: bytes, v: VersionRow, leaders: dict[int, bytes], *,
+    chunks: bool = True,
 ) -> TreeEntry:
-    """The catalog-volume form of one version; *leaders* tracks hard-link groups."""
+    """The catalog-volume form of one version; *leaders* tracks hard-link groups.
+    Without *chunks* the chunk list is left empty (saves a query per file)."""
     entry = TreeEntry(
         path=path, type=v.type, mode=v.mode, uid=v.uid, gid=v.gid, user=v.uname or "",
         group=v.gname or "", mtime_ns=v.mtime_ns, atime_ns=v.atime_ns, ctime_ns=v.ctime_ns,
@@ -44,6 +46,8 @@ def to_tree_entry(
             entry.type, entry.link = "h", leaders[v.hardlink_id]
             return entry
         leaders[v.hardlink_id] = path
+    if not chunks:
+        return entry
     pieces = v.pieces()
     rows = catalog.chunk_by_rowid(p[1] for p in pieces)
     entry.chunks = [(off, rows[rid].cid, size) for off, rid, size in pieces]

@@ -9,6 +9,7 @@ directories last and deepest first so their times survive their children.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import os
 from collections.abc import Callable
@@ -21,7 +22,10 @@ from durafs.engine.fsmeta import apply_metadata, at_path, make_node
 from durafs.errors import DurafsError, UsageError
 from durafs.format.catalog import TreeEntry
 from durafs.index.catalog import Catalog
-from durafs.index.rows import CheckpointRow, VersionRow
+from durafs.index.rows import CheckpointRow, VersionRow, VolumeRow
+
+#: Chunks smaller than this are read and written on the restoring thread.
+INLINE_MAX = 256 * 1024
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Restore:
         self.progress = progress
         self.result = RestoreResult()
         self.is_root = os.geteuid() == 0
+        self._volumes: dict[int, VolumeRow | None] = {}
 
     def run(self, checkpoint: CheckpointRow, path: bytes, target: bytes) -> RestoreResult:
         plan = self.catalog.plan(checkpoint.plan)
@@ -95,7 +100,7 @@ class Restore:
         self, src: bytes, dest: bytes, version: VersionRow, leaders: dict[int, bytes],
         jobs: list[_Job],
     ) -> TreeEntry | None:
-        entry = to_tree_entry(self.catalog, src, version, leaders)
+        entry = to_tree_entry(self.catalog, src, version, leaders, chunks=False)
         try:
             if entry.type == "d":
                 make_node(dest, entry)
@@ -125,21 +130,30 @@ class Restore:
         self.result.bytes += entry.size
         for piece in self.catalog.file_chunks(version):
             chunk = piece.chunk
-            volume = self.catalog.volume(chunk.volume_id)
+            volume = self._volumes.get(chunk.volume_id)
+            if volume is None:
+                volume = self._volumes[chunk.volume_id] = self.catalog.volume(chunk.volume_id)
             assert volume is not None
             jobs.append(_Job(volume.medium_id, volume.seq, chunk.offset, volume.id,
                              chunk.length, chunk.size, chunk.cid, dest, piece.file_offset))
 
     def _fill(self, jobs: list[_Job]) -> None:
-        volumes: dict[int, Any] = {}
+        """Read and write every chunk: small ones on this thread (a thread hop costs more
+        than they do), large ones on two workers (decryption and zstd release the GIL)."""
         with concurrent.futures.ThreadPoolExecutor(2, "durafs-restore") as pool:
-            results = []
+            results: collections.deque[tuple[_Job, concurrent.futures.Future[None]]] = (
+                collections.deque())
             for job in jobs:
-                if job.volume_id not in volumes:
-                    volumes[job.volume_id] = self.catalog.volume(job.volume_id)
-                results.append((job, pool.submit(self._write_chunk, volumes[job.volume_id], job)))
-                if len(results) > 64:
-                    self._collect(results.pop(0))
+                volume = self._volumes[job.volume_id]
+                if job.size < INLINE_MAX:
+                    try:
+                        self._write_chunk(volume, job)
+                    except (OSError, DurafsError) as exc:
+                        self._problem(job.dest, exc)
+                    continue
+                results.append((job, pool.submit(self._write_chunk, volume, job)))
+                if len(results) > 8:
+                    self._collect(results.popleft())
             for item in results:
                 self._collect(item)
 
