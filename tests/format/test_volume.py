@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
+import subprocess
 import uuid
 
 import pytest
@@ -64,15 +66,20 @@ def test_round_trip_every_chunk_by_offset(mode: str, specs: list[tuple[int, bool
     assert isinstance(events[-1], Manifest)
 
 
+@pytest.mark.parametrize("tar", ["tar", "bsdtar"])
 @pytest.mark.parametrize("mode", MODES)
-def test_plain_volume_is_a_tar_that_tar_lists(mode: str, tmp_path: os.PathLike[str]) -> None:
+def test_plain_volume_is_a_tar_that_tar_lists(
+    mode: str, tar: str, tmp_path: os.PathLike[str]
+) -> None:
     vol = write_volume(mode, [b"x" * 100, os.urandom(70_000)])
     reader = VolumeReader(vol.read_at, identities=identities(mode), size=len(vol.data))
     plain = reader.read(0, reader.plain_size or 0)
     path = os.path.join(tmp_path, "v.tar")
     with open(path, "wb") as f:
         f.write(plain)
-    names = os.popen(f"tar -tf {path}").read().split()
+    assert shutil.which(tar), f"{tar} is missing: scripts/setup.sh installs it"
+    names = subprocess.run([tar, "-tf", path], capture_output=True, text=True,
+                           check=True).stdout.split()
     assert names[0] == "durafs/volume.json"
     assert names[-2:] == ["durafs/manifest.jsonl.zst", "durafs/seal.json"]
     assert any(n.startswith("durafs/data/") for n in names)
