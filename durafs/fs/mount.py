@@ -27,7 +27,8 @@ import shutil
 import stat
 import subprocess
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,39 @@ def _open_catalog(home: Home, cache_kib: int) -> Catalog:
     return catalog
 
 
+@dataclass
+class Parts:
+    """A mount's pieces, assembled but not mounted (tests call `ops` handlers directly)."""
+
+    tree: Tree
+    reader: Reader
+    requests: MediaRequests
+    ops: Operations
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start the background tasks (media request pollers, readahead) in *nursery*."""
+        self.requests.start(nursery)
+        self.reader.start(nursery)
+
+
+@contextmanager
+def assemble(config: MountConfig) -> Iterator[Parts]:
+    """Open the index connections and build the tree, reader, requests and handlers."""
+    with ExitStack() as stack:
+        tree = Tree(stack.enter_context(_open_catalog(config.home, TREE_CACHE_KIB)))
+        access = VolumeAccess(stack.enter_context(_open_catalog(config.home, ACCESS_CACHE_KIB)),
+                              config.keys, wait=0)
+        staging = Staging(config.home.staging, config.staging_bytes)
+        source = ChunkSource(config.keys, access, staging)
+        stack.callback(source.close)
+        requests = MediaRequests(config.home.path / "requests", mountpoint=config.mountpoint,
+                                 probe=_never_online)
+        stack.callback(requests.close)
+        reader = Reader(source, requests, policy=config.policy, cache_bytes=config.cache_bytes)
+        requests.probe = reader.fresh_probe
+        yield Parts(tree, reader, requests, Operations(tree, reader))
+
+
 async def serve(config: MountConfig, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Mount the tree on *config.mountpoint* and serve it until it is unmounted.
 
@@ -209,38 +243,24 @@ async def serve(config: MountConfig, *, task_status: Any = trio.TASK_STATUS_IGNO
     the caller's scope unmounts cleanly.
     """
     await trio.to_thread.run_sync(prepare_mountpoint, config.mountpoint)
-    with ExitStack() as stack:
-        tree = Tree(stack.enter_context(_open_catalog(config.home, TREE_CACHE_KIB)))
-        access = VolumeAccess(stack.enter_context(_open_catalog(config.home, ACCESS_CACHE_KIB)),
-                              config.keys, wait=0)
-        source = ChunkSource(config.keys, access, Staging(config.home.staging,
-                                                          config.staging_bytes))
-        stack.callback(source.close)
-        requests = MediaRequests(config.home.path / "requests", mountpoint=config.mountpoint,
-                                 probe=_never_online)
-        stack.callback(requests.close)
-        reader = Reader(source, requests, policy=config.policy, cache_bytes=config.cache_bytes)
-        requests.probe = reader.fresh_probe
-        ops = Operations(tree, reader)
-        await _session(config, ops, requests, reader, task_status)
+    with assemble(config) as parts:
+        await _session(config, parts, task_status)
 
 
 async def _never_online(_medium: object) -> bool:
     return False
 
 
-async def _session(config: MountConfig, ops: Operations, requests: MediaRequests,
-                   reader: Reader, task_status: Any) -> None:
+async def _session(config: MountConfig, parts: Parts, task_status: Any) -> None:
     try:
-        pyfuse3.init(ops, config.mountpoint, config.fuse_options())
+        pyfuse3.init(parts.ops, config.mountpoint, config.fuse_options())
     except RuntimeError as exc:
         raise MountError(f"cannot mount on {config.mountpoint}: {exc}") from exc
     record: Path | None = None
     crashed = True
     try:
         async with trio.open_nursery() as nursery:
-            requests.start(nursery)
-            reader.start(nursery)
+            parts.start(nursery)
             nursery.start_soon(_main_then_stop, nursery.cancel_scope)
             record = _write_mount_record(config.home, config.mountpoint)
             log.info("serving %s on %s", config.home.path, config.mountpoint)

@@ -8,8 +8,9 @@ per medium: the first open that needs the medium raises it, later ones join it (
 never sees half a file), which is what ``durafs requests`` lists. A poller task per
 request probes the medium every `POLL_SECONDS`; once the medium is online the request is
 *served*: its file is removed and every waiter goes on. A waiter that gives up (its
-timeout, or a signal to the waiting process) leaves; the last one to leave an unserved
-request *withdraws* it (file removed, poller cancelled).
+timeout, or a signal to the waiting process) leaves; an unserved request nobody has
+rejoined `GRACE_SECONDS` after its last waiter left is *withdrawn* (file removed, poller
+cancelled).
 
 Interrupts: pyfuse3 (3.5) neither registers libfuse's interrupt callback nor exposes
 ``fuse_req_interrupted``, so a FUSE_INTERRUPT from the kernel never reaches Python. The
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 #: How often a waiter checks whether the process it waits for got a signal.
 INTERRUPT_POLL = 0.2
+#: How long a request nobody waits for stays open: a syscall restarted after a signal
+#: (SA_RESTART, Python's PEP 475) rejoins it instead of raising a new one.
+GRACE_SECONDS = 1.0
 
 Probe = Callable[[MediumRow], Awaitable[bool]]
 
@@ -85,12 +89,19 @@ class MediaRequests:
     """The open media requests of one mount; *probe* says whether a medium is online."""
 
     def __init__(
-        self, directory: Path, *, mountpoint: str, probe: Probe, poll: float = POLL_SECONDS
+        self,
+        directory: Path,
+        *,
+        mountpoint: str,
+        probe: Probe,
+        poll: float = POLL_SECONDS,
+        grace: float = GRACE_SECONDS,
     ) -> None:
         self.directory = directory
         self.mountpoint = mountpoint
         self.probe = probe
         self.poll = poll
+        self.grace = grace
         self._open: dict[int, MediaRequest] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -148,8 +159,15 @@ class MediaRequests:
         request.waiters -= 1
         if request.served.is_set() or self._open.get(request.medium.id) is not request:
             return
-        if request.waiters > 0:
-            self._publish(request)
+        self._publish(request)
+        if request.waiters == 0 and self._nursery is not None:
+            self._nursery.start_soon(self._withdraw_unless_rejoined, request)
+
+    async def _withdraw_unless_rejoined(self, request: MediaRequest) -> None:
+        await trio.sleep(self.grace)
+        if request.waiters > 0 or request.served.is_set():
+            return
+        if self._open.get(request.medium.id) is not request:
             return
         del self._open[request.medium.id]
         request.poller.cancel()

@@ -399,7 +399,9 @@ class Tree:
             raise IsADirectory(f"inode {ino} is a directory")
         if version.type != "f":
             raise NoSuchAttribute(f"inode {ino} has no data")
-        pieces = self.catalog.file_chunks(version)
+        # a zero-size piece (how the engine stores an empty file) holds no byte to read,
+        # so it must not make an open wait for its medium
+        pieces = [p for p in self.catalog.file_chunks(version) if p.size > 0]
         volumes = {p.chunk.volume_id: self._volume(p.chunk.volume_id) for p in pieces}
         media = {v.medium_id: self._medium(v.medium_id) for v in volumes.values()}
         what = self._describe(plan_id, node.seq, version)

@@ -1,0 +1,257 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The pyfuse3 handlers called directly (no kernel): errno mapping, reads, offline opens."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from durafs.engine.home import Home
+from durafs.errors import IntegrityError, MediumOfflineError
+from durafs.fs.errors import (
+    BadHandle,
+    Interrupted,
+    IsADirectory,
+    NoSuchAttribute,
+    NoSuchEntry,
+    NotADirectory,
+    ReadOnly,
+)
+from durafs.fs.fuseops import STABLE_TIMEOUT, errno_of
+from durafs.fs.mount import MountConfig, Parts, assemble
+from durafs.fs.reads import OfflinePolicy
+from durafs.fs.vfs import ROOT_INO, XATTR_ONLINE
+
+from .catalogs import Catalog, make_catalog, make_model_tree, sparse_content
+from .conftest import Backed
+
+# The handlers only read ctx.pid (whose signals end a wait); this process stands in.
+CTX: Any = SimpleNamespace(pid=os.getpid(), uid=0, gid=0, umask=0)
+READ_SIZE = 128 * 1024
+
+
+@asynccontextmanager
+async def served(cat: Catalog, **config: Any) -> AsyncIterator[Parts]:
+    home = Home(cat.home)
+    with assemble(MountConfig("/nonexistent", home, home.keys(read=True), **config)) as parts:
+        async with trio.open_nursery() as nursery:
+            parts.start(nursery)
+            yield parts
+            nursery.cancel_scope.cancel()
+
+
+async def resolve(parts: Parts, path: bytes) -> int:
+    ino = ROOT_INO
+    for name in path.split(b"/"):
+        ino = (await parts.ops.lookup(ino, name, CTX)).st_ino
+    return ino
+
+
+async def file_ino(parts: Parts, cat: Catalog, rel: str) -> int:
+    checkpoint = cat.checkpoints()[-1].encode()
+    return await resolve(parts, b"default/" + checkpoint + b"/" + cat.source_in_tree + b"/"
+                         + rel.encode())
+
+
+async def read_all(parts: Parts, ino: int, size: int = READ_SIZE) -> bytes:
+    info = await parts.ops.open(ino, os.O_RDONLY, CTX)
+    try:
+        data = bytearray()
+        while True:
+            piece = await parts.ops.read(info.fh, len(data), size)
+            if not piece:
+                return bytes(data)
+            data += piece
+    finally:
+        await parts.ops.release(info.fh)
+
+
+@contextmanager
+def medium_away(cat: Catalog) -> Iterator[None]:
+    """The pool's only medium is unplugged (its directory moved away) inside the block."""
+    away = cat.pool.with_name("pool-away")
+    os.rename(cat.pool, away)
+    try:
+        yield
+    finally:
+        os.rename(away, cat.pool)
+
+
+def test_errno_mapping() -> None:
+    cases = {
+        NoSuchEntry("x"): errno.ENOENT, NotADirectory("x"): errno.ENOTDIR,
+        IsADirectory("x"): errno.EISDIR, NoSuchAttribute("x"): pyfuse3.ENOATTR,
+        ReadOnly("x"): errno.EROFS, Interrupted("x"): errno.EINTR, BadHandle("x"): errno.EBADF,
+        MediumOfflineError("x"): errno.ENOMEDIUM, IntegrityError("x"): errno.EIO,
+        OSError(errno.EACCES, "x"): errno.EACCES, ValueError("bug"): errno.EIO,
+    }
+    for exc, number in cases.items():
+        assert errno_of(exc) == number, exc
+
+
+async def test_every_change_is_erofs(backed: Backed) -> None:
+    async with served(backed.cat) as parts:
+        ops, ino = parts.ops, await file_ino(parts, backed.cat, "small")
+        attempts = [
+            ops.setattr(ino, pyfuse3.EntryAttributes(), pyfuse3.SetattrFields(), None, CTX),
+            ops.mknod(ROOT_INO, b"n", 0o644, 0, CTX), ops.mkdir(ROOT_INO, b"d", 0o755, CTX),
+            ops.unlink(ROOT_INO, b"default", CTX), ops.rmdir(ROOT_INO, b"default", CTX),
+            ops.symlink(ROOT_INO, b"l", b"t", CTX),
+            ops.rename(ROOT_INO, b"default", ROOT_INO, b"x", 0, CTX),
+            ops.link(ino, ROOT_INO, b"h", CTX), ops.write(1, 0, b"x"),
+            ops.create(ROOT_INO, b"f", 0o644, os.O_WRONLY, CTX),
+            ops.setxattr(ino, b"user.x", b"1", CTX), ops.removexattr(ino, b"user.colour", CTX),
+            ops.open(ino, os.O_RDWR, CTX),
+        ]
+        for attempt in attempts:
+            with pytest.raises(pyfuse3.FUSEError) as caught:
+                await attempt
+            assert caught.value.errno == errno.EROFS
+
+
+async def test_lookups_negative_cache_only_inside_checkpoints(backed: Backed) -> None:
+    async with served(backed.cat) as parts:
+        src = await file_ino(parts, backed.cat, "many")
+        missing = await parts.ops.lookup(src, b"nope", CTX)
+        assert missing.st_ino == 0 and missing.entry_timeout == STABLE_TIMEOUT
+        plan = (await parts.ops.lookup(ROOT_INO, b"default", CTX)).st_ino
+        with pytest.raises(pyfuse3.FUSEError) as caught:
+            await parts.ops.lookup(plan, b"not-yet", CTX)  # a checkpoint may appear later
+        assert caught.value.errno == errno.ENOENT
+
+
+async def test_reads_return_the_bytes(backed: Backed) -> None:
+    async with served(backed.cat) as parts:
+        for rel in ("big", "small", "empty", "private", "hard/b"):
+            expected = backed.contents.get(rel) or backed.contents.get("hard/a" if "hard" in rel
+                                                                      else rel, b"")
+            if rel == "small":
+                expected = b"changed\n"  # the second checkpoint's content
+            assert await read_all(parts, await file_ino(parts, backed.cat, rel)) == expected, rel
+        sparse = await read_all(parts, await file_ino(parts, backed.cat, "sparse"), 1 << 20)
+        assert sparse == sparse_content()
+        # odd offsets and sizes across chunk boundaries
+        big = backed.contents["big"]
+        info = await parts.ops.open(await file_ino(parts, backed.cat, "big"), os.O_RDONLY, CTX)
+        for offset, size in ((0, 1), (1048570, 20), (len(big) - 3, 100), (len(big) + 5, 10)):
+            assert bytes(await parts.ops.read(info.fh, offset, size)) == \
+                big[offset : offset + size]
+
+
+async def test_sequential_reads_prefetch_the_next_chunk(backed: Backed) -> None:
+    async with served(backed.cat) as parts:
+        ino = await file_ino(parts, backed.cat, "big")
+        plan = parts.tree.read_plan(ino)
+        info = await parts.ops.open(ino, os.O_RDONLY, CTX)
+        await parts.ops.read(info.fh, 0, READ_SIZE)
+        await trio.sleep(0.5)  # the prefetch runs in a worker thread
+        assert plan.pieces[1].chunk.id in parts.reader.cache
+
+
+async def test_parallel_readers_share_fetches(backed: Backed) -> None:
+    async with served(backed.cat) as parts:
+        ino = await file_ino(parts, backed.cat, "big")
+        results: list[bytes] = []
+
+        async def reader(size: int) -> None:
+            results.append(await read_all(parts, ino, size))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(reader, 4096 * (i + 1))
+        assert results == [backed.contents["big"]] * 8
+
+
+@pytest.fixture
+def small_cat(tmp_path: Path) -> Catalog:
+    (tmp_path / "src").mkdir()
+    make_model_tree(tmp_path / "src")
+    cat = make_catalog(tmp_path, tmp_path / "src", encryption="none")
+    cat.backup()
+    return cat
+
+
+async def test_offline_fail_at_once(small_cat: Catalog) -> None:
+    async with served(small_cat, policy=OfflinePolicy(0)) as parts:
+        ino = await file_ino(parts, small_cat, "small")
+        with medium_away(small_cat):
+            assert await parts.ops.getxattr(ino, XATTR_ONLINE, CTX) == b"no"
+            started = time.monotonic()
+            with pytest.raises(pyfuse3.FUSEError) as caught:
+                await parts.ops.open(ino, os.O_RDONLY, CTX)
+            assert caught.value.errno == errno.ENOMEDIUM
+            assert time.monotonic() - started < 0.5
+            # metadata never needs the medium
+            assert (await parts.ops.getattr(ino, CTX)).st_size == 6
+            # a file without data needs no medium either
+            assert await read_all(parts, await file_ino(parts, small_cat, "empty")) == b""
+        assert await parts.ops.getxattr(ino, XATTR_ONLINE, CTX) in (b"no", b"yes")
+
+
+async def test_offline_wait_times_out_and_withdraws(small_cat: Catalog) -> None:
+    async with served(small_cat, policy=OfflinePolicy(0.6)) as parts:
+        parts.requests.grace = 0.1
+        ino = await file_ino(parts, small_cat, "small")
+        with medium_away(small_cat):
+            started = time.monotonic()
+            with pytest.raises(pyfuse3.FUSEError) as caught:
+                await parts.ops.open(ino, os.O_RDONLY, CTX)
+            assert caught.value.errno == errno.ENOMEDIUM
+            assert 0.5 < time.monotonic() - started < 2
+            await trio.sleep(0.3)
+            assert parts.requests.pending() == []
+            assert list((small_cat.home / "requests").glob("*.json")) == []
+
+
+async def test_offline_wait_until_served_then_staged(small_cat: Catalog) -> None:
+    async with served(small_cat) as parts:
+        parts.requests.poll = 0.1
+        ino = await file_ino(parts, small_cat, "small")
+        other = await file_ino(parts, small_cat, "big")
+        with medium_away(small_cat):
+            got: list[bytes] = []
+            done = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_collect, got, done, read_all(parts, ino))
+                await trio.sleep(0.4)
+                assert not got  # still waiting
+                [request] = parts.requests.pending()
+                assert request.medium.label == "P-001" and request.waiters == 1
+                published = list((small_cat.home / "requests").glob("*.json"))
+                assert len(published) == 1
+                os.rename(small_cat.pool.with_name("pool-away"), small_cat.pool)
+                try:
+                    with trio.fail_after(3):
+                        await done.wait()
+                finally:
+                    os.rename(small_cat.pool, small_cat.pool.with_name("pool-away"))
+            assert got == [b"hello\n"]
+            assert list((small_cat.home / "requests").glob("*.json")) == []
+            assert list((small_cat.home / "staging").glob("*.vol"))
+            # the rest of the staged volume reads without the medium
+            assert await read_all(parts, other) == (small_cat.source / "big").read_bytes()
+
+
+async def _collect(into: list[bytes], done: trio.Event, reading: Any) -> None:
+    into.append(await reading)
+    done.set()
+
+
+async def test_interrupted_wait(small_cat: Catalog) -> None:
+    async with served(small_cat) as parts:
+        ino = await file_ino(parts, small_cat, "small")
+        dead = SimpleNamespace(pid=2**22 + 12345)  # no such process: nobody waits any more
+        with medium_away(small_cat):
+            with pytest.raises(pyfuse3.FUSEError) as caught:
+                await parts.ops.open(ino, os.O_RDONLY, dead)
+            assert caught.value.errno == errno.EINTR
