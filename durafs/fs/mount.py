@@ -81,7 +81,10 @@ class MountConfig:
     debug: bool = False
 
     def fuse_options(self) -> set[str]:
-        options = {"ro", "default_permissions", "fsname=durafs", "subtype=durafs"}
+        # fsname shows in mount(8) and df; a bare word would be taken for a relative path
+        home = str(self.home.path)
+        fsname = f"durafs:{home}" if "," not in home and "\\" not in home else "durafs:"
+        options = {"ro", "default_permissions", f"fsname={fsname}", "subtype=durafs"}
         if self.allow_other:
             options.add("allow_other")
         if self.debug:
