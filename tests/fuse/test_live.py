@@ -1,0 +1,157 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A mount's life: backups while mounted, umount, SIGTERM, crashes, errors reported."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.fs.catalogs import make_catalog
+
+from .mounting import (
+    durafs,
+    durafs_command,
+    force_unmount,
+    is_mounted,
+    mounted,
+    server_pid,
+    wait_until,
+)
+
+pytestmark = pytest.mark.fuse
+
+
+def _catalog(tmp: Path) -> tuple[Path, Path]:
+    """A catalog in tmp/home with one checkpoint of tmp/src; returns (home, source)."""
+    source = tmp / "src"
+    source.mkdir()
+    (source / "big").write_bytes(random.Random(1).randbytes(6 * 1024 * 1024))
+    (source / "hello").write_text("hello\n")
+    cat = make_catalog(tmp, source, encryption="none")  # in-process: quicker
+    cat.backup()
+    return cat.home, source
+
+
+def _plan_dir(mnt: Path) -> Path:
+    return mnt / "default"
+
+
+def test_backup_while_mounted_shows_up_without_remount(tmp_path: Path) -> None:
+    home, source = _catalog(tmp_path)
+    with mounted(home, tmp_path / "mnt") as mnt:
+        before = sorted(os.listdir(_plan_dir(mnt)))
+        assert len(before) == 2  # one checkpoint and latest
+        big = mnt / "default" / "latest" / str(source).lstrip("/") / "big"
+        expected = hashlib.sha256((source / "big").read_bytes()).hexdigest()
+        digests: list[str] = []
+
+        def keep_reading() -> None:  # reads go on while the backup writes the index
+            for _ in range(3):
+                digests.append(hashlib.sha256(big.read_bytes()).hexdigest())
+
+        reader = threading.Thread(target=keep_reading)
+        reader.start()
+        (source / "new-file").write_text("made while mounted\n")
+        durafs(home, "backup", source, "--pool", "p")
+        reader.join(timeout=60)
+        assert digests == [expected] * 3
+        wait_until(lambda: len(os.listdir(_plan_dir(mnt))) == 3, 3,
+                   "the new checkpoint in the plan directory")
+        names = sorted(n for n in os.listdir(_plan_dir(mnt)) if n != "latest")
+        wait_until(lambda: os.readlink(_plan_dir(mnt) / "latest") == names[-1], 3,
+                   "latest to point to the new checkpoint")
+        new = mnt / "default" / "latest" / str(source).lstrip("/") / "new-file"
+        assert new.read_text() == "made while mounted\n"
+        old = mnt / "default" / names[0] / str(source).lstrip("/")
+        assert not (old / "new-file").exists()
+
+
+def test_umount_stops_the_server(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)
+    mnt = tmp_path / "mnt"
+    with mounted(home, mnt):
+        pid = server_pid(home, mnt)
+        assert os.listdir(mnt) == ["default"]
+        durafs(home, "umount", mnt)
+        assert not is_mounted(mnt)
+        # umount returns once the server is gone
+        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+        assert list((home / "mounts").glob("*.json")) == []
+    result = durafs(home, "umount", mnt, check=False)
+    assert result.returncode == 2 and "not mounted" in result.stderr
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_sigterm_unmounts_a_foreground_mount(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    server = subprocess.Popen(durafs_command(home, "mount", mnt, "--foreground"),
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: os.path.ismount(mnt) or server.poll() is not None, 30, "the mount")
+        assert server.poll() is None, server.communicate()[1]
+        assert os.listdir(mnt) == ["default"]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
+        assert not is_mounted(mnt)
+        assert server.stderr is not None and "mounted on" in server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        force_unmount(mnt)
+
+
+def test_a_stale_mount_is_cleaned_by_the_next_mount(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        durafs(home, "mount", mnt)
+        os.kill(server_pid(home, mnt), signal.SIGKILL)
+        wait_until(lambda: _stat_errno(mnt) == errno.ENOTCONN, 5, "the mount to go stale")
+        result = durafs(home, "mount", mnt)
+        assert "stale" in result.stderr
+        assert os.listdir(mnt) == ["default"]
+        durafs(home, "umount", mnt)
+        assert not is_mounted(mnt)
+    finally:
+        force_unmount(mnt)
+
+
+def _stat_errno(path: Path) -> int:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
+def test_mount_errors_are_reported_before_returning(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)
+    missing = durafs(home, "mount", tmp_path / "nowhere", check=False)
+    assert missing.returncode == 2 and "no such directory" in missing.stderr
+    bad = durafs(home, "mount", tmp_path, "--offline", "sometimes", check=False)
+    assert bad.returncode == 2 and "--offline" in bad.stderr
+    option = durafs(home, "mount", tmp_path, "-o", "rw", check=False)
+    assert option.returncode == 2 and "rw" in option.stderr
+    with mounted(home, tmp_path / "mnt") as mnt:
+        again = durafs(home, "mount", mnt, check=False)
+        assert again.returncode == 2 and "already a mount point" in again.stderr
+    nohome = durafs(tmp_path / "no-catalog", "mount", tmp_path, check=False)
+    assert nohome.returncode == 2 and "durafs init" in nohome.stderr
