@@ -98,6 +98,33 @@ def random_reads(path: str, identity: age.X25519Identity, n: int = 500) -> float
         os.close(fd)
 
 
+def dedup_after_edits(size: int, id_key: bytes) -> list[tuple[str, int, int]]:
+    """Chunks re-stored after edits of a random file: (edit, new chunks, total chunks)."""
+    rng = random.Random(3)
+    data = b"".join(rng.randbytes(MiB) for _ in range(size // MiB))
+    chunker = Chunker(id_key)
+    before = {bytes(c) for c in chunker.cut_buffer(data)}
+    edits = {
+        "insert 100 B in the middle": data[: size // 2] + rng.randbytes(100) + data[size // 2 :],
+        "overwrite 4 KiB at 10 places": _overwrite(data, rng, 10),
+        "append 1 MiB": data + rng.randbytes(MiB),
+        "delete 1 KiB at the start": data[1024:],
+    }
+    results = []
+    for name, edited in edits.items():
+        after = [bytes(c) for c in chunker.cut_buffer(edited)]
+        results.append((name, sum(c not in before for c in after), len(after)))
+    return results
+
+
+def _overwrite(data: bytes, rng: random.Random, places: int) -> bytes:
+    out = bytearray(data)
+    for _ in range(places):
+        pos = rng.randrange(len(out) - 4096)
+        out[pos : pos + 4096] = rng.randbytes(4096)
+    return bytes(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=1024, help="MiB of input")
@@ -116,6 +143,9 @@ def main() -> None:
         median = random_reads(dst, identity)
         print(f"random 4 KiB read from a {args.size} MiB encrypted volume: "
               f"median {median * 1000:.3f} ms")
+    print("dedup of a 256 MiB random file after edits (chunks stored again / chunks):")
+    for name, new, total in dedup_after_edits(256 * MiB, id_key):
+        print(f"  {name:<32}{new:>4} / {total}")
 
 
 if __name__ == "__main__":
