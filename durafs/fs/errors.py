@@ -35,6 +35,11 @@ class NoSuchAttribute(FsError):
     """The node has no extended attribute of that name (ENODATA, alias ENOATTR)."""
 
 
+class NotSupported(NoSuchAttribute):
+    """An xattr this tree never has unless the source had it (ENOTSUP): probing tools
+    such as ls stop asking for it on the whole mount."""
+
+
 class ReadOnly(FsError):
     """Any change: the tree is an immutable backup (EROFS)."""
 

@@ -48,6 +48,7 @@ from durafs.fs.errors import (
     NoSuchEntry,
     NotADirectory,
     NotASymlink,
+    NotSupported,
     ReadOnly,
 )
 from durafs.fs.reads import OpenFile, Reader
@@ -68,6 +69,7 @@ _ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
     (NotADirectory, errno.ENOTDIR),
     (IsADirectory, errno.EISDIR),
     (NotASymlink, errno.EINVAL),
+    (NotSupported, errno.EOPNOTSUPP),
     (NoSuchAttribute, pyfuse3.ENOATTR),
     (ReadOnly, errno.EROFS),
     (Interrupted, errno.EINTR),
@@ -78,7 +80,7 @@ _ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
 )
 #: Errnos that are answers, not problems: logged at debug level only.
 _QUIET = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EINVAL, pyfuse3.ENOATTR,
-                    errno.EROFS})
+                    errno.EOPNOTSUPP, errno.EROFS})
 
 
 def errno_of(exc: BaseException) -> int:

@@ -48,7 +48,9 @@ MiB = 1 << 20
 DEFAULT_CACHE_BYTES = 64 * MiB
 DEFAULT_STAGING_BYTES = 2048 * MiB
 #: Chunks prefetched ahead of a sequential reader.
-READAHEAD_CHUNKS = 2
+READAHEAD_CHUNKS = 3
+#: A read starting this close to where the previous one ended counts as sequential.
+SEQUENTIAL_WINDOW = 4 * MiB
 #: How long an online/offline probe of a medium is believed.
 PROBE_TTL = 1.0
 #: Open readers of staged volumes kept (each holds a file descriptor).
@@ -404,8 +406,10 @@ class Reader:
         if end <= offset:
             return b""
         found = f.pieces_in(offset, end)
-        sequential = offset == f.next_offset
-        f.next_offset = end
+        # The kernel's own readahead sends several reads at once, which arrive in any
+        # order: "near where the last read ended" is sequential enough.
+        sequential = abs(offset - f.next_offset) <= SEQUENTIAL_WINDOW
+        f.next_offset = max(end, f.next_offset) if sequential else end
         if sequential and self.readahead:
             self._read_ahead(f, (found[-1][0] + 1) if found else bisect.bisect_left(f.starts, end))
         if len(found) == 1:

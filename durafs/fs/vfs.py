@@ -46,6 +46,7 @@ from durafs.fs.errors import (
     NoSuchEntry,
     NotADirectory,
     NotASymlink,
+    NotSupported,
     ReadOnly,
 )
 from durafs.index.catalog import Catalog
@@ -69,6 +70,8 @@ MAX_PLAN_ID = (SEQ_MASK - _PLAN_BASE - 1) // 2
 LATEST = b"latest"
 #: Entries per page when a directory is listed (one indexed query per page).
 PAGE = 1000
+#: How stale the plan and checkpoint lists may be (the kernel adds VOLATILE_TIMEOUT).
+REFRESH_SECONDS = 0.1
 #: Versions, hard-link group sizes and volumes kept in memory; each is immutable.
 CACHE_ENTRIES = 8192
 
@@ -79,6 +82,9 @@ XATTR_ONLINE = b"user.durafs.online"
 XATTR_BLAKE3 = b"user.durafs.blake3"
 XATTR_CHECKPOINT = b"user.durafs.checkpoint"
 FACTS = frozenset({XATTR_MEDIA, XATTR_LOCATION, XATTR_ONLINE, XATTR_BLAKE3, XATTR_CHECKPOINT})
+#: Asked by ls -l for every file; "not supported" (rather than "no such attribute") makes
+#: it stop asking for the rest of the mount, which halves the requests of ``ls -lR``.
+_PROBED = frozenset({b"security.selinux"})
 
 _DIR_MODE = stat.S_IFDIR | 0o555
 _LINK_MODE = stat.S_IFLNK | 0o777
@@ -224,6 +230,7 @@ class Tree:
         self.catalog = catalog
         self.mounted_ns = mounted_ns or time.time_ns()
         self._data_version: int | None = None
+        self._checked = -REFRESH_SECONDS
         self._plans = _Plans()
         self._versions: LRU[int, tuple[int, VersionRow]] = LRU(CACHE_ENTRIES)
         self._groups: LRU[tuple[int, int], int] = LRU(CACHE_ENTRIES)
@@ -234,7 +241,12 @@ class Tree:
     # -- freshness ------------------------------------------------------------------------
 
     def plans(self) -> _Plans:
-        """The plan/checkpoint snapshot, reloaded if anyone committed since the last one."""
+        """The plan/checkpoint snapshot, reloaded if anyone committed since the last one
+        (asked at most every `REFRESH_SECONDS`: one request may need it several times)."""
+        now = time.monotonic()
+        if now - self._checked < REFRESH_SECONDS:
+            return self._plans
+        self._checked = now
         version = int(self.catalog.db.get_val("PRAGMA data_version"))
         if version != self._data_version:
             self._plans = self._load_plans()
@@ -288,7 +300,7 @@ class Tree:
         child = self.catalog.lookup(plan_id, node.seq, version.path_id, name)
         if child is None:
             raise NoSuchEntry(f"no {name!r} in inode {parent}")
-        return self._tree_attr(self._leader(child), node.seq)
+        return self._tree_attr(self._leader(child, plan_id), node.seq)
 
     def _lookup_in_plan(self, plan: PlanRow, name: bytes) -> Attr:
         snap = self.plans()
@@ -327,7 +339,8 @@ class Tree:
                 raise NotADirectory(f"inode {ino} is not a directory")
             rows = self.catalog.listdir(plan_id, node.seq, version.path_id, after=after,
                                         limit=limit)
-            return [(name, self._tree_attr(self._leader(v), node.seq)) for name, v in rows]
+            return [(name, self._tree_attr(self._leader(v, plan_id), node.seq))
+                    for name, v in rows]
         if node.kind == "latest":
             raise NotADirectory("latest is a symbolic link")
         names = self._small_listing(node)
@@ -380,6 +393,8 @@ class Tree:
             if name == XATTR_MEDIA:
                 return ",".join(m.label for m in media).encode()
             return ",".join(m.location or m.path or "" for m in media).encode()
+        if name in _PROBED:
+            raise NotSupported(name.decode(errors="replace"))
         raise NoSuchAttribute(name.decode(errors="replace"))
 
     def data_media(self, ino: int) -> list[MediumRow]:
@@ -457,9 +472,14 @@ class Tree:
             raise NoSuchEntry(f"version {vid} is gone")
         return self._versions.put(vid, (int(row[0]), VersionRow(*row[1:])))
 
-    def _leader(self, version: VersionRow) -> VersionRow:
-        """The version whose attributes a hard-link group shows (its first member)."""
+    def _leader(self, version: VersionRow, plan_id: int) -> VersionRow:
+        """The version whose attributes a hard-link group shows (its first member).
+
+        It is remembered: the kernel's next request about a listed or looked-up node
+        (ls asks getxattr right after the listing) then needs no query.
+        """
         if version.hardlink_id is None or version.hardlink_id == version.id:
+            self._versions.put(version.id, (plan_id, version))
             return version
         return self._version(version.hardlink_id)[1]
 
