@@ -258,7 +258,10 @@ async def _session(config: MountConfig, parts: Parts, task_status: Any) -> None:
     try:
         pyfuse3.init(parts.ops, config.mountpoint, config.fuse_options())
     except RuntimeError as exc:
-        raise MountError(f"cannot mount on {config.mountpoint}: {exc}") from exc
+        hint = ""
+        if config.allow_other and os.geteuid() != 0:
+            hint = " (-o allow_other needs user_allow_other in /etc/fuse.conf)"
+        raise MountError(f"cannot mount on {config.mountpoint}: {exc}{hint}") from exc
     record: Path | None = None
     crashed = True
     try:

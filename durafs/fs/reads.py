@@ -95,8 +95,11 @@ class Staging:
         self._lock = threading.Lock()
         self._busy: dict[str, threading.Lock] = {}
         directory.mkdir(parents=True, exist_ok=True)
-        for leftover in directory.glob(".tmp-*"):  # copies cut short by a crash
-            leftover.unlink(missing_ok=True)
+        for leftover in directory.glob(".tmp-*"):
+            # copies cut short by a crash; another live mount's copy in progress stays
+            pid = leftover.name.rpartition("-")[2]
+            if not pid.isdigit() or not os.path.exists(f"/proc/{pid}"):
+                leftover.unlink(missing_ok=True)
 
     def path(self, volume: VolumeRow) -> Path:
         return self.directory / f"{volume.uuid}{_STAGED_SUFFIX}"

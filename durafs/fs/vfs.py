@@ -9,17 +9,8 @@ Layout::
     /<plan>/latest -> <checkpoint>      symlink to the newest checkpoint
     /<plan>/<checkpoint>/...            the checkpoint's tree ("/" of the sources)
 
-Inode numbers are arithmetic, so the model keeps no per-inode state and its memory does
-not grow with what the kernel has looked up:
-
-* 1 is the root; plan *p* has ``16 + 2p`` (its directory) and ``17 + 2p`` (its
-  ``latest`` link); all of them are below ``2**SEQ_BITS``.
-* A node inside checkpoint *seq* has ``(vid << SEQ_BITS) | seq`` where *vid* is
-  ``hardlink_id or id`` of its version: the members of a hard-link group share one inode
-  within a checkpoint, and the same version in two checkpoints has two inodes (its
-  ``st_nlink`` and ``user.durafs.checkpoint`` may differ). ``vid >= 1``, so these never
-  collide with the reserved numbers. Version ids are never reused (AUTOINCREMENT), so an
-  inode means the same node for the life of the mount.
+Inode numbers are arithmetic (`durafs.fs.inodes`), so the model keeps no per-inode state
+and its memory does not grow with what the kernel has looked up.
 
 Freshness: committed checkpoint trees never change, so tree nodes are *stable* (the
 adapter gives the kernel long cache timeouts). The plan and checkpoint lists are reloaded
@@ -49,6 +40,16 @@ from durafs.fs.errors import (
     NotSupported,
     ReadOnly,
 )
+from durafs.fs.inodes import (
+    MAX_PLAN_ID,
+    ROOT_INO,
+    SEQ_MASK,
+    Node,
+    decode,
+    latest_ino,
+    plan_ino,
+    tree_ino,
+)
 from durafs.index.catalog import Catalog
 from durafs.index.rows import (
     VERSION_COLUMNS,
@@ -59,13 +60,6 @@ from durafs.index.rows import (
     VersionRow,
     VolumeRow,
 )
-
-SEQ_BITS = 20
-SEQ_MASK = (1 << SEQ_BITS) - 1
-ROOT_INO = 1
-_PLAN_BASE = 16
-#: Plan ids above this have no reserved inode numbers left (about half a million plans).
-MAX_PLAN_ID = (SEQ_MASK - _PLAN_BASE - 1) // 2
 
 LATEST = b"latest"
 #: Entries per page when a directory is listed (one indexed query per page).
@@ -173,43 +167,7 @@ class _Plans:
     checkpoints: dict[int, list[CheckpointRow]] = field(default_factory=dict)
     by_cp_name: dict[tuple[int, bytes], CheckpointRow] = field(default_factory=dict)
     by_seq: dict[tuple[int, int], CheckpointRow] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class _Node:
-    """A decoded inode: *kind* is root, plan, latest or tree."""
-
-    kind: str
-    plan_id: int = 0
-    vid: int = 0
-    seq: int = 0
-
-
-def plan_ino(plan_id: int) -> int:
-    if not 0 < plan_id <= MAX_PLAN_ID:
-        raise NoSuchEntry(f"plan id {plan_id} is outside the mountable range")
-    return _PLAN_BASE + 2 * plan_id
-
-
-def latest_ino(plan_id: int) -> int:
-    return plan_ino(plan_id) + 1
-
-
-def tree_ino(version: VersionRow, seq: int) -> int:
-    """The inode of *version* inside checkpoint *seq* (hard links share the leader's)."""
-    return ((version.hardlink_id or version.id) << SEQ_BITS) | seq
-
-
-def decode(ino: int) -> _Node:
-    """Which node inode *ino* stands for (see the module docstring)."""
-    if ino == ROOT_INO:
-        return _Node("root")
-    if ino > SEQ_MASK:
-        return _Node("tree", vid=ino >> SEQ_BITS, seq=ino & SEQ_MASK)
-    if ino < _PLAN_BASE + 2:
-        raise NoSuchEntry(f"inode {ino} is not in use")
-    plan_id, odd = divmod(ino - _PLAN_BASE, 2)
-    return _Node("latest" if odd else "plan", plan_id=plan_id)
+    stats: FsStats | None = None
 
 
 def blocks_of(version: VersionRow) -> int:
@@ -346,7 +304,7 @@ class Tree:
         names = self._small_listing(node)
         return [(n, a) for n, a in names if n > after][:limit]
 
-    def _small_listing(self, node: _Node) -> list[tuple[bytes, Attr]]:
+    def _small_listing(self, node: Node) -> list[tuple[bytes, Attr]]:
         snap = self.plans()
         if node.kind == "root":
             listing = [(name, self._plan_attr(plan)) for name, plan in snap.by_name.items()]
@@ -433,9 +391,12 @@ class Tree:
             raise ReadOnly("the backup tree is read-only")
 
     def statfs(self) -> FsStats:
-        stored = self.catalog.db.get_val("SELECT coalesce(sum(stored_size), 0) FROM volumes")
-        files = self.catalog.db.last_id("versions")
-        return FsStats(int(stored), files)
+        """Totals, recomputed only when the index has changed."""
+        snap = self.plans()
+        if snap.stats is None:
+            stored = self.catalog.db.get_val("SELECT coalesce(sum(stored_size), 0) FROM volumes")
+            snap.stats = FsStats(int(stored), self.catalog.db.last_id("versions"))
+        return snap.stats
 
     # -- rows -----------------------------------------------------------------------------
 

@@ -17,11 +17,10 @@ from durafs.fs.errors import (
     NotASymlink,
     ReadOnly,
 )
+from durafs.fs.inodes import ROOT_INO, SEQ_BITS, decode, latest_ino, plan_ino
 from durafs.fs.vfs import (
     FACTS,
     LATEST,
-    ROOT_INO,
-    SEQ_BITS,
     XATTR_BLAKE3,
     XATTR_CHECKPOINT,
     XATTR_LOCATION,
@@ -29,9 +28,6 @@ from durafs.fs.vfs import (
     Attr,
     DirStream,
     Tree,
-    decode,
-    latest_ino,
-    plan_ino,
 )
 from durafs.index.catalog import open_catalog
 
