@@ -147,6 +147,9 @@ def unmount(path: str) -> None:
                                 check=False)
         if result.returncode != 0:
             detail = result.stderr.strip() or f"exit status {result.returncode}"
+            if "busy" in detail:
+                detail += (f" (files or directories in it are in use; close them, or detach "
+                           f"it now and let it go when they close: fusermount3 -uz {path})")
             raise MountError(f"cannot unmount {path}: {detail}")
     if mount_state(path) != "free":
         raise MountError(f"{path} is still mounted")

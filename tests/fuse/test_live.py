@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.fs.catalogs import make_catalog
+from tests.support.oddtree import world_dir
 
 from .mounting import (
     durafs,
@@ -155,3 +156,22 @@ def test_mount_errors_are_reported_before_returning(tmp_path: Path) -> None:
         assert again.returncode == 2 and "already a mount point" in again.stderr
     nohome = durafs(tmp_path / "no-catalog", "mount", tmp_path, check=False)
     assert nohome.returncode == 2 and "durafs init" in nohome.stderr
+
+
+def test_other_users_stay_out_without_allow_other(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)
+    with world_dir() as shared, mounted(home, shared / "mnt") as mnt:
+        result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                                 "--clear-groups", "ls", str(mnt)],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode != 0 and "Permission denied" in result.stderr
+        assert os.listdir(mnt) == ["default"]  # the user who mounted it gets in
+
+
+def test_umount_of_a_busy_mount_says_what_to_do(tmp_path: Path) -> None:
+    home, source = _catalog(tmp_path)
+    with mounted(home, tmp_path / "mnt") as mnt, \
+            open(mnt / "default" / "latest" / str(source).lstrip("/") / "hello", "rb"):
+        result = durafs(home, "umount", mnt, check=False)
+        assert result.returncode == 3 and "fusermount3 -uz" in result.stderr
+        assert os.path.ismount(mnt)
