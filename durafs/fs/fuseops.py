@@ -94,8 +94,11 @@ def errno_of(exc: BaseException) -> int:
 
 
 @contextmanager
-def _to_errno(what: str) -> Iterator[None]:
-    """Turn what the model raises into FUSEError; log what is a real problem."""
+def _to_errno(what: str, *args: object) -> Iterator[None]:
+    """Turn what the model raises into FUSEError; log what is a real problem.
+
+    *what* % *args* names the request; it is formatted only when something is logged.
+    """
     try:
         yield
     except pyfuse3.FUSEError:
@@ -103,14 +106,14 @@ def _to_errno(what: str) -> Iterator[None]:
     except (DurafsError, OSError) as exc:
         number = errno_of(exc)
         if number in _QUIET:
-            log.debug("%s: %s", what, exc)
+            log.debug(f"{what}: %s", *args, exc)
         elif number in (errno.ENOMEDIUM, errno.EINTR):
-            log.warning("%s: %s", what, exc)
+            log.warning(f"{what}: %s", *args, exc)
         else:
-            log.error("%s: %s", what, exc)
+            log.error(f"{what}: %s", *args, exc)
         raise pyfuse3.FUSEError(number) from exc
     except Exception as exc:  # a bug: answer EIO, keep serving everyone else
-        log.exception("%s failed", what)
+        log.exception(f"{what} failed", *args)
         raise pyfuse3.FUSEError(errno.EIO) from exc
 
 
@@ -162,7 +165,7 @@ class Operations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: InodeT, name: FileNameT,
                      ctx: RequestContext) -> EntryAttributes:
-        with _to_errno(f"lookup of {name!r} in {parent_inode}"):
+        with _to_errno("lookup of %r in %d", name, parent_inode):
             try:
                 return entry_attributes(self.tree.lookup(parent_inode, name))
             except NoSuchEntry:
@@ -174,21 +177,21 @@ class Operations(pyfuse3.Operations):
         return None  # inodes are arithmetic: nothing is kept per inode
 
     async def getattr(self, inode: InodeT, ctx: RequestContext) -> EntryAttributes:
-        with _to_errno(f"getattr of {inode}"):
+        with _to_errno("getattr of %d", inode):
             return entry_attributes(self.tree.getattr(inode))
 
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
-        with _to_errno(f"readlink of {inode}"):
+        with _to_errno("readlink of %d", inode):
             return FileNameT(self.tree.readlink(inode))
 
     async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
-        with _to_errno(f"opendir of {inode}"):
+        with _to_errno("opendir of %d", inode):
             fh = next(self._handles)
             self._dirs[fh] = self.tree.opendir(inode)
             return FileHandleT(fh)
 
     async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
-        with _to_errno(f"readdir of handle {fh}"):
+        with _to_errno("readdir of handle %d", fh):
             stream = self._dirs.get(fh)
             if stream is None:
                 raise BadHandle(f"no directory handle {fh}")
@@ -201,7 +204,7 @@ class Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        with _to_errno(f"getxattr {name!r} of {inode}"):
+        with _to_errno("getxattr %r of %d", name, inode):
             if name == XATTR_ONLINE and name not in self.tree.listxattr(inode):
                 return await self._online(inode)
             return self.tree.getxattr(inode, name)
@@ -215,7 +218,7 @@ class Operations(pyfuse3.Operations):
         return b"yes" if await self.reader.available(plan) else b"no"
 
     async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
-        with _to_errno(f"listxattr of {inode}"):
+        with _to_errno("listxattr of %d", inode):
             return [XAttrNameT(name) for name in self.tree.listxattr(inode)]
 
     async def statfs(self, ctx: RequestContext) -> StatvfsData:
@@ -234,7 +237,7 @@ class Operations(pyfuse3.Operations):
     # -- data -----------------------------------------------------------------------------
 
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
-        with _to_errno(f"open of {inode}"):
+        with _to_errno("open of %d", inode):
             self.tree.check_open(inode, flags)
             plan = self.tree.read_plan(inode)
             # May wait for a medium; the waiting process's signals end the wait (EINTR).
@@ -246,7 +249,7 @@ class Operations(pyfuse3.Operations):
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         f = self._files.get(fh)
-        with _to_errno(f"read of {f.plan.what if f else fh} at {off}"):
+        with _to_errno("read of %s at %d", f.plan.what if f else fh, off):
             if f is None:
                 raise BadHandle(f"no file handle {fh}")
             return await self.reader.read(f, off, size)  # type: ignore[return-value]
@@ -257,7 +260,7 @@ class Operations(pyfuse3.Operations):
     # -- everything that would change the tree: EROFS --------------------------------------
 
     def _refuse(self, what: str) -> NoReturn:
-        with _to_errno(what):
+        with _to_errno("%s", what):
             self.tree.refuse_change(what)
         raise AssertionError("refuse_change returned")
 
