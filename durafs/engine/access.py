@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from durafs.engine.poolwriter import describe_offline, open_medium
-from durafs.errors import MediumOfflineError
+from durafs.errors import CatalogError, MediumOfflineError
 from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
@@ -45,13 +45,18 @@ class VolumeAccess:
         self.on_wait = on_wait
         self._lock = threading.Lock()
         self._open: OrderedDict[int, tuple[VolumeHandle, VolumeReader]] = OrderedDict()
-        self._media: dict[int, MediumRow] = {}
+        self._media: dict[int, MediumRow] = {m.id: m for m in catalog.media()}
 
     def medium_row(self, medium_id: int) -> MediumRow:
-        row = self._media.get(medium_id)
+        """The medium's row; all rows are read at once (a small table), again only when an
+        unknown medium appears, so worker threads rarely touch the index."""
+        with self._lock:
+            row = self._media.get(medium_id)
+            if row is None:
+                self._media = {m.id: m for m in self.catalog.media()}
+                row = self._media.get(medium_id)
         if row is None:
-            row = self._media[medium_id] = self.catalog.medium(medium_id)  # type: ignore[assignment]
-            assert row is not None
+            raise CatalogError(f"the index names no medium {medium_id}")
         return row
 
     def online_medium(self, row: MediumRow) -> Medium:

@@ -301,6 +301,8 @@ class Backup:
     def _cut(self, unit: _Unit, data: memoryview, base: int) -> None:
         offset = 0
         for piece in self.chunker.cut_buffer(data):
+            if not piece:
+                continue  # an empty file has no chunk at all
             self._submit(unit, piece, base + offset)
             offset += len(piece)
 

@@ -9,7 +9,9 @@ Layout of ``$DURAFS_HOME`` (default ``/var/lib/durafs`` as root, else
     keys/recipient.txt   the age recipient (mode key) - needed to write
     keys/identity.txt    the age identity (mode key, 0600) - needed to read; may be
                          removed from a write-only host after `durafs key export-identity`
-    staging/             volumes staged from slow media (FUSE reads)
+    staging/             whole volumes staged from media that had to be waited for
+    requests/            open media requests (one JSON file each; `durafs requests`)
+    mounts/, logs/       what `durafs mount` serves, and its log in background mode
 """
 
 from __future__ import annotations
