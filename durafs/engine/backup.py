@@ -29,11 +29,12 @@ import blake3
 from durafs.engine.catalogspool import CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
 from durafs.engine.fsmeta import at_path, data_regions
+from durafs.engine.known import KnownChunks
 from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
 from durafs.engine.scan import ScanItem, ScanProblem, scan
-from durafs.errors import UsageError
+from durafs.errors import CatalogError, UsageError
 from durafs.format.chunker import Chunker
 from durafs.format.frames import StoredChunk, codec_for_thread
 from durafs.format.keys import CatalogKeys
@@ -44,7 +45,7 @@ from durafs.index.treewriter import TreeWriter
 log = logging.getLogger(__name__)
 
 #: Plaintext bytes read but not yet stored: bounds memory.
-IN_FLIGHT = 48 * 1024 * 1024
+IN_FLIGHT = 24 * 1024 * 1024
 #: Files up to this size are read whole; larger ones stream through the chunker.
 WHOLE_READ = 8 * 1024 * 1024
 #: Tree entries waiting for their volume: past this many the volume is committed early.
@@ -152,6 +153,7 @@ class Backup:
         self._absent: dict[bytes, bool] = {}
         self._links: dict[Any, _Unit] = {}
         self._spool = CatalogSpool(catalog)
+        self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key)
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
         self._last_progress = 0.0
@@ -169,22 +171,25 @@ class Backup:
         self._prev = PrevTree(self.catalog, plan.id, prev[-1].seq if prev else None)
         name = self._checkpoint_name(plan.name)
         created = time.time_ns()
-        with self.catalog.tree_writer(
-            plan.id, self.catalog.next_seq(plan.id), name, created_ns=created,
-            sources=[os.fsdecode(s) for s in self.opts.sources],
-        ) as tree, concurrent.futures.ThreadPoolExecutor(WORKERS, "durafs-cpu") as pool:
-            self._tree, self._pool = tree, pool
-            try:
-                self._walk()
-                self._drain(final=True)
-            except BaseException:
-                self.writer.abort()
-                raise
-            if self.opts.dry_run:
-                return BackupResult(plan.name, None, dict(self.stats), self.problems)
-            self.stats["pool"] = self.pool.name
-            self.stats["problems"] = len(self.problems)
-            checkpoint = tree.finish(stats=dict(self.stats))
+        try:
+            with self.catalog.tree_writer(
+                plan.id, self.catalog.next_seq(plan.id), name, created_ns=created,
+                sources=[os.fsdecode(s) for s in self.opts.sources],
+            ) as tree, concurrent.futures.ThreadPoolExecutor(WORKERS, "durafs-cpu") as pool:
+                self._tree, self._pool = tree, pool
+                try:
+                    self._walk()
+                    self._drain(final=True)
+                except BaseException:
+                    self.writer.abort()
+                    raise
+                if self.opts.dry_run:
+                    return BackupResult(plan.name, None, dict(self.stats), self.problems)
+                self.stats["pool"] = self.pool.name
+                self.stats["problems"] = len(self.problems)
+                checkpoint = tree.finish(stats=dict(self.stats))
+        finally:
+            self._known.close()
         try:
             write_catalog_volume(self.catalog, self.writer, checkpoint, self._spool)
         finally:
@@ -316,7 +321,7 @@ class Backup:
             # small chunks to the workers was 15% slower than this on 20 000 small files.
             future = _Done(codec_for_thread(id_key).encode(data))
         else:
-            future = self._pool.submit(lambda d=data: codec_for_thread(id_key).encode(d))
+            future = self._pool.submit(self._known.encode, data)
         self._chunks.append((unit, unit.attempt, future, offset, len(data)))
         unit.outstanding += 1
         self._in_flight += len(data)
@@ -339,6 +344,9 @@ class Backup:
             if found is not None:
                 self._ids[cid] = found.id
             else:
+                if not stored.frame and size:
+                    # KnownChunks saw it in the index; only this run writes the pool
+                    raise CatalogError(f"chunk {cid.hex()[:16]} left the index during the run")
                 self._ids.update(self.writer.add_chunk(stored, [(unit.entry.path, offset)]))
                 self.stats["chunks_new"] += 1
                 self.stats["bytes_new"] += size

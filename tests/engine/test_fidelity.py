@@ -141,3 +141,21 @@ def test_follow_symlinks_stores_what_links_point_to(tmp_path: Path) -> None:
     assert durafs("restore", f"default/latest{source}", out).code == 0
     assert not (out / "link.txt").is_symlink()
     assert (out / "link.txt").read_text() == "the target"
+
+
+def test_edit_in_a_large_file_stores_only_nearby_chunks(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    big = source / "big.bin"
+    big.write_bytes(os.urandom(24 << 20))
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    with open(big, "r+b") as f:
+        f.seek(12 << 20)
+        f.write(b"edited in the middle")
+    stats = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
+    assert stats["changed_files"] == 1
+    assert 1 <= stats["chunks_new"] <= 2 and stats["bytes_new"] <= 8 << 20
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert (out / "big.bin").read_bytes() == big.read_bytes()

@@ -1,0 +1,50 @@
+"""Which chunks a pool already has, asked from worker threads before compressing.
+
+A worker hashes a chunk first; if the pool already stores it (a file rewritten in the
+middle re-reads every unchanged chunk), compressing it would be wasted work. Each worker
+thread gets its own read-only connection to the index, so the engine's connection stays
+on its own thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from durafs.format.frames import StoredChunk, codec_for_thread
+from durafs.index.catalog import Catalog, open_catalog
+
+
+class KnownChunks:
+    """Hash-then-compress for one pool: `encode` skips compression of stored chunks."""
+
+    def __init__(self, index_path: Path, pool_id: int, id_key: bytes) -> None:
+        self.index_path = index_path
+        self.pool_id = pool_id
+        self.id_key = id_key
+        self._local = threading.local()
+        self._all: list[Catalog] = []
+        self._lock = threading.Lock()
+
+    def encode(self, data: bytes | memoryview) -> StoredChunk:
+        """The stored form of *data*; for a chunk the pool has, an empty frame (never
+        written: the caller finds the chunk in the index and only refers to it)."""
+        codec = codec_for_thread(self.id_key)
+        cid = codec.chunk_id(data)
+        if self._catalog().lookup_chunks(self.pool_id, [cid]):
+            return StoredChunk(cid, len(data), b"", raw=False)
+        return codec.encode(data, cid)
+
+    def _catalog(self) -> Catalog:
+        catalog: Catalog | None = getattr(self._local, "catalog", None)
+        if catalog is None:
+            catalog = self._local.catalog = open_catalog(self.index_path, readonly=True)
+            with self._lock:
+                self._all.append(catalog)
+        return catalog
+
+    def close(self) -> None:
+        with self._lock:
+            for catalog in self._all:
+                catalog.close()
+            self._all.clear()
