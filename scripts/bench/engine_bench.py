@@ -132,8 +132,35 @@ def version(argv: list[str], env: dict[str, str] | None = None) -> str:
 # -- the tools ------------------------------------------------------------------------
 
 
+class Trash:
+    """Deleting a 1.4 GB tree slows the next runs' file creation for a while (ext4 frees
+    and discards its blocks): with room enough, trees are moved aside and deleted only
+    between phases, so no timed run follows a deletion."""
+
+    def __init__(self, root: Path, keep: bool) -> None:
+        self.root = root
+        self.keep = keep
+        self.n = 0
+
+    def discard(self, path: Path) -> None:
+        if not path.exists():
+            return
+        if self.keep:
+            self.root.mkdir(exist_ok=True)
+            self.n += 1
+            path.rename(self.root / f"{self.n:04d}-{path.name}")
+        else:
+            shutil.rmtree(path)
+
+    def empty(self) -> None:
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        os.sync()
+
+
 class Tool:
     name = ""
+    trash: Trash | None = None
 
     def __init__(self, base: Path, source: Path, logs: Path) -> None:
         self.base = base
@@ -145,9 +172,15 @@ class Tool:
         self.backups = 0
         base.mkdir(parents=True, exist_ok=True)
 
+    def discard(self, path: Path) -> None:
+        if self.trash is not None:
+            self.trash.discard(path)
+        elif path.exists():
+            shutil.rmtree(path)
+
     def reset(self) -> None:
         """Forget everything: an empty repository, as before `setup`."""
-        shutil.rmtree(self.base)
+        self.discard(self.base)
         self.base.mkdir(parents=True)
         self.backups = 0
 
@@ -159,7 +192,7 @@ class Tool:
 
     def load_state(self) -> None:
         backups, saved = self._saved
-        shutil.rmtree(self.base)
+        self.discard(self.base)
         subprocess.run(["cp", "-a", "--reflink=auto", str(saved), str(self.base)], check=True)
         self.backups = backups
 
@@ -199,8 +232,13 @@ class Tool:
 class Durafs(Tool):
     name = "durafs"
 
+    #: (source tree, description) of the durafs under test: set by `use_revision`.
+    code: tuple[Path, str] | None = None
+
     def __init__(self, base: Path, source: Path, logs: Path, profiler: str | None) -> None:
         super().__init__(base, source, logs)
+        if self.code is not None:  # the exported revision shadows the editable install
+            self.env["PYTHONPATH"] = str(self.code[0])
         self.env["DURAFS_HOME"] = str(base / "home" / "catalog")
         self.python = str(REPO_ROOT / ".venv" / "bin" / "python")
         self.profiler = profiler
@@ -250,8 +288,27 @@ class Durafs(Tool):
     def local(self) -> Path:
         return self.base / "home" / "catalog"
 
+    @classmethod
+    def use_revision(cls, rev: str, dest: Path) -> None:
+        """Run durafs as of git revision *rev* (exported to *dest*), not the work tree."""
+        full = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--verify",
+                               f"{rev}^{{commit}}"], capture_output=True, text=True)
+        if full.returncode:
+            raise SystemExit(f"--rev {rev}: not a commit")
+        commit = full.stdout.strip()
+        dest.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "durafs"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        short = version(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h", commit,
+                         "--", "durafs"])
+        cls.code = (dest, f"durafs {short} (exported from commit {commit[:7]})")
+
     def version(self) -> str:
-        rev = version(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
+        if self.code is not None:
+            return self.code[1]
+        rev = version(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h", "--",
+                       "durafs"])
         dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain",
                                 "durafs"], capture_output=True, text=True).stdout.strip()
         return f"durafs {rev}{' + uncommitted changes in durafs/' if dirty else ''}"
@@ -478,12 +535,21 @@ def main_bench(args: argparse.Namespace) -> int:
     print(f"  {summary}", flush=True)
     corpus.manifest(str(source))  # reads everything once: warm page cache for every tool
 
+    if args.rev:
+        Durafs.use_revision(args.rev, work / "durafs-src")
     tools: list[Tool] = [Durafs(work / "durafs", source, logs, args.profile)]
     if "restic" not in skip:
         tools.append(Restic(work / "restic", source, logs))
     if "borg" not in skip:
         tools.append(Borg(work / "borg", source, logs))
+    need = (args.repeat + 1) * len(tools) * 2 * summary.bytes + 4 * 2**30
+    trash = Trash(work / "trash", shutil.disk_usage(work).free > need)
+    res.meta["deletions_between_phases"] = trash.keep
+    if not trash.keep:
+        print(f"  note: less than {need / 2**30:.0f} GiB free: trees are deleted between "
+              "runs, which slows the next run's file creation", flush=True)
     for tool in tools:
+        tool.trash = trash
         tool.setup()
     for tool in tools:
         res.meta["versions"][tool.name] = tool.version()
@@ -502,6 +568,7 @@ def main_bench(args: argparse.Namespace) -> int:
     for tool in tools:
         record(res, "first", tool.name, runs[tool.name])
     res.durafs_stats["first"] = tools[0].last_stats
+    trash.empty()
 
     print("no-change backup", flush=True)
     runs.clear()
@@ -535,6 +602,7 @@ def main_bench(args: argparse.Namespace) -> int:
         if repeat > 1:
             tool.drop_state()
     res.durafs_stats["mutated"] = tools[0].last_stats
+    trash.empty()
 
     print("full restore of the latest snapshot", flush=True)
     failed = False
@@ -542,8 +610,7 @@ def main_bench(args: argparse.Namespace) -> int:
     for i in range(repeat):
         for tool in tools:
             target = work / "restore" / tool.name
-            if target.exists():
-                shutil.rmtree(target)
+            trash.discard(target)
             target.parent.mkdir(exist_ok=True)
             if tool.name != "borg":
                 target.mkdir()
@@ -552,9 +619,10 @@ def main_bench(args: argparse.Namespace) -> int:
                 diffs = check_restore(tool, target, expected, res)
                 if diffs and tool.name == "durafs":
                     failed = True
-            shutil.rmtree(target)
+            trash.discard(target)
     for tool in tools:
         record(res, "restore", tool.name, runs[tool.name])
+    trash.empty()
 
     for tool in tools:
         res.sizes["repo"][tool.name] = du(tool.repo())
@@ -804,6 +872,8 @@ def main() -> int:
                              "the post-mutation one from a copy of the state before it")
     parser.add_argument("--profile", choices=("py-spy", "cprofile"),
                         help="profile durafs's phases (its times are then inflated)")
+    parser.add_argument("--rev", help="benchmark durafs as of this git revision (exported "
+                        "from the repository) instead of the work tree, e.g. HEAD")
     parser.add_argument("--report", metavar="RESULTS_JSON",
                         help="only print the tables of a saved results.json")
     args = parser.parse_args()
