@@ -53,6 +53,8 @@ MAX_WAITING_UNITS = 20_000
 #: Attempts to read a file that keeps changing before it is reported.
 READ_ATTEMPTS = 3
 WORKERS = 2
+#: Chunk ids (cid -> chunks.id) kept from one trim to the next.
+ID_CACHE = 50_000
 #: Finished chunks whose ids are looked up in the index in one query.
 PREFETCH = 512
 #: Chunks smaller than this are hashed and compressed on the reading thread.
@@ -380,6 +382,11 @@ class Backup:
             unit = self._units.popleft()
             if not unit.skip:
                 self._record(unit)
+        if len(self._ids) > ID_CACHE:
+            # only a cache for dedup (the index answers too) besides what waiting units
+            # need: trimming it keeps memory flat in the number of files
+            needed = {cid for unit in self._units for _, cid, _ in unit.pieces}
+            self._ids = {c: i for c, i in self._ids.items() if c in needed}
 
     def _ready(self, unit: _Unit) -> bool:
         if unit.reading or unit.outstanding:

@@ -44,7 +44,7 @@ BATCH = 20_000
 DIR_CACHE = 4_096
 #: Directories whose previous listing is cached, and the rows they may hold in total.
 LISTING_CACHE = 256
-LISTING_ROWS = 1_000_000
+LISTING_ROWS = 10_000
 
 # A row of the previous checkpoint's listing: (path id, VERSION_COLUMNS tuple or None).
 _Prev = tuple[int, tuple[Any, ...] | None]
@@ -70,7 +70,7 @@ _STAGING = """
         vref INTEGER PRIMARY KEY, ref INTEGER NOT NULL, type, mode, uid, gid, uname, gname,
         size, mtime_ns, atime_ns, ctime_ns, ino, dev, nlink, rdev, target, xattrs,
         hardlink_ref, chunks, blake3);
-    PRAGMA temp.cache_size = -65536;
+    PRAGMA temp.cache_size = -16384;
 """
 
 # Under the write lock: :pb and :vb are the paths and versions id high-water marks, so
