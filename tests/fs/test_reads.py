@@ -20,6 +20,7 @@ from durafs.fs.reads import ChunkCache, OfflinePolicy, Staging
 from durafs.fs.requests import MediaRequests, read_requests, signal_pending
 from durafs.index.catalog import open_catalog
 from durafs.index.rows import MediumRow
+from tests.fs.polling import eventually
 
 from .conftest import Backed
 
@@ -126,7 +127,7 @@ async def test_requests_join_serve_and_publish(tmp_path: Path) -> None:
 
         nursery.start_soon(waiter, "a")
         nursery.start_soon(waiter, "b")
-        await trio.sleep(0.2)
+        await eventually(lambda: [r.waiters for r in requests.pending()] == [2])
         [request] = requests.pending()
         assert request.waiters == 2 and request.reason in ("open of a", "open of b")
         [record] = read_requests(tmp_path)
@@ -151,6 +152,6 @@ async def test_requests_time_out_and_interrupts(tmp_path: Path) -> None:
         with pytest.raises(Interrupted):
             await requests.wait_online(_medium(), "open of y", give_up_after=None,
                                        interrupted=lambda: True)
-        await trio.sleep(0.2)
-        assert requests.pending() == [] and read_requests(tmp_path) == []
+        await eventually(lambda: requests.pending() == [] and read_requests(tmp_path) == [])
         nursery.cancel_scope.cancel()
+
