@@ -249,8 +249,9 @@ class Durafs(Tool):
         if label and self.profiler == "cprofile":
             self.profiles.mkdir(exist_ok=True)
             out = self.profiles / f"durafs-{label}.pstats"
-            return [self.python, "-m", "cProfile", "-o", str(out), "-m", "durafs.cli.main", *args]
-        return [self.python, "-m", "durafs.cli.main", *args]
+            return [self.python, "-P", "-m", "cProfile", "-o", str(out), "-m", "durafs.cli.main",
+                    *args]
+        return [self.python, "-P", "-m", "durafs.cli.main", *args]  # -P: not ./durafs
 
     def profile_prefix(self, label: str) -> list[str] | None:
         if self.profiler != "py-spy":
@@ -261,6 +262,10 @@ class Durafs(Tool):
                 "-o", str(out), "--"]
 
     def setup(self) -> None:
+        if self.code is not None:  # the exported tree, never the work tree, is imported
+            where = self.run([self.python, "-P", "-c", "import durafs; print(durafs.__file__)"])
+            if not where.stdout.strip().startswith(str(self.code[0])):
+                raise BenchError(f"durafs imported from {where.stdout.strip()}")
         self.run(self.cli("init"))
         self.run(self.cli("pool", "add", "p", "--kind", "dir", "--path", str(self.repo())))
 
