@@ -23,8 +23,12 @@ its defaults (``RESTIC_PASSWORD``), Borg with ``--encryption=repokey-blake2`` an
 Run (the machine is noisy: compare tools within one run, never across runs)::
 
     .venv/bin/python scripts/bench/engine_bench.py --scale 0.1          # quick, ~2 min
-    .venv/bin/python scripts/bench/engine_bench.py                      # full, ~15 min
+    .venv/bin/python scripts/bench/engine_bench.py                      # full, ~8 min
+    .venv/bin/python scripts/bench/engine_bench.py --repeat 5 --rev HEAD  # ~25 min
     .venv/bin/python scripts/bench/engine_bench.py --skip borg --tiny 0 --profile py-spy
+
+``--rev`` benchmarks a commit (exported with ``git archive``) rather than the shared work
+tree. Results and tables: docs/BENCHMARKS.md.
 
 A script, never a timed test. Exit status 1 if durafs's restore differs from the corpus.
 """
