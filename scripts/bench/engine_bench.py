@@ -700,7 +700,8 @@ def tiny_check(work: Path, n: int, args: argparse.Namespace, skip: set[str],
         shutil.rmtree(tree)
 
 
-def machine_info(args: argparse.Namespace) -> dict:
+def machine() -> dict:
+    """Date, CPU, memory, kernel and Python of this machine, for the reports."""
     cpu, mem = "?", 0
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -715,10 +716,13 @@ def machine_info(args: argparse.Namespace) -> dict:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(), "cpu": cpu, "mem_mib": mem,
-        "kernel": platform.release(), "python": platform.python_version(),
-        "seed": args.seed, "scale": args.scale, "repeat": args.repeat,
-        "profile": args.profile, "versions": {},
+        "kernel": platform.release(), "python": platform.python_version(), "versions": {},
     }
+
+
+def machine_info(args: argparse.Namespace) -> dict:
+    return {**machine(), "seed": args.seed, "scale": args.scale, "repeat": args.repeat,
+            "profile": args.profile}
 
 
 # -- the report -------------------------------------------------------------------------

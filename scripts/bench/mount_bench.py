@@ -32,10 +32,8 @@ A script, never a timed test.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -45,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import corpus
-from engine_bench import Borg, Durafs, Restic, Tool, table
+from engine_bench import Borg, Durafs, Restic, Tool, machine, table
 
 MiB = 1024 * 1024
 MARKER = ".durafs-mount-bench"
@@ -335,23 +333,6 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
-def machine_info() -> dict:
-    cpu, mem = "?", 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "nproc": os.cpu_count(), "cpu": cpu, "mem_mib": mem, "kernel": platform.release(),
-            "python": platform.python_version(), "versions": {}}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="/var/tmp/durafs-mount-bench",
@@ -373,7 +354,7 @@ def main() -> int:
     work = Path(args.workdir).resolve()
     try:
         tools, state = prepare(work, args)
-        res: dict = {"meta": machine_info(), "corpus": state, "runs": {}}
+        res: dict = {"meta": machine(), "corpus": state, "runs": {}}
         for t in tools:
             res["meta"]["versions"][t.name] = t.version()
             print(f"  {res['meta']['versions'][t.name]}", flush=True)

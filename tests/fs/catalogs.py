@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from durafs.cli.main import main
+from tests.engine.cli import Run
 
 MiB = 1 << 20
 #: Where the sparse test file has data (offset, bytes); everything else is a hole.
@@ -20,16 +19,6 @@ SPARSE_SIZE = 32 * MiB
 SPARSE_DATA = ((0, b"start" * 100), (8 * MiB, b"middle" * 2000))
 LINK_NAMES = (b"hard/a", b"hard/b", b"hard/sub/c")
 MANY = 7
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 @dataclass
