@@ -1,14 +1,17 @@
 """The backup pipeline: scan → read → chunk → hash+compress (2 threads) → volumes → index.
 
-One thread (the caller's) walks the sources, reads files and cuts them into chunks; a pool
-of worker threads hashes and compresses chunks (blake3 and zstd release the GIL, so both
-cores work); the caller's thread then stores each new chunk in the open volume, in the
-order the chunks were cut. Bytes in flight are bounded, so memory stays flat whatever the
-tree's size.
+The caller's thread walks the sources and hands files to a pool of worker threads, which
+read, hash, cut and compress them (filereader.py; blake3, pyfastcdc, zstd and file reads
+release the GIL, so both cores work). Files too large to hold whole, and sparse files, are
+read and cut by the walking thread, their chunks compressed by the workers. The walking
+thread stores each new chunk in the open volume in submission order (the volume writer
+encrypts and writes on a thread of its own). Bytes in flight are bounded, so memory stays
+flat whatever the tree's size.
 
-Two queues keep order: ``_chunks`` (every chunk future, in cut order) and ``_units`` (every
-tree entry, in walk order). A unit goes to the TreeWriter once all its chunks are in
-committed volumes, so the tree never refers to a chunk the index does not have.
+Two queues keep order: ``_jobs`` (batches of whole files and single chunks, in submission
+order) and ``_units`` (every tree entry, in walk order). A unit goes to the TreeWriter once
+all its chunks are in committed volumes, so the tree never refers to a chunk the index
+does not have.
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ import blake3
 
 from durafs.engine.catalogspool import CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
-from durafs.engine.fsmeta import at_path, data_regions
+from durafs.engine.filereader import (
+    READ_ATTEMPTS,
+    WHOLE_READ,
+    FileRead,
+    ReadRequest,
+    WholeFileReader,
+    open_source_file,
+    same_content_stat,
+)
+from durafs.engine.fsmeta import data_regions
 from durafs.engine.known import KnownChunks
 from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree
@@ -46,19 +58,20 @@ log = logging.getLogger(__name__)
 
 #: Plaintext bytes read but not yet stored: bounds memory.
 IN_FLIGHT = 24 * 1024 * 1024
-#: Files up to this size are read whole; larger ones stream through the chunker.
-WHOLE_READ = 8 * 1024 * 1024
 #: Tree entries waiting for their volume: past this many the volume is committed early.
 MAX_WAITING_UNITS = 20_000
-#: Attempts to read a file that keeps changing before it is reported.
-READ_ATTEMPTS = 3
 WORKERS = 2
 #: Chunk ids (cid -> chunks.id) kept from one trim to the next.
 ID_CACHE = 50_000
 #: Finished chunks whose ids are looked up in the index in one query.
 PREFETCH = 512
-#: Chunks smaller than this are hashed and compressed on the reading thread.
+#: Chunks smaller than this are compressed without asking the index first (the lookup
+#: costs more than compressing them).
 INLINE_MAX = 256 * 1024
+#: Files handed to a worker together (one future per batch, not per file) ...
+BATCH_FILES = 64
+#: ... or fewer when they add up to this many bytes.
+BATCH_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -103,8 +116,7 @@ class _Unit:
 
 
 class _Done:
-    """A result computed on the spot, with the two Future methods the queue uses (a real
-    Future costs a Condition and a lock per chunk)."""
+    """A result computed on the spot, with the two Future methods the queue uses."""
 
     __slots__ = ("_value",)
 
@@ -118,8 +130,34 @@ class _Done:
         return self._value
 
 
-#: A chunk being hashed and compressed: (unit, read attempt, future, file offset, size).
-_Pending = tuple[_Unit, int, "concurrent.futures.Future[StoredChunk] | _Done", int, int]
+@dataclass(slots=True)
+class _ChunkJob:
+    """One chunk of a file read on the walking thread, being hashed and compressed."""
+
+    unit: _Unit
+    attempt: int
+    future: concurrent.futures.Future[StoredChunk] | _Done
+    offset: int
+    size: int
+
+    def cids(self) -> list[bytes]:
+        return [self.future.result().id]
+
+
+@dataclass(slots=True)
+class _BatchJob:
+    """Whole files read, cut and encoded by a worker (see filereader.py)."""
+
+    units: list[_Unit]
+    items: list[ScanItem]
+    future: concurrent.futures.Future[list[FileRead]]
+    size: int
+
+    def cids(self) -> list[bytes]:
+        return [stored.id for read in self.future.result() for _, stored in read.pieces]
+
+
+_Job = _ChunkJob | _BatchJob
 
 
 class Backup:
@@ -147,7 +185,11 @@ class Backup:
         self.chunker = Chunker(keys.id_key)
         self.problems: list[Problem] = []
         self.stats: dict[str, Any] = collections.Counter()
-        self._chunks: collections.deque[_Pending] = collections.deque()
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._batch: list[tuple[_Unit, ScanItem]] = []
+        self._batch_bytes = 0
+        self._reader = WholeFileReader(self.chunker, self._encode,
+                                       follow_symlinks=options.follow_symlinks)
         self._units: collections.deque[_Unit] = collections.deque()
         self._in_flight = 0
         self._ids: dict[bytes, int] = {}
@@ -213,9 +255,10 @@ class Backup:
             self.stats["entries"] += 1
             if item.type == "f":
                 self._file(unit, item)
-            if len(self._chunks) >= 64 or not self._chunks:
+            if len(self._jobs) >= 64 or not self._jobs:
                 self._drain(final=False)
             self._report()
+        self._submit_batch()
 
     def _entry(self, item: ScanItem) -> Entry:
         return Entry.from_stat(
@@ -246,7 +289,57 @@ class Backup:
         if self.opts.dry_run:
             self.stats["bytes_to_read"] += entry.size
             return
-        self._read_file(unit, item)
+        st = item.st
+        if st.st_size <= WHOLE_READ and st.st_blocks * 512 >= st.st_size:
+            self._add_to_batch(unit, item)
+        else:
+            self._submit_batch()  # the workers get on with it while this thread streams
+            self._read_file(unit, item)
+
+    # -- whole files, read by the workers ---------------------------------------------
+
+    def _add_to_batch(self, unit: _Unit, item: ScanItem) -> None:
+        unit.reading = True
+        self._batch.append((unit, item))
+        self._batch_bytes += item.st.st_size
+        if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+            self._submit_batch()
+
+    def _submit_batch(self) -> None:
+        if not self._batch:
+            return
+        units = [unit for unit, _ in self._batch]
+        items = [item for _, item in self._batch]
+        requests = [ReadRequest(item.path, item.st) for item in items]
+        future = self._pool.submit(self._reader.read_batch, requests)
+        self._jobs.append(_BatchJob(units, items, future, self._batch_bytes))
+        self._in_flight += self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        while self._in_flight > IN_FLIGHT:
+            self._store_next()
+
+    def _store_batch(self, job: _BatchJob) -> None:
+        for unit, item, read in zip(job.units, job.items, job.future.result(), strict=True):
+            unit.reading = False
+            if read.error is not None:
+                self._fail(unit, item.path, read.error)
+                continue
+            assert read.st is not None
+            if not same_content_stat(read.st, item.st):
+                item.st = read.st
+                unit.entry = self._entry(item)
+            unit.entry.blake3 = read.blake3
+            for offset, stored in read.pieces:
+                self.stats["bytes_read"] += stored.size
+                self._store_chunk(unit, stored, offset)
+
+    def _encode(self, data: memoryview) -> StoredChunk:
+        """The stored form of one chunk (on a worker thread)."""
+        if len(data) < INLINE_MAX:
+            return codec_for_thread(self.keys.id_key).encode(data)
+        return self._known.encode(data)
+
+    # -- large and sparse files, streamed by this thread ------------------------------
 
     def _read_file(self, unit: _Unit, item: ScanItem) -> None:
         for attempt in range(READ_ATTEMPTS):
@@ -256,8 +349,7 @@ class Backup:
             except OSError as exc:
                 self._fail(unit, item.path, exc.strerror or str(exc))
                 return
-            if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
-                    item.st.st_size, item.st.st_mtime_ns, item.st.st_ctime_ns):
+            if same_content_stat(st, item.st):
                 unit.reading = False
                 return
             item.st = st
@@ -274,13 +366,8 @@ class Backup:
         hasher = blake3.blake3(max_threads=1)
         try:
             size = item.st.st_size
-            sparse = item.st.st_blocks * 512 < size
-            if sparse:
+            if item.st.st_blocks * 512 < size:
                 self._read_sparse(unit, fd, size, hasher)
-            elif size <= WHOLE_READ:
-                data = _read_all(fd, size)
-                hasher.update(data)
-                self._cut(unit, memoryview(data), 0)
             else:
                 with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
                     offset = 0
@@ -315,31 +402,33 @@ class Backup:
 
     def _submit(self, unit: _Unit, data: bytes | memoryview, offset: int) -> None:
         self.stats["bytes_read"] += len(data)
-        id_key = self.keys.id_key
         future: concurrent.futures.Future[StoredChunk] | _Done
         if len(data) < INLINE_MAX:
-            # A thread hop costs more than hashing and compressing a small chunk, and the
-            # GIL hand-offs it causes slow every syscall of this thread; measured: batching
-            # small chunks to the workers was 15% slower than this on 20 000 small files.
-            future = _Done(codec_for_thread(id_key).encode(data))
+            # the tail of a sparse region: not worth a thread hop
+            future = _Done(codec_for_thread(self.keys.id_key).encode(data))
         else:
             future = self._pool.submit(self._known.encode, data)
-        self._chunks.append((unit, unit.attempt, future, offset, len(data)))
+        self._jobs.append(_ChunkJob(unit, unit.attempt, future, offset, len(data)))
         unit.outstanding += 1
         self._in_flight += len(data)
         while self._in_flight > IN_FLIGHT:
-            self._store_next_chunk()
+            self._store_next()
 
     # -- storing and recording -------------------------------------------------------
 
-    def _store_next_chunk(self) -> None:
-        unit, attempt, future, offset, size = self._chunks.popleft()
-        stored = future.result()
-        self._in_flight -= size
-        unit.outstanding -= 1
-        if attempt != unit.attempt:
-            return  # a superseded read of a file that changed
-        cid = stored.id
+    def _store_next(self) -> None:
+        job = self._jobs.popleft()
+        self._in_flight -= job.size
+        if isinstance(job, _BatchJob):
+            self._store_batch(job)
+            return
+        stored = job.future.result()
+        job.unit.outstanding -= 1
+        if job.attempt == job.unit.attempt:  # else a superseded read of a changed file
+            self._store_chunk(job.unit, stored, job.offset)
+
+    def _store_chunk(self, unit: _Unit, stored: StoredChunk, offset: int) -> None:
+        cid, size = stored.id, stored.size
         if cid not in self._ids and cid not in self.writer.open:
             found = None if self._absent.pop(cid, False) else (
                 self.catalog.lookup_chunks(self.pool.id, [cid]).get(cid))
@@ -358,12 +447,10 @@ class Backup:
         """One dedup query for the finished chunks at the queue's head (one per chunk costs
         more than hashing a small file)."""
         cids = []
-        for _, _, future, _, _ in self._chunks:
-            if not future.done() or len(cids) >= PREFETCH:
+        for job in self._jobs:
+            if not job.future.done() or len(cids) >= PREFETCH:
                 break
-            cid = future.result().id
-            if cid not in self._ids and cid not in self.writer.open:
-                cids.append(cid)
+            cids += (c for c in job.cids() if c not in self._ids and c not in self.writer.open)
         found = self.catalog.lookup_chunks(self.pool.id, cids)
         for cid in cids:
             if cid in found:
@@ -373,9 +460,11 @@ class Backup:
 
     def _drain(self, *, final: bool) -> None:
         """Store finished chunks and pass ready units to the TreeWriter."""
+        if final:
+            self._submit_batch()
         self._prefetch()
-        while self._chunks and (final or self._chunks[0][2].done()):
-            self._store_next_chunk()
+        while self._jobs and (final or self._jobs[0].future.done()):
+            self._store_next()
         if len(self._units) > MAX_WAITING_UNITS or final:
             self._ids.update(self.writer.commit())
         while self._units and self._ready(self._units[0]):
@@ -436,24 +525,3 @@ class Backup:
         if self.progress is not None and (force or now - self._last_progress > 0.2):
             self._last_progress = now
             self.progress(dict(self.stats))
-
-
-def open_source_file(path: bytes, *, follow: bool) -> int:
-    """Open a file to back up: any path length, without updating its atime when allowed,
-    never through a symlink unless symlinks are followed."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    with at_path(path) as (dir_fd, name):
-        try:
-            return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
-        except PermissionError:  # O_NOATIME needs ownership of the file
-            return os.open(name, flags, dir_fd=dir_fd)
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    parts, got = [], 0
-    while True:
-        data = os.read(fd, max(size - got, 0) + 1)  # +1: notice a file that grew
-        if not data:
-            return b"".join(parts)
-        parts.append(data)
-        got += len(data)

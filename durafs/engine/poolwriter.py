@@ -105,6 +105,8 @@ class PoolWriter:
 
     def abort(self) -> None:
         """Drop the open volume (nothing of it was recorded)."""
+        if self._writer is not None:
+            self._writer.abort()
         if self._sink is not None:
             self._sink.abort()
         self._writer = self._sink = None

@@ -7,9 +7,11 @@ Nothing is ever sought back to, so the same writer feeds a file, a tape or an up
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -92,6 +94,7 @@ class VolumeWriter:
         self._pending: list[bytes] = []
         self._pending_chunks: list[tuple[StoredChunk, tuple[tuple[bytes, int], ...]]] = []
         self._pending_size = 0
+        self._background = _Background()
         # Closed in finish(); a volume abandoned mid-way leaves it to the garbage collector.
         self._manifest_file = tempfile.SpooledTemporaryFile(max_size=4 << 20)  # noqa: SIM115
         self._manifest = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
@@ -124,7 +127,7 @@ class VolumeWriter:
 
     def add_member(self, name: str, data: bytes) -> MemberEntry:
         """Append a whole non-chunk member (catalog tree, index copy) held in memory."""
-        self._flush_member()
+        self._sync()
         digest = blake3.blake3(data, key=self.header.id_key).digest()
         entry = MemberEntry(name, self._write_member(name, [data], len(data)), len(data), digest)
         self._record(entry.to_record())
@@ -137,7 +140,7 @@ class VolumeWriter:
         return entry
 
     def _copy_member(self, name: str, src: IO[bytes], size: int) -> MemberEntry:
-        self._flush_member()
+        self._sync()
         hasher = blake3.blake3(key=self.header.id_key)
         data_offset = self._write_header(name, size)
         remaining = size
@@ -153,7 +156,8 @@ class VolumeWriter:
 
     def finish(self) -> VolumeSummary:
         """Write the manifest, the seal and the end of the archive; close the encryption."""
-        self._flush_member()
+        self._sync()
+        self._background.close()
         self._manifest.flush(zstandard.FLUSH_FRAME)
         manifest_size = self._manifest_file.tell()
         self._manifest_file.seek(0)
@@ -180,7 +184,17 @@ class VolumeWriter:
             self.header.volume_id, self.pos, self._counter.count, self._chunks, self._members
         )
 
+    def abort(self) -> None:
+        """Stop writing (the caller discards the sink): waits for writes under way."""
+        self._background.close(wait=False)
+
     # -- internals --------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Close the data member being filled and wait until all of it is written, before
+        this thread writes to the volume or the manifest itself."""
+        self._flush_member()
+        self._background.wait()
 
     def _record(self, record: dict[str, object]) -> None:
         self._manifest.write(dumps(record) + b"\n")
@@ -202,15 +216,32 @@ class VolumeWriter:
         return data_offset
 
     def _flush_member(self) -> None:
+        """Close the data member being filled; its bytes are written on the volume's own
+        thread while the caller goes on filling the next one."""
         if not self._pending:
             return
         name = f"{DATA_MEMBER_PREFIX}{self._members:08d}.zst"
         header = tarfmt.member_header(name, self._pending_size, self._mtime)
         if len(header) != tarfmt.BLOCK:
             raise AssertionError("data member header must be one block")
-        data_offset = self.pos + tarfmt.BLOCK
+        size = self._pending_size
+        parts = [header, *self._pending, bytes(tarfmt.padding(size))]
+        self._background.submit(self._store_member, name, self.pos + tarfmt.BLOCK,
+                                self._pending_chunks, parts)
+        self.pos += sum(len(p) for p in parts)
+        self._members += 1
+        self._chunks += len(self._pending_chunks)
+        self._pending = []
+        self._pending_chunks = []
+        self._pending_size = 0
+
+    def _store_member(
+        self, name: str, data_offset: int,
+        chunks: list[tuple[StoredChunk, tuple[tuple[bytes, int], ...]]], parts: list[bytes],
+    ) -> None:
+        """On the volume's thread: the member's manifest records, then its bytes."""
         member_offset = member_pos = 0
-        for chunk, files in self._pending_chunks:
+        for chunk, files in chunks:
             entry = ChunkEntry(
                 chunk.id, data_offset + member_offset, len(chunk.frame), chunk.size,
                 chunk.raw, name, member_offset, member_pos, files,
@@ -218,11 +249,52 @@ class VolumeWriter:
             self._record(entry.to_record())
             member_offset += len(chunk.frame)
             member_pos += chunk.size
-        self._chunks += len(self._pending_chunks)
-        self._write_member(name, self._pending, self._pending_size)
-        self._pending = []
-        self._pending_chunks = []
-        self._pending_size = 0
+        for part in parts:
+            self._out.write(part)
+
+
+class _Background:
+    """One thread that runs a volume's member writes in order, at most MAX_BEHIND jobs
+    behind the caller. The first failure stops later jobs and is raised to the caller at
+    its next submit or wait, so a volume that failed is never finished as if it had not."""
+
+    MAX_BEHIND = 2
+
+    def __init__(self) -> None:
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._jobs: collections.deque[concurrent.futures.Future[None]] = collections.deque()
+        self._failed = False
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "durafs-volume")
+        self._jobs.append(self._executor.submit(self._run, fn, *args))
+        while len(self._jobs) > self.MAX_BEHIND:
+            self._jobs.popleft().result()
+
+    def _run(self, fn: Callable[..., None], *args: object) -> None:
+        if self._failed:
+            raise RuntimeError("an earlier write of this volume failed")
+        try:
+            fn(*args)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def wait(self) -> None:
+        """Wait for every job; raise the first failure."""
+        while self._jobs:
+            self._jobs.popleft().result()
+
+    def close(self, *, wait: bool = True) -> None:
+        try:
+            if wait:
+                self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=not wait)
+                self._executor = None
+            self._jobs.clear()
 
 
 def new_header(

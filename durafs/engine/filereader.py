@@ -1,0 +1,116 @@
+"""Reading whole files into stored chunks, on a worker thread.
+
+A backup hands most files (every non-sparse file up to ``WHOLE_READ`` bytes) to worker
+threads in batches: a worker opens the file, reads it, hashes it, cuts it and encodes each
+chunk, so the thread that walks the tree and writes volumes only stores finished chunks.
+Opening, reading, cutting (pyfastcdc), hashing and compressing all release the GIL, so
+both cores work. A file that changes while it is read is read again, up to
+``READ_ATTEMPTS`` times, then reported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import blake3
+
+from durafs.engine.fsmeta import at_path
+from durafs.format.chunker import Chunker
+from durafs.format.frames import StoredChunk
+
+#: Files up to this size are read whole; larger ones stream through the chunker.
+WHOLE_READ = 8 * 1024 * 1024
+#: Attempts to read a file that keeps changing before it is reported.
+READ_ATTEMPTS = 3
+
+#: Turns one chunk's bytes into its stored form (hash first, then compress).
+Encoder = Callable[[memoryview], StoredChunk]
+
+
+@dataclass
+class FileRead:
+    """What reading one file produced: its chunks (file offset, stored chunk) in order,
+    its content hash and its status after the read that succeeded; or *error*."""
+
+    pieces: list[tuple[int, StoredChunk]] = field(default_factory=list)
+    blake3: bytes | None = None
+    st: os.stat_result | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """A file to read: its path and the status the walk saw (the read must match it)."""
+
+    path: bytes
+    st: os.stat_result
+
+
+class WholeFileReader:
+    """Reads files of at most WHOLE_READ bytes whole; safe to share between threads."""
+
+    def __init__(self, chunker: Chunker, encode: Encoder, *, follow_symlinks: bool) -> None:
+        self.chunker = chunker
+        self.encode = encode
+        self.follow = follow_symlinks
+
+    def read_batch(self, requests: list[ReadRequest]) -> list[FileRead]:
+        return [self.read(r) for r in requests]
+
+    def read(self, request: ReadRequest) -> FileRead:
+        expected = request.st
+        for _ in range(READ_ATTEMPTS):
+            try:
+                result = self._read_once(request.path, expected.st_size)
+            except OSError as exc:
+                return FileRead(error=exc.strerror or str(exc))
+            st = result.st
+            assert st is not None
+            if same_content_stat(st, expected):
+                return result
+            expected = st
+        return FileRead(error=f"changed while being read ({READ_ATTEMPTS} attempts)")
+
+    def _read_once(self, path: bytes, size: int) -> FileRead:
+        fd = open_source_file(path, follow=self.follow)
+        try:
+            data = memoryview(read_all(fd, size))
+            result = FileRead(blake3=blake3.blake3(data, max_threads=1).digest())
+            offset = 0
+            for piece in self.chunker.cut_buffer(data):
+                if piece:  # an empty file has no chunk at all
+                    result.pieces.append((offset, self.encode(piece)))
+                    offset += len(piece)
+            result.st = os.fstat(fd)
+            return result
+        finally:
+            os.close(fd)
+
+
+def same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether two statuses of one file promise the same content."""
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+
+
+def open_source_file(path: bytes, *, follow: bool) -> int:
+    """Open a file to back up: any path length, without updating its atime when allowed,
+    never through a symlink unless symlinks are followed."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    with at_path(path) as (dir_fd, name):
+        try:
+            return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
+        except PermissionError:  # O_NOATIME needs ownership of the file
+            return os.open(name, flags, dir_fd=dir_fd)
+
+
+def read_all(fd: int, size: int) -> bytes:
+    """The whole file, however its size changed since *size* was seen."""
+    parts, got = [], 0
+    while True:
+        data = os.read(fd, max(size - got, 0) + 1)  # +1: notice a file that grew
+        if not data:
+            return b"".join(parts)
+        parts.append(data)
+        got += len(data)
