@@ -42,6 +42,7 @@ from durafs.engine.filereader import (
 )
 from durafs.engine.fsmeta import data_regions
 from durafs.engine.known import KnownChunks
+from durafs.engine.memory import Trimmer, limit_arenas
 from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
@@ -201,6 +202,8 @@ class Backup:
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
         self._last_progress = 0.0
+        self._trimmer = Trimmer()
+        limit_arenas()
 
     # -- the run ---------------------------------------------------------------------
 
@@ -419,6 +422,7 @@ class Backup:
     def _store_next(self) -> None:
         job = self._jobs.popleft()
         self._in_flight -= job.size
+        self._trimmer.add(job.size)
         if isinstance(job, _BatchJob):
             self._store_batch(job)
             return
