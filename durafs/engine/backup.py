@@ -322,6 +322,7 @@ class Backup:
             self._store_next()
 
     def _store_batch(self, job: _BatchJob) -> None:
+        self._look_up(job.cids())
         for unit, item, read in zip(job.units, job.items, job.future.result(), strict=True):
             unit.reading = False
             if read.error is not None:
@@ -450,12 +451,18 @@ class Backup:
     def _prefetch(self) -> None:
         """One dedup query for the finished chunks at the queue's head (one per chunk costs
         more than hashing a small file)."""
-        cids = []
+        cids: list[bytes] = []
         for job in self._jobs:
             if not job.future.done() or len(cids) >= PREFETCH:
                 break
-            cids += (c for c in job.cids() if c not in self._ids and c not in self.writer.open)
-        found = self.catalog.lookup_chunks(self.pool.id, cids)
+            cids += job.cids()
+        self._look_up(cids)
+
+    def _look_up(self, cids: list[bytes]) -> None:
+        """Ask the index in one query which of *cids* the pool has (for _store_chunk)."""
+        cids = [c for c in cids if c not in self._ids and c not in self._absent
+                and c not in self.writer.open]
+        found = self.catalog.lookup_chunks(self.pool.id, cids) if cids else {}
         for cid in cids:
             if cid in found:
                 self._ids[cid] = found[cid].id
