@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import os
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -52,7 +53,7 @@ from durafs.format.chunker import Chunker
 from durafs.format.frames import StoredChunk, codec_for_thread
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
-from durafs.index.rows import Entry, pack_pieces, pack_xattrs
+from durafs.index.rows import TYPE_OF_FMT, Entry, pack_pieces, pack_xattrs
 from durafs.index.treewriter import TreeWriter
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ class Backup:
     def _walk(self) -> None:
         items = scan(self.opts.sources, excludes=self.opts.excludes,
                      one_file_system=self.opts.one_file_system,
-                     follow_symlinks=self.opts.follow_symlinks)
+                     follow_symlinks=self.opts.follow_symlinks, known=self._known_object)
         for item in items:
             if isinstance(item, ScanProblem):
                 self.problems.append(Problem(item.path, item.reason))
@@ -262,6 +263,19 @@ class Backup:
                 self._drain(final=False)
             self._report()
         self._submit_batch()
+
+    def _known_object(
+        self, path: bytes, st: os.stat_result,
+    ) -> tuple[dict[bytes, bytes], bytes | None] | None:
+        """The xattrs and symlink target of *path* if it is the very object of the previous
+        checkpoint with the same ctime (so the scan need not read them again)."""
+        prev = self._prev.version(path)
+        if prev is None or (prev.ino, prev.dev, prev.ctime_ns, prev.mode) != (
+                st.st_ino, st.st_dev, st.st_ctime_ns, stat.S_IMODE(st.st_mode)):
+            return None
+        if prev.type != TYPE_OF_FMT.get(stat.S_IFMT(st.st_mode)):
+            return None
+        return prev.xattr_dict(), prev.target
 
     def _entry(self, item: ScanItem) -> Entry:
         return Entry.from_stat(

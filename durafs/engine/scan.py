@@ -20,7 +20,7 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from durafs.engine.excludes import ExcludeMatcher
@@ -89,6 +89,10 @@ class ScanProblem:
 
 ScanResult = ScanItem | ScanProblem
 
+#: What the caller already knows about an object the scan met: its xattrs and symlink
+#: target, or None to have them read (see `scan`'s *known*).
+Known = Callable[[bytes, os.stat_result], "tuple[dict[bytes, bytes], bytes | None] | None"]
+
 
 def scan(
     sources: Iterable[bytes | str],
@@ -96,6 +100,7 @@ def scan(
     excludes: Iterable[str] = (),
     one_file_system: bool = False,
     follow_symlinks: bool = False,
+    known: Known | None = None,
 ) -> Iterator[ScanResult]:
     """Walk *sources*, yielding a ScanItem per path and a ScanProblem per path not backed up.
 
@@ -112,8 +117,11 @@ def scan(
       directory on the current path is a "symlink loop" problem, a dangling one a problem.
     - Unreadable directory: its item, then a problem; unreadable file: a problem only.
       A path gone between the listing and its lstat: a "vanished during the scan" problem.
+    - *known(path, stat)* may return the (xattrs, symlink target) the caller recorded for
+      this very object (same inode and ctime: a change of either would have moved the
+      ctime), so the scan reads neither again nor checks that the file is readable.
     """
-    walker = _Walker(list(excludes), one_file_system, follow_symlinks)
+    walker = _Walker(list(excludes), one_file_system, follow_symlinks, known)
     return walker.run(normalize_sources(sources))
 
 
@@ -170,8 +178,11 @@ class _Walker:
     Invariant: every path is yielded at most once per scan.
     """
 
-    def __init__(self, excludes: list[str], one_file_system: bool, follow: bool) -> None:
+    def __init__(
+        self, excludes: list[str], one_file_system: bool, follow: bool, known: Known | None,
+    ) -> None:
         self.excludes = excludes
+        self.known = known
         self.one_file_system = one_file_system
         self.follow = follow
         self.users: dict[int, str] = {}
@@ -376,30 +387,44 @@ class _Walker:
         self, dir_fd: int | None, name: bytes, path: bytes, st: os.stat_result, *,
         followed: bool,
     ) -> Iterator[ScanResult]:
+        if (self.known is not None and stat.S_IFMT(st.st_mode) in _TYPES
+                and (known := self.known(path, st)) is not None):
+            yield self._item(path, st, known[1], known[0])
+            return
         if stat.S_ISREG(st.st_mode) and not _readable(dir_fd, name):
             os.stat(name, dir_fd=dir_fd)  # FileNotFoundError if it is gone rather than locked
             yield ScanProblem(path, UNREADABLE)
             return
-        yield from self._outputs(dir_fd, name, path, st, followed)
+        yield from self._outputs(dir_fd, name, path, st, followed, ask=False)
 
     def _outputs(
         self, dir_fd: int | None, name: bytes, path: bytes, st: os.stat_result,
-        followed: bool, fd: int | None = None,
+        followed: bool, fd: int | None = None, *, ask: bool = True,
     ) -> list[ScanResult]:
-        """The item for one path, plus a problem if some of its xattrs were unreadable."""
+        """The item for one path, plus a problem if some of its xattrs were unreadable
+        (*ask*: whether `known` may answer for them)."""
         kind = _TYPES.get(stat.S_IFMT(st.st_mode))
         if kind is None:
             return [ScanProblem(path, UNSUPPORTED)]
+        known = self.known(path, st) if ask and self.known is not None else None
+        if known is not None:
+            return [self._item(path, st, known[1], known[0])]
         target = os.readlink(name, dir_fd=dir_fd) if kind == "l" else None
         xattrs, denied = self._xattrs(dir_fd, name, path, st, kind, followed, fd)
-        link_key = (st.st_dev, st.st_ino) if kind == "f" and st.st_nlink > 1 else None
-        item = ScanItem(path, st, kind, target, xattrs, self._user(st.st_uid),
-                        self._group(st.st_gid), link_key)
-        if path in self.on_way and kind == "d":
-            self.emitted.add(path)
+        item = self._item(path, st, target, xattrs)
         if denied is None:
             return [item]
         return [item, ScanProblem(path, f"extended attributes not read: {_reason(denied)}")]
+
+    def _item(
+        self, path: bytes, st: os.stat_result, target: bytes | None, xattrs: dict[bytes, bytes],
+    ) -> ScanItem:
+        kind = _TYPES[stat.S_IFMT(st.st_mode)]
+        link_key = (st.st_dev, st.st_ino) if kind == "f" and st.st_nlink > 1 else None
+        if path in self.on_way and kind == "d":
+            self.emitted.add(path)
+        return ScanItem(path, st, kind, target, xattrs, self._user(st.st_uid),
+                        self._group(st.st_gid), link_key)
 
     def _xattrs(
         self, dir_fd: int | None, name: bytes, path: bytes, st: os.stat_result, kind: str,

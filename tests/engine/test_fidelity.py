@@ -24,6 +24,33 @@ def test_odd_tree_round_trip(tmp_path: Path) -> None:
     assert compare_trees(source, out) == []
 
 
+def test_later_checkpoints_keep_and_catch_metadata(tmp_path: Path) -> None:
+    """The scan takes xattrs, ACLs and symlink targets of objects whose inode and ctime
+    did not change from the previous checkpoint: a no-change checkpoint must still have
+    all of them, and changes that only touch metadata must be seen."""
+    require_root("the odd tree has foreign owners, devices and ACLs")
+    source = tmp_path / "src"
+    source.mkdir()
+    make_odd_tree(source)
+    setup_catalog(tmp_path)
+    for _ in range(2):
+        assert durafs("backup", source, "--pool", "p").code == 0
+    second = tmp_path / "second"
+    assert durafs("restore", f"default/latest{source}", second).code == 0
+    assert compare_trees(source, second) == []
+    os.setxattr(source / "xattrs" / "small", b"user.text", b"changed")
+    os.removexattr(source / "xattrs", b"user.on-a-dir")
+    subprocess.run(["setfacl", "-m", "u:4242:rw", source / "acl" / "file"], check=True)
+    os.chmod(source / "hard" / "three", 0o604)
+    os.unlink(source / "links" / "dangling")
+    os.symlink(b"another/target", source / "links" / "dangling")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    third = tmp_path / "third"
+    assert durafs("restore", f"default/latest{source}", third).code == 0
+    assert os.getxattr(third / "xattrs" / "small", b"user.text") == b"changed"
+    assert compare_trees(source, third) == []
+
+
 def test_restore_whole_checkpoint_recreates_absolute_paths(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
