@@ -198,7 +198,7 @@ class Backup:
         # cids the pool had not when last asked (only this run adds chunks to the pool)
         self._absent: dict[bytes, bool] = {}
         self._links: dict[Any, _Unit] = {}
-        self._spool = CatalogSpool(catalog)
+        self._spool = CatalogSpool(catalog, options.plan, pool.name)
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key)
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
@@ -519,10 +519,10 @@ class Backup:
             else:
                 entry.chunks = pack_pieces((o, self._ids[c], s) for o, c, s in unit.pieces)
         if not self.opts.dry_run:
-            self._tree.add(entry)
+            kept = self._tree.add(entry)
             leader = self._links.get(entry.hardlink_key) if entry.hardlink_key else None
             link = leader.entry.path if leader is not None and leader is not unit else None
-            self._spool.add(entry, link)
+            self._spool.add(entry, link, kept=kept)
 
     # -- odds and ends ---------------------------------------------------------------
 

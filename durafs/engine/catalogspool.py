@@ -4,6 +4,15 @@ The backup already has every entry in walk order, so the tree lines are written 
 entries are recorded instead of re-reading the whole checkpoint from the index afterwards.
 Chunk row ids of unchanged files are turned into chunk ids a batch at a time (one query per
 BATCH entries), and lines are compressed in large blocks.
+
+Most checkpoints change little, so the spool is usually a delta (`find_base` decides when
+it is created, before any entry): it then keeps only the entries the TreeWriter gives a new
+version, and an unchanged entry costs nothing here. The paths deleted since the base come
+from the index when the volume is written (`catalogvol.write_catalog_volume`), which also
+falls back to the full tree from the index when the delta cannot be used after all.
+Problems of the walk do not make a delta unsafe: both what changed (the TreeWriter) and
+what went (the index) are the index's own view, so a path left out for a problem is just
+one more deleted path.
 """
 
 from __future__ import annotations
@@ -11,32 +20,89 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import IO, Any
 
 import zstandard
 
-from durafs.format.catalog import CHECKPOINT_MEMBER, TREE_MEMBER, CheckpointRecord
+from durafs.format.catalog import (
+    CHECKPOINT_MEMBER,
+    TREE_MEMBER,
+    CheckpointRecord,
+    write_deleted,
+)
 from durafs.format.header import dumps
 from durafs.format.writer import VolumeWriter
 from durafs.index.catalog import Catalog
-from durafs.index.rows import Entry, unpack_pieces, unpack_xattrs
+from durafs.index.rows import CheckpointRow, Entry, VolumeRow, unpack_pieces, unpack_xattrs
 
 BATCH = 2000
+#: At most this many deltas follow a full catalog volume. A lost or damaged catalog volume
+#: takes the checkpoints of the deltas after it (until the next full one) out of reach of
+#: `durafs recover`, and rebuilding a tree reads the whole chain: this bounds both, for
+#: about one full tree's size every MAX_DELTAS checkpoints.
+MAX_DELTAS = 16
+
+#: meta key recording which catalog volume holds a checkpoint in a pool.
+META_KEY = "catalog_volume:{pool}:{checkpoint}"
+#: meta key recording a catalog volume's depth: 0 for a full tree, else deltas since one.
+DEPTH_KEY = "catalog_depth:{volume}"
+
+
+@dataclass(frozen=True)
+class Base:
+    """The catalog volume a delta builds on: *checkpoint*'s, at *depth* in its chain."""
+
+    checkpoint: CheckpointRow
+    volume: VolumeRow
+    depth: int
+
+
+def find_base(catalog: Catalog, plan: str, pool: str) -> Base | None:
+    """The catalog volume the next checkpoint of *plan* in *pool* may be a delta of, or
+    None when it must be a full tree: no previous checkpoint, or it was made to another
+    pool, or its catalog volume is unknown (not written yet, or written before deltas
+    existed), or the chain is MAX_DELTAS long, or the base's medium takes no new volumes
+    (every medium must stay readable on its own, so a delta lands next to its base)."""
+    checkpoints = catalog.checkpoints(plan)
+    if not checkpoints or checkpoints[-1].stats.get("pool") != pool:
+        return None
+    prev = checkpoints[-1]
+    uuid = catalog.get_meta(META_KEY.format(pool=pool, checkpoint=prev.id))
+    volume = catalog.volume_by_uuid(uuid) if uuid is not None else None
+    if volume is None:
+        return None
+    depth = catalog.get_meta(DEPTH_KEY.format(volume=volume.uuid))
+    if depth is None or int(depth) + 1 > MAX_DELTAS:
+        return None
+    medium = catalog.medium(volume.medium_id)
+    if medium is None or medium.state != "active":
+        return None
+    return Base(prev, volume, int(depth))
 
 
 class CatalogSpool:
-    """Collects a checkpoint's tree as compressed JSON lines in a temporary file."""
+    """Collects a checkpoint's tree as compressed JSON lines in a temporary file.
 
-    def __init__(self, catalog: Catalog) -> None:
+    With *plan* and *pool* it is a delta of the previous checkpoint's catalog volume when
+    `find_base` finds one (`base`); without, or when there is none, it holds the full tree.
+    """
+
+    def __init__(self, catalog: Catalog, plan: str | None = None,
+                 pool: str | None = None) -> None:
         self.catalog = catalog
+        self.base = find_base(catalog, plan, pool) if plan and pool else None
         self._file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self._out = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
             self._file, closefd=False)
         self._batch: list[tuple[Entry, bytes | None]] = []
-        self._leaders: dict[Any, bytes] = {}
 
-    def add(self, entry: Entry, link: bytes | None = None) -> None:
-        """Record *entry*; *link* is the leader's path for a later hard-link member."""
+    def add(self, entry: Entry, link: bytes | None = None, *, kept: bool = False) -> None:
+        """Record *entry*; *link* is the leader's path for a later hard-link member, *kept*
+        what `TreeWriter.add` returned for it (a delta leaves kept entries out)."""
+        if kept and self.base is not None:
+            return
         self._batch.append((entry, link))
         if len(self._batch) >= BATCH:
             self._flush()
@@ -49,14 +115,32 @@ class CatalogSpool:
         self._out.write(b"\n".join(lines) + b"\n")
         self._batch = []
 
-    def write(self, volume: VolumeWriter, record: CheckpointRecord) -> None:
-        """Add the checkpoint record and the spooled tree to a catalog volume."""
+    def delta_base(self, checkpoint: CheckpointRow, medium_id: int) -> Base | None:
+        """The base, if the spooled delta can be *checkpoint*'s catalog volume on medium
+        *medium_id*: the TreeWriter compared the entries with the base's checkpoint (it is
+        the plan's previous one) and the volume lands on the base's medium."""
+        base = self.base
+        if base is None or base.volume.medium_id != medium_id:
+            return None
+        if self.catalog.volume_by_uuid(base.volume.uuid) is None:
+            return None
+        earlier = [c for c in self.catalog.checkpoints(checkpoint.plan) if c.seq < checkpoint.seq]
+        if not earlier or earlier[-1].id != base.checkpoint.id:
+            return None
+        return base
+
+    def write(self, volume: VolumeWriter, record: CheckpointRecord,
+              deleted: Iterable[bytes] = ()) -> None:
+        """Add the checkpoint record, for a delta the *deleted* paths, and the spooled tree
+        to a catalog volume."""
         if self._batch:
             self._flush()
         self._out.flush(zstandard.FLUSH_FRAME)
         size = self._file.tell()
         self._file.seek(0)
         volume.add_member(CHECKPOINT_MEMBER, record.to_json())
+        if record.base is not None:
+            write_deleted(volume, deleted)
         volume.add_member_file(TREE_MEMBER, self._file, size)
 
     def close(self) -> None:

@@ -1,7 +1,10 @@
 """Checkpoint trees between the index and catalog volumes (docs/FORMAT.md §4).
 
 After a checkpoint is committed to the index, its tree is written to the pool as a catalog
-volume, so the media alone can rebuild the index (`durafs recover`).
+volume, so the media alone can rebuild the index (`durafs recover`). Usually it is a delta
+of the previous checkpoint's catalog volume (`catalogspool.find_base` says when), which
+then cannot be read without that base: a catalog volume that is a base may only go away
+together with the deltas built on it.
 """
 
 from __future__ import annotations
@@ -9,21 +12,28 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from durafs.engine.catalogspool import CatalogSpool
+from durafs.engine.catalogspool import DEPTH_KEY, META_KEY, CatalogSpool
 from durafs.engine.poolwriter import PoolWriter
-from durafs.format.catalog import CheckpointRecord, TreeEntry, write_catalog
+from durafs.format.catalog import BaseRef, CheckpointRecord, TreeEntry, write_catalog
 from durafs.format.writer import VolumeWriter
 from durafs.index.catalog import Catalog
 from durafs.index.rows import CheckpointRow, VersionRow
 
-#: meta key recording which catalog volume holds a checkpoint in a pool.
-META_KEY = "catalog_volume:{pool}:{checkpoint}"
+__all__ = ["DEPTH_KEY", "META_KEY", "to_tree_entry", "tree_entries", "write_catalog_volume"]
 
 
 def tree_entries(catalog: Catalog, plan_id: int, seq: int) -> Iterator[TreeEntry]:
-    """Every entry of checkpoint *seq*, parents first, with chunk ids (not row ids)."""
+    """Every entry of checkpoint *seq*, parents first, with chunk ids (not row ids).
+
+    A hard-link group's "f" entry is its first member in the index (the version the others
+    link to), as in trees the backup spools, so a delta's "h" lines always find it."""
     leaders: dict[int, bytes] = {}
     for path, version in catalog.walk(plan_id, seq, catalog.root_id(plan_id)):
+        first = version.hardlink_id
+        if first is not None and first not in leaders and first != version.id:
+            leader = catalog.version(first)
+            assert leader is not None  # a member is valid only while its first member is
+            leaders[first] = catalog.path_of(leader.path_id)
         yield to_tree_entry(catalog, path, version, leaders)
 
 
@@ -42,10 +52,10 @@ def to_tree_entry(
     if v.type != "f":
         return entry
     if v.hardlink_id is not None:
-        if v.hardlink_id in leaders:
-            entry.type, entry.link = "h", leaders[v.hardlink_id]
+        leader = leaders.setdefault(v.hardlink_id, path)
+        if leader != path:
+            entry.type, entry.link = "h", leader
             return entry
-        leaders[v.hardlink_id] = path
     if not chunks:
         return entry
     pieces = v.pieces()
@@ -60,7 +70,9 @@ def write_catalog_volume(
 ) -> None:
     """Write *checkpoint*'s catalog volume into the writer's pool and note where it is.
 
-    The tree comes from *spool* when the backup spooled it, else from the index."""
+    The tree comes from *spool* when the backup spooled it: a delta if the spool is one
+    and it still fits once the volume's medium is known, or the full tree. Otherwise (no
+    spool, or a delta that does not fit) the full tree comes from the index."""
     plan = catalog.plan(checkpoint.plan)
     assert plan is not None
     record = CheckpointRecord(
@@ -72,10 +84,21 @@ def write_catalog_volume(
     )
 
     def fill(volume: VolumeWriter) -> None:
-        if spool is not None:
-            spool.write(volume, record)
+        medium = writer.medium
+        assert medium is not None
+        base = spool.delta_base(checkpoint, medium.id) if spool is not None else None
+        if spool is not None and base is not None:
+            record.base = BaseRef(base.checkpoint.name, base.volume.uuid)
+            record.depth = base.depth + 1
+            deleted = catalog.deleted_paths(plan.id, base.checkpoint.seq, checkpoint.seq)
+            spool.write(volume, record, deleted)
+        elif spool is not None and spool.base is None:
+            spool.write(volume, record)  # it holds the full tree
         else:
             write_catalog(volume, record, tree_entries(catalog, plan.id, checkpoint.seq))
 
     row = writer.write_volume("catalog", fill)
-    catalog.set_meta(META_KEY.format(pool=writer.pool.name, checkpoint=checkpoint.id), row.uuid)
+    with catalog.db.transaction():
+        catalog.set_meta(META_KEY.format(pool=writer.pool.name, checkpoint=checkpoint.id),
+                         row.uuid)
+        catalog.set_meta(DEPTH_KEY.format(volume=row.uuid), record.depth)

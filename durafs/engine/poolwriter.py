@@ -112,6 +112,12 @@ class PoolWriter:
         self._writer = self._sink = None
         self.open = {}
 
+    @property
+    def medium(self) -> MediumRow | None:
+        """The medium the open volume is being written to (None when none is open): known
+        once a volume is started, e.g. inside `write_volume`'s *fill*."""
+        return self._medium_row if self._writer is not None else None
+
     # -- whole volumes (catalog, index copies) ---------------------------------------
 
     def write_volume(self, kind: str, fill: Callable[[VolumeWriter], None]) -> VolumeRow:

@@ -1,9 +1,11 @@
 """Rebuild a lost index from directory media alone (plus the identity or passphrase).
 
 Reads each medium's marker and keys file, records its pool and medium, every volume's
-manifest (chunk locations), then replays the catalog volumes — one per checkpoint, oldest
-first — through the TreeWriter, so checkpoints, trees and chunk locations come back as
-they were and `restore` and `verify` work again.
+manifest (chunk locations), then replays the checkpoints — oldest first — through the
+TreeWriter, so checkpoints, trees and chunk locations come back as they were and `restore`
+and `verify` work again. A checkpoint whose catalog volume is a delta is rebuilt from its
+chain (the full tree and the deltas up to it, `catalogchain`); if a volume of the chain is
+missing or unreadable, that checkpoint is reported and the others are still recovered.
 """
 
 from __future__ import annotations
@@ -13,10 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from durafs.engine.catalogchain import ChainedTree
+from durafs.engine.catalogspool import DEPTH_KEY, META_KEY
 from durafs.engine.home import Home, HomeConfig
-from durafs.errors import DurafsError, UsageError
+from durafs.errors import DurafsError, FormatError, UsageError
 from durafs.format import age
-from durafs.format.catalog import CheckpointRecord, TreeEntry, read_catalog
+from durafs.format.catalog import (
+    CheckpointRecord,
+    TreeEntry,
+    read_catalog_lines,
+    read_checkpoint,
+    read_deleted,
+)
 from durafs.format.keys import CatalogKeys, read_keys_file
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
@@ -24,6 +34,17 @@ from durafs.index.rows import Entry, NewChunk, pack_pieces, pack_xattrs
 from durafs.media.directory import DirectoryMedium
 
 DEFAULT_VOLUME_SIZE = 1 << 30
+
+
+@dataclass
+class _CatalogVolume:
+    """A catalog volume found on a medium: its checkpoint record and how to read it."""
+
+    record: CheckpointRecord
+    reader: VolumeReader
+    pool: str
+    name: str
+    volume_id: str
 
 
 @dataclass
@@ -56,8 +77,8 @@ class Recover:
         self.progress = progress
         self.result = RecoverResult()
         self.keys: CatalogKeys | None = None
-        self._catalogs: list[tuple[CheckpointRecord, VolumeReader, str]] = []
-        self._leaders: dict[bytes | None, tuple[bytes | None, bytes | None]] = {}
+        self._catalogs: dict[str, _CatalogVolume] = {}
+        self._leaders: dict[bytes, tuple[bytes | None, bytes | None]] = {}
 
     def run(self, paths: list[str]) -> RecoverResult:
         media = [DirectoryMedium(p) for p in paths]
@@ -123,48 +144,121 @@ class Recover:
         self.result.volumes += 1
         self.result.chunks += len(manifest.chunks)
         if reader.header.kind == "catalog":
-            record, _ = read_catalog(reader)
-            self._catalogs.append((record, reader, pool_id_name(catalog, pool_id)))
+            volume_id = reader.header.volume_id
+            self._catalogs[volume_id] = _CatalogVolume(
+                read_checkpoint(reader), reader, pool_id_name(catalog, pool_id), stored.name,
+                volume_id)
         self.progress(f"read {stored.name}")
 
     def _replay(self, catalog: Catalog) -> None:
-        seen: set[tuple[str, str]] = set()
-        for record, reader, pool in sorted(self._catalogs, key=lambda c: c[0].created_ns):
-            if (record.plan, record.name) in seen:
-                continue  # the same checkpoint's catalog in a second pool
-            seen.add((record.plan, record.name))
-            plan = catalog.ensure_plan(record.plan)
-            pool_row = catalog.pool(pool)
-            assert pool_row is not None
-            _, entries = read_catalog(reader)
-            links = {e.link for e in read_catalog(reader)[1] if e.type == "h"}
-            with catalog.tree_writer(plan.id, catalog.next_seq(plan.id), record.name,
-                                     created_ns=record.created_ns,
-                                     sources=[os.fsdecode(s) for s in record.sources]) as tree:
-                for entry in entries:
-                    tree.add(self._entry(catalog, pool_row.id, entry, links))
-                tree.finish(stats={**record.stats, "pool": pool}, finished_ns=record.finished_ns)
-            self.result.checkpoints.append(f"{record.plan}/{record.name}")
+        by_checkpoint: dict[tuple[str, str], list[_CatalogVolume]] = {}
+        for cat in sorted(self._catalogs.values(), key=lambda c: c.record.created_ns):
+            by_checkpoint.setdefault((cat.record.plan, cat.record.name), []).append(cat)
+        trees: dict[tuple[str, str], ChainedTree] = {}  # by (pool, plan): chains advance
+        try:
+            for candidates in by_checkpoint.values():
+                self._replay_checkpoint(catalog, candidates, trees)
+        finally:
+            for tree in trees.values():
+                tree.close()
 
-    def _entry(self, catalog: Catalog, pool_id: int, e: TreeEntry, links: set[Any]) -> Entry:
-        kind = "f" if e.type == "h" else e.type
+    def _replay_checkpoint(self, catalog: Catalog, candidates: list[_CatalogVolume],
+                           trees: dict[tuple[str, str], ChainedTree]) -> None:
+        """Replay one checkpoint from the first of its catalog volumes (one per pool it
+        was written to) whose chain can be read; else report why none could."""
+        errors = []
+        for cat in candidates:
+            try:
+                chain = self._chain(cat)
+                tree = trees.setdefault((cat.pool, cat.record.plan), ChainedTree())
+                _advance(tree, chain)
+                self._commit(catalog, cat, tree)
+            except (OSError, DurafsError) as exc:
+                errors.append(str(exc))
+                continue
+            self.result.checkpoints.append(f"{cat.record.plan}/{cat.record.name}")
+            return
+        self.result.problems.extend(errors)
+
+    def _chain(self, cat: _CatalogVolume) -> list[_CatalogVolume]:
+        """The catalog volumes *cat*'s tree is built from: a full tree, then each delta up
+        to *cat*. Raises FormatError naming the volume whose base is missing."""
+        chain = [cat]
+        while (base := chain[-1].record.base) is not None:
+            top = chain[-1]
+            found = self._catalogs.get(base.volume_id)
+            if found is None or (found.record.plan, found.record.name, found.record.depth) != (
+                    top.record.plan, base.checkpoint, top.record.depth - 1):
+                via = "" if top is cat else f", base of {top.name}"
+                raise FormatError(
+                    f"{cat.name}: checkpoint {cat.record.plan}/{cat.record.name} not recovered: "
+                    f"its catalog volume is a delta and the catalog volume {base.volume_id} "
+                    f"(checkpoint {base.checkpoint}{via}) was not found or could not be read")
+            chain.append(found)
+        return chain[::-1]
+
+    def _commit(self, catalog: Catalog, cat: _CatalogVolume, tree: ChainedTree) -> None:
+        """Record the checkpoint of *cat* with the tree *tree* holds, in one transaction."""
+        record = cat.record
+        plan = catalog.ensure_plan(record.plan)
+        pool_row = catalog.pool(cat.pool)
+        assert pool_row is not None
+        links = tree.links()
+        self._leaders = {}
+        with catalog.tree_writer(plan.id, catalog.next_seq(plan.id), record.name,
+                                 created_ns=record.created_ns,
+                                 sources=[os.fsdecode(s) for s in record.sources]) as writer:
+            for tree_entry in tree.entries():
+                entry = self._entry(catalog, pool_row.id, tree_entry, links)
+                if entry is not None:
+                    writer.add(entry)
+            checkpoint = writer.finish(stats={**record.stats, "pool": cat.pool},
+                                       finished_ns=record.finished_ns)
+        # Which catalog volume holds it, as the backup notes it: so the next backup does
+        # not write it again, and its catalog volume can be a delta of this one.
+        with catalog.db.transaction():
+            catalog.set_meta(META_KEY.format(pool=cat.pool, checkpoint=checkpoint.id),
+                             cat.volume_id)
+            catalog.set_meta(DEPTH_KEY.format(volume=cat.volume_id), record.depth)
+
+    def _entry(self, catalog: Catalog, pool_id: int, e: TreeEntry,
+               links: set[bytes]) -> Entry | None:
+        """The index entry for tree entry *e*; hard-link members come after their group's
+        "f" entry (`ChainedTree.entries`). None (and a problem) for a member without one."""
         chunks = None
+        key = e.path if e.type == "f" and e.path in links else None
         if e.type == "f":
             found = catalog.lookup_chunks(pool_id, [c for _, c, _ in e.chunks])
             chunks = pack_pieces((off, found[cid].id, size) for off, cid, size in e.chunks
                                  if cid in found)
-        key = e.link if e.type == "h" else (e.path if e.path in links else None)
-        if e.type == "h":
-            chunks, e.blake3 = self._leaders.get(e.link, (None, None))
-        elif key is not None:
-            self._leaders[e.path] = (chunks, e.blake3)
+            if key is not None:
+                self._leaders[e.path] = (chunks, e.blake3)
+        elif e.type == "h":
+            if e.link is None or e.link not in self._leaders:
+                self.result.problems.append(
+                    f"{os.fsdecode(e.path)}: hard link to {e.link!r}, which is not a file of "
+                    "the checkpoint: left out")
+                return None
+            key = e.link
+            chunks, e.blake3 = self._leaders[e.link]
         return Entry(
-            path=e.path, type=kind, mode=e.mode, uid=e.uid, gid=e.gid, uname=e.user or None,
-            gname=e.group or None, size=e.size, mtime_ns=e.mtime_ns, atime_ns=e.atime_ns,
-            ctime_ns=e.ctime_ns, ino=e.ino, dev=e.dev, nlink=e.nlink, rdev=e.rdev,
-            target=e.target, xattrs=pack_xattrs(e.xattrs), chunks=chunks, blake3=e.blake3,
-            hardlink_key=key,
+            path=e.path, type="f" if e.type == "h" else e.type, mode=e.mode, uid=e.uid,
+            gid=e.gid, uname=e.user or None, gname=e.group or None, size=e.size,
+            mtime_ns=e.mtime_ns, atime_ns=e.atime_ns, ctime_ns=e.ctime_ns, ino=e.ino,
+            dev=e.dev, nlink=e.nlink, rdev=e.rdev, target=e.target,
+            xattrs=pack_xattrs(e.xattrs), chunks=chunks, blake3=e.blake3, hardlink_key=key,
         )
+
+
+def _advance(tree: ChainedTree, chain: list[_CatalogVolume]) -> None:
+    """Bring *tree* to the last volume of *chain*: from where it is if that is in the
+    chain (the usual case: checkpoints are replayed in order), else from the full tree."""
+    ids = [c.volume_id for c in chain]
+    start = ids.index(tree.at) + 1 if tree.at in ids else 0
+    for cat in chain[start:]:
+        _, lines = read_catalog_lines(cat.reader)
+        full = cat.record.base is None
+        tree.apply(cat.volume_id, lines, [] if full else read_deleted(cat.reader), full=full)
 
 
 def pool_id_name(catalog: Catalog, pool_id: int) -> str:

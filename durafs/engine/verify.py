@@ -1,9 +1,10 @@
 """Verify: the index against the media, and optionally every stored byte.
 
 Structure (always): every volume the index records is on its medium with the recorded
-size, and its manifest and seal read back. Data (``--read-data``, or a random sample):
-every chunk is read at its recorded offset and checked against its id, so damage is named
-chunk by chunk, with every plan/checkpoint/path it hurts; everything else stays restorable.
+size, and its manifest and seal read back; a delta catalog volume's base is recorded too,
+on the same medium. Data (``--read-data``, or a random sample): every chunk is read at its
+recorded offset and checked against its id, so damage is named chunk by chunk, with every
+plan/checkpoint/path it hurts; everything else stays restorable.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from durafs.engine.access import VolumeAccess
 from durafs.errors import DurafsError, MediumOfflineError
+from durafs.format.catalog import read_checkpoint
+from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
 from durafs.index.rows import ChunkRow, VolumeRow, unpack_pieces
 
@@ -76,6 +79,8 @@ class Verify:
             if reader.plain_size != volume.plain_size:
                 self.result.structure.append(f"{name}: size differs from the index")
             reader.read_manifest()
+            if volume.kind == "catalog":
+                self._catalog_base(volume, name, reader)
         except MediumOfflineError as exc:
             self.result.offline.append(str(exc))
             return
@@ -85,6 +90,21 @@ class Verify:
                 return
         if self.fraction:
             self._read_chunks(volume, name)
+
+    def _catalog_base(self, volume: VolumeRow, name: str, reader: VolumeReader) -> None:
+        """A delta catalog volume is read together with its base (docs/FORMAT.md §4): the
+        base must be in the index and on the same medium (each medium stands alone)."""
+        base_ref = read_checkpoint(reader).base
+        if base_ref is None:
+            return
+        base = self.catalog.volume_by_uuid(base_ref.volume_id)
+        if base is None:
+            self.result.structure.append(
+                f"{name}: its base catalog volume {base_ref.volume_id} (checkpoint "
+                f"{base_ref.checkpoint}) is not in the index")
+        elif base.medium_id != volume.medium_id:
+            self.result.structure.append(
+                f"{name}: its base catalog volume {base.name or base.uuid} is on another medium")
 
     def _read_chunks(self, volume: VolumeRow, name: str) -> None:
         chunks = self._chunks_of(volume)

@@ -3,6 +3,11 @@
 The tree is JSON lines (docs/FORMAT.md §4), parents before children, compressed as one zstd
 stream and spooled to a temporary file while it is written, so a checkpoint of millions of
 files never sits in memory.
+
+A catalog volume holds either the checkpoint's full tree or a delta: the entries that are
+new or changed since the checkpoint of its base catalog volume, and the paths deleted since
+(a separate member). The checkpoint record names the base; docs/FORMAT.md §4.1 says how
+a delta's tree is rebuilt from its base's.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import zstandard
 
 from durafs.errors import FormatError
 from durafs.format.header import (
-    FORMAT_VERSION,
+    MemberEntry,
     check_version,
     decode_path,
     dumps,
@@ -30,7 +35,12 @@ from durafs.format.writer import VolumeWriter
 
 CHECKPOINT_MEMBER = "durafs/catalog/checkpoint.json"
 TREE_MEMBER = "durafs/catalog/tree.jsonl.zst"
+DELETED_MEMBER = "durafs/catalog/deleted.jsonl.zst"
 TYPES = ("d", "f", "l", "c", "b", "p", "s", "h")
+#: The checkpoint record version written (2: deltas), and the versions read: a version 1
+#: record is a full tree, exactly like a version 2 record without a base.
+CATALOG_FORMAT = 2
+CATALOG_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -106,9 +116,22 @@ class TreeEntry:
         )
 
 
+@dataclass(frozen=True)
+class BaseRef:
+    """What a delta catalog volume builds on: the base's checkpoint name (same plan) and
+    catalog volume id."""
+
+    checkpoint: str
+    volume_id: str
+
+
 @dataclass
 class CheckpointRecord:
-    """What a checkpoint is: plan, name, times, sources and summary numbers."""
+    """What a checkpoint is: plan, name, times, sources and summary numbers.
+
+    *base* is None for a full tree; for a delta it names the base catalog volume, and
+    *depth* counts the deltas from the last full tree (0 for a full tree itself).
+    """
 
     plan: str
     name: str
@@ -117,35 +140,51 @@ class CheckpointRecord:
     sources: list[bytes]
     host: str = ""
     stats: dict[str, int] = field(default_factory=dict)
+    base: BaseRef | None = None
+    depth: int = 0
 
     def to_json(self) -> bytes:
+        base = self.base and {"checkpoint": self.base.checkpoint,
+                              "volume_id": self.base.volume_id}
         return dumps({
-            "format": FORMAT_VERSION, "plan": self.plan, "name": self.name,
+            "format": CATALOG_FORMAT, "plan": self.plan, "name": self.name,
             "created_ns": self.created_ns, "finished_ns": self.finished_ns,
             "sources": [encode_path(s) for s in self.sources], "host": self.host,
-            "stats": self.stats,
+            "stats": self.stats, "base": base, "depth": self.depth,
         })
 
     @classmethod
     def from_json(cls, data: bytes, what: str) -> CheckpointRecord:
         r = loads(data, what)
-        check_version(r, what)
+        version = check_version(r, what, CATALOG_VERSIONS)
         try:
-            return cls(
+            record = cls(
                 plan=str(r["plan"]), name=str(r["name"]), created_ns=int(r["created_ns"]),
                 finished_ns=int(r["finished_ns"]),
                 sources=[decode_path(s) for s in r["sources"]], host=str(r.get("host", "")),
                 stats=dict(r.get("stats") or {}),
             )
+            if version >= 2:  # version 1 records are full trees
+                base = r.get("base")
+                if base is not None:
+                    record.base = BaseRef(str(base["checkpoint"]), str(base["volume_id"]))
+                record.depth = int(r.get("depth", 0))
         except (KeyError, ValueError, TypeError) as exc:
             raise FormatError(f"{what}: incomplete checkpoint record ({exc})") from exc
+        if (record.base is None) != (record.depth == 0) or record.depth < 0:
+            raise FormatError(f"{what}: depth {record.depth} does not fit base {record.base}")
+        return record
 
 
 def write_catalog(
-    writer: VolumeWriter, checkpoint: CheckpointRecord, entries: Iterable[TreeEntry]
+    writer: VolumeWriter, checkpoint: CheckpointRecord, entries: Iterable[TreeEntry],
+    deleted: Iterable[bytes] = (),
 ) -> None:
-    """Add the checkpoint record and its tree to a catalog volume being written."""
+    """Add the checkpoint record and its tree (and for a delta, the *deleted* paths) to a
+    catalog volume being written."""
     writer.add_member(CHECKPOINT_MEMBER, checkpoint.to_json())
+    if checkpoint.base is not None:
+        write_deleted(writer, deleted)
     with tempfile.TemporaryFile() as spool:
         cctx = zstandard.ZstdCompressor(level=3, write_checksum=True, threads=0)
         with cctx.stream_writer(spool, closefd=False) as out:
@@ -156,27 +195,70 @@ def write_catalog(
         writer.add_member_file(TREE_MEMBER, spool, size)
 
 
-def read_catalog(reader: VolumeReader) -> tuple[CheckpointRecord, Iterator[TreeEntry]]:
-    """The checkpoint record and an iterator over the tree of a catalog volume."""
-    manifest = reader.read_manifest()
-    members = {m.name: m for m in manifest.members}
+def write_deleted(writer: VolumeWriter, paths: Iterable[bytes]) -> None:
+    """Add a delta's deleted-paths member: one {"path": …} line per path."""
+    lines = b"".join(dumps({"path": encode_path(p)}) + b"\n" for p in paths)
+    writer.add_member(DELETED_MEMBER, zstandard.ZstdCompressor(
+        level=3, write_checksum=True).compress(lines))
+
+
+def _members(reader: VolumeReader) -> dict[str, MemberEntry]:
+    members = {m.name: m for m in reader.read_manifest().members}
     if CHECKPOINT_MEMBER not in members or TREE_MEMBER not in members:
         raise FormatError(f"{reader.name}: not a catalog volume (no checkpoint or tree member)")
+    return members
+
+
+def read_checkpoint(reader: VolumeReader) -> CheckpointRecord:
+    """The checkpoint record of a catalog volume (without reading its tree)."""
+    member = _members(reader)[CHECKPOINT_MEMBER]
+    return CheckpointRecord.from_json(reader.read_member(member), f"{reader.name} checkpoint")
+
+
+def read_catalog(reader: VolumeReader) -> tuple[CheckpointRecord, Iterator[TreeEntry]]:
+    """The checkpoint record and an iterator over the tree lines of a catalog volume (for
+    a delta, only its new and changed entries: see `read_deleted`)."""
+    record, lines = read_catalog_lines(reader)
+    return record, (_entry(line, reader.name) for line in lines)
+
+
+def read_catalog_lines(reader: VolumeReader) -> tuple[CheckpointRecord, Iterator[bytes]]:
+    """Like `read_catalog`, but the tree lines as they are stored (JSON bytes)."""
+    members = _members(reader)
     record = CheckpointRecord.from_json(
         reader.read_member(members[CHECKPOINT_MEMBER]), f"{reader.name} checkpoint"
     )
     compressed = reader.read_member(members[TREE_MEMBER])
-    return record, _tree_lines(compressed, reader.name)
+    return record, _tree_lines(compressed, f"{reader.name} tree")
 
 
-def _tree_lines(compressed: bytes, what: str) -> Iterator[TreeEntry]:
+def read_deleted(reader: VolumeReader) -> list[bytes]:
+    """The paths a delta catalog volume deletes from its base's tree ([] for a full one)."""
+    member = _members(reader).get(DELETED_MEMBER)
+    if member is None:
+        return []
+    what = f"{reader.name} deleted-paths member"
+    try:
+        return [decode_path(loads(line, what)["path"])
+                for line in _tree_lines(reader.read_member(member), what)]
+    except (KeyError, TypeError) as exc:
+        raise FormatError(f"{what}: damaged ({exc})") from exc
+
+
+def _entry(line: bytes, what: str) -> TreeEntry:
+    try:
+        return TreeEntry.from_record(json.loads(line))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(f"{what}: damaged tree ({exc})") from exc
+
+
+def _tree_lines(compressed: bytes, what: str) -> Iterator[bytes]:
+    """The non-empty lines of a zstd-compressed JSON-lines member."""
     try:
         stream = zstandard.ZstdDecompressor().stream_reader(compressed)
-        buffered = _lines(stream)
-        for line in buffered:
-            yield TreeEntry.from_record(json.loads(line))
-    except (zstandard.ZstdError, ValueError, KeyError, TypeError) as exc:
-        raise FormatError(f"{what}: damaged tree ({exc})") from exc
+        yield from _lines(stream)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{what}: damaged ({exc})") from exc
 
 
 def _lines(stream: Any) -> Iterator[bytes]:

