@@ -64,7 +64,7 @@ IN_FLIGHT = 24 * 1024 * 1024
 MAX_WAITING_UNITS = 20_000
 WORKERS = 2
 #: Chunk ids (cid -> chunks.id) kept from one trim to the next.
-ID_CACHE = 50_000
+ID_CACHE = 20_000
 #: Finished chunks whose ids are looked up in the index in one query.
 PREFETCH = 512
 #: Chunks smaller than this are compressed without asking the index first (the lookup

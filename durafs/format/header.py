@@ -42,9 +42,14 @@ def decode_path(text: str) -> bytes:
     return os.fsencode(text)
 
 
+#: One encoder for every record: json.dumps with options builds a new one per call, which
+#: costs as much as encoding a small record (this runs once per chunk and per tree entry).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
 def dumps(record: dict[str, Any]) -> bytes:
     """Compact, ASCII-only JSON (lone surrogates become \\udcXX escapes)."""
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return _ENCODER.encode(record).encode("ascii")
 
 
 def loads(data: bytes, what: str) -> dict[str, Any]:

@@ -41,7 +41,7 @@ BUSY_TIMEOUT_MS = 10_000
 
 #: Page cache per connection, in KiB (negative cache_size). Big enough that the index
 #: pages of a large tree stay cached while a checkpoint is written.
-CACHE_KIB = 16_384
+CACHE_KIB = 8_192
 
 #: Upgrades of the schema: MIGRATIONS[n] turns a version-n index into version n + 1.
 #: Each runs inside the upgrade transaction; open_index sets user_version afterwards.

@@ -70,7 +70,7 @@ _STAGING = """
         vref INTEGER PRIMARY KEY, ref INTEGER NOT NULL, type, mode, uid, gid, uname, gname,
         size, mtime_ns, atime_ns, ctime_ns, ino, dev, nlink, rdev, target, xattrs,
         hardlink_ref, chunks, blake3);
-    PRAGMA temp.cache_size = -16384;
+    PRAGMA temp.cache_size = -8192;
 """
 
 # Under the write lock: :pb and :vb are the paths and versions id high-water marks, so
