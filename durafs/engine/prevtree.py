@@ -25,14 +25,17 @@ class PrevTree:
         self.plan_id = plan_id
         self.seq = seq
         self._listings: OrderedDict[bytes, dict[bytes, VersionRow]] = OrderedDict()
+        self._cur_dir: bytes | None = None
+        self._cur: dict[bytes, VersionRow] | None = None
 
     def version(self, path: bytes) -> VersionRow | None:
         """What *path* was in the previous checkpoint, or None (or no previous checkpoint)."""
         if self.seq is None or path == b"/":
             return None
         parent, _, name = path.rpartition(b"/")
-        listing = self._listing(parent or b"/")
-        return None if listing is None else listing.get(name)
+        if parent != self._cur_dir:  # a walk asks about one directory's entries in a row
+            self._cur_dir, self._cur = parent, self._listing(parent or b"/")
+        return None if self._cur is None else self._cur.get(name)
 
     def _listing(self, directory: bytes) -> dict[bytes, VersionRow] | None:
         cached = self._listings.get(directory)
