@@ -22,6 +22,7 @@ from durafs.errors import (
 )
 from durafs.format import age, tarfmt
 from durafs.format.chunker import SMALL_FILE_MAX, Chunker
+from durafs.format.frames import ChunkCodec
 from durafs.format.header import Manifest, VolumeHeader, dumps
 from durafs.format.reader import VolumeReader
 from durafs.format.scanner import ScanDamage, ScannedChunk, scan_volume
@@ -245,3 +246,32 @@ def test_volume_from_another_catalog_is_refused() -> None:
     vol = write_volume("key", [b"data"])
     with pytest.raises(ForeignCatalogError, match=CATALOG):
         VolumeReader(vol.read_at, identities=identities("key"), catalog_id=str(uuid.uuid4()))
+
+
+class _FailingSink:
+    """A medium that fills up after *room* bytes."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if len(self.data) + len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.data += data
+
+
+@pytest.mark.parametrize("mode", ["key", "none"])
+def test_a_write_failing_on_the_volume_thread_reaches_the_caller(mode: str) -> None:
+    """Members are written on the volume's own thread: a failure there must still stop
+    the volume (raised by a later add_chunk or by finish), never be lost."""
+    header = VolumeHeader(CATALOG, uuid.uuid4().hex, "data", "pool", 0, mode, ID_KEY)
+    sink = _FailingSink(room=300_000)
+    recipients = [identities("key")[0].recipient()] if mode == "key" else []
+    writer = VolumeWriter(sink, header, recipients, member_target=64 * 1024)
+    codec = ChunkCodec(ID_KEY)
+    with pytest.raises(OSError, match="No space left"):
+        for i in range(40):
+            writer.add_chunk(codec.encode(os.urandom(50_000)), [(b"/f", i)])
+        writer.finish()
+    assert len(sink.data) <= 300_000
