@@ -10,7 +10,6 @@ pages of every arena, and `limit_arenas` keeps the worker threads to a couple of
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 #: glibc's mallopt parameter number for the arena limit.
@@ -23,7 +22,8 @@ TRIM_EVERY = 32 * 1024 * 1024
 
 def _libc_function(name: str) -> Callable[..., int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # the symbols already loaded into this process (find_library would run ldconfig)
+        libc = ctypes.CDLL(None)
         function: Callable[..., int] = getattr(libc, name)
     except (OSError, AttributeError):
         return None
