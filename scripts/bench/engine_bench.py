@@ -309,6 +309,10 @@ class Durafs(Tool):
         archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "durafs"],
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        # Byte-compiled as an installed package is (pip compiles on install): else, with
+        # PYTHONDONTWRITEBYTECODE set, every durafs run would compile its sources again.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "durafs")],
+                       check=True)
         short = version(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h", commit,
                          "--", "durafs"])
         cls.code = (dest, f"durafs {short} (exported from commit {commit[:7]})")
