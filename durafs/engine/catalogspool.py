@@ -36,6 +36,7 @@ from durafs.format.header import dumps
 from durafs.format.writer import VolumeWriter
 from durafs.index.catalog import Catalog
 from durafs.index.rows import CheckpointRow, Entry, VolumeRow, unpack_pieces, unpack_xattrs
+from durafs.serial import SerialWorker
 
 BATCH = 2000
 #: At most this many deltas follow a full catalog volume. A lost or damaged catalog volume
@@ -97,6 +98,7 @@ class CatalogSpool:
         self._out = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
             self._file, closefd=False)
         self._batch: list[tuple[Entry, bytes | None]] = []
+        self._lines = SerialWorker("durafs-catalog")
 
     def add(self, entry: Entry, link: bytes | None = None, *, kept: bool = False) -> None:
         """Record *entry*; *link* is the leader's path for a later hard-link member, *kept*
@@ -111,9 +113,15 @@ class CatalogSpool:
         rowids = {rid for e, link in self._batch if e.chunks and link is None
                   for _, rid, _ in unpack_pieces(e.chunks)}
         cids = {rid: row.cid for rid, row in self.catalog.chunk_by_rowid(rowids).items()}
-        lines = [dumps(_record(e, link, cids)) for e, link in self._batch]
-        self._out.write(b"\n".join(lines) + b"\n")
+        # the lines are made and compressed on a thread of their own: the walking thread
+        # is the backup's critical path (entries are not changed once recorded)
+        self._lines.submit(self._write_lines, self._batch, cids)
         self._batch = []
+
+    def _write_lines(self, batch: list[tuple[Entry, bytes | None]],
+                     cids: dict[int, bytes]) -> None:
+        lines = [dumps(_record(e, link, cids)) for e, link in batch]
+        self._out.write(b"\n".join(lines) + b"\n")
 
     def delta_base(self, checkpoint: CheckpointRow, medium_id: int) -> Base | None:
         """The base, if the spooled delta can be *checkpoint*'s catalog volume on medium
@@ -135,6 +143,7 @@ class CatalogSpool:
         to a catalog volume."""
         if self._batch:
             self._flush()
+        self._lines.close()
         self._out.flush(zstandard.FLUSH_FRAME)
         size = self._file.tell()
         self._file.seek(0)
@@ -144,6 +153,7 @@ class CatalogSpool:
         volume.add_member_file(TREE_MEMBER, self._file, size)
 
     def close(self) -> None:
+        self._lines.close(wait=False)
         self._file.close()
 
 

@@ -7,11 +7,9 @@ Nothing is ever sought back to, so the same writer feeds a file, a tape or an up
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -32,6 +30,7 @@ from durafs.format.header import (
     VolumeHeader,
     dumps,
 )
+from durafs.serial import SerialWorker
 
 #: Data members are closed once they reach this size: large enough that per-member tar
 #: overhead (1 KiB at most) is noise, small enough to bound the writer's memory.
@@ -94,7 +93,7 @@ class VolumeWriter:
         self._pending: list[bytes] = []
         self._pending_chunks: list[tuple[StoredChunk, tuple[tuple[bytes, int], ...]]] = []
         self._pending_size = 0
-        self._background = _Background()
+        self._background = SerialWorker("durafs-volume")
         # Closed in finish(); a volume abandoned mid-way leaves it to the garbage collector.
         self._manifest_file = tempfile.SpooledTemporaryFile(max_size=4 << 20)  # noqa: SIM115
         self._manifest = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
@@ -251,50 +250,6 @@ class VolumeWriter:
             member_pos += chunk.size
         for part in parts:
             self._out.write(part)
-
-
-class _Background:
-    """One thread that runs a volume's member writes in order, at most MAX_BEHIND jobs
-    behind the caller. The first failure stops later jobs and is raised to the caller at
-    its next submit or wait, so a volume that failed is never finished as if it had not."""
-
-    MAX_BEHIND = 2
-
-    def __init__(self) -> None:
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._jobs: collections.deque[concurrent.futures.Future[None]] = collections.deque()
-        self._failed = False
-
-    def submit(self, fn: Callable[..., None], *args: object) -> None:
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, "durafs-volume")
-        self._jobs.append(self._executor.submit(self._run, fn, *args))
-        while len(self._jobs) > self.MAX_BEHIND:
-            self._jobs.popleft().result()
-
-    def _run(self, fn: Callable[..., None], *args: object) -> None:
-        if self._failed:
-            raise RuntimeError("an earlier write of this volume failed")
-        try:
-            fn(*args)
-        except BaseException:
-            self._failed = True
-            raise
-
-    def wait(self) -> None:
-        """Wait for every job; raise the first failure."""
-        while self._jobs:
-            self._jobs.popleft().result()
-
-    def close(self, *, wait: bool = True) -> None:
-        try:
-            if wait:
-                self.wait()
-        finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=not wait)
-                self._executor = None
-            self._jobs.clear()
 
 
 def new_header(
