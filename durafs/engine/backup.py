@@ -216,7 +216,6 @@ class Backup:
         self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
-        self._prev = PrevTree(self.catalog, plan.id, prev[-1].seq if prev else None)
         name = self._checkpoint_name(plan.name)
         created = time.time_ns()
         try:
@@ -225,6 +224,7 @@ class Backup:
                 sources=[os.fsdecode(s) for s in self.opts.sources],
             ) as tree, concurrent.futures.ThreadPoolExecutor(WORKERS, "durafs-cpu") as pool:
                 self._tree, self._pool = tree, pool
+                self._prev = PrevTree(tree, enabled=bool(prev))
                 try:
                     self._walk()
                     self._drain(final=True)

@@ -1,57 +1,67 @@
 """The previous checkpoint's tree, read directory by directory during a backup's walk.
 
-A backup asks, for every file it meets, what the file was in the plan's newest checkpoint
-(to skip reading unchanged files). One listing query per directory answers every file in
-it; a small LRU of listings keeps memory flat.
+A backup asks, for every object it meets, what it was in the plan's newest checkpoint (to
+skip reading unchanged files, and re-reading unchanged xattrs). The answers come from the
+listings the checkpoint's TreeWriter loads anyway to compare entries with (one query per
+directory, shared, in its bounded cache), found by path ids: a directory's id comes from
+its parent's listing, so nothing here depends on what the TreeWriter was fed yet.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from durafs.index.catalog import Catalog
 from durafs.index.rows import VersionRow
+from durafs.index.treewriter import TreeWriter
 
-#: A depth-first walk needs the current directory and its ancestors; more is memory
-#: (64 listings were 45 MiB of 56 MiB Python heap on 200 000 files).
-LISTINGS = 8
+#: A directory's previous listing: name -> (path id, version columns or None).
+_Listing = dict[bytes, tuple[int, tuple[object, ...] | None]]
+#: Directories whose path ids are kept (a depth-first walk needs its current path's).
+DIR_REFS = 256
 
 
 class PrevTree:
-    """Versions of checkpoint *seq* of a plan, looked up by absolute path."""
+    """Versions of the plan's newest checkpoint, looked up by absolute path (*enabled*
+    False: there is no previous checkpoint)."""
 
-    def __init__(self, catalog: Catalog, plan_id: int, seq: int | None) -> None:
-        self.catalog = catalog
-        self.plan_id = plan_id
-        self.seq = seq
-        self._listings: OrderedDict[bytes, dict[bytes, VersionRow]] = OrderedDict()
+    def __init__(self, tree: TreeWriter, *, enabled: bool) -> None:
+        self.tree = tree
+        self.enabled = enabled
+        self._refs: OrderedDict[bytes, int | None] = OrderedDict()
         self._cur_dir: bytes | None = None
-        self._cur: dict[bytes, VersionRow] | None = None
+        self._cur: _Listing | None = None
+        self._last: tuple[bytes, VersionRow | None] = (b"", None)
 
     def version(self, path: bytes) -> VersionRow | None:
         """What *path* was in the previous checkpoint, or None (or no previous checkpoint)."""
-        if self.seq is None or path == b"/":
+        if not self.enabled or path == b"/":
             return None
+        if path == self._last[0]:  # the scan asks first, then the backup
+            return self._last[1]
         parent, _, name = path.rpartition(b"/")
         if parent != self._cur_dir:  # a walk asks about one directory's entries in a row
-            self._cur_dir, self._cur = parent, self._listing(parent or b"/")
-        return None if self._cur is None else self._cur.get(name)
+            self._cur_dir, self._cur = parent, self._children(parent or b"/")
+        row = self._cur.get(name) if self._cur is not None else None
+        version = VersionRow(*row[1]) if row is not None and row[1] is not None else None
+        self._last = (path, version)
+        return version
 
-    def _listing(self, directory: bytes) -> dict[bytes, VersionRow] | None:
-        cached = self._listings.get(directory)
-        if cached is not None:
-            self._listings.move_to_end(directory)
-            return cached
-        assert self.seq is not None
+    def _children(self, directory: bytes) -> _Listing | None:
+        ref = self._dir_ref(directory)
+        return None if ref is None else self.tree.previous_children(ref)
+
+    def _dir_ref(self, directory: bytes) -> int | None:
+        """The path id of *directory* if it was a directory in the previous checkpoint."""
         if directory == b"/":
-            path_id: int | None = self.catalog.root_id(self.plan_id)
-        else:
-            version = self.version(directory)
-            path_id = version.path_id if version is not None and version.type == "d" else None
-        if path_id is None:
-            return None
-        listing = dict(self.catalog.listdir(self.plan_id, self.seq, path_id))
-        self._listings[directory] = listing
-        if len(self._listings) > LISTINGS:
-            self._listings.popitem(last=False)
-        return listing
+            return self.tree.root_ref
+        if directory in self._refs:
+            self._refs.move_to_end(directory)
+            return self._refs[directory]
+        parent, _, name = directory.rpartition(b"/")
+        listing = self._children(parent or b"/")
+        row = listing.get(name) if listing is not None else None
+        ref = row[0] if row is not None and row[1] is not None and row[1][4] == "d" else None
+        self._refs[directory] = ref
+        if len(self._refs) > DIR_REFS:
+            self._refs.popitem(last=False)
+        return ref

@@ -232,6 +232,19 @@ class TreeWriter:
 
     # -- finding the previous state ---------------------------------------------------
 
+    @property
+    def root_ref(self) -> int:
+        """The path id of the plan's root "/"."""
+        return int(self._root_id)
+
+    def previous_children(self, dir_ref: int) -> dict[bytes, _Prev]:
+        """Name -> (path id, VERSION_COLUMNS tuple or None) of every child name the plan
+        ever had in directory *dir_ref*, the tuple being its version in the plan's newest
+        checkpoint (None: not in it). From a bounded cache: do not keep it long."""
+        if not self._open:
+            raise CatalogError("this TreeWriter is finished or discarded")
+        return self._listing(dir_ref)
+
     def _locate(self, path: bytes) -> _Loc:
         """(parent ref, name, path ref or None if new, previous version tuple or None)."""
         if not self._open:
