@@ -19,11 +19,12 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from types import TracebackType
 from typing import NoReturn
 
 import pyfuse3
+import trio
 from pyfuse3 import (
     EntryAttributes,
     FileHandleT,
@@ -93,28 +94,41 @@ def errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
-@contextmanager
-def _to_errno(what: str, *args: object) -> Iterator[None]:
+class _to_errno:  # lower case: it reads as a function at its call sites
     """Turn what the model raises into FUSEError; log what is a real problem.
 
     *what* % *args* names the request; it is formatted only when something is logged.
+    A class rather than a ``@contextmanager`` generator: every request enters one, and
+    this costs a third as much.
     """
-    try:
-        yield
-    except pyfuse3.FUSEError:
-        raise
-    except (DurafsError, OSError) as exc:
-        number = errno_of(exc)
-        if number in _QUIET:
-            log.debug(f"{what}: %s", *args, exc)
-        elif number in (errno.ENOMEDIUM, errno.EINTR):
-            log.warning(f"{what}: %s", *args, exc)
-        else:
-            log.error(f"{what}: %s", *args, exc)
-        raise pyfuse3.FUSEError(number) from exc
-    except Exception as exc:  # a bug: answer EIO, keep serving everyone else
-        log.exception(f"{what} failed", *args)
-        raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    __slots__ = ("args", "what")
+
+    def __init__(self, what: str, *args: object) -> None:
+        self.what = what
+        self.args = args
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc is None or isinstance(exc, pyfuse3.FUSEError):
+            return False
+        what, args = self.what, self.args
+        if isinstance(exc, (DurafsError, OSError)):
+            number = errno_of(exc)
+            if number in _QUIET:
+                log.debug(f"{what}: %s", *args, exc)
+            elif number in (errno.ENOMEDIUM, errno.EINTR):
+                log.warning(f"{what}: %s", *args, exc)
+            else:
+                log.error(f"{what}: %s", *args, exc)
+            raise pyfuse3.FUSEError(number) from exc
+        if isinstance(exc, Exception):  # a bug: answer EIO, keep serving everyone else
+            log.error(f"{what} failed", *args, exc_info=exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+        return False  # cancellation, KeyboardInterrupt: not ours to translate
 
 
 def entry_attributes(attr: Attr) -> EntryAttributes:
@@ -157,9 +171,17 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.reader = reader
+        #: Set once the kernel's INIT request is answered (the connection's settings are
+        #: then final: see `durafs.fs.mount`).
+        self.initialized = trio.Event()
         self._handles = itertools.count(1)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirStream] = {}
+
+    def init(self) -> None:
+        # Called while pyfuse3 answers INIT; the answer is sent when this returns, before
+        # any task waiting for the event runs.
+        self.initialized.set()
 
     # -- metadata: the index only ---------------------------------------------------------
 
@@ -207,7 +229,10 @@ class Operations(pyfuse3.Operations):
         with _to_errno("getxattr %r of %d", name, inode):
             if name == XATTR_ONLINE and name not in self.tree.listxattr(inode):
                 return await self._online(inode)
-            return self.tree.getxattr(inode, name)
+            value = self.tree.find_xattr(inode, name)
+        if value is None:  # the common answer (ls -l asks every file for its ACL): no log
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
 
     async def _online(self, inode: int) -> bytes:
         """``yes`` if reading the file now needs no medium that is offline."""
@@ -249,7 +274,7 @@ class Operations(pyfuse3.Operations):
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         f = self._files.get(fh)
-        with _to_errno("read of %s at %d", f.plan.what if f else fh, off):
+        with _to_errno("read of %s at %d", f.plan if f else fh, off):  # named lazily
             if f is None:
                 raise BadHandle(f"no file handle {fh}")
             return await self.reader.read(f, off, size)  # type: ignore[return-value]

@@ -14,8 +14,12 @@ Three parts, each with its own threading rule:
 * `Reader` (trio thread only, so no locks): the open files' reads. Decrypted chunks live
   in an LRU cache bounded by bytes; a chunk wanted by several readers is fetched once
   (later ones wait for the first); a sequential reader gets the next chunks prefetched in
-  worker threads. Blocking work runs under named `trio.CapacityLimiter`s, so a slow
-  medium never stalls the trio thread (and with it ``ls`` in another shell).
+  worker threads. Small files read in the order the backup stored them (``cp -a``,
+  ``rsync``, ``find | xargs cat``: name order, depth first) get the small chunks stored
+  after theirs fetched ahead a run at a time (`RUN_BYTES` of one volume, one ranged read
+  and one decryption pass), so most of them are answered from memory without a thread
+  hop. Blocking work runs under named `trio.CapacityLimiter`s, so a slow medium never
+  stalls the trio thread (and with it ``ls`` in another shell).
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ import trio
 from durafs.engine.access import VolumeAccess
 from durafs.engine.poolwriter import open_medium
 from durafs.errors import DurafsError, MediumError, MediumOfflineError
+from durafs.format.frames import codec_for_thread
 from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
 from durafs.fs.requests import MediaRequests
-from durafs.fs.vfs import ReadPlan
+from durafs.fs.vfs import LRU, ReadPlan
 from durafs.index.rows import ChunkRow, FilePiece, MediumRow, VolumeRow
 from durafs.media.filehandle import FileVolumeHandle
 
@@ -55,6 +60,19 @@ SEQUENTIAL_WINDOW = 4 * MiB
 PROBE_TTL = 1.0
 #: Open readers of staged volumes kept (each holds a file descriptor).
 STAGED_READERS = 16
+#: Volume runs (see the module docstring): chunks up to RUN_CHUNK_MAX bytes take part
+#: (bigger ones have their file's readahead); a run covers up to RUN_BYTES of stored
+#: frames and RUN_PLAIN_BYTES of plaintext; a small chunk read within RUN_GAP bytes of
+#: where the previous one in its volume ended counts as reading the volume in order.
+RUN_CHUNK_MAX = 256 * 1024
+RUN_BYTES = 1 * MiB
+RUN_PLAIN_BYTES = 4 * MiB
+RUN_GAP = 1 * MiB
+#: Rows asked of the index per run, and volumes whose reading position is remembered.
+RUN_ROWS = 256
+RUN_VOLUMES = 64
+#: Frames closer than this are read together (the bytes between are read and dropped).
+RUN_JOIN_GAP = 64 * 1024
 _COPY_BLOCK = 4 * MiB
 _STAGED_SUFFIX = ".vol"
 
@@ -206,6 +224,22 @@ class ChunkSource:
         reader = self._staged_reader(volume) or self.access.reader(volume)
         return reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
 
+    def read_run(self, volume: VolumeRow, chunks: list[ChunkRow]) -> list[bytes]:
+        """The plaintexts of *chunks* (all in *volume*, in volume order), each checked
+        against its id: frames stored next to each other are read and decrypted in one go.
+        """
+        reader = self._staged_reader(volume) or self.access.reader(volume)
+        codec = codec_for_thread(reader.header.id_key)
+        out: list[bytes] = []
+        for group in _adjacent(chunks):
+            start = group[0].offset
+            data = memoryview(reader.read(start, group[-1].offset + group[-1].length - start))
+            for c in group:
+                frame = data[c.offset - start : c.offset - start + c.length]
+                what = f"{reader.name}: chunk {c.cid.hex()[:16]} at offset {c.offset}"
+                out.append(codec.decode(frame, c.size, c.cid, what))
+        return out
+
     def _staged_reader(self, volume: VolumeRow) -> VolumeReader | None:
         with self._lock:
             cached = self._staged.get(volume.id)
@@ -242,6 +276,18 @@ class ChunkSource:
                 handle.close()
             self._staged.clear()
         self.access.close()
+
+
+def _adjacent(chunks: list[ChunkRow]) -> list[list[ChunkRow]]:
+    """*chunks* (in volume order) cut where the gap to the next frame is over RUN_JOIN_GAP."""
+    groups: list[list[ChunkRow]] = []
+    end = -1
+    for c in chunks:
+        if not groups or not 0 <= c.offset - end <= RUN_JOIN_GAP:
+            groups.append([])
+        groups[-1].append(c)
+        end = c.offset + c.length
+    return groups
 
 
 # -- reads of open files (trio thread) ----------------------------------------------------
@@ -302,6 +348,19 @@ class _Fetch:
     data: bytes | None = None
 
 
+@dataclass(slots=True)
+class _Run:
+    """Where a reader of small chunks is in one volume (see `Reader.follow`)."""
+
+    end: int  # volume offset where the last small chunk read ended
+    ahead: int  # volume offset up to which chunks are fetched, or being fetched, ahead
+    last_id: int  # chunks.id of the last chunk looked at; the next run starts after it
+
+
+#: (volume id, after chunk id, limit) -> the chunks stored next (`Tree.chunks_after`).
+Neighbours = Callable[[int, int, int], list[ChunkRow]]
+
+
 class Reader:
     """Availability checks at open and the reads of open files (see the module docstring).
 
@@ -316,12 +375,15 @@ class Reader:
         policy: OfflinePolicy = OfflinePolicy(),
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         readahead: int = READAHEAD_CHUNKS,
+        neighbours: Neighbours | None = None,
     ) -> None:
         self.source = source
         self.requests = requests
         self.policy = policy
         self.cache = ChunkCache(cache_bytes)
         self.readahead = readahead
+        self.neighbours = neighbours
+        self._runs: LRU[int, _Run] = LRU(RUN_VOLUMES)
         self._inflight: dict[int, _Fetch] = {}
         self._probes: dict[int, tuple[bool, float]] = {}
         self._nursery: trio.Nursery | None = None
@@ -352,6 +414,16 @@ class Reader:
     async def fresh_probe(self, medium: MediumRow) -> bool:
         return await self.probe(medium, fresh=True)
 
+    def _known_online(self, plan: ReadPlan) -> bool:
+        """True if every medium of *plan* was found online less than PROBE_TTL ago (then
+        whether its volumes are staged does not matter: no stat of the staging area)."""
+        now = time.monotonic()
+        for medium_id in plan.media:
+            cached = self._probes.get(medium_id)
+            if cached is None or not cached[0] or now - cached[1] >= PROBE_TTL:
+                return False
+        return True
+
     def _missing(self, plan: ReadPlan) -> dict[int, list[VolumeRow]]:
         """Volumes of *plan* not staged, by medium id."""
         by_medium: dict[int, list[VolumeRow]] = {}
@@ -374,6 +446,8 @@ class Reader:
         volumes from a medium that had to be waited for are staged before returning, so
         the next file from them needs no request even if the medium goes away again.
         """
+        if self._known_online(plan):
+            return
         for medium_id, volumes in self._missing(plan).items():
             medium = plan.media[medium_id]
             if await self.probe(medium):
@@ -415,6 +489,8 @@ class Reader:
         f.next_offset = max(end, f.next_offset) if sequential else end
         if sequential and self.readahead:
             self._read_ahead(f, (found[-1][0] + 1) if found else bisect.bisect_left(f.starts, end))
+        for _, piece in found:
+            self.follow(f.plan, piece.chunk)
         if len(found) == 1:
             _, piece = found[0]
             if piece.file_offset <= offset and end <= piece.file_offset + piece.size:
@@ -441,6 +517,64 @@ class Reader:
             await self._chunk(plan, piece, ahead=True)
         except (DurafsError, OSError) as exc:  # the real read will report it
             log.debug("readahead of %s failed: %s", plan.what, exc)
+
+    # -- volume runs ----------------------------------------------------------------------
+
+    def follow(self, plan: ReadPlan, chunk: ChunkRow) -> None:
+        """Note a read of *chunk*: when small chunks of its volume are being read in order
+        and less than half a run is fetched ahead of the reader, fetch the next run."""
+        if self.neighbours is None or self._nursery is None or chunk.size > RUN_CHUNK_MAX:
+            return
+        end = chunk.offset + chunk.length
+        run = self._runs.get(chunk.volume_id)
+        if run is None or abs(chunk.offset - run.end) > RUN_GAP:
+            self._runs.put(chunk.volume_id, _Run(end, end, chunk.id))  # a new position
+            return
+        run.end = max(run.end, end)
+        if run.ahead - run.end >= RUN_BYTES // 2:
+            return
+        if run.ahead < run.end:  # the reader went past the runs: go on from here
+            run.ahead, run.last_id = run.end, chunk.id
+        self._start_run(plan.volumes[chunk.volume_id], run)
+
+    def _start_run(self, volume: VolumeRow, run: _Run) -> None:
+        """Fetch the small chunks stored after *run*'s position (up to RUN_BYTES of
+        frames) in a worker thread; readers of them wait for that instead of fetching."""
+        assert self.neighbours is not None and self._nursery is not None
+        rows = self.neighbours(volume.id, run.last_id, RUN_ROWS)
+        if not rows:
+            run.ahead = 1 << 62  # the volume ends here (committed volumes never grow)
+            return
+        limit, plain = run.ahead + RUN_BYTES, 0
+        chunks: list[ChunkRow] = []
+        for k, c in enumerate(rows):
+            if k and (c.offset + c.length > limit or plain > RUN_PLAIN_BYTES):
+                break  # (the first row is always passed, so the position moves on)
+            run.ahead, run.last_id = c.offset + c.length, c.id
+            if c.size <= RUN_CHUNK_MAX and c.id not in self.cache and c.id not in self._inflight:
+                chunks.append(c)
+                plain += c.size
+        if not chunks:
+            return
+        pending = [_Fetch() for _ in chunks]
+        self._inflight.update(zip((c.id for c in chunks), pending, strict=True))
+        self._nursery.start_soon(self._fetch_run, volume, chunks, pending)
+
+    async def _fetch_run(self, volume: VolumeRow, chunks: list[ChunkRow],
+                         pending: list[_Fetch]) -> None:
+        datas: list[bytes] = []
+        try:
+            datas = await trio.to_thread.run_sync(self.source.read_run, volume, chunks,
+                                                  limiter=self.ahead_limiter)
+        except (DurafsError, OSError) as exc:  # the real reads will report it
+            log.debug("readahead in volume %s failed: %s", volume.name, exc)
+        finally:
+            for i, (chunk, fetch) in enumerate(zip(chunks, pending, strict=True)):
+                if i < len(datas):
+                    self.cache.put(chunk.id, datas[i])
+                    fetch.data = datas[i]
+                del self._inflight[chunk.id]
+                fetch.done.set()
 
     async def _chunk(self, plan: ReadPlan, piece: FilePiece, *, ahead: bool = False) -> bytes:
         """The plaintext of *piece*'s chunk: cached, fetched by another task, or fetched."""

@@ -27,7 +27,7 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -54,12 +54,14 @@ from durafs.index.catalog import Catalog
 from durafs.index.rows import (
     VERSION_COLUMNS,
     CheckpointRow,
+    ChunkRow,
     FilePiece,
     MediumRow,
     PlanRow,
     VersionRow,
     VolumeRow,
 )
+from durafs.index.store import chunks_after
 
 LATEST = b"latest"
 #: Entries per page when a directory is listed (one indexed query per page).
@@ -139,15 +141,24 @@ class ReadPlan:
     """Everything needed to read one file, taken from the index at open time.
 
     *pieces* are in file order (bytes no piece covers are holes); *volumes* and *media*
-    hold the rows those pieces refer to; *what* names the file in messages.
+    hold the rows those pieces refer to; *describe* names the file in messages (`what`).
+    The name is looked up only when a message needs it: its path query would be a good
+    part of the cost of an open.
     """
 
     ino: int
     size: int
-    what: str
+    describe: Callable[[], str]
     pieces: list[FilePiece]
     volumes: dict[int, VolumeRow]
     media: dict[int, MediumRow]
+
+    @property
+    def what(self) -> str:
+        return self.describe()
+
+    def __str__(self) -> str:
+        return self.describe()
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,13 +345,27 @@ class Tree:
     def getxattr(self, ino: int, name: bytes) -> bytes:
         """A source xattr, or one of durafs's facts (`FACTS`) except XATTR_ONLINE, which
         needs a probe of the media (see `durafs.fs.reads`)."""
+        value = self.find_xattr(ino, name)
+        if value is None:
+            raise NoSuchAttribute(name.decode(errors="replace"))
+        return value
+
+    def find_xattr(self, ino: int, name: bytes) -> bytes | None:
+        """Like `getxattr`, but None when there is no such attribute: ``ls -l`` asks for the
+        ACL of every file it lists and almost none has one, so that answer is the one to
+        make cheap (no exception to build and map)."""
         node = decode(ino)
         if node.kind != "tree":
-            raise NoSuchAttribute(name.decode(errors="replace"))
+            return None
         plan_id, version = self._version(node.vid)
-        own = version.xattr_dict()
-        if name in own:  # the source's own value wins over a fact of the same name
-            return own[name]
+        if version.xattrs:
+            own = version.xattr_dict()
+            if name in own:  # the source's own value wins over a fact of the same name
+                return own[name]
+        if name not in FACTS:
+            if name in _PROBED:
+                raise NotSupported(name.decode(errors="replace"))
+            return None
         if name == XATTR_CHECKPOINT:
             cp = self._checkpoint(plan_id, node.seq)
             return f"{cp.plan}/{cp.name}".encode()
@@ -351,9 +376,7 @@ class Tree:
             if name == XATTR_MEDIA:
                 return ",".join(m.label for m in media).encode()
             return ",".join(m.location or m.path or "" for m in media).encode()
-        if name in _PROBED:
-            raise NotSupported(name.decode(errors="replace"))
-        raise NoSuchAttribute(name.decode(errors="replace"))
+        return None
 
     def data_media(self, ino: int) -> list[MediumRow]:
         """The media holding the data of file *ino*, by label."""
@@ -377,8 +400,14 @@ class Tree:
         pieces = [p for p in self.catalog.file_chunks(version) if p.size > 0]
         volumes = {p.chunk.volume_id: self._volume(p.chunk.volume_id) for p in pieces}
         media = {v.medium_id: self._medium(v.medium_id) for v in volumes.values()}
-        what = self._describe(plan_id, node.seq, version)
-        return ReadPlan(ino, version.size, what, pieces, volumes, media)
+        seq = node.seq
+        return ReadPlan(ino, version.size, lambda: self._describe(plan_id, seq, version),
+                        pieces, volumes, media)
+
+    def chunks_after(self, volume_id: int, after_id: int, limit: int) -> list[ChunkRow]:
+        """The chunks stored after chunk *after_id* in volume *volume_id*, in volume order
+        (for readahead across small files; one indexed query)."""
+        return chunks_after(self.catalog.db, volume_id, after_id, limit)
 
     def _describe(self, plan_id: int, seq: int, version: VersionRow) -> str:
         cp = self._checkpoint(plan_id, seq)

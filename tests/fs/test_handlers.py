@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -157,6 +158,54 @@ async def test_sequential_reads_prefetch_the_next_chunk(backed: Backed) -> None:
         await parts.ops.read(info.fh, 0, READ_SIZE)
         # the prefetch runs in a worker thread: wait for it (a loaded machine is slow)
         await eventually(lambda: plan.pieces[1].chunk.id in parts.reader.cache)
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, dict[str, bytes]]:
+    """A checkpoint of many small files (and a big one stored between them)."""
+    tmp = tmp_path_factory.mktemp("small-files")
+    source = tmp / "src"
+    source.mkdir()
+    rng = random.Random(7)
+    contents = {f"f{i:03d}": rng.randbytes(rng.randrange(1, 6000)) for i in range(300)}
+    contents["f150-big"] = rng.randbytes(2 * 1024 * 1024)
+    for name, data in contents.items():
+        (source / name).write_bytes(data)
+    cat = make_catalog(tmp, source)
+    cat.backup()
+    return cat, contents
+
+
+async def test_small_files_in_backup_order_are_fetched_in_runs(
+        small_files: tuple[Catalog, dict[str, bytes]]) -> None:
+    cat, contents = small_files
+    async with served(cat) as parts:
+        fetched: list[int] = []
+        read_chunk = parts.reader.source.read_chunk
+
+        def counting(chunk: Any, volume: Any) -> bytes:
+            fetched.append(chunk.id)
+            return read_chunk(chunk, volume)
+
+        parts.reader.source.read_chunk = counting  # type: ignore[method-assign]
+        for name in sorted(contents):
+            got = await read_all(parts, await file_ino(parts, cat, name))
+            assert got == contents[name], name
+        # one by one: the first two small files, and the big file's chunks
+        big_chunks = len(parts.tree.read_plan(await file_ino(parts, cat, "f150-big")).pieces)
+        assert len(fetched) <= 2 + big_chunks + 2, len(fetched)
+
+
+async def test_absent_xattrs_are_enoattr(backed: Backed) -> None:
+    async with served(backed.cat) as parts:
+        ino = await file_ino(parts, backed.cat, "small")
+        assert await parts.ops.getxattr(ino, b"user.colour", CTX) == b"blue"
+        for name, number in ((b"system.posix_acl_access", pyfuse3.ENOATTR),
+                             (b"user.missing", pyfuse3.ENOATTR),
+                             (b"security.selinux", errno.EOPNOTSUPP)):
+            with pytest.raises(pyfuse3.FUSEError) as caught:
+                await parts.ops.getxattr(ino, name, CTX)
+            assert caught.value.errno == number, name
 
 
 async def test_parallel_readers_share_fetches(backed: Backed) -> None:
