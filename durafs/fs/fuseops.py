@@ -54,7 +54,7 @@ from durafs.fs.errors import (
 )
 from durafs.fs.reads import OpenFile, Reader
 from durafs.fs.requests import signal_pending
-from durafs.fs.vfs import XATTR_ONLINE, Attr, DirStream, Tree
+from durafs.fs.vfs import LRU, XATTR_ONLINE, Attr, DirStream, Tree
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ STABLE_TIMEOUT = 86400.0
 #: Seconds for the root, plan directories and latest links (new checkpoints show up).
 VOLATILE_TIMEOUT = 1.0
 BLOCK_SIZE = 4096
+#: Inodes remembered as stored in the kernel's page cache (not stored again on reopening).
+STORED_INODES = 4096
 
 #: Errors the kernel hears, most specific first (subclasses before their bases).
 _ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
@@ -131,11 +133,14 @@ class _to_errno:  # lower case: it reads as a function at its call sites
         return False  # cancellation, KeyboardInterrupt: not ours to translate
 
 
-def entry_attributes(attr: Attr) -> EntryAttributes:
-    """The kernel's view of *attr*, with cache timeouts by stability."""
-    entry = EntryAttributes()
+def entry_attributes(attr: Attr, entry: EntryAttributes | None = None) -> EntryAttributes:
+    """The kernel's view of *attr*, with cache timeouts by stability, written into *entry*
+    if given (readdir reuses one for all its entries: each reply copies it at once)."""
+    if entry is None:
+        entry = EntryAttributes()
+        entry.generation = 0
+        entry.st_blksize = BLOCK_SIZE
     entry.st_ino = InodeT(attr.ino)
-    entry.generation = 0
     timeout = STABLE_TIMEOUT if attr.stable else VOLATILE_TIMEOUT
     entry.entry_timeout = timeout
     entry.attr_timeout = timeout
@@ -145,7 +150,6 @@ def entry_attributes(attr: Attr) -> EntryAttributes:
     entry.st_gid = attr.gid
     entry.st_rdev = attr.rdev
     entry.st_size = attr.size
-    entry.st_blksize = BLOCK_SIZE
     entry.st_blocks = attr.blocks
     entry.st_atime_ns = attr.atime_ns
     entry.st_mtime_ns = attr.mtime_ns
@@ -171,6 +175,8 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.reader = reader
+        #: Inodes whose bytes were put in the kernel's page cache lately (see `_store`).
+        self._stored: LRU[int, bool] = LRU(STORED_INODES)
         #: Set once the kernel's INIT request is answered (the connection's settings are
         #: then final: see `durafs.fs.mount`).
         self.initialized = trio.Event()
@@ -217,9 +223,10 @@ class Operations(pyfuse3.Operations):
             stream = self._dirs.get(fh)
             if stream is None:
                 raise BadHandle(f"no directory handle {fh}")
+            entry: EntryAttributes | None = None
             for next_id, name, attr in stream.entries_from(start_id):
-                if not pyfuse3.readdir_reply(token, FileNameT(name), entry_attributes(attr),
-                                             next_id):
+                entry = entry_attributes(attr, entry)
+                if not pyfuse3.readdir_reply(token, FileNameT(name), entry, next_id):
                     break
 
     async def releasedir(self, fh: FileHandleT) -> None:
@@ -268,9 +275,28 @@ class Operations(pyfuse3.Operations):
             # May wait for a medium; the waiting process's signals end the wait (EINTR).
             await self.reader.ensure_available(plan, lambda: signal_pending(ctx.pid))
             fh = next(self._handles)
-            self._files[fh] = OpenFile(plan)
-            # keep_cache: the content never changes, so the page cache survives reopening
-            return FileInfo(fh=FileHandleT(fh), keep_cache=True)
+            f = self._files[fh] = OpenFile(plan)
+            if self._may_store(inode):
+                data = await self.reader.preload(f)
+                if data is not None:
+                    self._store(inode, data)
+        # keep_cache: the content never changes, so the page cache survives reopening (and
+        # keeps what _store put there)
+        return FileInfo(fh=FileHandleT(fh), keep_cache=True)
+
+    def _may_store(self, inode: int) -> bool:
+        # not without a kernel session (tests call the handlers directly), nor twice
+        return self.initialized.is_set() and self._stored.get(inode) is None
+
+    def _store(self, inode: int, data: bytes | memoryview) -> None:
+        """Put a small file's bytes in the kernel's page cache while answering its open:
+        the read that would follow is served there, without a request (one round trip
+        through pyfuse3 costs more than the copy)."""
+        try:
+            pyfuse3.notify_store(InodeT(inode), 0, data)
+        except OSError as exc:  # the kernel then asks with read requests, as usual
+            log.debug("notify_store of inode %d: %s", inode, exc)
+        self._stored.put(inode, True)
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         f = self._files.get(fh)

@@ -19,6 +19,7 @@ serving process, so ``durafs umount`` knows whom to wait for.
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -62,6 +63,10 @@ TREE_CACHE_KIB = 16_384
 ACCESS_CACHE_KIB = 2_048
 #: Seconds `unmount` waits for the serving process to exit.
 EXIT_WAIT = 15.0
+#: Garbage collector thresholds while serving. Each request allocates a few dozen
+#: short-lived objects and the caches hold tens of thousands of long-lived ones: with the
+#: defaults (700, 10, 10) collections took about a sixth of a request's CPU time.
+GC_THRESHOLDS = (50_000, 20, 20)
 #: Kernel readahead of the mount, KiB. FUSE starts at 128 KiB, which cuts a sequential
 #: read into 128-256 KiB requests; 1 MiB (also the largest request libfuse takes) needs
 #: a quarter of the round trips. Only root may set it (sysfs); others keep the default.
@@ -252,12 +257,15 @@ async def serve(config: MountConfig, *, task_status: Any = trio.TASK_STATUS_IGNO
     """Mount the tree on *config.mountpoint* and serve it until it is unmounted.
 
     Reports readiness through *task_status* once the kernel mount exists. Cancelling
-    the caller's scope unmounts cleanly.
+    the caller's scope unmounts cleanly. Sets the process's garbage collector thresholds
+    to `GC_THRESHOLDS` (and freezes what exists by then).
     """
     await trio.to_thread.run_sync(prepare_mountpoint, config.mountpoint)
     # Resolved before mounting: afterwards the lstat would wait for this very process.
     target = await trio.to_thread.run_sync(os.path.realpath, config.mountpoint)
     with assemble(config) as parts:
+        gc.freeze()  # modules, index connections: nothing to collect there, ever
+        gc.set_threshold(*GC_THRESHOLDS)
         await _session(config, parts, target, task_status)
 
 

@@ -73,6 +73,9 @@ RUN_ROWS = 256
 RUN_VOLUMES = 64
 #: Frames closer than this are read together (the bytes between are read and dropped).
 RUN_JOIN_GAP = 64 * 1024
+#: Files up to this size whose chunks are in memory at open are handed to the kernel's
+#: page cache there (see `Reader.preload`).
+PRELOAD_BYTES = 256 * 1024
 _COPY_BLOCK = 4 * MiB
 _STAGED_SUFFIX = ".vol"
 
@@ -290,6 +293,33 @@ def _adjacent(chunks: list[ChunkRow]) -> list[list[ChunkRow]]:
     return groups
 
 
+def _has_holes(plan: ReadPlan) -> bool:
+    """True unless *plan*'s pieces cover its bytes end to end."""
+    pos = 0
+    for piece in plan.pieces:
+        if piece.file_offset != pos:
+            return True
+        pos += piece.size
+    return pos != plan.size
+
+
+def _assemble(views: list[tuple[int, memoryview]], offset: int, end: int) -> bytes | bytearray:
+    """File bytes [offset, end) from (file offset, bytes) views in file order: joined with
+    one copy, or copied into zeros where they leave holes."""
+    pos = offset
+    for lo, view in views:
+        if lo != pos:
+            break
+        pos += len(view)
+    else:
+        if pos == end:
+            return b"".join(view for _, view in views)
+    buf = bytearray(end - offset)  # zeros: whatever no piece covers is a hole
+    for lo, view in views:
+        buf[lo - offset : lo - offset + len(view)] = view
+    return buf
+
+
 # -- reads of open files (trio thread) ----------------------------------------------------
 
 
@@ -344,8 +374,11 @@ class OpenFile:
 
 @dataclass(eq=False)
 class _Fetch:
+    """Chunks being fetched by one task (one, or a volume run): *data* by chunks.id once
+    *done*; a chunk missing then failed to fetch."""
+
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
+    data: dict[int, bytes] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -491,32 +524,57 @@ class Reader:
             self._read_ahead(f, (found[-1][0] + 1) if found else bisect.bisect_left(f.starts, end))
         for _, piece in found:
             self.follow(f.plan, piece.chunk)
-        if len(found) == 1:
-            _, piece = found[0]
+        pieces = [piece for _, piece in found]
+        if len(pieces) == 1:
+            piece = pieces[0]
             if piece.file_offset <= offset and end <= piece.file_offset + piece.size:
                 data = await self._chunk(f.plan, piece)  # one piece covers it all: no copy
                 return memoryview(data)[offset - piece.file_offset : end - piece.file_offset]
-        buf = bytearray(end - offset)  # zeros: whatever no piece covers is a hole
-        for _, piece in found:
+        for piece in pieces[1:]:  # fetched alongside the first, not after it
+            self._start_prefetch(f.plan, piece)
+        views = []
+        for piece in pieces:
             data = await self._chunk(f.plan, piece)
             lo, hi = max(offset, piece.file_offset), min(end, piece.file_offset + piece.size)
-            rel = piece.file_offset
-            buf[lo - offset : hi - offset] = memoryview(data)[lo - rel : hi - rel]
-        return buf
+            views.append((lo, memoryview(data)[lo - piece.file_offset : hi - piece.file_offset]))
+        return _assemble(views, offset, end)
 
     def _read_ahead(self, f: OpenFile, first: int) -> None:
-        if self._nursery is None:
-            return
         for piece in f.plan.pieces[first : first + self.readahead]:
-            cid = piece.chunk.id
-            if cid not in self.cache and cid not in self._inflight:
-                self._nursery.start_soon(self._prefetch, f.plan, piece)
+            self._start_prefetch(f.plan, piece)
+
+    def _start_prefetch(self, plan: ReadPlan, piece: FilePiece) -> None:
+        cid = piece.chunk.id
+        if self._nursery is not None and cid not in self.cache and cid not in self._inflight:
+            self._nursery.start_soon(self._prefetch, plan, piece)
 
     async def _prefetch(self, plan: ReadPlan, piece: FilePiece) -> None:
         try:
             await self._chunk(plan, piece, ahead=True)
         except (DurafsError, OSError) as exc:  # the real read will report it
             log.debug("readahead of %s failed: %s", plan.what, exc)
+
+    async def preload(self, f: OpenFile) -> bytes | memoryview | None:
+        """All of *f* if it is small (PRELOAD_BYTES, no holes) and its chunks are cached or
+        being fetched (by a volume run): the adapter gives it to the kernel's page cache
+        at open, so the read request never comes. None otherwise (then reads fetch it,
+        and report any error of that fetch)."""
+        plan = f.plan
+        if not 0 < plan.size <= PRELOAD_BYTES or _has_holes(plan):
+            return None
+        ids = [piece.chunk.id for piece in plan.pieces]
+        if not all(cid in self.cache or cid in self._inflight for cid in ids):
+            return None
+        for piece in plan.pieces:
+            self.follow(plan, piece.chunk)
+        try:
+            views = [(p.file_offset, memoryview(await self._chunk(plan, p))[: p.size])
+                     for p in plan.pieces]
+        except (DurafsError, OSError) as exc:
+            log.debug("no preload of %s: %s", plan.what, exc)
+            return None
+        f.next_offset = plan.size
+        return views[0][1] if len(views) == 1 else _assemble(views, 0, plan.size)
 
     # -- volume runs ----------------------------------------------------------------------
 
@@ -556,25 +614,24 @@ class Reader:
                 plain += c.size
         if not chunks:
             return
-        pending = [_Fetch() for _ in chunks]
-        self._inflight.update(zip((c.id for c in chunks), pending, strict=True))
+        pending = _Fetch()  # one for the run: an Event per chunk would cost more than a read
+        self._inflight.update((c.id, pending) for c in chunks)
         self._nursery.start_soon(self._fetch_run, volume, chunks, pending)
 
     async def _fetch_run(self, volume: VolumeRow, chunks: list[ChunkRow],
-                         pending: list[_Fetch]) -> None:
-        datas: list[bytes] = []
+                         pending: _Fetch) -> None:
         try:
             datas = await trio.to_thread.run_sync(self.source.read_run, volume, chunks,
                                                   limiter=self.ahead_limiter)
+            for chunk, data in zip(chunks, datas, strict=True):
+                self.cache.put(chunk.id, data)
+                pending.data[chunk.id] = data
         except (DurafsError, OSError) as exc:  # the real reads will report it
             log.debug("readahead in volume %s failed: %s", volume.name, exc)
         finally:
-            for i, (chunk, fetch) in enumerate(zip(chunks, pending, strict=True)):
-                if i < len(datas):
-                    self.cache.put(chunk.id, datas[i])
-                    fetch.data = datas[i]
+            for chunk in chunks:
                 del self._inflight[chunk.id]
-                fetch.done.set()
+            pending.done.set()
 
     async def _chunk(self, plan: ReadPlan, piece: FilePiece, *, ahead: bool = False) -> bytes:
         """The plaintext of *piece*'s chunk: cached, fetched by another task, or fetched."""
@@ -587,8 +644,9 @@ class Reader:
             if pending is None:
                 return await self._fetch(chunk, plan.volumes[chunk.volume_id], ahead)
             await pending.done.wait()
-            if pending.data is not None:
-                return pending.data
+            data = pending.data.get(chunk.id)
+            if data is not None:
+                return data
             # the fetch we waited for failed: try ourselves (and report our own error)
 
     async def _fetch(self, chunk: ChunkRow, volume: VolumeRow, ahead: bool) -> bytes:
@@ -598,7 +656,7 @@ class Reader:
             data = await trio.to_thread.run_sync(self.source.read_chunk, chunk, volume,
                                                  limiter=limiter)
             self.cache.put(chunk.id, data)
-            pending.data = data
+            pending.data[chunk.id] = data
             return data
         finally:
             del self._inflight[chunk.id]

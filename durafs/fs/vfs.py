@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from durafs.fs.errors import (
     IsADirectory,
@@ -60,6 +60,7 @@ from durafs.index.rows import (
     PlanRow,
     VersionRow,
     VolumeRow,
+    piece_bytes,
 )
 from durafs.index.store import chunks_after
 
@@ -68,8 +69,12 @@ LATEST = b"latest"
 PAGE = 1000
 #: How stale the plan and checkpoint lists may be (the kernel adds VOLATILE_TIMEOUT).
 REFRESH_SECONDS = 0.1
-#: Versions, hard-link group sizes and volumes kept in memory; each is immutable.
+#: Hard-link group sizes and volumes kept in memory; each is immutable.
 CACHE_ENTRIES = 8192
+#: Versions kept in memory (~0.5 KiB each): a listing remembers its entries, so opening
+#: and reading the files of a directory tree of up to this many right after ``ls -lR``,
+#: ``find`` or ``rsync``'s scan needs no version query.
+VERSION_CACHE_ENTRIES = 32768
 
 # durafs's own facts: readable by name, never listed (so cp -a and rsync -X skip them).
 XATTR_MEDIA = b"user.durafs.media"
@@ -118,9 +123,12 @@ class LRU(Generic[K, V]):
         return len(self._data)
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
-    """What stat shows for one node. *stable*: never changes while mounted."""
+class Attr(NamedTuple):
+    """What stat shows for one node. *stable*: never changes while mounted.
+
+    A named tuple: a listing makes one per entry, and a frozen dataclass of twelve
+    fields takes several times as long to build.
+    """
 
     ino: int
     mode: int
@@ -184,7 +192,7 @@ class _Plans:
 def blocks_of(version: VersionRow) -> int:
     """st_blocks: 512-byte units of stored data (holes excluded), rounded up."""
     if version.type == "f":
-        stored = sum(size for _, _, size in version.pieces())
+        stored = piece_bytes(version.chunks)
     elif version.type == "d":
         stored = version.size
     else:
@@ -201,7 +209,7 @@ class Tree:
         self._data_version: int | None = None
         self._checked = -REFRESH_SECONDS
         self._plans = _Plans()
-        self._versions: LRU[int, tuple[int, VersionRow]] = LRU(CACHE_ENTRIES)
+        self._versions: LRU[int, tuple[int, VersionRow]] = LRU(VERSION_CACHE_ENTRIES)
         self._groups: LRU[tuple[int, int], int] = LRU(CACHE_ENTRIES)
         self._volumes: LRU[int, VolumeRow] = LRU(CACHE_ENTRIES)
         self._roots: dict[tuple[int, int], VersionRow] = {}

@@ -41,6 +41,7 @@ _CHUNK = """
 # one index probe. (No JOIN: see durafs.index.tree on what a join costs per execution.)
 _CHUNKS_BY_CID = f"{_CHUNK} WHERE c.pool_id = ? AND c.cid IN carray(?)"
 _CHUNKS_BY_ID = f"{_CHUNK} WHERE c.id IN carray(?)"
+_CHUNK_BY_ID = f"{_CHUNK} WHERE c.id = ?"
 # One seek in chunks_volume (its entries are ordered by volume, then id).
 _CHUNKS_AFTER = f"{_CHUNK} WHERE c.volume_id = ? AND c.id > ? ORDER BY c.id LIMIT ?"
 
@@ -64,6 +65,9 @@ def chunks_by_id(db: Index, ids: Sequence[int]) -> dict[int, ChunkRow]:
     """Chunk rows by chunks.id, with their media; unknown ids are left out."""
     if not ids:
         return {}
+    if len(ids) == 1:  # most files are one chunk: binding a plain id costs half a carray
+        row = db.get_row(_CHUNK_BY_ID, (ids[0],))
+        return {row[0]: _chunk_row(row)} if row else {}
     rows = db.query(_CHUNKS_BY_ID, (apsw.carray(array.array("q", ids)),))
     return {row[0]: _chunk_row(row) for row in rows}
 

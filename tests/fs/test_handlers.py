@@ -30,7 +30,7 @@ from durafs.fs.errors import (
 )
 from durafs.fs.fuseops import STABLE_TIMEOUT, errno_of
 from durafs.fs.mount import MountConfig, Parts, assemble
-from durafs.fs.reads import OfflinePolicy
+from durafs.fs.reads import OfflinePolicy, OpenFile
 from durafs.fs.vfs import ROOT_INO, XATTR_ONLINE
 from tests.fs.polling import eventually
 
@@ -194,6 +194,20 @@ async def test_small_files_in_backup_order_are_fetched_in_runs(
         # one by one: the first two small files, and the big file's chunks
         big_chunks = len(parts.tree.read_plan(await file_ino(parts, cat, "f150-big")).pieces)
         assert len(fetched) <= 2 + big_chunks + 2, len(fetched)
+
+
+async def test_preload_gives_small_files_in_memory_whole(
+        small_files: tuple[Catalog, dict[str, bytes]]) -> None:
+    cat, contents = small_files
+    async with served(cat) as parts:
+        ino = await file_ino(parts, cat, "f007")
+        plan = parts.tree.read_plan(ino)
+        assert await parts.reader.preload(OpenFile(plan)) is None  # not in memory: reads fetch
+        assert await read_all(parts, ino) == contents["f007"]
+        assert bytes(await parts.reader.preload(OpenFile(plan)) or b"") == contents["f007"]
+        big = parts.tree.read_plan(await file_ino(parts, cat, "f150-big"))
+        await read_all(parts, big.ino)
+        assert await parts.reader.preload(OpenFile(big)) is None  # too big for that
 
 
 async def test_absent_xattrs_are_enoattr(backed: Backed) -> None:

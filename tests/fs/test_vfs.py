@@ -203,10 +203,11 @@ def test_find_xattr_answers_none_for_what_is_not_there(tree: Tree, backed: Backe
 
 def test_chunks_after_follow_volume_order(tree: Tree, backed: Backed) -> None:
     big = tree.read_plan(resolve(tree, in_source(backed, backed.first, "big")).ino)
-    first = big.pieces[0].chunk
-    after = tree.chunks_after(first.volume_id, first.id, 2)
-    assert [c.id for c in after] == [p.chunk.id for p in big.pieces[1:3]]
-    assert all(c.offset > first.offset for c in after)
+    first = big.pieces[0].chunk  # (how many pieces depends on the catalog's chunker seed)
+    after = tree.chunks_after(first.volume_id, first.id, len(big.pieces) - 1)
+    assert [c.id for c in after] == [p.chunk.id for p in big.pieces[1:]]
+    offsets = [first.offset] + [c.offset for c in after]
+    assert offsets == sorted(offsets)
 
 
 def test_durafs_facts_by_name(tree: Tree, backed: Backed) -> None:
