@@ -580,14 +580,22 @@ class Reader:
 
     def follow(self, plan: ReadPlan, chunk: ChunkRow) -> None:
         """Note a read of *chunk*: when small chunks of its volume are being read in order
-        and less than half a run is fetched ahead of the reader, fetch the next run."""
+        and less than half a run is fetched ahead of the reader, fetch the next run.
+
+        In order: near where the last small chunk read ended, or anywhere up to what runs
+        have fetched (they skip big chunks, whose files are read by their own readahead
+        in between). A jump forward starts a run at once; the first read in a volume, or
+        a jump back, only takes note (a random reader would waste every run).
+        """
         if self.neighbours is None or self._nursery is None or chunk.size > RUN_CHUNK_MAX:
             return
         end = chunk.offset + chunk.length
         run = self._runs.get(chunk.volume_id)
-        if run is None or abs(chunk.offset - run.end) > RUN_GAP:
-            self._runs.put(chunk.volume_id, _Run(end, end, chunk.id))  # a new position
-            return
+        if run is None or not run.end - RUN_GAP <= chunk.offset <= max(run.end, run.ahead):
+            forward = run is not None and chunk.offset > run.end
+            run = self._runs.put(chunk.volume_id, _Run(end, end, chunk.id))  # a new position
+            if not forward:
+                return
         run.end = max(run.end, end)
         if run.ahead - run.end >= RUN_BYTES // 2:
             return
@@ -596,21 +604,24 @@ class Reader:
         self._start_run(plan.volumes[chunk.volume_id], run)
 
     def _start_run(self, volume: VolumeRow, run: _Run) -> None:
-        """Fetch the small chunks stored after *run*'s position (up to RUN_BYTES of
-        frames) in a worker thread; readers of them wait for that instead of fetching."""
+        """Fetch the small chunks stored after *run*'s position (up to RUN_BYTES of their
+        frames; big chunks are passed over) in a worker thread; readers of them wait for
+        that instead of fetching."""
         assert self.neighbours is not None and self._nursery is not None
         rows = self.neighbours(volume.id, run.last_id, RUN_ROWS)
         if not rows:
             run.ahead = 1 << 62  # the volume ends here (committed volumes never grow)
             return
-        limit, plain = run.ahead + RUN_BYTES, 0
+        stored = plain = 0
         chunks: list[ChunkRow] = []
-        for k, c in enumerate(rows):
-            if k and (c.offset + c.length > limit or plain > RUN_PLAIN_BYTES):
-                break  # (the first row is always passed, so the position moves on)
+        for c in rows:
+            small = c.size <= RUN_CHUNK_MAX
+            if small and chunks and (stored + c.length > RUN_BYTES or plain > RUN_PLAIN_BYTES):
+                break
             run.ahead, run.last_id = c.offset + c.length, c.id
-            if c.size <= RUN_CHUNK_MAX and c.id not in self.cache and c.id not in self._inflight:
+            if small and c.id not in self.cache and c.id not in self._inflight:
                 chunks.append(c)
+                stored += c.length
                 plain += c.size
         if not chunks:
             return

@@ -61,6 +61,7 @@ from durafs.index.rows import (
     VersionRow,
     VolumeRow,
     piece_bytes,
+    unpack_pieces,
 )
 from durafs.index.store import chunks_after
 
@@ -212,6 +213,7 @@ class Tree:
         self._versions: LRU[int, tuple[int, VersionRow]] = LRU(VERSION_CACHE_ENTRIES)
         self._groups: LRU[tuple[int, int], int] = LRU(CACHE_ENTRIES)
         self._volumes: LRU[int, VolumeRow] = LRU(CACHE_ENTRIES)
+        self._chunk_rows: LRU[int, ChunkRow] = LRU(CACHE_ENTRIES)
         self._roots: dict[tuple[int, int], VersionRow] = {}
         self._media: dict[int, MediumRow] = {}
 
@@ -405,17 +407,31 @@ class Tree:
             raise NoSuchAttribute(f"inode {ino} has no data")
         # a zero-size piece (how the engine stores an empty file) holds no byte to read,
         # so it must not make an open wait for its medium
-        pieces = [p for p in self.catalog.file_chunks(version) if p.size > 0]
+        pieces = [p for p in self._pieces(version) if p.size > 0]
         volumes = {p.chunk.volume_id: self._volume(p.chunk.volume_id) for p in pieces}
         media = {v.medium_id: self._medium(v.medium_id) for v in volumes.values()}
         seq = node.seq
         return ReadPlan(ino, version.size, lambda: self._describe(plan_id, seq, version),
                         pieces, volumes, media)
 
+    def _pieces(self, version: VersionRow) -> list[FilePiece]:
+        """The pieces of file *version*, from chunk rows `chunks_after` gave out lately if
+        it has them all (files read in backup order: no query at open), else the index."""
+        raw = unpack_pieces(version.chunks)
+        rows = [self._chunk_rows.get(cid) for _, cid, _ in raw]
+        if None in rows:
+            return self.catalog.file_chunks(version)
+        return [FilePiece(off, row, size) for (off, _, size), row in zip(raw, rows, strict=True)
+                if row is not None]
+
     def chunks_after(self, volume_id: int, after_id: int, limit: int) -> list[ChunkRow]:
         """The chunks stored after chunk *after_id* in volume *volume_id*, in volume order
-        (for readahead across small files; one indexed query)."""
-        return chunks_after(self.catalog.db, volume_id, after_id, limit)
+        (for readahead across small files; one indexed query). Their rows are kept for a
+        while: the files they belong to are about to be opened."""
+        rows = chunks_after(self.catalog.db, volume_id, after_id, limit)
+        for row in rows:
+            self._chunk_rows.put(row.id, row)
+        return rows
 
     def _describe(self, plan_id: int, seq: int, version: VersionRow) -> str:
         cp = self._checkpoint(plan_id, seq)
