@@ -60,10 +60,11 @@ SEQUENTIAL_WINDOW = 4 * MiB
 PROBE_TTL = 1.0
 #: Open readers of staged volumes kept (each holds a file descriptor).
 STAGED_READERS = 16
-#: Volume runs (see the module docstring): chunks up to RUN_CHUNK_MAX bytes take part
-#: (bigger ones have their file's readahead); a run covers up to RUN_BYTES of stored
-#: frames and RUN_PLAIN_BYTES of plaintext; a small chunk read within RUN_GAP bytes of
-#: where the previous one in its volume ended counts as reading the volume in order.
+#: Volume runs (see the module docstring and `Reader.follow`): chunks up to RUN_CHUNK_MAX
+#: bytes take part (bigger ones have their file's readahead); a run covers up to RUN_BYTES
+#: of their stored frames and RUN_PLAIN_BYTES of plaintext; a small chunk read up to
+#: RUN_GAP bytes before where the previous one in its volume ended still counts as
+#: reading in order (the kernel and parallel readers reorder a little).
 RUN_CHUNK_MAX = 256 * 1024
 RUN_BYTES = 1 * MiB
 RUN_PLAIN_BYTES = 4 * MiB
