@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
 from typing import NoReturn
@@ -177,6 +178,7 @@ class Operations(pyfuse3.Operations):
         self.reader = reader
         #: Inodes whose bytes were put in the kernel's page cache lately (see `_store`).
         self._stored: LRU[int, bool] = LRU(STORED_INODES)
+        self._open_inodes: Counter[int] = Counter()  # open file handles by inode
         #: Set once the kernel's INIT request is answered (the connection's settings are
         #: then final: see `durafs.fs.mount`).
         self.initialized = trio.Event()
@@ -275,17 +277,25 @@ class Operations(pyfuse3.Operations):
             # May wait for a medium; the waiting process's signals end the wait (EINTR).
             await self.reader.ensure_available(plan, lambda: signal_pending(ctx.pid))
             fh = next(self._handles)
+            alone = self._open_inodes[inode] == 0  # (before this open counts)
             f = self._files[fh] = OpenFile(plan)
-            if self._may_store(inode):
+            self._open_inodes[inode] += 1
+            if alone and self._may_store(inode):
                 data = await self.reader.preload(f)
-                if data is not None:
+                # again after the await: another open of the inode may have come meanwhile
+                if data is not None and self._open_inodes[inode] == 1:
                     self._store(inode, data)
         # keep_cache: the content never changes, so the page cache survives reopening (and
         # keeps what _store put there)
         return FileInfo(fh=FileHandleT(fh), keep_cache=True)
 
     def _may_store(self, inode: int) -> bool:
-        # not without a kernel session (tests call the handlers directly), nor twice
+        """Not without a kernel session (tests call the handlers directly), not twice, and
+        (the caller checks) only when no other handle of the inode is open: notify_store
+        locks each page it fills, and a page the kernel is reading into waits for our
+        answer to that read, which this thread would never send. The kernel sends a
+        release only after the file's reads are answered, so no open handle means no read
+        of the inode in flight."""
         return self.initialized.is_set() and self._stored.get(inode) is None
 
     def _store(self, inode: int, data: bytes | memoryview) -> None:
@@ -306,7 +316,11 @@ class Operations(pyfuse3.Operations):
             return await self.reader.read(f, off, size)  # type: ignore[return-value]
 
     async def release(self, fh: FileHandleT) -> None:
-        self._files.pop(fh, None)
+        f = self._files.pop(fh, None)
+        if f is not None:
+            self._open_inodes[f.plan.ino] -= 1
+            if not self._open_inodes[f.plan.ino]:
+                del self._open_inodes[f.plan.ino]
 
     # -- everything that would change the tree: EROFS --------------------------------------
 

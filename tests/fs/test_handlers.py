@@ -210,6 +210,30 @@ async def test_preload_gives_small_files_in_memory_whole(
         assert await parts.reader.preload(OpenFile(big)) is None  # too big for that
 
 
+async def test_open_stores_small_files_only_when_no_other_handle_is_open(
+        small_files: tuple[Catalog, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    cat, contents = small_files
+    stored: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(pyfuse3, "notify_store",
+                        lambda ino, off, data: stored.append((ino, bytes(data))))
+    async with served(cat) as parts:
+        ops = parts.ops
+        a, b = await file_ino(parts, cat, "f010"), await file_ino(parts, cat, "f011")
+        for ino in (a, b):
+            await read_all(parts, ino)  # chunks in memory; no kernel session yet: no store
+        assert stored == []
+        held = await ops.open(b, os.O_RDONLY, CTX)
+        ops.initialized.set()  # as if the kernel's INIT was answered
+        first = await ops.open(a, os.O_RDONLY, CTX)
+        assert stored == [(a, contents["f010"])]
+        again = await ops.open(a, os.O_RDONLY, CTX)  # stored already
+        other = await ops.open(b, os.O_RDONLY, CTX)  # b has a handle open: reads may be due
+        assert stored == [(a, contents["f010"])]
+        for info in (first, again, other, held):
+            await ops.release(info.fh)
+        assert not ops._open_inodes
+
+
 async def test_absent_xattrs_are_enoattr(backed: Backed) -> None:
     async with served(backed.cat) as parts:
         ino = await file_ino(parts, backed.cat, "small")
