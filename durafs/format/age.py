@@ -393,8 +393,17 @@ class AgeReader:
             else:
                 parts += self._read_known(first, last)
         start = offset % CHUNK_SIZE
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return bytes(memoryview(data)[start : start + length])
+        if not parts:  # all past the end
+            return b""
+        if len(parts) == 1:
+            return bytes(memoryview(parts[0])[start : start + length])
+        # one copy of just the bytes asked for (joining whole chunks, then slicing, was two)
+        views = [memoryview(part) for part in parts]
+        surplus = sum(map(len, views)) - start - length
+        if surplus > 0:
+            views[-1] = views[-1][: len(views[-1]) - surplus]
+        views[0] = views[0][start:]
+        return b"".join(views)
 
     def _read_known(self, first: int, last: int) -> list[bytearray]:
         assert self._n_chunks is not None and self._plaintext_size is not None

@@ -19,11 +19,13 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Sequence
+from types import TracebackType
 from typing import NoReturn
 
 import pyfuse3
+import trio
 from pyfuse3 import (
     EntryAttributes,
     FileHandleT,
@@ -53,7 +55,7 @@ from durafs.fs.errors import (
 )
 from durafs.fs.reads import OpenFile, Reader
 from durafs.fs.requests import signal_pending
-from durafs.fs.vfs import XATTR_ONLINE, Attr, DirStream, Tree
+from durafs.fs.vfs import LRU, XATTR_ONLINE, Attr, DirStream, Tree
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ STABLE_TIMEOUT = 86400.0
 #: Seconds for the root, plan directories and latest links (new checkpoints show up).
 VOLATILE_TIMEOUT = 1.0
 BLOCK_SIZE = 4096
+#: Inodes remembered as stored in the kernel's page cache (not stored again on reopening).
+STORED_INODES = 4096
 
 #: Errors the kernel hears, most specific first (subclasses before their bases).
 _ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
@@ -93,35 +97,51 @@ def errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
-@contextmanager
-def _to_errno(what: str, *args: object) -> Iterator[None]:
+class _to_errno:  # lower case: it reads as a function at its call sites
     """Turn what the model raises into FUSEError; log what is a real problem.
 
     *what* % *args* names the request; it is formatted only when something is logged.
+    A class rather than a ``@contextmanager`` generator: every request enters one, and
+    this costs a third as much.
     """
-    try:
-        yield
-    except pyfuse3.FUSEError:
-        raise
-    except (DurafsError, OSError) as exc:
-        number = errno_of(exc)
-        if number in _QUIET:
-            log.debug(f"{what}: %s", *args, exc)
-        elif number in (errno.ENOMEDIUM, errno.EINTR):
-            log.warning(f"{what}: %s", *args, exc)
-        else:
-            log.error(f"{what}: %s", *args, exc)
-        raise pyfuse3.FUSEError(number) from exc
-    except Exception as exc:  # a bug: answer EIO, keep serving everyone else
-        log.exception(f"{what} failed", *args)
-        raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    __slots__ = ("args", "what")
+
+    def __init__(self, what: str, *args: object) -> None:
+        self.what = what
+        self.args = args
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc is None or isinstance(exc, pyfuse3.FUSEError):
+            return False
+        what, args = self.what, self.args
+        if isinstance(exc, (DurafsError, OSError)):
+            number = errno_of(exc)
+            if number in _QUIET:
+                log.debug(f"{what}: %s", *args, exc)
+            elif number in (errno.ENOMEDIUM, errno.EINTR):
+                log.warning(f"{what}: %s", *args, exc)
+            else:
+                log.error(f"{what}: %s", *args, exc)
+            raise pyfuse3.FUSEError(number) from exc
+        if isinstance(exc, Exception):  # a bug: answer EIO, keep serving everyone else
+            log.error(f"{what} failed", *args, exc_info=exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+        return False  # cancellation, KeyboardInterrupt: not ours to translate
 
 
-def entry_attributes(attr: Attr) -> EntryAttributes:
-    """The kernel's view of *attr*, with cache timeouts by stability."""
-    entry = EntryAttributes()
+def entry_attributes(attr: Attr, entry: EntryAttributes | None = None) -> EntryAttributes:
+    """The kernel's view of *attr*, with cache timeouts by stability, written into *entry*
+    if given (readdir reuses one for all its entries: each reply copies it at once)."""
+    if entry is None:
+        entry = EntryAttributes()
+        entry.generation = 0
+        entry.st_blksize = BLOCK_SIZE
     entry.st_ino = InodeT(attr.ino)
-    entry.generation = 0
     timeout = STABLE_TIMEOUT if attr.stable else VOLATILE_TIMEOUT
     entry.entry_timeout = timeout
     entry.attr_timeout = timeout
@@ -131,7 +151,6 @@ def entry_attributes(attr: Attr) -> EntryAttributes:
     entry.st_gid = attr.gid
     entry.st_rdev = attr.rdev
     entry.st_size = attr.size
-    entry.st_blksize = BLOCK_SIZE
     entry.st_blocks = attr.blocks
     entry.st_atime_ns = attr.atime_ns
     entry.st_mtime_ns = attr.mtime_ns
@@ -157,9 +176,20 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.tree = tree
         self.reader = reader
+        #: Inodes whose bytes were put in the kernel's page cache lately (see `_store`).
+        self._stored: LRU[int, bool] = LRU(STORED_INODES)
+        self._open_inodes: Counter[int] = Counter()  # open file handles by inode
+        #: Set once the kernel's INIT request is answered (the connection's settings are
+        #: then final: see `durafs.fs.mount`).
+        self.initialized = trio.Event()
         self._handles = itertools.count(1)
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirStream] = {}
+
+    def init(self) -> None:
+        # Called while pyfuse3 answers INIT; the answer is sent when this returns, before
+        # any task waiting for the event runs.
+        self.initialized.set()
 
     # -- metadata: the index only ---------------------------------------------------------
 
@@ -195,9 +225,10 @@ class Operations(pyfuse3.Operations):
             stream = self._dirs.get(fh)
             if stream is None:
                 raise BadHandle(f"no directory handle {fh}")
+            entry: EntryAttributes | None = None
             for next_id, name, attr in stream.entries_from(start_id):
-                if not pyfuse3.readdir_reply(token, FileNameT(name), entry_attributes(attr),
-                                             next_id):
+                entry = entry_attributes(attr, entry)
+                if not pyfuse3.readdir_reply(token, FileNameT(name), entry, next_id):
                     break
 
     async def releasedir(self, fh: FileHandleT) -> None:
@@ -207,7 +238,10 @@ class Operations(pyfuse3.Operations):
         with _to_errno("getxattr %r of %d", name, inode):
             if name == XATTR_ONLINE and name not in self.tree.listxattr(inode):
                 return await self._online(inode)
-            return self.tree.getxattr(inode, name)
+            value = self.tree.find_xattr(inode, name)
+        if value is None:  # the common answer (ls -l asks every file for its ACL): no log
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
 
     async def _online(self, inode: int) -> bytes:
         """``yes`` if reading the file now needs no medium that is offline."""
@@ -243,19 +277,50 @@ class Operations(pyfuse3.Operations):
             # May wait for a medium; the waiting process's signals end the wait (EINTR).
             await self.reader.ensure_available(plan, lambda: signal_pending(ctx.pid))
             fh = next(self._handles)
-            self._files[fh] = OpenFile(plan)
-            # keep_cache: the content never changes, so the page cache survives reopening
-            return FileInfo(fh=FileHandleT(fh), keep_cache=True)
+            alone = self._open_inodes[inode] == 0  # (before this open counts)
+            f = self._files[fh] = OpenFile(plan)
+            self._open_inodes[inode] += 1
+            if alone and self._may_store(inode):
+                data = await self.reader.preload(f)
+                # again after the await: another open of the inode may have come meanwhile
+                if data is not None and self._open_inodes[inode] == 1:
+                    self._store(inode, data)
+        # keep_cache: the content never changes, so the page cache survives reopening (and
+        # keeps what _store put there)
+        return FileInfo(fh=FileHandleT(fh), keep_cache=True)
+
+    def _may_store(self, inode: int) -> bool:
+        """Not without a kernel session (tests call the handlers directly), not twice, and
+        (the caller checks) only when no other handle of the inode is open: notify_store
+        locks each page it fills, and a page the kernel is reading into waits for our
+        answer to that read, which this thread would never send. The kernel sends a
+        release only after the file's reads are answered, so no open handle means no read
+        of the inode in flight."""
+        return self.initialized.is_set() and self._stored.get(inode) is None
+
+    def _store(self, inode: int, data: bytes | memoryview) -> None:
+        """Put a small file's bytes in the kernel's page cache while answering its open:
+        the read that would follow is served there, without a request (one round trip
+        through pyfuse3 costs more than the copy)."""
+        try:
+            pyfuse3.notify_store(InodeT(inode), 0, data)
+        except OSError as exc:  # the kernel then asks with read requests, as usual
+            log.debug("notify_store of inode %d: %s", inode, exc)
+        self._stored.put(inode, True)
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         f = self._files.get(fh)
-        with _to_errno("read of %s at %d", f.plan.what if f else fh, off):
+        with _to_errno("read of %s at %d", f.plan if f else fh, off):  # named lazily
             if f is None:
                 raise BadHandle(f"no file handle {fh}")
             return await self.reader.read(f, off, size)  # type: ignore[return-value]
 
     async def release(self, fh: FileHandleT) -> None:
-        self._files.pop(fh, None)
+        f = self._files.pop(fh, None)
+        if f is not None:
+            self._open_inodes[f.plan.ino] -= 1
+            if not self._open_inodes[f.plan.ino]:
+                del self._open_inodes[f.plan.ino]
 
     # -- everything that would change the tree: EROFS --------------------------------------
 

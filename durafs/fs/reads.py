@@ -14,8 +14,12 @@ Three parts, each with its own threading rule:
 * `Reader` (trio thread only, so no locks): the open files' reads. Decrypted chunks live
   in an LRU cache bounded by bytes; a chunk wanted by several readers is fetched once
   (later ones wait for the first); a sequential reader gets the next chunks prefetched in
-  worker threads. Blocking work runs under named `trio.CapacityLimiter`s, so a slow
-  medium never stalls the trio thread (and with it ``ls`` in another shell).
+  worker threads. Small files read in the order the backup stored them (``cp -a``,
+  ``rsync``, ``find | xargs cat``: name order, depth first) get the small chunks stored
+  after theirs fetched ahead a run at a time (`RUN_BYTES` of one volume, one ranged read
+  and one decryption pass), so most of them are answered from memory without a thread
+  hop. Blocking work runs under named `trio.CapacityLimiter`s, so a slow medium never
+  stalls the trio thread (and with it ``ls`` in another shell).
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ import trio
 from durafs.engine.access import VolumeAccess
 from durafs.engine.poolwriter import open_medium
 from durafs.errors import DurafsError, MediumError, MediumOfflineError
+from durafs.format.frames import codec_for_thread
 from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
 from durafs.fs.requests import MediaRequests
-from durafs.fs.vfs import ReadPlan
+from durafs.fs.vfs import LRU, ReadPlan
 from durafs.index.rows import ChunkRow, FilePiece, MediumRow, VolumeRow
 from durafs.media.filehandle import FileVolumeHandle
 
@@ -55,6 +60,23 @@ SEQUENTIAL_WINDOW = 4 * MiB
 PROBE_TTL = 1.0
 #: Open readers of staged volumes kept (each holds a file descriptor).
 STAGED_READERS = 16
+#: Volume runs (see the module docstring and `Reader.follow`): chunks up to RUN_CHUNK_MAX
+#: bytes take part (bigger ones have their file's readahead); a run covers up to RUN_BYTES
+#: of their stored frames and RUN_PLAIN_BYTES of plaintext; a small chunk read up to
+#: RUN_GAP bytes before where the previous one in its volume ended still counts as
+#: reading in order (the kernel and parallel readers reorder a little).
+RUN_CHUNK_MAX = 256 * 1024
+RUN_BYTES = 1 * MiB
+RUN_PLAIN_BYTES = 4 * MiB
+RUN_GAP = 1 * MiB
+#: Rows asked of the index per run, and volumes whose reading position is remembered.
+RUN_ROWS = 256
+RUN_VOLUMES = 64
+#: Frames closer than this are read together (the bytes between are read and dropped).
+RUN_JOIN_GAP = 64 * 1024
+#: Files up to this size whose chunks are in memory at open are handed to the kernel's
+#: page cache there (see `Reader.preload`).
+PRELOAD_BYTES = 256 * 1024
 _COPY_BLOCK = 4 * MiB
 _STAGED_SUFFIX = ".vol"
 
@@ -206,6 +228,22 @@ class ChunkSource:
         reader = self._staged_reader(volume) or self.access.reader(volume)
         return reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
 
+    def read_run(self, volume: VolumeRow, chunks: list[ChunkRow]) -> list[bytes]:
+        """The plaintexts of *chunks* (all in *volume*, in volume order), each checked
+        against its id: frames stored next to each other are read and decrypted in one go.
+        """
+        reader = self._staged_reader(volume) or self.access.reader(volume)
+        codec = codec_for_thread(reader.header.id_key)
+        out: list[bytes] = []
+        for group in _adjacent(chunks):
+            start = group[0].offset
+            data = memoryview(reader.read(start, group[-1].offset + group[-1].length - start))
+            for c in group:
+                frame = data[c.offset - start : c.offset - start + c.length]
+                what = f"{reader.name}: chunk {c.cid.hex()[:16]} at offset {c.offset}"
+                out.append(codec.decode(frame, c.size, c.cid, what))
+        return out
+
     def _staged_reader(self, volume: VolumeRow) -> VolumeReader | None:
         with self._lock:
             cached = self._staged.get(volume.id)
@@ -242,6 +280,45 @@ class ChunkSource:
                 handle.close()
             self._staged.clear()
         self.access.close()
+
+
+def _adjacent(chunks: list[ChunkRow]) -> list[list[ChunkRow]]:
+    """*chunks* (in volume order) cut where the gap to the next frame is over RUN_JOIN_GAP."""
+    groups: list[list[ChunkRow]] = []
+    end = -1
+    for c in chunks:
+        if not groups or not 0 <= c.offset - end <= RUN_JOIN_GAP:
+            groups.append([])
+        groups[-1].append(c)
+        end = c.offset + c.length
+    return groups
+
+
+def _has_holes(plan: ReadPlan) -> bool:
+    """True unless *plan*'s pieces cover its bytes end to end."""
+    pos = 0
+    for piece in plan.pieces:
+        if piece.file_offset != pos:
+            return True
+        pos += piece.size
+    return pos != plan.size
+
+
+def _assemble(views: list[tuple[int, memoryview]], offset: int, end: int) -> bytes | bytearray:
+    """File bytes [offset, end) from (file offset, bytes) views in file order: joined with
+    one copy, or copied into zeros where they leave holes."""
+    pos = offset
+    for lo, view in views:
+        if lo != pos:
+            break
+        pos += len(view)
+    else:
+        if pos == end:
+            return b"".join(view for _, view in views)
+    buf = bytearray(end - offset)  # zeros: whatever no piece covers is a hole
+    for lo, view in views:
+        buf[lo - offset : lo - offset + len(view)] = view
+    return buf
 
 
 # -- reads of open files (trio thread) ----------------------------------------------------
@@ -298,8 +375,24 @@ class OpenFile:
 
 @dataclass(eq=False)
 class _Fetch:
+    """Chunks being fetched by one task (one, or a volume run): *data* by chunks.id once
+    *done*; a chunk missing then failed to fetch."""
+
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
+    data: dict[int, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Run:
+    """Where a reader of small chunks is in one volume (see `Reader.follow`)."""
+
+    end: int  # volume offset where the last small chunk read ended
+    ahead: int  # volume offset up to which chunks are fetched, or being fetched, ahead
+    last_id: int  # chunks.id of the last chunk looked at; the next run starts after it
+
+
+#: (volume id, after chunk id, limit) -> the chunks stored next (`Tree.chunks_after`).
+Neighbours = Callable[[int, int, int], list[ChunkRow]]
 
 
 class Reader:
@@ -316,12 +409,15 @@ class Reader:
         policy: OfflinePolicy = OfflinePolicy(),
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         readahead: int = READAHEAD_CHUNKS,
+        neighbours: Neighbours | None = None,
     ) -> None:
         self.source = source
         self.requests = requests
         self.policy = policy
         self.cache = ChunkCache(cache_bytes)
         self.readahead = readahead
+        self.neighbours = neighbours
+        self._runs: LRU[int, _Run] = LRU(RUN_VOLUMES)
         self._inflight: dict[int, _Fetch] = {}
         self._probes: dict[int, tuple[bool, float]] = {}
         self._nursery: trio.Nursery | None = None
@@ -352,6 +448,16 @@ class Reader:
     async def fresh_probe(self, medium: MediumRow) -> bool:
         return await self.probe(medium, fresh=True)
 
+    def _known_online(self, plan: ReadPlan) -> bool:
+        """True if every medium of *plan* was found online less than PROBE_TTL ago (then
+        whether its volumes are staged does not matter: no stat of the staging area)."""
+        now = time.monotonic()
+        for medium_id in plan.media:
+            cached = self._probes.get(medium_id)
+            if cached is None or not cached[0] or now - cached[1] >= PROBE_TTL:
+                return False
+        return True
+
     def _missing(self, plan: ReadPlan) -> dict[int, list[VolumeRow]]:
         """Volumes of *plan* not staged, by medium id."""
         by_medium: dict[int, list[VolumeRow]] = {}
@@ -374,6 +480,8 @@ class Reader:
         volumes from a medium that had to be waited for are staged before returning, so
         the next file from them needs no request even if the medium goes away again.
         """
+        if self._known_online(plan):
+            return
         for medium_id, volumes in self._missing(plan).items():
             medium = plan.media[medium_id]
             if await self.probe(medium):
@@ -415,32 +523,127 @@ class Reader:
         f.next_offset = max(end, f.next_offset) if sequential else end
         if sequential and self.readahead:
             self._read_ahead(f, (found[-1][0] + 1) if found else bisect.bisect_left(f.starts, end))
-        if len(found) == 1:
-            _, piece = found[0]
+        for _, piece in found:
+            self.follow(f.plan, piece.chunk)
+        pieces = [piece for _, piece in found]
+        if len(pieces) == 1:
+            piece = pieces[0]
             if piece.file_offset <= offset and end <= piece.file_offset + piece.size:
                 data = await self._chunk(f.plan, piece)  # one piece covers it all: no copy
                 return memoryview(data)[offset - piece.file_offset : end - piece.file_offset]
-        buf = bytearray(end - offset)  # zeros: whatever no piece covers is a hole
-        for _, piece in found:
+        for piece in pieces[1:]:  # fetched alongside the first, not after it
+            self._start_prefetch(f.plan, piece)
+        views = []
+        for piece in pieces:
             data = await self._chunk(f.plan, piece)
             lo, hi = max(offset, piece.file_offset), min(end, piece.file_offset + piece.size)
-            rel = piece.file_offset
-            buf[lo - offset : hi - offset] = memoryview(data)[lo - rel : hi - rel]
-        return buf
+            views.append((lo, memoryview(data)[lo - piece.file_offset : hi - piece.file_offset]))
+        return _assemble(views, offset, end)
 
     def _read_ahead(self, f: OpenFile, first: int) -> None:
-        if self._nursery is None:
-            return
         for piece in f.plan.pieces[first : first + self.readahead]:
-            cid = piece.chunk.id
-            if cid not in self.cache and cid not in self._inflight:
-                self._nursery.start_soon(self._prefetch, f.plan, piece)
+            self._start_prefetch(f.plan, piece)
+
+    def _start_prefetch(self, plan: ReadPlan, piece: FilePiece) -> None:
+        cid = piece.chunk.id
+        if self._nursery is not None and cid not in self.cache and cid not in self._inflight:
+            self._nursery.start_soon(self._prefetch, plan, piece)
 
     async def _prefetch(self, plan: ReadPlan, piece: FilePiece) -> None:
         try:
             await self._chunk(plan, piece, ahead=True)
         except (DurafsError, OSError) as exc:  # the real read will report it
             log.debug("readahead of %s failed: %s", plan.what, exc)
+
+    async def preload(self, f: OpenFile) -> bytes | memoryview | None:
+        """All of *f* if it is small (PRELOAD_BYTES, no holes) and its chunks are cached or
+        being fetched (by a volume run): the adapter gives it to the kernel's page cache
+        at open, so the read request never comes. None otherwise (then reads fetch it,
+        and report any error of that fetch)."""
+        plan = f.plan
+        if not 0 < plan.size <= PRELOAD_BYTES or _has_holes(plan):
+            return None
+        ids = [piece.chunk.id for piece in plan.pieces]
+        if not all(cid in self.cache or cid in self._inflight for cid in ids):
+            return None
+        for piece in plan.pieces:
+            self.follow(plan, piece.chunk)
+        try:
+            views = [(p.file_offset, memoryview(await self._chunk(plan, p))[: p.size])
+                     for p in plan.pieces]
+        except (DurafsError, OSError) as exc:
+            log.debug("no preload of %s: %s", plan.what, exc)
+            return None
+        f.next_offset = plan.size
+        return views[0][1] if len(views) == 1 else _assemble(views, 0, plan.size)
+
+    # -- volume runs ----------------------------------------------------------------------
+
+    def follow(self, plan: ReadPlan, chunk: ChunkRow) -> None:
+        """Note a read of *chunk*: when small chunks of its volume are being read in order
+        and less than half a run is fetched ahead of the reader, fetch the next run.
+
+        In order: near where the last small chunk read ended, or anywhere up to what runs
+        have fetched (they skip big chunks, whose files are read by their own readahead
+        in between). A jump forward starts a run at once; the first read in a volume, or
+        a jump back, only takes note (a random reader would waste every run).
+        """
+        if self.neighbours is None or self._nursery is None or chunk.size > RUN_CHUNK_MAX:
+            return
+        end = chunk.offset + chunk.length
+        run = self._runs.get(chunk.volume_id)
+        if run is None or not run.end - RUN_GAP <= chunk.offset <= max(run.end, run.ahead):
+            forward = run is not None and chunk.offset > run.end
+            run = self._runs.put(chunk.volume_id, _Run(end, end, chunk.id))  # a new position
+            if not forward:
+                return
+        run.end = max(run.end, end)
+        if run.ahead - run.end >= RUN_BYTES // 2:
+            return
+        if run.ahead < run.end:  # the reader went past the runs: go on from here
+            run.ahead, run.last_id = run.end, chunk.id
+        self._start_run(plan.volumes[chunk.volume_id], run)
+
+    def _start_run(self, volume: VolumeRow, run: _Run) -> None:
+        """Fetch the small chunks stored after *run*'s position (up to RUN_BYTES of their
+        frames; big chunks are passed over) in a worker thread; readers of them wait for
+        that instead of fetching."""
+        assert self.neighbours is not None and self._nursery is not None
+        rows = self.neighbours(volume.id, run.last_id, RUN_ROWS)
+        if not rows:
+            run.ahead = 1 << 62  # the volume ends here (committed volumes never grow)
+            return
+        stored = plain = 0
+        chunks: list[ChunkRow] = []
+        for c in rows:
+            small = c.size <= RUN_CHUNK_MAX
+            if small and chunks and (stored + c.length > RUN_BYTES or plain > RUN_PLAIN_BYTES):
+                break
+            run.ahead, run.last_id = c.offset + c.length, c.id
+            if small and c.id not in self.cache and c.id not in self._inflight:
+                chunks.append(c)
+                stored += c.length
+                plain += c.size
+        if not chunks:
+            return
+        pending = _Fetch()  # one for the run: an Event per chunk would cost more than a read
+        self._inflight.update((c.id, pending) for c in chunks)
+        self._nursery.start_soon(self._fetch_run, volume, chunks, pending)
+
+    async def _fetch_run(self, volume: VolumeRow, chunks: list[ChunkRow],
+                         pending: _Fetch) -> None:
+        try:
+            datas = await trio.to_thread.run_sync(self.source.read_run, volume, chunks,
+                                                  limiter=self.ahead_limiter)
+            for chunk, data in zip(chunks, datas, strict=True):
+                self.cache.put(chunk.id, data)
+                pending.data[chunk.id] = data
+        except (DurafsError, OSError) as exc:  # the real reads will report it
+            log.debug("readahead in volume %s failed: %s", volume.name, exc)
+        finally:
+            for chunk in chunks:
+                del self._inflight[chunk.id]
+            pending.done.set()
 
     async def _chunk(self, plan: ReadPlan, piece: FilePiece, *, ahead: bool = False) -> bytes:
         """The plaintext of *piece*'s chunk: cached, fetched by another task, or fetched."""
@@ -453,8 +656,9 @@ class Reader:
             if pending is None:
                 return await self._fetch(chunk, plan.volumes[chunk.volume_id], ahead)
             await pending.done.wait()
-            if pending.data is not None:
-                return pending.data
+            data = pending.data.get(chunk.id)
+            if data is not None:
+                return data
             # the fetch we waited for failed: try ourselves (and report our own error)
 
     async def _fetch(self, chunk: ChunkRow, volume: VolumeRow, ahead: bool) -> bytes:
@@ -464,7 +668,7 @@ class Reader:
             data = await trio.to_thread.run_sync(self.source.read_chunk, chunk, volume,
                                                  limiter=limiter)
             self.cache.put(chunk.id, data)
-            pending.data = data
+            pending.data[chunk.id] = data
             return data
         finally:
             del self._inflight[chunk.id]

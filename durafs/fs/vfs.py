@@ -27,9 +27,9 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from durafs.fs.errors import (
     IsADirectory,
@@ -54,20 +54,28 @@ from durafs.index.catalog import Catalog
 from durafs.index.rows import (
     VERSION_COLUMNS,
     CheckpointRow,
+    ChunkRow,
     FilePiece,
     MediumRow,
     PlanRow,
     VersionRow,
     VolumeRow,
+    piece_bytes,
+    unpack_pieces,
 )
+from durafs.index.store import chunks_after
 
 LATEST = b"latest"
 #: Entries per page when a directory is listed (one indexed query per page).
 PAGE = 1000
 #: How stale the plan and checkpoint lists may be (the kernel adds VOLATILE_TIMEOUT).
 REFRESH_SECONDS = 0.1
-#: Versions, hard-link group sizes and volumes kept in memory; each is immutable.
+#: Hard-link group sizes and volumes kept in memory; each is immutable.
 CACHE_ENTRIES = 8192
+#: Versions kept in memory (~0.5 KiB each): a listing remembers its entries, so opening
+#: and reading the files of a directory tree of up to this many right after ``ls -lR``,
+#: ``find`` or ``rsync``'s scan needs no version query.
+VERSION_CACHE_ENTRIES = 32768
 
 # durafs's own facts: readable by name, never listed (so cp -a and rsync -X skip them).
 XATTR_MEDIA = b"user.durafs.media"
@@ -116,9 +124,12 @@ class LRU(Generic[K, V]):
         return len(self._data)
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
-    """What stat shows for one node. *stable*: never changes while mounted."""
+class Attr(NamedTuple):
+    """What stat shows for one node. *stable*: never changes while mounted.
+
+    A named tuple: a listing makes one per entry, and a frozen dataclass of twelve
+    fields takes several times as long to build.
+    """
 
     ino: int
     mode: int
@@ -139,15 +150,24 @@ class ReadPlan:
     """Everything needed to read one file, taken from the index at open time.
 
     *pieces* are in file order (bytes no piece covers are holes); *volumes* and *media*
-    hold the rows those pieces refer to; *what* names the file in messages.
+    hold the rows those pieces refer to; *describe* names the file in messages (`what`).
+    The name is looked up only when a message needs it: its path query would be a good
+    part of the cost of an open.
     """
 
     ino: int
     size: int
-    what: str
+    describe: Callable[[], str]
     pieces: list[FilePiece]
     volumes: dict[int, VolumeRow]
     media: dict[int, MediumRow]
+
+    @property
+    def what(self) -> str:
+        return self.describe()
+
+    def __str__(self) -> str:
+        return self.describe()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +193,7 @@ class _Plans:
 def blocks_of(version: VersionRow) -> int:
     """st_blocks: 512-byte units of stored data (holes excluded), rounded up."""
     if version.type == "f":
-        stored = sum(size for _, _, size in version.pieces())
+        stored = piece_bytes(version.chunks)
     elif version.type == "d":
         stored = version.size
     else:
@@ -190,9 +210,10 @@ class Tree:
         self._data_version: int | None = None
         self._checked = -REFRESH_SECONDS
         self._plans = _Plans()
-        self._versions: LRU[int, tuple[int, VersionRow]] = LRU(CACHE_ENTRIES)
+        self._versions: LRU[int, tuple[int, VersionRow]] = LRU(VERSION_CACHE_ENTRIES)
         self._groups: LRU[tuple[int, int], int] = LRU(CACHE_ENTRIES)
         self._volumes: LRU[int, VolumeRow] = LRU(CACHE_ENTRIES)
+        self._chunk_rows: LRU[int, ChunkRow] = LRU(CACHE_ENTRIES)
         self._roots: dict[tuple[int, int], VersionRow] = {}
         self._media: dict[int, MediumRow] = {}
 
@@ -334,13 +355,27 @@ class Tree:
     def getxattr(self, ino: int, name: bytes) -> bytes:
         """A source xattr, or one of durafs's facts (`FACTS`) except XATTR_ONLINE, which
         needs a probe of the media (see `durafs.fs.reads`)."""
+        value = self.find_xattr(ino, name)
+        if value is None:
+            raise NoSuchAttribute(name.decode(errors="replace"))
+        return value
+
+    def find_xattr(self, ino: int, name: bytes) -> bytes | None:
+        """Like `getxattr`, but None when there is no such attribute: ``ls -l`` asks for the
+        ACL of every file it lists and almost none has one, so that answer is the one to
+        make cheap (no exception to build and map)."""
         node = decode(ino)
         if node.kind != "tree":
-            raise NoSuchAttribute(name.decode(errors="replace"))
+            return None
         plan_id, version = self._version(node.vid)
-        own = version.xattr_dict()
-        if name in own:  # the source's own value wins over a fact of the same name
-            return own[name]
+        if version.xattrs:
+            own = version.xattr_dict()
+            if name in own:  # the source's own value wins over a fact of the same name
+                return own[name]
+        if name not in FACTS:
+            if name in _PROBED:
+                raise NotSupported(name.decode(errors="replace"))
+            return None
         if name == XATTR_CHECKPOINT:
             cp = self._checkpoint(plan_id, node.seq)
             return f"{cp.plan}/{cp.name}".encode()
@@ -351,9 +386,7 @@ class Tree:
             if name == XATTR_MEDIA:
                 return ",".join(m.label for m in media).encode()
             return ",".join(m.location or m.path or "" for m in media).encode()
-        if name in _PROBED:
-            raise NotSupported(name.decode(errors="replace"))
-        raise NoSuchAttribute(name.decode(errors="replace"))
+        return None
 
     def data_media(self, ino: int) -> list[MediumRow]:
         """The media holding the data of file *ino*, by label."""
@@ -374,11 +407,31 @@ class Tree:
             raise NoSuchAttribute(f"inode {ino} has no data")
         # a zero-size piece (how the engine stores an empty file) holds no byte to read,
         # so it must not make an open wait for its medium
-        pieces = [p for p in self.catalog.file_chunks(version) if p.size > 0]
+        pieces = [p for p in self._pieces(version) if p.size > 0]
         volumes = {p.chunk.volume_id: self._volume(p.chunk.volume_id) for p in pieces}
         media = {v.medium_id: self._medium(v.medium_id) for v in volumes.values()}
-        what = self._describe(plan_id, node.seq, version)
-        return ReadPlan(ino, version.size, what, pieces, volumes, media)
+        seq = node.seq
+        return ReadPlan(ino, version.size, lambda: self._describe(plan_id, seq, version),
+                        pieces, volumes, media)
+
+    def _pieces(self, version: VersionRow) -> list[FilePiece]:
+        """The pieces of file *version*, from chunk rows `chunks_after` gave out lately if
+        it has them all (files read in backup order: no query at open), else the index."""
+        raw = unpack_pieces(version.chunks)
+        rows = [self._chunk_rows.get(cid) for _, cid, _ in raw]
+        if None in rows:
+            return self.catalog.file_chunks(version)
+        return [FilePiece(off, row, size) for (off, _, size), row in zip(raw, rows, strict=True)
+                if row is not None]
+
+    def chunks_after(self, volume_id: int, after_id: int, limit: int) -> list[ChunkRow]:
+        """The chunks stored after chunk *after_id* in volume *volume_id*, in volume order
+        (for readahead across small files; one indexed query). Their rows are kept for a
+        while: the files they belong to are about to be opened."""
+        rows = chunks_after(self.catalog.db, volume_id, after_id, limit)
+        for row in rows:
+            self._chunk_rows.put(row.id, row)
+        return rows
 
     def _describe(self, plan_id: int, seq: int, version: VersionRow) -> str:
         cp = self._checkpoint(plan_id, seq)

@@ -62,6 +62,16 @@ def unpack_pieces(blob: bytes | None) -> list[Piece]:
     return list(_PIECE.iter_unpack(blob))
 
 
+def piece_bytes(blob: bytes | None) -> int:
+    """Bytes of data in the pieces of ``versions.chunks`` (holes excluded); a listing asks
+    this of every file, so one piece, the usual case, is decoded alone."""
+    if not blob:
+        return 0
+    if len(blob) == _PIECE.size:
+        return int(_PIECE.unpack(blob)[2])
+    return sum(size for _, _, size in unpack_pieces(blob))
+
+
 def pack_xattrs(xattrs: Mapping[bytes, bytes] | None) -> bytes | None:
     """Encode xattrs canonically for ``versions.xattrs``; no xattrs gives None."""
     if not xattrs:

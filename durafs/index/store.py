@@ -41,6 +41,9 @@ _CHUNK = """
 # one index probe. (No JOIN: see durafs.index.tree on what a join costs per execution.)
 _CHUNKS_BY_CID = f"{_CHUNK} WHERE c.pool_id = ? AND c.cid IN carray(?)"
 _CHUNKS_BY_ID = f"{_CHUNK} WHERE c.id IN carray(?)"
+_CHUNK_BY_ID = f"{_CHUNK} WHERE c.id = ?"
+# One seek in chunks_volume (its entries are ordered by volume, then id).
+_CHUNKS_AFTER = f"{_CHUNK} WHERE c.volume_id = ? AND c.id > ? ORDER BY c.id LIMIT ?"
 
 #: Columns of `media` that `update_medium` may change.
 MEDIUM_FIELDS = frozenset({"used", "state", "path", "location", "capacity", "last_seen_ns"})
@@ -62,8 +65,21 @@ def chunks_by_id(db: Index, ids: Sequence[int]) -> dict[int, ChunkRow]:
     """Chunk rows by chunks.id, with their media; unknown ids are left out."""
     if not ids:
         return {}
+    if len(ids) == 1:  # most files are one chunk: binding a plain id costs half a carray
+        row = db.get_row(_CHUNK_BY_ID, (ids[0],))
+        return {row[0]: _chunk_row(row)} if row else {}
     rows = db.query(_CHUNKS_BY_ID, (apsw.carray(array.array("q", ids)),))
     return {row[0]: _chunk_row(row) for row in rows}
+
+
+def chunks_after(db: Index, volume_id: int, after_id: int, limit: int) -> list[ChunkRow]:
+    """Up to *limit* chunks of volume *volume_id* recorded after chunk *after_id*, by id.
+
+    A volume's chunks are recorded in the order they were written, so this is also
+    their order in the volume: what a reader of small files in backup order wants next.
+    """
+    rows = db.query(_CHUNKS_AFTER, (volume_id, after_id, limit))
+    return [_chunk_row(row) for row in rows]
 
 
 class StoreCatalog:

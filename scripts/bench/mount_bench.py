@@ -5,10 +5,14 @@ On the engine benchmark's corpus (``scripts/bench/corpus.py``, ~1.4 GB at ``--sc
 backed up once by each tool the way ``engine_bench.py`` does it, every tool in turn:
 
 1. mounts its repository (its own serving process, in the foreground, in a ``Popen``);
-2. ``ls -lR`` of the checkpoint's root, timed twice: the first is cold for the mount's own
-   caches, the second warm;
-3. reads every file once (``find … -type f -print0 | xargs -0 cat > /dev/null``), timed;
-   throughput = the corpus's bytes / that time;
+2. ``ls -lR`` of the checkpoint's own directory, timed twice: the first is cold for the
+   mount's own caches, the second warm; then once more through the ``latest`` symbolic link
+   (durafs and restic have one; borg's mount root is the archive). Through a link every
+   path ``ls`` stats walks the link again, and a FUSE file system that cannot have the
+   kernel cache link targets (pyfuse3 cannot ask for FUSE_CACHE_SYMLINKS) answers a
+   READLINK each time: that row shows what it costs;
+3. reads every file once (``find … -type f -print0 | xargs -0 cat > /dev/null``, in the
+   checkpoint's own directory), timed; throughput = the corpus's bytes / that time;
 4. peak RSS of the serving process (``VmHWM`` in ``/proc/PID/status``), then unmounts.
 
 The repositories' files are read once before each mount, so every tool starts with its
@@ -84,13 +88,18 @@ class Mount:
             return self.mnt / "snapshots" / "latest"
         return self.mnt / str(self.tool.source).lstrip("/")
 
-    def root(self) -> Path:
-        """The checkpoint's root directory (listed by ``ls -lR``)."""
+    def latest(self) -> Path | None:
+        """The tool's link to its newest checkpoint, if it has one."""
         if isinstance(self.tool, Durafs):
             return self.mnt / "default" / "latest"
         if isinstance(self.tool, Restic):
             return self.mnt / "snapshots" / "latest"
-        return self.mnt
+        return None
+
+    def root(self) -> Path:
+        """The checkpoint's own directory (listed by ``ls -lR``): `latest` resolved."""
+        latest = self.latest()
+        return self.mnt if latest is None else Path(os.path.realpath(latest))
 
     def data(self) -> Path:
         """The backed-up tree inside the mount."""
@@ -181,19 +190,24 @@ def warm_repository(tool: Tool) -> None:
     timed_shell(f"find {q(tool.repo())} -type f -print0 | xargs -0 -r cat > /dev/null")
 
 
-def measure(tool: Tool, work: Path, read_all: bool = True) -> dict:
+def measure(tool: Tool, work: Path, read_all: bool = True, via_latest: bool = True) -> dict:
     mnt = work / "mnt" / tool.name
     out: dict = {}
     warm_repository(tool)
     start = time.perf_counter()
     with Mount(tool, mnt) as m:
         out["mount_s"] = time.perf_counter() - start
-        for i, key in enumerate(("ls1", "ls2")):
+        latest = m.latest()
+        lists = [("ls1", m.root()), ("ls2", m.root())]
+        if latest is not None and via_latest:
+            lists.append(("ls_latest", latest))
+        for i, (key, where) in enumerate(lists):
             listing = work / f"ls-{tool.name}-{i + 1}.txt"
-            out[key] = timed_shell(f"ls -lR {q(m.root())}/ > {q(listing)}")
+            out[key] = timed_shell(f"ls -lR {q(where)}/ > {q(listing)}")
             out[key + "_files"], out[key + "_entries"] = listing_counts(listing)
-            print(f"  {tool.name:<7} ls -lR #{i + 1}: {out[key]:8.2f} s "
-                  f"({out[key + '_files']} files, {out[key + '_entries']} entries)", flush=True)
+            print(f"  {tool.name:<7} ls -lR #{i + 1} of {where.relative_to(m.mnt)}: "
+                  f"{out[key]:8.2f} s ({out[key + '_files']} files, "
+                  f"{out[key + '_entries']} entries)", flush=True)
         if read_all:
             out["read"] = timed_shell(
                 f"find {q(m.data())} -type f -print0 | xargs -0 cat > /dev/null")
@@ -267,7 +281,7 @@ def tiny_check(work: Path, n: int, seed: int) -> dict:
     tool.setup()
     r = tool.backup()
     print(f"  durafs  backup {r.wall:6.1f} s, peak RSS {r.rss_kib / 1024:.0f} MiB", flush=True)
-    out = measure(tool, base, read_all=False)
+    out = measure(tool, base, read_all=False, via_latest=False)
     out["files"] = n
     return out
 
@@ -298,7 +312,7 @@ def render(res: dict) -> str:
         elif key == "read_mbs":
             vals = {n: c["bytes"] / 1e6 / runs[n]["read"] for n in names}
         else:
-            vals = {n: runs[n][key] for n in names}
+            vals = {n: runs[n].get(key) for n in names}  # None: the tool has no such thing
         ratios = [f"{vals['durafs'] / vals[p]:.2f}" if vals.get(p) else "-" for p in peers]
         target = met = ""
         if peers and kind == "ls":
@@ -309,11 +323,14 @@ def render(res: dict) -> str:
             target, met = f"≥ {READ_RATIO}× faster peer", vals["durafs"] >= READ_RATIO * best
         if target:
             met = "yes" if met else "**no**"
-        rows.append([label, *(format(vals[n], fmt) for n in names), *ratios, target, met])
+        cells = ["-" if vals[n] is None else format(vals[n], fmt) for n in names]
+        rows.append([label, *cells, *ratios, target, met])
 
     row("mount until ready (s)", "mount_s", ".2f", "")
     row("ls -lR, first (s)", "ls1", ".2f", "ls")
     row("ls -lR, second (s)", "ls2", ".2f", "ls")
+    if any("ls_latest" in runs[n] for n in names):
+        row("ls -lR via latest link (s)", "ls_latest", ".2f", "")
     if all("read" in runs[n] for n in names):
         row("read all (s)", "read_s", ".2f", "")
         row("read all (MB/s)", "read_mbs", ".0f", "read")

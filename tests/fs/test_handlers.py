@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -29,7 +30,7 @@ from durafs.fs.errors import (
 )
 from durafs.fs.fuseops import STABLE_TIMEOUT, errno_of
 from durafs.fs.mount import MountConfig, Parts, assemble
-from durafs.fs.reads import OfflinePolicy
+from durafs.fs.reads import OfflinePolicy, OpenFile
 from durafs.fs.vfs import ROOT_INO, XATTR_ONLINE
 from tests.fs.polling import eventually
 
@@ -157,6 +158,92 @@ async def test_sequential_reads_prefetch_the_next_chunk(backed: Backed) -> None:
         await parts.ops.read(info.fh, 0, READ_SIZE)
         # the prefetch runs in a worker thread: wait for it (a loaded machine is slow)
         await eventually(lambda: plan.pieces[1].chunk.id in parts.reader.cache)
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, dict[str, bytes]]:
+    """A checkpoint of many small files (and a big one stored between them)."""
+    tmp = tmp_path_factory.mktemp("small-files")
+    source = tmp / "src"
+    source.mkdir()
+    rng = random.Random(7)
+    contents = {f"f{i:03d}": rng.randbytes(rng.randrange(1, 6000)) for i in range(300)}
+    contents["f150-big"] = rng.randbytes(2 * 1024 * 1024)
+    for name, data in contents.items():
+        (source / name).write_bytes(data)
+    cat = make_catalog(tmp, source)
+    cat.backup()
+    return cat, contents
+
+
+async def test_small_files_in_backup_order_are_fetched_in_runs(
+        small_files: tuple[Catalog, dict[str, bytes]]) -> None:
+    cat, contents = small_files
+    async with served(cat) as parts:
+        fetched: list[int] = []
+        read_chunk = parts.reader.source.read_chunk
+
+        def counting(chunk: Any, volume: Any) -> bytes:
+            fetched.append(chunk.id)
+            return read_chunk(chunk, volume)
+
+        parts.reader.source.read_chunk = counting  # type: ignore[method-assign]
+        for name in sorted(contents):
+            got = await read_all(parts, await file_ino(parts, cat, name))
+            assert got == contents[name], name
+        # one by one: the first two small files, and the big file's chunks
+        big_chunks = len(parts.tree.read_plan(await file_ino(parts, cat, "f150-big")).pieces)
+        assert len(fetched) <= 2 + big_chunks + 2, len(fetched)
+
+
+async def test_preload_gives_small_files_in_memory_whole(
+        small_files: tuple[Catalog, dict[str, bytes]]) -> None:
+    cat, contents = small_files
+    async with served(cat) as parts:
+        ino = await file_ino(parts, cat, "f007")
+        plan = parts.tree.read_plan(ino)
+        assert await parts.reader.preload(OpenFile(plan)) is None  # not in memory: reads fetch
+        assert await read_all(parts, ino) == contents["f007"]
+        assert bytes(await parts.reader.preload(OpenFile(plan)) or b"") == contents["f007"]
+        big = parts.tree.read_plan(await file_ino(parts, cat, "f150-big"))
+        await read_all(parts, big.ino)
+        assert await parts.reader.preload(OpenFile(big)) is None  # too big for that
+
+
+async def test_open_stores_small_files_only_when_no_other_handle_is_open(
+        small_files: tuple[Catalog, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    cat, contents = small_files
+    stored: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(pyfuse3, "notify_store",
+                        lambda ino, off, data: stored.append((ino, bytes(data))))
+    async with served(cat) as parts:
+        ops = parts.ops
+        a, b = await file_ino(parts, cat, "f010"), await file_ino(parts, cat, "f011")
+        for ino in (a, b):
+            await read_all(parts, ino)  # chunks in memory; no kernel session yet: no store
+        assert stored == []
+        held = await ops.open(b, os.O_RDONLY, CTX)
+        ops.initialized.set()  # as if the kernel's INIT was answered
+        first = await ops.open(a, os.O_RDONLY, CTX)
+        assert stored == [(a, contents["f010"])]
+        again = await ops.open(a, os.O_RDONLY, CTX)  # stored already
+        other = await ops.open(b, os.O_RDONLY, CTX)  # b has a handle open: reads may be due
+        assert stored == [(a, contents["f010"])]
+        for info in (first, again, other, held):
+            await ops.release(info.fh)
+        assert not ops._open_inodes
+
+
+async def test_absent_xattrs_are_enoattr(backed: Backed) -> None:
+    async with served(backed.cat) as parts:
+        ino = await file_ino(parts, backed.cat, "small")
+        assert await parts.ops.getxattr(ino, b"user.colour", CTX) == b"blue"
+        for name, number in ((b"system.posix_acl_access", pyfuse3.ENOATTR),
+                             (b"user.missing", pyfuse3.ENOATTR),
+                             (b"security.selinux", errno.EOPNOTSUPP)):
+            with pytest.raises(pyfuse3.FUSEError) as caught:
+                await parts.ops.getxattr(ino, name, CTX)
+            assert caught.value.errno == number, name
 
 
 async def test_parallel_readers_share_fetches(backed: Backed) -> None:

@@ -15,6 +15,7 @@ from durafs.fs.errors import (
     NoSuchEntry,
     NotADirectory,
     NotASymlink,
+    NotSupported,
     ReadOnly,
 )
 from durafs.fs.inodes import ROOT_INO, SEQ_BITS, decode, latest_ino, plan_ino
@@ -187,6 +188,26 @@ def test_xattrs_listed_are_the_sources_own(tree: Tree, backed: Backed) -> None:
     with pytest.raises(NoSuchAttribute):
         tree.getxattr(small.ino, b"user.missing")
     assert tree.listxattr(ROOT_INO) == []
+
+
+def test_find_xattr_answers_none_for_what_is_not_there(tree: Tree, backed: Backed) -> None:
+    small = resolve(tree, in_source(backed, backed.second, "small"))
+    assert tree.find_xattr(small.ino, b"user.colour") == b"blue"
+    assert tree.find_xattr(small.ino, b"system.posix_acl_access") is None
+    empty = resolve(tree, in_source(backed, backed.second, "empty"))  # no xattrs at all
+    assert tree.find_xattr(empty.ino, b"system.posix_acl_access") is None
+    assert tree.find_xattr(ROOT_INO, b"user.colour") is None
+    with pytest.raises(NotSupported):  # ls -l then stops asking on this mount
+        tree.find_xattr(small.ino, b"security.selinux")
+
+
+def test_chunks_after_follow_volume_order(tree: Tree, backed: Backed) -> None:
+    big = tree.read_plan(resolve(tree, in_source(backed, backed.first, "big")).ino)
+    first = big.pieces[0].chunk  # (how many pieces depends on the catalog's chunker seed)
+    after = tree.chunks_after(first.volume_id, first.id, len(big.pieces) - 1)
+    assert [c.id for c in after] == [p.chunk.id for p in big.pieces[1:]]
+    offsets = [first.offset] + [c.offset for c in after]
+    assert offsets == sorted(offsets)
 
 
 def test_durafs_facts_by_name(tree: Tree, backed: Backed) -> None:
