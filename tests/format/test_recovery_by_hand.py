@@ -74,9 +74,11 @@ class MiniBackup:
         self.volumes: list[Path] = []
         self.writer: VolumeWriter | None = None
         self.out: io.BufferedWriter | None = None
+        self.filled = False
 
     def _open(self, kind: str) -> VolumeWriter:
         self.seq += 1
+        self.filled = False
         vid = uuid.uuid4().hex
         path = self.medium / "volumes" / f"{self.seq:06d}-{kind}-{vid}.tar.age"
         self.volumes.append(path)
@@ -96,10 +98,13 @@ class MiniBackup:
         for piece in Chunker(self.keys.id_key).cut_buffer(path.read_bytes()):
             stored = self.codec.encode(piece)
             writer = self.writer or self._open("data")
-            if writer.size + len(stored.frame) > self.limit:
+            # a chunk larger than the limit still goes into a fresh volume: never rotate
+            # away from a volume without chunks (an empty data volume helps no test)
+            if writer.size + len(stored.frame) > self.limit and self.filled:
                 self._close()
                 writer = self._open("data")
             writer.add_chunk(stored, [(name, offset)])
+            self.filled = True
             chunks.append((offset, stored.id, stored.size))
             offset += stored.size
         return chunks
