@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import logging
 import os
+import queue
 import socket
 import stat
 import subprocess
@@ -33,10 +34,14 @@ import blake3
 from durafs.engine.catalogspool import CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
 from durafs.engine.filereader import (
+    END,
     READ_ATTEMPTS,
+    RESTART,
     WHOLE_READ,
     FileRead,
     ReadRequest,
+    StreamItem,
+    StreamReader,
     WholeFileReader,
     open_source_file,
     same_content_stat,
@@ -70,6 +75,8 @@ PREFETCH = 512
 #: Chunks smaller than this are compressed without asking the index first (the lookup
 #: costs more than compressing them).
 INLINE_MAX = 256 * 1024
+#: Chunks a streamed file's worker may have encoded ahead of the walking thread.
+STREAM_AHEAD = 4
 #: Files handed to a worker together (one future per batch, not per file) ...
 BATCH_FILES = 64
 #: ... or fewer when they add up to this many bytes.
@@ -159,7 +166,25 @@ class _BatchJob:
         return [stored.id for read in self.future.result() for _, stored in read.pieces]
 
 
-_Job = _ChunkJob | _BatchJob
+@dataclass(slots=True)
+class _StreamJob:
+    """A large file read, cut and encoded by a worker, its chunks coming through *chunks*
+    while the walk goes on (see filereader.StreamReader). Its memory is bounded by the
+    queue, so it adds nothing to the bytes in flight."""
+
+    unit: _Unit
+    item: ScanItem
+    chunks: queue.Queue[StreamItem]
+    future: concurrent.futures.Future[FileRead]
+    size: int = 0
+    ended: bool = False
+    finished: bool = False
+
+    def cids(self) -> list[bytes]:
+        return []
+
+
+_Job = _ChunkJob | _BatchJob | _StreamJob
 
 
 class Backup:
@@ -192,6 +217,11 @@ class Backup:
         self._batch_bytes = 0
         self._reader = WholeFileReader(self.chunker, self._encode,
                                        follow_symlinks=options.follow_symlinks)
+        self._streamer = StreamReader(self.chunker, self._encode,
+                                      follow_symlinks=options.follow_symlinks)
+        # at most one streamed file at a time: it holds a worker while its queue is full,
+        # and the other worker must stay free for the jobs the walking thread waits on
+        self._stream: _StreamJob | None = None
         self._units: collections.deque[_Unit] = collections.deque()
         self._in_flight = 0
         self._ids: dict[bytes, int] = {}
@@ -259,7 +289,7 @@ class Backup:
             self.stats["entries"] += 1
             if item.type == "f":
                 self._file(unit, item)
-            if len(self._jobs) >= 64 or not self._jobs:
+            if len(self._jobs) >= 64 or not self._jobs or self._stream is not None:
                 self._drain(final=False)
             self._report()
         self._submit_batch()
@@ -307,8 +337,11 @@ class Backup:
             self.stats["bytes_to_read"] += entry.size
             return
         st = item.st
-        if st.st_size <= WHOLE_READ and st.st_blocks * 512 >= st.st_size:
+        sparse = st.st_blocks * 512 < st.st_size
+        if st.st_size <= WHOLE_READ and not sparse:
             self._add_to_batch(unit, item)
+        elif not sparse and self._stream is None:
+            self._submit_stream(unit, item)
         else:
             self._submit_batch()  # the workers get on with it while this thread streams
             self._read_file(unit, item)
@@ -357,7 +390,52 @@ class Backup:
             return codec_for_thread(self.keys.id_key).encode(data)
         return self._known.encode(data)
 
-    # -- large and sparse files, streamed by this thread ------------------------------
+    # -- large files, streamed by a worker ------------------------------------------
+
+    def _submit_stream(self, unit: _Unit, item: ScanItem) -> None:
+        self._submit_batch()
+        unit.reading = True
+        chunks: queue.Queue[StreamItem] = queue.Queue(STREAM_AHEAD)
+        future = self._pool.submit(self._streamer.read, ReadRequest(item.path, item.st), chunks)
+        self._stream = _StreamJob(unit, item, chunks, future)
+        self._jobs.append(self._stream)
+
+    def _pump(self, job: _StreamJob, *, block: bool) -> None:
+        """Store the chunks *job*'s worker has ready (with *block*, all of them, up to END;
+        then the job is finished)."""
+        while not job.ended:
+            try:
+                got = job.chunks.get(block=block)
+            except queue.Empty:
+                return
+            if got == END:
+                job.ended = True
+            elif got == RESTART:
+                job.unit.pieces = []
+            else:
+                assert not isinstance(got, str)
+                self.stats["bytes_read"] += got[1].size
+                self._store_chunk(job.unit, got[1], got[0])
+        self._finish_stream(job)
+
+    def _finish_stream(self, job: _StreamJob) -> None:
+        if job.finished:
+            return
+        job.finished = True
+        read = job.future.result()
+        self._stream = None
+        unit, item = job.unit, job.item
+        unit.reading = False
+        if read.error is not None:
+            self._fail(unit, item.path, read.error)
+            return
+        assert read.st is not None
+        if not same_content_stat(read.st, item.st):
+            item.st = read.st
+            unit.entry = self._entry(item)
+        unit.entry.blake3 = read.blake3
+
+    # -- sparse files (and a large file while another streams), read by this thread --
 
     def _read_file(self, unit: _Unit, item: ScanItem) -> None:
         for attempt in range(READ_ATTEMPTS):
@@ -441,6 +519,9 @@ class Backup:
         if isinstance(job, _BatchJob):
             self._store_batch(job)
             return
+        if isinstance(job, _StreamJob):
+            self._pump(job, block=True)
+            return
         stored = job.future.result()
         job.unit.outstanding -= 1
         if job.attempt == job.unit.attempt:  # else a superseded read of a changed file
@@ -487,6 +568,10 @@ class Backup:
         """Store finished chunks and pass ready units to the TreeWriter."""
         if final:
             self._submit_batch()
+        if self._stream is not None:
+            # past MAX_WAITING_UNITS the walk waits for the file: entries after it cannot
+            # be recorded before it, and they must not pile up in memory
+            self._pump(self._stream, block=final or len(self._units) > MAX_WAITING_UNITS)
         self._prefetch()
         while self._jobs and (final or self._jobs[0].future.done()):
             self._store_next()

@@ -11,6 +11,7 @@ both cores work. A file that changes while it is read is read again, up to
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,61 @@ class WholeFileReader:
                     offset += len(piece)
             result.st = os.fstat(fd)
             return result
+        finally:
+            os.close(fd)
+
+
+#: What a streamed file's worker hands over, in order: a chunk (file offset, stored
+#: chunk), RESTART (the file changed: drop the chunks so far, it is read again) or END.
+RESTART = "restart"
+END = "end"
+StreamItem = tuple[int, StoredChunk] | str
+
+
+class StreamReader:
+    """Reads a large file on a worker thread, passing each chunk on as soon as it is
+    encoded through a bounded queue, so the walking thread goes on walking meanwhile and
+    memory stays bounded whatever the file's size."""
+
+    def __init__(self, chunker: Chunker, encode: Encoder, *, follow_symlinks: bool) -> None:
+        self.chunker = chunker
+        self.encode = encode
+        self.follow = follow_symlinks
+
+    def read(self, request: ReadRequest, out: queue.Queue[StreamItem]) -> FileRead:
+        """Stream *request*'s file into *out*, END last whatever happens; return its hash
+        and final status, or the error that stopped it."""
+        try:
+            return self._read(request, out)
+        finally:
+            out.put(END)
+
+    def _read(self, request: ReadRequest, out: queue.Queue[StreamItem]) -> FileRead:
+        expected = request.st
+        for attempt in range(READ_ATTEMPTS):
+            if attempt:
+                out.put(RESTART)
+            try:
+                result = self._read_once(request.path, out)
+            except OSError as exc:
+                return FileRead(error=exc.strerror or str(exc))
+            assert result.st is not None
+            if same_content_stat(result.st, expected):
+                return result
+            expected = result.st
+        return FileRead(error=f"changed while being read ({READ_ATTEMPTS} attempts)")
+
+    def _read_once(self, path: bytes, out: queue.Queue[StreamItem]) -> FileRead:
+        fd = open_source_file(path, follow=self.follow)
+        hasher = blake3.blake3(max_threads=1)
+        try:
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+                offset = 0
+                for piece in self.chunker.cut_stream(f):
+                    hasher.update(piece)
+                    out.put((offset, self.encode(piece)))
+                    offset += len(piece)
+            return FileRead(blake3=hasher.digest(), st=os.fstat(fd))
         finally:
             os.close(fd)
 
