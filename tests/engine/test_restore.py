@@ -195,3 +195,24 @@ def test_acls_a_target_would_pass_on_are_removed(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     assert compare_trees(source, out) == []  # no ACL anywhere below, as in the source
     assert stat.S_IMODE(os.lstat(out / "sub" / "data.bin").st_mode) == 0o600
+
+
+def test_a_single_file_lands_in_the_target_under_its_name(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}/sub/data.bin", out)
+    assert run.code == 0, run.err
+    assert os.listdir(out) == ["data.bin"]
+    assert compare_trees(source / "sub", out) == [
+        "deeper: only in " + os.fspath(source / "sub"),
+        "deeper/zero: only in " + os.fspath(source / "sub"),
+        "hello-again: only in " + os.fspath(source / "sub"),
+        "link: only in " + os.fspath(source / "sub"),
+    ]
+    run = durafs("restore", f"default/latest{source}/sub/link", out)
+    assert run.code == 0, run.err
+    assert os.readlink(out / "link") == "../hello.txt"
