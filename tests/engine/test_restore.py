@@ -6,6 +6,7 @@ how the restore gets there.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import stat
@@ -67,6 +68,7 @@ def test_content_round_trips_whatever_the_batches(
     assert run.json()["files"] == 47
     assert compare_trees(source, out) == []
     assert os.lstat(out / "holes-only").st_blocks == 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # paused and frozen only meanwhile
 
 
 def test_each_file_is_created_once_and_opened_once(
