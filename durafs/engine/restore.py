@@ -166,6 +166,8 @@ class Restore:
         self._volumes: dict[int, VolumeRow] = {}
 
     def run(self, checkpoint: CheckpointRow, path: bytes, target: bytes) -> RestoreResult:
+        """Restore *path* of *checkpoint*: a directory's contents become *target*'s, anything
+        else goes into *target* under its own name. Problems are collected, not raised."""
         plan_row = self.catalog.plan(checkpoint.plan)
         assert plan_row is not None
         top = self.catalog.resolve(plan_row.id, checkpoint.seq, path)
