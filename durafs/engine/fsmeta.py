@@ -5,7 +5,9 @@ chain of ``O_PATH`` directory descriptors and ``*at`` calls, and extended attrib
 ``/proc/self/fd/N/name``, so no system call ever sees more than one long name at a time.
 
 Order matters when metadata is applied (see ``apply_metadata``): owner, then extended
-attributes, then mode, then times, each step for a reason the kernel imposes.
+attributes, then mode, then times, each step for a reason the kernel imposes. A regular file
+the caller holds open gets the same steps through its descriptor (``apply_fd_metadata``:
+``fchown``, ``fsetxattr``, ``fchmod``, ``futimens``), with no path lookup at all.
 """
 
 from __future__ import annotations
@@ -108,12 +110,32 @@ def make_node(path: bytes, entry: TreeEntry) -> None:
             raise ValueError(f"unknown entry type {kind!r} for {path!r}")
 
 
-def _mkdir(name: bytes, dir_fd: int | None) -> None:
+def make_dir(path: bytes) -> bool:
+    """Create the directory *path* mode 0700 (as ``make_node`` does); True if it is new,
+    False if a directory was already there."""
+    with at_path(path) as (dir_fd, name):
+        return _mkdir(name, dir_fd)
+
+
+def _mkdir(name: bytes, dir_fd: int | None) -> bool:
     try:
         os.mkdir(name, 0o700, dir_fd=dir_fd)
     except FileExistsError:
         if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
             raise
+        return False
+    return True
+
+
+def has_default_acl(path: bytes) -> bool:
+    """Whether objects created in the directory *path* inherit ACLs from it (it has a
+    default ACL). When that cannot be told, True: the caller then looks at each object."""
+    with at_path(path) as (dir_fd, name):
+        try:
+            os.getxattr(fd_path(dir_fd, name), ACL_NAMES[1])
+        except OSError as exc:
+            return exc.errno not in (errno.ENODATA, *NO_XATTR_ERRNOS)
+    return True
 
 
 def _mknod_device(path: bytes, name: bytes, dir_fd: int | None, entry: TreeEntry) -> None:
@@ -128,7 +150,8 @@ def _mknod_device(path: bytes, name: bytes, dir_fd: int | None, entry: TreeEntry
         ) from exc
 
 
-def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool) -> None:
+def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: bool = True
+                   ) -> None:
     """Give the object at *path* the owner, xattrs, mode and times of *entry*.
 
     Order, each for a kernel reason: chown first (it clears setuid/setgid and the
@@ -142,17 +165,38 @@ def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool) -> None:
     Without *is_root*: ownership is changed only to our own uid / a group we belong to, and
     ``security.*`` / ``trusted.*`` xattrs are skipped. Steps that fail do not stop the
     others; afterwards one OSError names every failure. Sockets are skipped (never created).
+    ``inherited=False`` says the object cannot carry ACLs it was not given (it was created
+    in a directory without a default ACL): its xattrs are then not listed.
     """
     if entry.type == "s":
         return
     failures: list[tuple[OSError, str]] = []
     with at_path(path) as (dir_fd, name):
-        _step(failures, "owner", _apply_owner, dir_fd, name, entry, is_root)
-        _apply_xattrs(fd_path(dir_fd, name), entry, is_root, failures)
+        _step(failures, "owner", _apply_owner, name, entry, is_root, dir_fd=dir_fd,
+              follow_symlinks=False)
+        acls = inherited and entry.type != "l"  # symlinks carry no ACLs
+        _apply_xattrs(fd_path(dir_fd, name), entry, is_root, failures, acls)
         if entry.type != "l":
             _step(failures, "mode", os.chmod, name, entry.mode & 0o7777, dir_fd=dir_fd)
         _step(failures, "times", os.utime, name, ns=(entry.atime_ns, entry.mtime_ns),
               dir_fd=dir_fd, follow_symlinks=False)
+    _raise_failures(failures, path)
+
+
+def apply_fd_metadata(fd: int, path: bytes, entry: TreeEntry, *, is_root: bool,
+                      inherited: bool = True) -> None:
+    """``apply_metadata`` for the regular file open as *fd* (*path* only names it in errors):
+    the same steps in the same order, through the descriptor (no path lookups). Call it once
+    all content is written and before closing; it works whatever the final mode is."""
+    failures: list[tuple[OSError, str]] = []
+    _step(failures, "owner", _apply_owner, fd, entry, is_root)
+    _apply_xattrs(fd, entry, is_root, failures, inherited)
+    _step(failures, "mode", os.chmod, fd, entry.mode & 0o7777)
+    _step(failures, "times", os.utime, fd, ns=(entry.atime_ns, entry.mtime_ns))
+    _raise_failures(failures, path)
+
+
+def _raise_failures(failures: list[tuple[OSError, str]], path: bytes) -> None:
     if failures:
         first = failures[0][0]
         detail = "; ".join(f"{what}: {exc.strerror or exc}" for exc, what in failures)
@@ -169,7 +213,10 @@ def _step(
         failures.append((exc, what))
 
 
-def _apply_owner(dir_fd: int | None, name: bytes, entry: TreeEntry, is_root: bool) -> None:
+def _apply_owner(
+    target: bytes | int, entry: TreeEntry, is_root: bool, *, dir_fd: int | None = None,
+    follow_symlinks: bool = True,
+) -> None:
     uid, gid = entry.uid, entry.gid
     if not is_root:
         # An unprivileged process may only "give" a file to itself and its own groups.
@@ -177,28 +224,35 @@ def _apply_owner(dir_fd: int | None, name: bytes, entry: TreeEntry, is_root: boo
         gid = gid if gid == os.getegid() or gid in os.getgroups() else -1
         if uid == -1 and gid == -1:
             return
-    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
 
 
 def _apply_xattrs(
-    xpath: bytes, entry: TreeEntry, is_root: bool, failures: list[tuple[OSError, str]]
+    target: bytes | int, entry: TreeEntry, is_root: bool, failures: list[tuple[OSError, str]],
+    acls: bool,
 ) -> None:
+    """Set *entry*'s xattrs on *target* (a path, symlinks not followed, or a descriptor);
+    with *acls*, first remove ACLs the object inherited that *entry* does not have."""
+    if not entry.xattrs and not acls:
+        return  # nothing to set and nothing to remove: no listing either
+    nofollow = {} if isinstance(target, int) else {"follow_symlinks": False}
     wanted = {k: v for k, v in entry.xattrs.items() if is_root or not _privileged(k)}
-    if entry.type != "l":  # symlinks carry no ACLs
-        _drop_inherited_acls(xpath, wanted, failures)
+    if acls:
+        _drop_inherited_acls(target, wanted, failures, nofollow)
     for key, value in wanted.items():
         try:
-            os.setxattr(xpath, key, value, follow_symlinks=False)
+            os.setxattr(target, key, value, **nofollow)
         except OSError as exc:
             failures.append((exc, f"xattr {os.fsdecode(key)}"))
 
 
 def _drop_inherited_acls(
-    xpath: bytes, wanted: dict[bytes, bytes], failures: list[tuple[OSError, str]]
+    target: bytes | int, wanted: dict[bytes, bytes], failures: list[tuple[OSError, str]],
+    nofollow: dict[str, bool],
 ) -> None:
     # A default ACL on the destination's parent gives new objects ACLs the source never had.
     try:
-        present = os.listxattr(xpath, follow_symlinks=False)
+        present = os.listxattr(target, **nofollow)
     except OSError as exc:
         if exc.errno not in NO_XATTR_ERRNOS:
             failures.append((exc, "listing xattrs"))
@@ -207,7 +261,7 @@ def _drop_inherited_acls(
         raw = os.fsencode(key)
         if raw in ACL_NAMES and raw not in wanted:
             try:
-                os.removexattr(xpath, key, follow_symlinks=False)
+                os.removexattr(target, key, **nofollow)
             except OSError as exc:
                 failures.append((exc, f"removing inherited {key}"))
 
@@ -227,12 +281,17 @@ def write_sparse(fd: int, pieces: Iterable[tuple[int, bytes]], size: int) -> Non
     for offset, data in pieces:
         if offset < 0 or offset + len(data) > size:
             raise ValueError(f"piece at {offset} (+{len(data)}) outside the file size {size}")
-        _pwrite_all(fd, data, offset)
+        pwrite_all(fd, data, offset)
     os.ftruncate(fd, size)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data).cast("B")
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of *data* at *offset* of *fd* (``pwrite`` may write less than asked)."""
+    written = os.pwrite(fd, data, offset)
+    if written == len(data):
+        return  # the usual case: no memoryview needed
+    view = memoryview(data).cast("B")[written:]
+    offset += written
     while view:
         written = os.pwrite(fd, view, offset)
         view = view[written:]

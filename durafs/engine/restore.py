@@ -1,31 +1,68 @@
 """Restore a checkpoint or a subtree to a directory, with everything the source had.
 
-Three passes: (1) create every node (directories, empty files at their size, symlinks,
-FIFOs, devices) and collect the chunks files need; (2) read chunks in medium and volume
-order — one sequential pass over each volume, each chunk checked against its id — and
-write them at their file offsets (holes stay holes); (3) hard links, then metadata, with
-directories last and deepest first so their times survive their children.
+Three passes: (1) walk the tree: create directories, symlinks, FIFOs and devices (with their
+metadata), and collect every regular file's chunks; (2) read the chunks in medium, volume
+and offset order — one sequential pass over each volume, each chunk checked against its
+id — in batches (a run of nearby chunks of one volume, decrypted with one read) that two
+worker threads decode and write; (3) hard links, then directory metadata, deepest first so
+their times survive their children.
+
+A regular file is opened once per batch holding its chunks — for most files that is once:
+created (``O_EXCL``, so nothing is overwritten without ``--overwrite``) when its first chunk
+is written, given its owner, xattrs, mode and times through the descriptor after its last
+(``apply_fd_metadata``), then closed. Holes are never written; a trailing one is made by
+``ftruncate``. Decryption, zstd, BLAKE3 and the file system calls release the GIL, so both
+cores work; the main thread only walks the index and hands out batches.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import gc
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple, TypeVar
 
 from durafs.engine.access import VolumeAccess
 from durafs.engine.catalogvol import to_tree_entry
-from durafs.engine.fsmeta import apply_metadata, at_path, make_node
-from durafs.errors import DurafsError, UsageError
+from durafs.engine.fsmeta import (
+    LONG_PATH,
+    apply_fd_metadata,
+    apply_metadata,
+    at_path,
+    has_default_acl,
+    make_dir,
+    make_node,
+    pwrite_all,
+)
+from durafs.errors import CatalogError, DurafsError, UsageError
 from durafs.format.catalog import TreeEntry
+from durafs.format.frames import codec_for_thread
+from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
-from durafs.index.rows import CheckpointRow, VersionRow, VolumeRow
+from durafs.index.rows import CheckpointRow, ChunkRow, VersionRow, VolumeRow
 
-#: Chunks smaller than this are read and written on the restoring thread.
-INLINE_MAX = 256 * 1024
+#: Worker threads decoding and writing (the machine this is tuned on has two cores).
+WORKERS = 2
+#: A batch is at most this much of one volume, read (and decrypted) at once...
+BATCH_SPAN = 2 * 1024 * 1024
+#: ...and at most this many chunks, so work spreads evenly over the workers.
+BATCH_CHUNKS = 256
+#: Bytes between two wanted chunks that are read rather than starting a new batch.
+BATCH_GAP = 64 * 1024
+#: Files whose chunk rows are looked up in one query.
+LOOKUP_FILES = 512
+#: Files without chunks (empty, or holes only) finished per worker task.
+EMPTY_BATCH = 256
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -35,17 +72,70 @@ class RestoreResult:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass(order=True)
-class _Job:
+@dataclass(eq=False, slots=True)
+class _File:
+    """A regular file being restored. Its chunks may be in several batches: then *lock*
+    is set and guards *state* and *pending* (else one worker alone touches it)."""
+
+    dest: bytes
+    entry: TreeEntry
+    #: Whether it may inherit ACLs from its directory (its xattrs must then be listed).
+    inherits: bool
+    #: Chunk writes still to come.
+    pending: int = 0
+    #: Where its last piece ends: short of the size, the file ends in a hole.
+    end: int = 0
+    lock: threading.Lock | None = None
+    #: "new", "created" (by us), "failed" (creation failed: reported, left alone).
+    state: str = "new"
+    damaged: bool = False
+    reported: bool = False
+    #: The last batch (by number) holding a chunk of it, while batches are cut.
+    batch: int = -1
+
+
+class _Job(NamedTuple):
+    """One chunk to write into one file (a chunk shared by files gives one job each)."""
+
     medium_id: int
     volume_seq: int
     offset: int
-    volume_id: int = field(compare=False)
-    length: int = field(compare=False)
-    size: int = field(compare=False)
-    cid: bytes = field(compare=False)
-    dest: bytes = field(compare=False)
-    file_offset: int = field(compare=False)
+    volume: VolumeRow
+    length: int
+    size: int
+    cid: bytes
+    file: _File
+    file_offset: int
+
+
+_job_order = attrgetter("medium_id", "volume_seq", "offset")
+
+
+@dataclass
+class _Batch:
+    volume: VolumeRow
+    start: int
+    end: int
+    jobs: list[_Job] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    """What the walk found, for the later passes."""
+
+    files: list[_File] = field(default_factory=list)
+    jobs: list[_Job] = field(default_factory=list)
+    #: Files whose chunk rows are not looked up yet, with their pieces.
+    unresolved: list[tuple[_File, list[tuple[int, int, int]]]] = field(default_factory=list)
+    #: Files without chunks: created, truncated and finished by a worker.
+    empty: list[_File] = field(default_factory=list)
+    #: Hard-link group leaders by source path; links as (dest, leader's source path).
+    leaders: dict[bytes, _File] = field(default_factory=dict)
+    links: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: Directories in walk order (parents first), with "may hold ACLs it did not get".
+    dirs: list[tuple[bytes, TreeEntry, bool]] = field(default_factory=list)
+    #: Per directory: do objects created in it inherit ACLs (has it a default ACL)?
+    passes_acls: dict[bytes, bool] = field(default_factory=dict)
 
 
 def parse_spec(catalog: Catalog, spec: str) -> tuple[CheckpointRow, bytes]:
@@ -73,139 +163,376 @@ class Restore:
         self.progress = progress
         self.result = RestoreResult()
         self.is_root = os.geteuid() == 0
-        self._volumes: dict[int, VolumeRow | None] = {}
+        self._volumes: dict[int, VolumeRow] = {}
 
     def run(self, checkpoint: CheckpointRow, path: bytes, target: bytes) -> RestoreResult:
-        plan = self.catalog.plan(checkpoint.plan)
-        assert plan is not None
-        top = self.catalog.resolve(plan.id, checkpoint.seq, path)
+        """Restore *path* of *checkpoint*: a directory's contents become *target*'s, anything
+        else goes into *target* under its own name. Problems are collected, not raised."""
+        plan_row = self.catalog.plan(checkpoint.plan)
+        assert plan_row is not None
+        top = self.catalog.resolve(plan_row.id, checkpoint.seq, path)
         if top is None:
             raise UsageError(f"{os.fsdecode(path)} is not in {checkpoint.plan}/{checkpoint.name}")
         os.makedirs(target, exist_ok=True)
-        strip = len(path.rstrip(b"/")) if path != b"/" else 0
-        nodes: list[tuple[bytes, TreeEntry]] = []
-        jobs: list[_Job] = []
-        leaders: dict[int, bytes] = {}
-        for src, version in self.catalog.walk(plan.id, checkpoint.seq, top.path_id):
-            dest = target + (src[strip:] if strip else src).rstrip(b"/")
-            dest = dest or target
-            entry = self._node(src, dest, version, leaders, jobs)
-            if entry is not None:
-                nodes.append((dest, entry))
-        self._fill(sorted(jobs))
-        self._finish(nodes, target)
+        if top.type == "d":  # its contents become TARGET's
+            strip = len(path.rstrip(b"/")) if path != b"/" else 0
+        else:  # anything else goes into TARGET under its own name
+            strip = len(path.rsplit(b"/", 1)[0])
+        plan = _Plan()
+        with _gc_paused():
+            self._walk(plan, plan_row.id, checkpoint.seq, top.path_id, target, strip)
+        with _gc_frozen():
+            self._fill(plan)
+            self._finish(plan)
+        done = [f for f in plan.files if f.state == "created"]
+        self.result.files = len(done)
+        self.result.bytes = sum(f.entry.size for f in done)
+        self.result.problems.sort()  # workers report in no fixed order
         return self.result
 
-    def _node(
-        self, src: bytes, dest: bytes, version: VersionRow, leaders: dict[int, bytes],
-        jobs: list[_Job],
-    ) -> TreeEntry | None:
-        entry = to_tree_entry(self.catalog, src, version, leaders, chunks=False)
-        try:
-            if entry.type == "d":
-                make_node(dest, entry)
-                return entry
-            with at_path(dest) as (dir_fd, name):
-                if _lexists(name, dir_fd):
-                    if not self.overwrite:
-                        raise FileExistsError("exists (use --overwrite)")
-                    os.unlink(name, dir_fd=dir_fd)
-            if entry.type == "f":
-                self._file(dest, entry, version, jobs)
-            elif entry.type != "h":
-                make_node(dest, entry)
-        except (OSError, DurafsError) as exc:
-            self._problem(dest, exc)
-            return None
-        return entry
+    # -- pass 1: the walk ---------------------------------------------------------------
 
-    def _file(self, dest: bytes, entry: TreeEntry, version: VersionRow, jobs: list[_Job]) -> None:
-        with at_path(dest) as (dir_fd, name):
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=dir_fd)
-        try:
-            os.ftruncate(fd, entry.size)
-        finally:
-            os.close(fd)
-        self.result.files += 1
-        self.result.bytes += entry.size
-        for piece in self.catalog.file_chunks(version):
-            chunk = piece.chunk
-            volume = self._volumes.get(chunk.volume_id)
-            if volume is None:
-                volume = self._volumes[chunk.volume_id] = self.catalog.volume(chunk.volume_id)
-            assert volume is not None
-            jobs.append(_Job(volume.medium_id, volume.seq, chunk.offset, volume.id,
-                             chunk.length, chunk.size, chunk.cid, dest, piece.file_offset))
-
-    def _fill(self, jobs: list[_Job]) -> None:
-        """Read and write every chunk: small ones on this thread (a thread hop costs more
-        than they do), large ones on two workers (decryption and zstd release the GIL)."""
-        with concurrent.futures.ThreadPoolExecutor(2, "durafs-restore") as pool:
-            results: collections.deque[tuple[_Job, concurrent.futures.Future[None]]] = (
-                collections.deque())
-            for job in jobs:
-                volume = self._volumes[job.volume_id]
-                if job.size < INLINE_MAX:
-                    try:
-                        self._write_chunk(volume, job)
-                    except (OSError, DurafsError) as exc:
-                        self._problem(job.dest, exc)
-                    continue
-                results.append((job, pool.submit(self._write_chunk, volume, job)))
-                if len(results) > 8:
-                    self._collect(results.popleft())
-            for item in results:
-                self._collect(item)
-
-    def _write_chunk(self, volume: Any, job: _Job) -> None:
-        reader = self.access.reader(volume)
-        data = reader.read_chunk(job.offset, job.length, job.size, job.cid)
-        with at_path(job.dest) as (dir_fd, name):
-            fd = os.open(name, os.O_WRONLY, dir_fd=dir_fd)
-        try:
-            os.pwrite(fd, data, job.file_offset)
-        finally:
-            os.close(fd)
-
-    def _collect(self, item: tuple[_Job, concurrent.futures.Future[None]]) -> None:
-        job, future = item
-        try:
-            future.result()
-        except (OSError, DurafsError) as exc:
-            self._problem(job.dest, exc)
-
-    def _finish(self, nodes: list[tuple[bytes, TreeEntry]], target: bytes) -> None:
-        links = {e.path: d for d, e in nodes if e.type == "f"}
-        dirs = []
-        for dest, entry in nodes:
+    def _walk(
+        self, plan: _Plan, plan_id: int, seq: int, top_id: int, target: bytes, strip: int
+    ) -> None:
+        leaders: dict[int, bytes] = {}
+        for src, version in self.catalog.walk(plan_id, seq, top_id):
+            dest = (target + (src[strip:] if strip else src).rstrip(b"/")) or target
+            entry = to_tree_entry(self.catalog, src, version, leaders, chunks=False)
             try:
-                if entry.type == "h":
-                    assert entry.link is not None
-                    _link(links[entry.link], dest)
-                    continue
-                if entry.type == "d":
-                    dirs.append((dest, entry))
-                    continue
-                apply_metadata(dest, entry, is_root=self.is_root)
-            except (OSError, KeyError, DurafsError) as exc:
+                self._node(plan, src, dest, entry, version)
+            except (OSError, DurafsError) as exc:
                 self._problem(dest, exc)
-        for dest, entry in reversed(dirs):
+            if len(plan.unresolved) >= LOOKUP_FILES:
+                self._resolve(plan)
+        self._resolve(plan)
+
+    def _node(
+        self, plan: _Plan, src: bytes, dest: bytes, entry: TreeEntry, version: VersionRow
+    ) -> None:
+        kind = entry.type
+        if kind == "d":
+            self._dir(plan, dest, entry)
+        elif kind == "f":
+            file = _File(dest, entry, self._inherits(plan, dest))
+            plan.files.append(file)
+            plan.unresolved.append((file, version.pieces()))
+            if version.hardlink_id is not None:
+                plan.leaders[src] = file
+        elif kind == "h":
+            assert entry.link is not None
+            plan.links.append((dest, entry.link))
+        elif kind != "s":  # sockets are never recreated
+            self._replacing(dest, make_node, dest, entry)
+            apply_metadata(dest, entry, is_root=self.is_root,
+                           inherited=self._inherits(plan, dest))
+
+    def _dir(self, plan: _Plan, dest: bytes, entry: TreeEntry) -> None:
+        if make_dir(dest):
+            # A new directory has a default ACL only if it inherited one (ours come last).
+            inherits = self._inherits(plan, dest)
+            plan.passes_acls[dest] = inherits
+        else:  # it was there before: it may hold anything
+            inherits = True
+            plan.passes_acls[dest] = has_default_acl(dest)
+        plan.dirs.append((dest, entry, inherits))
+
+    def _inherits(self, plan: _Plan, dest: bytes) -> bool:
+        """Whether a new object at *dest* may get ACLs from a default ACL of its directory."""
+        parent = dest.rsplit(b"/", 1)[0] or b"/"
+        passes = plan.passes_acls.get(parent)
+        if passes is None:  # TARGET itself, when one file is restored into it
+            passes = plan.passes_acls[parent] = has_default_acl(parent)
+        return passes
+
+    def _resolve(self, plan: _Plan) -> None:
+        """Look up the chunk rows of the files walked since the last call, in one query,
+        and turn their pieces into jobs."""
+        if not plan.unresolved:
+            return
+        rows = self.catalog.chunk_by_rowid(
+            rid for _, pieces in plan.unresolved for _, rid, _ in pieces)
+        for file, pieces in plan.unresolved:
             try:
-                apply_metadata(dest, entry, is_root=self.is_root)
+                jobs = [self._job(file, rows, offset, rid) for offset, rid, _ in pieces]
+            except DurafsError as exc:
+                file.state = "failed"
+                self._report(file, exc)
+                continue
+            file.pending = len(jobs)
+            file.end = max((offset + size for offset, _, size in pieces), default=0)
+            plan.jobs += jobs
+            if not jobs:
+                plan.empty.append(file)
+        plan.unresolved.clear()
+
+    def _job(self, file: _File, rows: dict[int, ChunkRow], offset: int, rid: int) -> _Job:
+        chunk = rows.get(rid)
+        if chunk is None:
+            raise CatalogError(f"the index has no chunk {rid}")
+        volume = self._volumes.get(chunk.volume_id)
+        if volume is None:
+            volume = self.catalog.volume(chunk.volume_id)
+            if volume is None:
+                raise CatalogError(f"the index has no volume {chunk.volume_id}")
+            self._volumes[chunk.volume_id] = volume
+        return _Job(volume.medium_id, volume.seq, chunk.offset, volume, chunk.length,
+                    chunk.size, chunk.cid, file, offset)
+
+    # -- pass 2: content ----------------------------------------------------------------
+
+    def _fill(self, plan: _Plan) -> None:
+        """Hand the batches (and the files without chunks) to the workers and wait."""
+        plan.jobs.sort(key=_job_order)
+        tasks: list[tuple[Callable[[Any], None], Any]] = [
+            (self._finish_empty, plan.empty[i : i + EMPTY_BATCH])
+            for i in range(0, len(plan.empty), EMPTY_BATCH)]
+        tasks += [(self._run_batch, batch) for batch in _batches(plan.jobs)]
+        plan.jobs = []
+        pool = concurrent.futures.ThreadPoolExecutor(WORKERS, "durafs-restore")
+        try:
+            for future in [pool.submit(func, arg) for func, arg in tasks]:
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+        pool.shutdown()
+
+    def _finish_empty(self, files: list[_File]) -> None:
+        for file in files:
+            self._done(file, -1, 0)
+
+    def _run_batch(self, batch: _Batch) -> None:
+        """Read, check and write every chunk of *batch*; a file is finished (metadata,
+        closed) as soon as its last chunk here is written."""
+        counts = collections.Counter(job.file for job in batch.jobs)
+        left = counts.copy()
+        fds: dict[_File, int] = {}
+        try:
+            for job, data in self._decoded(batch):
+                file = job.file
+                if data is None:
+                    file.damaged = True
+                else:
+                    fd = fds.get(file)
+                    if fd is None:
+                        fd = fds[file] = self._open(file)
+                    if fd >= 0:
+                        self._write(file, fd, data, job.file_offset)
+                left[file] -= 1
+                if not left[file]:
+                    self._done(file, fds.pop(file, -1), counts[file])
+        finally:
+            for fd in fds.values():  # left open only by an unexpected error
+                if fd >= 0:
+                    os.close(fd)
+
+    def _decoded(self, batch: _Batch) -> Iterator[tuple[_Job, bytes | None]]:
+        """Each job of *batch* with its chunk's checked plaintext, or None (reported)."""
+        try:
+            reader = self.access.reader(batch.volume)
+        except (OSError, DurafsError) as exc:
+            for job in batch.jobs:
+                self._report(job.file, exc)
+                yield job, None
+            return
+        span = _read_span(reader, batch)
+        previous: tuple[int, bytes | None] = (-1, None)
+        for job in batch.jobs:
+            if job.offset == previous[0]:  # one chunk in several files, or twice in one
+                yield job, previous[1]
+                continue
+            data: bytes | None
+            try:
+                data = _decode(reader, span, batch.start, job)
+            except (OSError, DurafsError) as exc:
+                self._report(job.file, exc)
+                data = None
+            previous = (job.offset, data)
+            yield job, data
+
+    def _open(self, file: _File) -> int:
+        """A descriptor to write *file* through, creating it the first time; -1 if there is
+        none (reported)."""
+        if file.lock is None:
+            return self._open_locked(file)
+        with file.lock:
+            return self._open_locked(file)
+
+    def _open_locked(self, file: _File) -> int:
+        if file.state == "failed":
+            return -1
+        try:
+            if file.state == "created":  # by an earlier batch
+                return _reopen(file.dest)
+            fd = self._replacing(file.dest, _create, file.dest)
+        except OSError as exc:
+            if file.state == "new":
+                file.state = "failed"  # never touch what is there
+            else:
+                file.damaged = True
+            self._report(file, exc)
+            return -1
+        file.state = "created"
+        return fd
+
+    def _write(self, file: _File, fd: int, data: bytes, offset: int) -> None:
+        try:
+            pwrite_all(fd, data, offset)
+        except OSError as exc:
+            file.damaged = True
+            self._report(file, exc)
+
+    def _done(self, file: _File, fd: int, batch_jobs: int) -> None:
+        """This batch wrote its *batch_jobs* chunks of *file* (through *fd*, if it opened
+        one): close it, or finish it if no other batch has chunks of it left."""
+        if file.lock is not None:
+            with file.lock:
+                file.pending -= batch_jobs
+                last = file.pending == 0
+            if not last:
+                if fd >= 0:
+                    os.close(fd)
+                return
+        if fd < 0:  # nothing written here: no chunks, or every one failed
+            fd = self._open(file)
+            if fd < 0:
+                return
+        try:
+            if file.damaged or file.end < file.entry.size:
+                os.ftruncate(fd, file.entry.size)  # a trailing hole, or holes for damage
+            apply_fd_metadata(fd, file.dest, file.entry, is_root=self.is_root,
+                              inherited=file.inherits)
+        except OSError as exc:
+            self._report(file, exc)
+        finally:
+            os.close(fd)
+
+    # -- pass 3: hard links and directories ---------------------------------------------
+
+    def _finish(self, plan: _Plan) -> None:
+        for dest, leader_src in plan.links:
+            leader = plan.leaders.get(leader_src)
+            try:
+                if leader is None or leader.state != "created":
+                    raise FileNotFoundError(
+                        f"its first name {os.fsdecode(leader_src)} was not restored")
+                self._replacing(dest, _link, leader.dest, dest)
+            except OSError as exc:
+                self._problem(dest, exc)
+        for dest, entry, inherits in reversed(plan.dirs):
+            try:
+                apply_metadata(dest, entry, is_root=self.is_root, inherited=inherits)
             except OSError as exc:
                 self._problem(dest, exc)
 
+    # -- helpers ------------------------------------------------------------------------
+
+    def _replacing(self, dest: bytes, create: Callable[..., _T], *args: Any) -> _T:
+        """``create(*args)``, which makes *dest*; if something is there already, it is
+        replaced only with --overwrite."""
+        try:
+            return create(*args)
+        except FileExistsError:
+            if not self.overwrite:
+                raise FileExistsError("exists (use --overwrite)") from None
+        with at_path(dest) as (dir_fd, name):
+            os.unlink(name, dir_fd=dir_fd)
+        return create(*args)
+
+    def _report(self, file: _File, exc: BaseException) -> None:
+        """One problem per file: the first thing that went wrong with it."""
+        if not file.reported:
+            file.reported = True
+            self._problem(file.dest, exc)
+
     def _problem(self, path: bytes, exc: BaseException) -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        self.result.problems.append(f"{os.fsdecode(path)}: {reason}")
+        self.result.problems.append(f"{os.fsdecode(path)}: {reason}")  # atomic: threads
 
 
-def _lexists(name: bytes, dir_fd: int | None) -> bool:
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The walk makes several objects per entry that all live until the end: the cyclic
+    GC would traverse them again and again (a quarter of the walk's time), freeing none."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Keep the objects that exist now (the walk's, which live to the end) out of the
+    cyclic GC's collections while the workers allocate (a few % of their CPU otherwise)."""
+    if gc.get_freeze_count():  # someone else froze objects: leave that alone
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _batches(jobs: list[_Job]) -> list[_Batch]:
+    """Sorted jobs cut into batches: runs of one volume at most BATCH_SPAN long and
+    BATCH_CHUNKS chunks, without gaps over BATCH_GAP. A file met in a second batch gets a
+    lock: two workers may then write it at once."""
+    batches: list[_Batch] = []
+    batch: _Batch | None = None
+    for job in jobs:
+        end = job.offset + job.length
+        if (batch is None or job.volume is not batch.volume or len(batch.jobs) >= BATCH_CHUNKS
+                or job.offset > batch.end + BATCH_GAP or end - batch.start > BATCH_SPAN):
+            batch = _Batch(job.volume, job.offset, end)
+            batches.append(batch)
+        batch.jobs.append(job)
+        batch.end = max(batch.end, end)
+        file = job.file
+        if file.batch != len(batches):
+            if file.batch >= 0 and file.lock is None:
+                file.lock = threading.Lock()
+            file.batch = len(batches)
+    return batches
+
+
+def _read_span(reader: VolumeReader, batch: _Batch) -> memoryview | None:
+    """The plaintext of the volume under *batch* (one read: each age chunk decrypted once),
+    or None to read chunk by chunk — one chunk alone, or a span that does not read whole
+    (damage), so that only the chunks really hurt are named."""
+    if len(batch.jobs) == 1:
+        return None
+    try:
+        return memoryview(reader.read(batch.start, batch.end - batch.start))
+    except (OSError, DurafsError):
+        return None
+
+
+def _decode(reader: VolumeReader, span: memoryview | None, start: int, job: _Job) -> bytes:
+    """The chunk of *job*, checked against its id."""
+    if span is None:
+        return reader.read_chunk(job.offset, job.length, job.size, job.cid)
+    frame = span[job.offset - start : job.offset - start + job.length]
+    what = f"{reader.name}: chunk {job.cid.hex()[:16]} at offset {job.offset}"
+    return codec_for_thread(reader.header.id_key).decode(frame, job.size, job.cid, what)
+
+
+def _create(path: bytes) -> int:
+    """Create the regular file *path* for writing; FileExistsError if anything is there
+    (``O_EXCL`` fails on a symlink too, dangling or not)."""
+    if len(path) < LONG_PATH:  # at_path's answer, without a context manager per file
+        return os.open(path, _CREATE, 0o600)
+    with at_path(path) as (dir_fd, name):
+        return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
+
+
+def _reopen(path: bytes) -> int:
+    with at_path(path) as (dir_fd, name):
+        return os.open(name, _REOPEN, dir_fd=dir_fd)
 
 
 def _link(existing: bytes, new: bytes) -> None:

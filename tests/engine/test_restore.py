@@ -1,0 +1,220 @@
+"""Restore: one open per file, batches shared by workers, overwrite rules, damage, ACLs.
+
+The field-by-field round trip of every oddity is test_fidelity.py; these tests pin down
+how the restore gets there.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+
+from durafs.engine import fsmeta, restore
+from durafs.engine.home import Home
+from durafs.index.catalog import open_catalog
+from tests.engine.cli import durafs, setup_catalog
+from tests.support.oddtree import MiB, compare_trees, make_small_tree, require_root
+
+#: age's payload: 64 KiB plaintext chunks, each sealed with a 16-byte tag (docs/FORMAT.md).
+AGE_CHUNK, AGE_TAG, AGE_NONCE = 64 * 1024, 16, 16
+
+
+def _write(path: Path, data: bytes, mtime_ns: int = 1_700_000_000_123_456_789) -> None:
+    path.write_bytes(data)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def _content_tree(source: Path) -> None:
+    """Files whose chunks land in many batches, are shared, repeat, or are holes."""
+    rng = random.Random(5)
+    source.mkdir()
+    block = rng.randbytes(3 * MiB)
+    _write(source / "big.bin", rng.randbytes(9 * MiB))  # several chunks, several batches
+    _write(source / "twice.bin", block + rng.randbytes(MiB) + block)  # one chunk, twice
+    _write(source / "copy-a", block)  # the same chunks in two files
+    _write(source / "copy-b", block)
+    for i in range(40):
+        _write(source / f"small{i:02d}.txt", b"line %d\n" % i * (i * 37 + 1))
+    _write(source / "empty", b"")
+    with open(source / "holes-only", "wb") as f:
+        f.truncate(5 * MiB)  # no data at all: no chunks, one hole
+    with open(source / "trailing-hole", "wb") as f:
+        f.write(rng.randbytes(100_000))
+        f.truncate(3 * MiB)
+    os.chmod(source / "small03.txt", 0o4750)  # set-id bits survive only chown-then-chmod
+    os.chmod(source / "small04.txt", 0o000)
+    for name in ("holes-only", "trailing-hole", "small03.txt", "small04.txt"):
+        os.utime(source / name, ns=(1_600_000_000_000_000_001, 1_600_000_000_000_000_002))
+
+
+@pytest.mark.parametrize("batch_chunks", [restore.BATCH_CHUNKS, 1, 3])
+def test_content_round_trips_whatever_the_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_chunks: int
+) -> None:
+    # Batches of 1 or 3 chunks put most files' chunks into several batches (locked, reopened).
+    monkeypatch.setattr(restore, "BATCH_CHUNKS", batch_chunks)
+    source = tmp_path / "src"
+    _content_tree(source)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}", out, "--json")
+    assert run.code == 0, run.err
+    assert run.json()["files"] == 47
+    assert compare_trees(source, out) == []
+    assert os.lstat(out / "holes-only").st_blocks == 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # paused and frozen only meanwhile
+
+
+def test_each_file_is_created_once_and_opened_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(300):
+        (source / f"f{i}").write_text(f"file {i}\n" * (i + 1))
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    calls: dict[str, list[bytes]] = {"create": [], "reopen": []}
+    for name in calls:
+        real = getattr(restore, f"_{name}")
+        monkeypatch.setattr(restore, f"_{name}",
+                            lambda path, real=real, name=name: calls[name].append(path) or
+                            real(path))
+    listed: list[object] = []
+    real_list = os.listxattr
+    monkeypatch.setattr(fsmeta.os, "listxattr", lambda *a, **k: listed.append(a) or
+                        real_list(*a, **k))
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert len(calls["create"]) == len(set(calls["create"])) == 300
+    assert calls["reopen"] == []
+    # Nothing to set and nothing inherited: only the target, which was there before, is
+    # listed (it might hold ACLs of its own).
+    assert len(listed) == 1
+    assert compare_trees(source, out) == []
+
+
+def test_nothing_is_replaced_without_overwrite(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)  # hello.txt, sub/data.bin, sub/link, sub/hello-again (hard link)
+    os.mkfifo(source / "fifo")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    outside.write_text("must stay")
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "data.bin").symlink_to(outside)  # never followed, never replaced
+    (out / "sub" / "link").write_text("a file where a symlink was")
+    (out / "sub" / "hello-again").write_text("a file where a hard link was")
+    (out / "fifo").write_text("a file where a FIFO was")
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 1
+    for name in ("sub/data.bin", "sub/link", "sub/hello-again", "fifo"):
+        assert f"{out / name}: exists (use --overwrite)" in run.err
+    assert outside.read_text() == "must stay"
+    assert os.readlink(out / "sub" / "data.bin") == os.fspath(outside)
+    assert (out / "sub" / "link").read_text() == "a file where a symlink was"
+    assert (out / "hello.txt").read_text() == "hello, world\n"
+    run = durafs("restore", f"default/latest{source}", out, "--overwrite")
+    assert run.code == 0, run.err
+    assert outside.read_text() == "must stay"
+    assert compare_trees(source, out) == []
+
+
+def _age_payload_start(volume: bytes) -> int:
+    """Where an age file's payload (after header and nonce) starts."""
+    mac_line = volume.index(b"\n--- ") + 1
+    return volume.index(b"\n", mac_line) + 1 + AGE_NONCE
+
+
+def test_damage_in_an_encrypted_volume_hurts_only_the_files_under_it(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(20):
+        (source / f"file{i:02d}").write_bytes(random.Random(i).randbytes(100_000))
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    with open_catalog(Home().index_path, readonly=True) as catalog:
+        plan, checkpoint = catalog.plan("default"), catalog.checkpoint("default", "latest")
+        assert plan is not None and checkpoint is not None
+        frames = {}
+        for i in range(20):
+            version = catalog.resolve(plan.id, checkpoint.seq, os.fsencode(source / f"file{i:02d}"))
+            assert version is not None
+            (piece,) = catalog.file_chunks(version)
+            frames[i] = (piece.chunk.offset, piece.chunk.offset + piece.chunk.length)
+        volume = catalog.volume(piece.chunk.volume_id)
+        assert volume is not None and volume.name
+    # Flip a byte of the age chunk holding the middle of file07's frame: every frame touching
+    # that 64 KiB chunk is lost, the rest of the batch must still be restored.
+    damaged = (frames[7][0] + frames[7][1]) // 2 // AGE_CHUNK
+    path = pool / "volumes" / volume.name
+    data = bytearray(path.read_bytes())
+    where = _age_payload_start(bytes(data)) + damaged * (AGE_CHUNK + AGE_TAG) + 100
+    data[where] ^= 0xFF
+    path.write_bytes(bytes(data))
+    hurt = {i for i, (start, end) in frames.items()
+            if start // AGE_CHUNK <= damaged <= (end - 1) // AGE_CHUNK}
+    assert 7 in hurt and len(hurt) <= 3
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}", out, "--json")
+    assert run.code == 1
+    named = {p.split(": ")[0] for p in run.json()["problems"]}
+    assert named == {os.fspath(out / f"file{i:02d}") for i in hurt}
+    for i in set(range(20)) - hurt:
+        assert (out / f"file{i:02d}").read_bytes() == (source / f"file{i:02d}").read_bytes()
+
+
+def _default_acl(ident: int) -> bytes:
+    """A system.posix_acl_default value giving user *ident* r-x (the kernel's xattr form)."""
+    entries = [(0x01, 7, 0xFFFFFFFF), (0x02, 5, ident), (0x04, 5, 0xFFFFFFFF),
+               (0x10, 5, 0xFFFFFFFF), (0x20, 5, 0xFFFFFFFF)]
+    out = (2).to_bytes(4, "little")
+    for tag, perm, who in entries:
+        out += tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + who.to_bytes(4, "little")
+    return out
+
+
+def test_acls_a_target_would_pass_on_are_removed(tmp_path: Path) -> None:
+    require_root("a foreign user in an ACL")
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    os.mkfifo(source / "fifo")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    os.setxattr(out, b"system.posix_acl_default", _default_acl(12345))
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 0, run.err
+    assert compare_trees(source, out) == []  # no ACL anywhere below, as in the source
+    assert stat.S_IMODE(os.lstat(out / "sub" / "data.bin").st_mode) == 0o600
+
+
+def test_a_single_file_lands_in_the_target_under_its_name(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}/sub/data.bin", out)
+    assert run.code == 0, run.err
+    assert os.listdir(out) == ["data.bin"]
+    assert compare_trees(source / "sub", out) == [
+        "deeper: only in " + os.fspath(source / "sub"),
+        "deeper/zero: only in " + os.fspath(source / "sub"),
+        "hello-again: only in " + os.fspath(source / "sub"),
+        "link: only in " + os.fspath(source / "sub"),
+    ]
+    run = durafs("restore", f"default/latest{source}/sub/link", out)
+    assert run.code == 0, run.err
+    assert os.readlink(out / "link") == "../hello.txt"
