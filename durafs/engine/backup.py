@@ -64,7 +64,7 @@ from durafs.index.treewriter import TreeWriter
 log = logging.getLogger(__name__)
 
 #: Plaintext bytes read but not yet stored: bounds memory.
-IN_FLIGHT = 24 * 1024 * 1024
+IN_FLIGHT = 20 * 1024 * 1024
 #: Tree entries waiting for their volume: past this many the volume is committed early.
 MAX_WAITING_UNITS = 20_000
 WORKERS = 2
@@ -76,7 +76,9 @@ PREFETCH = 512
 #: costs more than compressing them).
 INLINE_MAX = 256 * 1024
 #: Chunks a streamed file's worker may have encoded ahead of the walking thread.
-STREAM_AHEAD = 4
+STREAM_AHEAD = 3
+#: Seconds between looks at a streaming file's queue while waiting for another job.
+STREAM_POLL = 0.002
 #: Files handed to a worker together (one future per batch, not per file) ...
 BATCH_FILES = 64
 #: ... or fewer when they add up to this many bytes.
@@ -415,6 +417,7 @@ class Backup:
             else:
                 assert not isinstance(got, str)
                 self.stats["bytes_read"] += got[1].size
+                self._trimmer.add(got[1].size)
                 self._store_chunk(job.unit, got[1], got[0])
         self._finish_stream(job)
 
@@ -513,7 +516,18 @@ class Backup:
     # -- storing and recording -------------------------------------------------------
 
     def _store_next(self) -> None:
-        job = self._jobs.popleft()
+        """Store the oldest job, waiting for it; but a file still streaming goes at its
+        worker's pace: then the job after it is stored (its queue pumped meanwhile), so the
+        walk never waits for a large file while the other worker has finished work."""
+        head = self._jobs[0]
+        if isinstance(head, _StreamJob) and not head.finished and len(self._jobs) > 1:
+            job = self._jobs[1]
+            while not job.future.done() and not head.finished:
+                self._pump(head, block=False)
+                concurrent.futures.wait([job.future], timeout=STREAM_POLL)
+            del self._jobs[1]
+        else:
+            job = self._jobs.popleft()
         self._in_flight -= job.size
         self._trimmer.add(job.size)
         if isinstance(job, _BatchJob):
