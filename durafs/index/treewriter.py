@@ -42,9 +42,12 @@ log = logging.getLogger(__name__)
 BATCH = 20_000
 #: Directories whose path ids are cached (a miss costs one query per path component).
 DIR_CACHE = 4_096
-#: Directories whose previous listing is cached, and the rows they may hold in total.
-LISTING_CACHE = 256
-LISTING_ROWS = 10_000
+#: Directories whose previous listing is cached, and the rows they may hold in total
+#: (~20 MB at most). The engine's PrevTree reads the same listings during its scan, which
+#: may run thousands of entries ahead of what it feeds here (entries wait for their
+#: chunks): a smaller cache made every directory's listing be read twice.
+LISTING_CACHE = 4_096
+LISTING_ROWS = 40_000
 
 # A row of the previous checkpoint's listing: (path id, VERSION_COLUMNS tuple or None).
 _Prev = tuple[int, tuple[Any, ...] | None]
