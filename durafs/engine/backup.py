@@ -38,7 +38,6 @@ from durafs.engine.filereader import (
     READ_ATTEMPTS,
     RESTART,
     WHOLE_READ,
-    FileRead,
     ReadRequest,
     StreamItem,
     StreamReader,
@@ -49,6 +48,7 @@ from durafs.engine.filereader import (
 from durafs.engine.fsmeta import data_regions
 from durafs.engine.known import KnownChunks
 from durafs.engine.memory import Trimmer, limit_arenas
+from durafs.engine.pipeline import BatchJob, ChunkJob, Done, Job, StreamJob, Unit
 from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
@@ -114,81 +114,6 @@ class BackupResult:
     problems: list[Problem]
 
 
-@dataclass
-class _Unit:
-    """One tree entry on its way to the TreeWriter; files gather their pieces here."""
-
-    entry: Entry
-    reading: bool = False
-    attempt: int = 0
-    skip: bool = False
-    outstanding: int = 0
-    pieces: list[tuple[int, bytes, int]] = field(default_factory=list)
-
-
-class _Done:
-    """A result computed on the spot, with the two Future methods the queue uses."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: StoredChunk) -> None:
-        self._value = value
-
-    def done(self) -> bool:
-        return True
-
-    def result(self) -> StoredChunk:
-        return self._value
-
-
-@dataclass(slots=True)
-class _ChunkJob:
-    """One chunk of a file read on the walking thread, being hashed and compressed."""
-
-    unit: _Unit
-    attempt: int
-    future: concurrent.futures.Future[StoredChunk] | _Done
-    offset: int
-    size: int
-
-    def cids(self) -> list[bytes]:
-        return [self.future.result().id]
-
-
-@dataclass(slots=True)
-class _BatchJob:
-    """Whole files read, cut and encoded by a worker (see filereader.py)."""
-
-    units: list[_Unit]
-    items: list[ScanItem]
-    future: concurrent.futures.Future[list[FileRead]]
-    size: int
-
-    def cids(self) -> list[bytes]:
-        return [stored.id for read in self.future.result() for _, stored in read.pieces]
-
-
-@dataclass(slots=True)
-class _StreamJob:
-    """A large file read, cut and encoded by a worker, its chunks coming through *chunks*
-    while the walk goes on (see filereader.StreamReader). Its memory is bounded by the
-    queue, so it adds nothing to the bytes in flight."""
-
-    unit: _Unit
-    item: ScanItem
-    chunks: queue.Queue[StreamItem]
-    future: concurrent.futures.Future[FileRead]
-    size: int = 0
-    ended: bool = False
-    finished: bool = False
-
-    def cids(self) -> list[bytes]:
-        return []
-
-
-_Job = _ChunkJob | _BatchJob | _StreamJob
-
-
 class Backup:
     """One run of a plan into a pool (see the module docstring for the pipeline)."""
 
@@ -214,8 +139,8 @@ class Backup:
         self.chunker = Chunker(keys.id_key)
         self.problems: list[Problem] = []
         self.stats: dict[str, Any] = collections.Counter()
-        self._jobs: collections.deque[_Job] = collections.deque()
-        self._batch: list[tuple[_Unit, ScanItem]] = []
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._batch: list[tuple[Unit, ScanItem]] = []
         self._batch_bytes = 0
         self._reader = WholeFileReader(self.chunker, self._encode,
                                        follow_symlinks=options.follow_symlinks)
@@ -223,13 +148,13 @@ class Backup:
                                       follow_symlinks=options.follow_symlinks)
         # at most one streamed file at a time: it holds a worker while its queue is full,
         # and the other worker must stay free for the jobs the walking thread waits on
-        self._stream: _StreamJob | None = None
-        self._units: collections.deque[_Unit] = collections.deque()
+        self._stream: StreamJob | None = None
+        self._units: collections.deque[Unit] = collections.deque()
         self._in_flight = 0
         self._ids: dict[bytes, int] = {}
         # cids the pool had not when last asked (only this run adds chunks to the pool)
         self._absent: dict[bytes, bool] = {}
-        self._links: dict[Any, _Unit] = {}
+        self._links: dict[Any, Unit] = {}
         self._spool = CatalogSpool(catalog, options.plan, pool.name)
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key)
         self._tree: TreeWriter
@@ -286,7 +211,7 @@ class Backup:
             if isinstance(item, ScanProblem):
                 self.problems.append(Problem(item.path, item.reason))
                 continue
-            unit = _Unit(self._entry(item))
+            unit = Unit(self._entry(item))
             self._units.append(unit)
             self.stats["entries"] += 1
             if item.type == "f":
@@ -318,7 +243,7 @@ class Backup:
 
     # -- files -----------------------------------------------------------------------
 
-    def _file(self, unit: _Unit, item: ScanItem) -> None:
+    def _file(self, unit: Unit, item: ScanItem) -> None:
         self.stats["files"] += 1
         self.stats["bytes"] += item.st.st_size
         entry = unit.entry
@@ -350,7 +275,7 @@ class Backup:
 
     # -- whole files, read by the workers ---------------------------------------------
 
-    def _add_to_batch(self, unit: _Unit, item: ScanItem) -> None:
+    def _add_to_batch(self, unit: Unit, item: ScanItem) -> None:
         unit.reading = True
         self._batch.append((unit, item))
         self._batch_bytes += item.st.st_size
@@ -364,13 +289,13 @@ class Backup:
         items = [item for _, item in self._batch]
         requests = [ReadRequest(item.path, item.st) for item in items]
         future = self._pool.submit(self._reader.read_batch, requests)
-        self._jobs.append(_BatchJob(units, items, future, self._batch_bytes))
+        self._jobs.append(BatchJob(units, items, future, self._batch_bytes))
         self._in_flight += self._batch_bytes
         self._batch, self._batch_bytes = [], 0
         while self._in_flight > IN_FLIGHT:
             self._store_next()
 
-    def _store_batch(self, job: _BatchJob) -> None:
+    def _store_batch(self, job: BatchJob) -> None:
         self._look_up(job.cids())
         for unit, item, read in zip(job.units, job.items, job.future.result(), strict=True):
             unit.reading = False
@@ -394,15 +319,15 @@ class Backup:
 
     # -- large files, streamed by a worker ------------------------------------------
 
-    def _submit_stream(self, unit: _Unit, item: ScanItem) -> None:
+    def _submit_stream(self, unit: Unit, item: ScanItem) -> None:
         self._submit_batch()
         unit.reading = True
         chunks: queue.Queue[StreamItem] = queue.Queue(STREAM_AHEAD)
         future = self._pool.submit(self._streamer.read, ReadRequest(item.path, item.st), chunks)
-        self._stream = _StreamJob(unit, item, chunks, future)
+        self._stream = StreamJob(unit, item, chunks, future)
         self._jobs.append(self._stream)
 
-    def _pump(self, job: _StreamJob, *, block: bool) -> None:
+    def _pump(self, job: StreamJob, *, block: bool) -> None:
         """Store the chunks *job*'s worker has ready (with *block*, all of them, up to END;
         then the job is finished)."""
         while not job.ended:
@@ -421,7 +346,7 @@ class Backup:
                 self._store_chunk(job.unit, got[1], got[0])
         self._finish_stream(job)
 
-    def _finish_stream(self, job: _StreamJob) -> None:
+    def _finish_stream(self, job: StreamJob) -> None:
         if job.finished:
             return
         job.finished = True
@@ -440,7 +365,7 @@ class Backup:
 
     # -- sparse files (and a large file while another streams), read by this thread --
 
-    def _read_file(self, unit: _Unit, item: ScanItem) -> None:
+    def _read_file(self, unit: Unit, item: ScanItem) -> None:
         for attempt in range(READ_ATTEMPTS):
             unit.attempt, unit.pieces, unit.reading = attempt, [], True
             try:
@@ -455,12 +380,12 @@ class Backup:
             unit.entry = self._entry(item)
         self._fail(unit, item.path, f"changed while being read ({READ_ATTEMPTS} attempts)")
 
-    def _fail(self, unit: _Unit, path: bytes, reason: str) -> None:
+    def _fail(self, unit: Unit, path: bytes, reason: str) -> None:
         self.problems.append(Problem(path, reason))
         unit.skip, unit.reading = True, False
         unit.attempt += 1
 
-    def _read_once(self, unit: _Unit, item: ScanItem) -> os.stat_result:
+    def _read_once(self, unit: Unit, item: ScanItem) -> os.stat_result:
         fd = open_source_file(item.path, follow=self.opts.follow_symlinks)
         hasher = blake3.blake3(max_threads=1)
         try:
@@ -480,7 +405,7 @@ class Backup:
         finally:
             os.close(fd)
 
-    def _read_sparse(self, unit: _Unit, fd: int, size: int, hasher: Any) -> None:
+    def _read_sparse(self, unit: Unit, fd: int, size: int, hasher: Any) -> None:
         pos = 0
         for start, length in data_regions(fd, size):
             hasher.update(bytes(start - pos))
@@ -491,7 +416,7 @@ class Backup:
             pos = start + length
         hasher.update(bytes(size - pos))
 
-    def _cut(self, unit: _Unit, data: memoryview, base: int) -> None:
+    def _cut(self, unit: Unit, data: memoryview, base: int) -> None:
         offset = 0
         for piece in self.chunker.cut_buffer(data):
             if not piece:
@@ -499,15 +424,15 @@ class Backup:
             self._submit(unit, piece, base + offset)
             offset += len(piece)
 
-    def _submit(self, unit: _Unit, data: bytes | memoryview, offset: int) -> None:
+    def _submit(self, unit: Unit, data: bytes | memoryview, offset: int) -> None:
         self.stats["bytes_read"] += len(data)
-        future: concurrent.futures.Future[StoredChunk] | _Done
+        future: concurrent.futures.Future[StoredChunk] | Done
         if len(data) < INLINE_MAX:
             # the tail of a sparse region: not worth a thread hop
-            future = _Done(codec_for_thread(self.keys.id_key).encode(data))
+            future = Done(codec_for_thread(self.keys.id_key).encode(data))
         else:
             future = self._pool.submit(self._known.encode, data)
-        self._jobs.append(_ChunkJob(unit, unit.attempt, future, offset, len(data)))
+        self._jobs.append(ChunkJob(unit, unit.attempt, future, offset, len(data)))
         unit.outstanding += 1
         self._in_flight += len(data)
         while self._in_flight > IN_FLIGHT:
@@ -520,7 +445,7 @@ class Backup:
         worker's pace: then the job after it is stored (its queue pumped meanwhile), so the
         walk never waits for a large file while the other worker has finished work."""
         head = self._jobs[0]
-        if isinstance(head, _StreamJob) and not head.finished and len(self._jobs) > 1:
+        if isinstance(head, StreamJob) and not head.finished and len(self._jobs) > 1:
             job = self._jobs[1]
             while not job.future.done() and not head.finished:
                 self._pump(head, block=False)
@@ -530,10 +455,10 @@ class Backup:
             job = self._jobs.popleft()
         self._in_flight -= job.size
         self._trimmer.add(job.size)
-        if isinstance(job, _BatchJob):
+        if isinstance(job, BatchJob):
             self._store_batch(job)
             return
-        if isinstance(job, _StreamJob):
+        if isinstance(job, StreamJob):
             self._pump(job, block=True)
             return
         stored = job.future.result()
@@ -541,7 +466,7 @@ class Backup:
         if job.attempt == job.unit.attempt:  # else a superseded read of a changed file
             self._store_chunk(job.unit, stored, job.offset)
 
-    def _store_chunk(self, unit: _Unit, stored: StoredChunk, offset: int) -> None:
+    def _store_chunk(self, unit: Unit, stored: StoredChunk, offset: int) -> None:
         cid, size = stored.id, stored.size
         if cid not in self._ids and cid not in self.writer.open:
             found = None if self._absent.pop(cid, False) else (
@@ -601,12 +526,12 @@ class Backup:
             needed = {cid for unit in self._units for _, cid, _ in unit.pieces}
             self._ids = {c: i for c, i in self._ids.items() if c in needed}
 
-    def _ready(self, unit: _Unit) -> bool:
+    def _ready(self, unit: Unit) -> bool:
         if unit.reading or unit.outstanding:
             return False
         return all(cid in self._ids for _, cid, _ in unit.pieces)
 
-    def _record(self, unit: _Unit) -> None:
+    def _record(self, unit: Unit) -> None:
         entry = unit.entry
         if entry.type == "f" and entry.chunks is None:
             leader = self._links.get(entry.hardlink_key) if entry.hardlink_key else None
