@@ -38,6 +38,7 @@ from durafs.engine.filereader import (
     READ_ATTEMPTS,
     RESTART,
     WHOLE_READ,
+    FileRead,
     ReadRequest,
     StreamItem,
     StreamReader,
@@ -298,18 +299,24 @@ class Backup:
     def _store_batch(self, job: BatchJob) -> None:
         self._look_up(job.cids())
         for unit, item, read in zip(job.units, job.items, job.future.result(), strict=True):
-            unit.reading = False
-            if read.error is not None:
-                self._fail(unit, item.path, read.error)
+            if not self._finish_read(unit, item, read):
                 continue
-            assert read.st is not None
-            if not same_content_stat(read.st, item.st):
-                item.st = read.st
-                unit.entry = self._entry(item)
-            unit.entry.blake3 = read.blake3
             for offset, stored in read.pieces:
                 self.stats["bytes_read"] += stored.size
                 self._store_chunk(unit, stored, offset)
+
+    def _finish_read(self, unit: Unit, item: ScanItem, read: FileRead) -> bool:
+        """Take a worker's read of *item* into its unit; False if it failed (reported)."""
+        unit.reading = False
+        if read.error is not None:
+            self._fail(unit, item.path, read.error)
+            return False
+        assert read.st is not None
+        if not same_content_stat(read.st, item.st):  # it changed, then held still
+            item.st = read.st
+            unit.entry = self._entry(item)
+        unit.entry.blake3 = read.blake3
+        return True
 
     def _encode(self, data: memoryview) -> StoredChunk:
         """The stored form of one chunk (on a worker thread)."""
@@ -350,18 +357,8 @@ class Backup:
         if job.finished:
             return
         job.finished = True
-        read = job.future.result()
         self._stream = None
-        unit, item = job.unit, job.item
-        unit.reading = False
-        if read.error is not None:
-            self._fail(unit, item.path, read.error)
-            return
-        assert read.st is not None
-        if not same_content_stat(read.st, item.st):
-            item.st = read.st
-            unit.entry = self._entry(item)
-        unit.entry.blake3 = read.blake3
+        self._finish_read(job.unit, job.item, job.future.result())
 
     # -- sparse files (and a large file while another streams), read by this thread --
 

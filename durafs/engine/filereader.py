@@ -69,23 +69,12 @@ class WholeFileReader:
         return [self.read(r) for r in requests]
 
     def read(self, request: ReadRequest) -> FileRead:
-        expected = request.st
-        for _ in range(READ_ATTEMPTS):
-            try:
-                result = self._read_once(request.path, expected.st_size)
-            except OSError as exc:
-                return FileRead(error=exc.strerror or str(exc))
-            st = result.st
-            assert st is not None
-            if same_content_stat(st, expected):
-                return result
-            expected = st
-        return FileRead(error=f"changed while being read ({READ_ATTEMPTS} attempts)")
+        return read_until_still(request, lambda st: self._read_once(request.path, st))
 
-    def _read_once(self, path: bytes, size: int) -> FileRead:
+    def _read_once(self, path: bytes, expected: os.stat_result) -> FileRead:
         fd = open_source_file(path, follow=self.follow)
         try:
-            data = self._buffer().read_all(fd, size)
+            data = self._buffer().read_all(fd, expected.st_size)
             result = FileRead(blake3=blake3.blake3(data, max_threads=1).digest())
             offset = 0
             for piece in self.chunker.cut_buffer(data):
@@ -119,24 +108,10 @@ class StreamReader:
         """Stream *request*'s file into *out*, END last whatever happens; return its hash
         and final status, or the error that stopped it."""
         try:
-            return self._read(request, out)
+            return read_until_still(request, lambda _: self._read_once(request.path, out),
+                                    restart=lambda: out.put(RESTART))
         finally:
             out.put(END)
-
-    def _read(self, request: ReadRequest, out: queue.Queue[StreamItem]) -> FileRead:
-        expected = request.st
-        for attempt in range(READ_ATTEMPTS):
-            if attempt:
-                out.put(RESTART)
-            try:
-                result = self._read_once(request.path, out)
-            except OSError as exc:
-                return FileRead(error=exc.strerror or str(exc))
-            assert result.st is not None
-            if same_content_stat(result.st, expected):
-                return result
-            expected = result.st
-        return FileRead(error=f"changed while being read ({READ_ATTEMPTS} attempts)")
 
     def _read_once(self, path: bytes, out: queue.Queue[StreamItem]) -> FileRead:
         fd = open_source_file(path, follow=self.follow)
@@ -151,6 +126,29 @@ class StreamReader:
             return FileRead(blake3=hasher.digest(), st=os.fstat(fd))
         finally:
             os.close(fd)
+
+
+def read_until_still(
+    request: ReadRequest, read_once: Callable[[os.stat_result], FileRead],
+    restart: Callable[[], None] | None = None,
+) -> FileRead:
+    """Read a file with *read_once* (given the status it is expected to have) until the
+    status after a read matches the one before it, READ_ATTEMPTS times at most (*restart*
+    is called before each new attempt); an OSError or a file that keeps changing becomes
+    the result's error."""
+    expected = request.st
+    for attempt in range(READ_ATTEMPTS):
+        if attempt and restart is not None:
+            restart()
+        try:
+            result = read_once(expected)
+        except OSError as exc:
+            return FileRead(error=exc.strerror or str(exc))
+        assert result.st is not None
+        if same_content_stat(result.st, expected):
+            return result
+        expected = result.st
+    return FileRead(error=f"changed while being read ({READ_ATTEMPTS} attempts)")
 
 
 def same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
