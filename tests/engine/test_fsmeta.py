@@ -30,6 +30,7 @@ from tests.support.oddtree import (
     SPARSE_DATA,
     SPARSE_SIZE,
     MiB,
+    acl_xattr,
     compare_trees,
     make_odd_tree,
     make_small_tree,
@@ -292,7 +293,7 @@ def test_apply_metadata_order_keeps_setuid_and_acl_mask(tmp_path: Path) -> None:
     Path(os.fsdecode(path)).write_bytes(b"x")
     # user::rw- user:12345:rw- group::r-- mask::rw- other::---, as the kernel stores it;
     # consistent with the mode, as a source ACL always is.
-    acl = _acl_xattr([(0x01, 6, 0xFFFFFFFF), (0x02, 6, 12345), (0x04, 4, 0xFFFFFFFF),
+    acl = acl_xattr([(0x01, 6, 0xFFFFFFFF), (0x02, 6, 12345), (0x04, 4, 0xFFFFFFFF),
                       (0x10, 6, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)])
     entry = TreeEntry(path, "f", mode=0o4660, uid=12345, gid=12345, mtime_ns=-5,
                       atime_ns=7, xattrs={b"system.posix_acl_access": acl, b"user.k": b"v"})
@@ -304,18 +305,11 @@ def test_apply_metadata_order_keeps_setuid_and_acl_mask(tmp_path: Path) -> None:
     assert os.getxattr(path, b"user.k") == b"v"
 
 
-def _acl_xattr(entries: list[tuple[int, int, int]]) -> bytes:
-    out = (2).to_bytes(4, "little")
-    for tag, perm, ident in entries:
-        out += tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
-    return out
-
-
 def test_apply_metadata_removes_inherited_acls(tmp_path: Path) -> None:
     require_root("setting a default ACL on a root-owned directory")
     parent = tmp_path / "with-default-acl"
     parent.mkdir()
-    os.setxattr(parent, b"system.posix_acl_default", _acl_xattr(
+    os.setxattr(parent, b"system.posix_acl_default", acl_xattr(
         [(0x01, 7, 0xFFFFFFFF), (0x02, 5, 12345), (0x04, 5, 0xFFFFFFFF),
          (0x10, 5, 0xFFFFFFFF), (0x20, 5, 0xFFFFFFFF)]))
     child = os.fsencode(parent / "child")

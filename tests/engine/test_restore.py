@@ -18,7 +18,7 @@ from durafs.engine import fsmeta, restore
 from durafs.engine.home import Home
 from durafs.index.catalog import open_catalog
 from tests.engine.cli import durafs, setup_catalog
-from tests.support.oddtree import MiB, compare_trees, make_small_tree, require_root
+from tests.support.oddtree import MiB, acl_xattr, compare_trees, make_small_tree, require_root
 
 #: age's payload: 64 KiB plaintext chunks, each sealed with a 16-byte tag (docs/FORMAT.md).
 AGE_CHUNK, AGE_TAG, AGE_NONCE = 64 * 1024, 16, 16
@@ -173,13 +173,9 @@ def test_damage_in_an_encrypted_volume_hurts_only_the_files_under_it(tmp_path: P
 
 
 def _default_acl(ident: int) -> bytes:
-    """A system.posix_acl_default value giving user *ident* r-x (the kernel's xattr form)."""
-    entries = [(0x01, 7, 0xFFFFFFFF), (0x02, 5, ident), (0x04, 5, 0xFFFFFFFF),
-               (0x10, 5, 0xFFFFFFFF), (0x20, 5, 0xFFFFFFFF)]
-    out = (2).to_bytes(4, "little")
-    for tag, perm, who in entries:
-        out += tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + who.to_bytes(4, "little")
-    return out
+    """A system.posix_acl_default value giving user *ident* r-x."""
+    return acl_xattr([(0x01, 7, 0xFFFFFFFF), (0x02, 5, ident), (0x04, 5, 0xFFFFFFFF),
+                      (0x10, 5, 0xFFFFFFFF), (0x20, 5, 0xFFFFFFFF)])
 
 
 def test_acls_a_target_would_pass_on_are_removed(tmp_path: Path) -> None:

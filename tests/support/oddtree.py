@@ -42,6 +42,14 @@ FUTURE_NS = 4_200_000_000_987_654_321
 BASE_NS = 1_700_000_000_123_456_789
 
 
+def acl_xattr(entries: list[tuple[int, int, int]]) -> bytes:
+    """A system.posix_acl_* value in the kernel's xattr form: (tag, perm, id) entries."""
+    out = (2).to_bytes(4, "little")
+    for tag, perm, ident in entries:
+        out += tag.to_bytes(2, "little") + perm.to_bytes(2, "little") + ident.to_bytes(4, "little")
+    return out
+
+
 def require_root(why: str) -> None:
     """Skip the calling test unless running as root."""
     if os.geteuid() != 0:
