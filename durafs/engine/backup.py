@@ -2,8 +2,9 @@
 
 The caller's thread walks the sources and hands files to a pool of worker threads, which
 read, hash, cut and compress them (filereader.py; blake3, pyfastcdc, zstd and file reads
-release the GIL, so both cores work). Files too large to hold whole, and sparse files, are
-read and cut by the walking thread, their chunks compressed by the workers. The walking
+release the GIL, so both cores work). A file too large to hold whole streams through one
+worker at a time (the next waits its turn while the walk goes on); sparse files are read
+and cut by the walking thread, their chunks compressed by the workers. The walking
 thread stores each new chunk in the open volume in submission order (the volume writer
 encrypts and writes on a thread of its own). Bytes in flight are bounded, so memory stays
 flat whatever the tree's size.
@@ -148,8 +149,10 @@ class Backup:
         self._streamer = StreamReader(self.chunker, self._encode,
                                       follow_symlinks=options.follow_symlinks)
         # at most one streamed file at a time: it holds a worker while its queue is full,
-        # and the other worker must stay free for the jobs the walking thread waits on
+        # and the other worker must stay free for the jobs the walking thread waits on;
+        # later large files wait their turn in _later_streams while the walk goes on
         self._stream: StreamJob | None = None
+        self._later_streams: collections.deque[tuple[Unit, ScanItem]] = collections.deque()
         self._units: collections.deque[Unit] = collections.deque()
         self._in_flight = 0
         self._ids: dict[bytes, int] = {}
@@ -212,13 +215,9 @@ class Backup:
             if isinstance(item, ScanProblem):
                 self.problems.append(Problem(item.path, item.reason))
                 continue
-            unit = Unit(self._entry(item))
-            self._units.append(unit)
             self.stats["entries"] += 1
-            if item.type == "f":
-                self._file(unit, item)
-            if len(self._jobs) >= 64 or not self._jobs or self._stream is not None:
-                self._drain(final=False)
+            if not self._unchanged(item):
+                self._add(item)
             self._report()
         self._submit_batch()
 
@@ -234,6 +233,50 @@ class Backup:
         if prev.type != TYPE_OF_FMT.get(stat.S_IFMT(st.st_mode)):
             return None
         return prev.xattr_dict(), prev.target
+
+    def _add(self, item: ScanItem) -> None:
+        """Take *item* into the pipeline. Only files being read or stored (and hard-linked
+        files, which follow their group's first) wait in `_units`; the rest go to the tree
+        at once, so a directory is always in it before anything inside it (files are
+        leaves, and the TreeWriter needs a path's parent first)."""
+        unit = Unit(self._entry(item))
+        if item.type == "f":
+            self._file(unit, item)
+        if item.hardlink_key is None and not unit.skip and self._ready(unit):
+            self._record(unit)
+        else:
+            self._units.append(unit)
+        if len(self._jobs) >= 64 or not self._jobs or self._stream is not None:
+            self._drain(final=False)
+
+    def _unchanged(self, item: ScanItem) -> bool:
+        """Keep *item* as the very version it had in the previous checkpoint, if nothing
+        about it changed (most of a later backup): no Entry, no unit, no comparison in the
+        TreeWriter. A full catalog volume needs every Entry, so then this declines."""
+        if item.hardlink_key is not None or self._spool.needs_kept:
+            return False
+        prev = self._prev.version(item.path)  # asked already by the scan: from its cache
+        if prev is None or prev.hardlink_id is not None or prev.type != item.type:
+            return False
+        if item.type == "f" and not self._trust_prev:
+            return False
+        st = item.st
+        rdev = st.st_rdev if item.type in ("c", "b") else 0
+        if ((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev, st.st_nlink)
+                != (prev.mtime_ns, prev.ctime_ns, prev.size, prev.ino, prev.dev, prev.nlink)
+                or (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, rdev)
+                != (prev.mode, prev.uid, prev.gid, prev.rdev)
+                or (item.user or None, item.group or None, item.target)
+                != (prev.uname, prev.gname, prev.target)
+                or (pack_xattrs(item.xattrs) if item.xattrs else None) != prev.xattrs):
+            return False
+        if item.type == "f":
+            self.stats["files"] += 1
+            self.stats["bytes"] += st.st_size
+            self.stats["unchanged_files"] += 1
+        if not self.opts.dry_run:
+            self._tree.keep(item.path)
+        return True
 
     def _entry(self, item: ScanItem) -> Entry:
         return Entry.from_stat(
@@ -268,10 +311,10 @@ class Backup:
         sparse = st.st_blocks * 512 < st.st_size
         if st.st_size <= WHOLE_READ and not sparse:
             self._add_to_batch(unit, item)
-        elif not sparse and self._stream is None:
+        elif not sparse:
             self._submit_stream(unit, item)
         else:
-            self._submit_batch()  # the workers get on with it while this thread streams
+            self._submit_batch()  # the workers get on with it while this thread reads
             self._read_file(unit, item)
 
     # -- whole files, read by the workers ---------------------------------------------
@@ -327,8 +370,14 @@ class Backup:
     # -- large files, streamed by a worker ------------------------------------------
 
     def _submit_stream(self, unit: Unit, item: ScanItem) -> None:
-        self._submit_batch()
         unit.reading = True
+        if self._stream is not None:
+            self._later_streams.append((unit, item))
+            return
+        self._submit_batch()
+        self._start_stream(unit, item)
+
+    def _start_stream(self, unit: Unit, item: ScanItem) -> None:
         chunks: queue.Queue[StreamItem] = queue.Queue(STREAM_AHEAD)
         future = self._pool.submit(self._streamer.read, ReadRequest(item.path, item.st), chunks)
         self._stream = StreamJob(unit, item, chunks, future)
@@ -359,8 +408,10 @@ class Backup:
         job.finished = True
         self._stream = None
         self._finish_read(job.unit, job.item, job.future.result())
+        if self._later_streams:
+            self._start_stream(*self._later_streams.popleft())
 
-    # -- sparse files (and a large file while another streams), read by this thread --
+    # -- sparse files, read by this thread ------------------------------------------
 
     def _read_file(self, unit: Unit, item: ScanItem) -> None:
         for attempt in range(READ_ATTEMPTS):
@@ -504,10 +555,13 @@ class Backup:
         """Store finished chunks and pass ready units to the TreeWriter."""
         if final:
             self._submit_batch()
-        if self._stream is not None:
-            # past MAX_WAITING_UNITS the walk waits for the file: entries after it cannot
-            # be recorded before it, and they must not pile up in memory
-            self._pump(self._stream, block=final or len(self._units) > MAX_WAITING_UNITS)
+        while self._stream is not None:
+            # past MAX_WAITING_UNITS the walk waits for the files: entries after them
+            # cannot be recorded before them, and they must not pile up in memory
+            block = final or len(self._units) > MAX_WAITING_UNITS
+            self._pump(self._stream, block=block)
+            if not block:
+                break
         self._prefetch()
         while self._jobs and (final or self._jobs[0].future.done()):
             self._store_next()

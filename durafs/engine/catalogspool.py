@@ -100,6 +100,11 @@ class CatalogSpool:
         self._batch: list[tuple[Entry, bytes | None]] = []
         self._lines = SerialWorker("durafs-catalog")
 
+    @property
+    def needs_kept(self) -> bool:
+        """Whether kept entries go into the spool too (a full tree, not a delta)."""
+        return self.base is None
+
     def add(self, entry: Entry, link: bytes | None = None, *, kept: bool = False) -> None:
         """Record *entry*; *link* is the leader's path for a later hard-link member, *kept*
         what `TreeWriter.add` returned for it (a delta leaves kept entries out)."""

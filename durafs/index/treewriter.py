@@ -179,18 +179,30 @@ class TreeWriter:
         else:
             kept = False
             self._new_version(ref, entry, None)
+        self._staged_entry(entry.path, ref, kept, is_dir)
+        return kept
+
+    def keep(self, path: bytes) -> None:
+        """Stage *path* unchanged: its version in the plan's newest checkpoint goes on into
+        this one. What `add` does for an entry equal to that version (and not hard-linked),
+        for callers that compared it without building the Entry."""
+        _parent, _name, ref, prev = self._locate(path)
+        if ref is None or prev is None or prev[20] is not None:
+            raise CatalogError(f"{path!r} has no version of its own to keep")
+        self._staged_entry(path, ref, True, prev[4] == "d")
+
+    def _staged_entry(self, path: bytes, ref: int, kept: bool, is_dir: bool) -> None:
         self._entries += 1
         self._kept += kept
         if ref > 0:
             self._seen.append((ref, kept, is_dir))
             self._staged += 1
         if is_dir:
-            self._dirs[entry.path] = ref
+            self._dirs[path] = ref
             if len(self._dirs) > DIR_CACHE:
                 self._dirs.popitem(last=False)
         if self._staged >= BATCH:
             self._flush()
-        return kept
 
     def _add_linked(self, ref: int, entry: Entry, prev: tuple[Any, ...] | None) -> bool:
         """Stage a member of a hard-link group; return whether its version is kept.

@@ -190,8 +190,8 @@ def test_edit_in_a_large_file_stores_only_nearby_chunks(tmp_path: Path) -> None:
 
 def test_large_files_among_many_small_ones_round_trip(tmp_path: Path) -> None:
     """Large files stream through a worker while the walk goes on (one at a time, the
-    next ones read by the walking thread meanwhile), small ones go in batches: whatever
-    the interleaving, every file comes back whole and each chunk is stored once."""
+    next ones waiting their turn), small ones go in batches: whatever the interleaving,
+    every file comes back whole and each chunk is stored once."""
     source = tmp_path / "src"
     for d in range(3):
         sub = source / f"d{d}"
@@ -209,3 +209,44 @@ def test_large_files_among_many_small_ones_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert durafs("restore", f"default/latest{source}", out).code == 0
     assert compare_trees(source, out) == []
+
+
+def test_later_backup_records_unchanged_entries_while_changed_files_are_read(
+    tmp_path: Path,
+) -> None:
+    """In a later backup unchanged entries go to the tree at once, while the few changed
+    files (large ones streaming in turn, small ones batched) are still being read: the
+    new checkpoint has both, and the earlier one is untouched."""
+    source = tmp_path / "src"
+    for d in range(3):
+        sub = source / f"d{d}"
+        (sub / "inner").mkdir(parents=True)
+        for i in range(40):
+            (sub / f"small{i:02d}").write_bytes(os.urandom(100 + i))
+            (sub / "inner" / f"deep{i:02d}").write_bytes(os.urandom(50 + i))
+        (sub / "large-a").write_bytes(os.urandom(9 << 20))
+        (sub / "large-b").write_bytes(os.urandom(10 << 20))
+        os.symlink(b"large-a", sub / "link")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    first = tmp_path / "first"
+    subprocess.run(["cp", "-a", source, first], check=True)
+    for d in range(3):  # every large file re-read; one small file per directory changed
+        sub = source / f"d{d}"
+        for name in ("large-a", "large-b"):
+            os.utime(sub / name, ns=(1, 10**18 + d))
+        (sub / "small05").write_bytes(b"changed")
+        (sub / "inner" / "deep39").write_bytes(b"changed too")
+    (source / "d1" / "inner" / "new").write_text("new")
+    os.chmod(source / "d2" / "inner", 0o750)
+    run = durafs("backup", source, "--pool", "p", "--json")
+    assert run.code == 0, run.err
+    stats = run.json()["stats"]
+    assert stats["changed_files"] == 3 * 4 + 1
+    assert stats["unchanged_files"] == 3 * 78
+    assert stats["bytes_new"] < 1 << 20  # the large files' chunks were all known
+    names = checkpoint_names()
+    for name, expected in ((names[0], first), (names[1], source)):
+        out = tmp_path / f"out-{name}"
+        assert durafs("restore", f"default/{name}{source}", out).code == 0
+        assert compare_trees(expected, out) == []

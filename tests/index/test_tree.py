@@ -520,3 +520,23 @@ def test_atime_alone_changes_nothing(catalog: Catalog) -> None:
     commit(catalog, plan, 1, [make_entry(b"/", "d"), make_entry(b"/f", content=b"abc")])
     touched = make_entry(b"/f", content=b"abc", atime=999_999)
     assert commit(catalog, plan, 2, [make_entry(b"/", "d"), touched])["new"] == 0
+
+
+def test_keep_carries_the_previous_version_on(catalog: Catalog) -> None:
+    """`keep` is `add` of an unchanged entry without the entry: the same tree, the same
+    counts, no new version; a path with no version of its own to keep is refused."""
+    plan = catalog.ensure_plan("home")
+    commit(catalog, plan, 1, checkpoint_1())
+    before = version_count(catalog)
+    with catalog.tree_writer(plan.id, 2, "c2", sources=["/home"]) as writer:
+        for e in checkpoint_1():
+            if e.type == "f":
+                writer.keep(e.path)
+            else:
+                writer.add(e)
+        with pytest.raises(CatalogError, match="no version of its own"):
+            writer.keep(ALICE + b"/never-there")
+        writer.finish()
+    assert writer.counts == {"entries": 11, "kept": 11, "new": 0}
+    assert version_count(catalog) == before
+    assert tree_at(catalog, plan, 2) == tree_at(catalog, plan, 1)
