@@ -210,7 +210,8 @@ class Backup:
     def _walk(self) -> None:
         items = scan(self.opts.sources, excludes=self.opts.excludes,
                      one_file_system=self.opts.one_file_system,
-                     follow_symlinks=self.opts.follow_symlinks, known=self._known_object)
+                     follow_symlinks=self.opts.follow_symlinks, known=self._known_object,
+                     check_readable=False)  # the readers report a file they cannot open
         for item in items:
             if isinstance(item, ScanProblem):
                 self.problems.append(Problem(item.path, item.reason))

@@ -101,6 +101,7 @@ def scan(
     one_file_system: bool = False,
     follow_symlinks: bool = False,
     known: Known | None = None,
+    check_readable: bool = True,
 ) -> Iterator[ScanResult]:
     """Walk *sources*, yielding a ScanItem per path and a ScanProblem per path not backed up.
 
@@ -115,13 +116,15 @@ def scan(
       but not entered.
     - *follow_symlinks*: symlinks are replaced by what they point to; a link back to a
       directory on the current path is a "symlink loop" problem, a dangling one a problem.
-    - Unreadable directory: its item, then a problem; unreadable file: a problem only.
+    - Unreadable directory: its item, then a problem; unreadable file: a problem only
+      (without *check_readable*, its item: for a caller that opens every file it is
+      given and reports what it cannot, which saves an access() per file).
       A path gone between the listing and its lstat: a "vanished during the scan" problem.
     - *known(path, stat)* may return the (xattrs, symlink target) the caller recorded for
       this very object (same inode and ctime: a change of either would have moved the
       ctime), so the scan reads neither again nor checks that the file is readable.
     """
-    walker = _Walker(list(excludes), one_file_system, follow_symlinks, known)
+    walker = _Walker(list(excludes), one_file_system, follow_symlinks, known, check_readable)
     return walker.run(normalize_sources(sources))
 
 
@@ -180,9 +183,11 @@ class _Walker:
 
     def __init__(
         self, excludes: list[str], one_file_system: bool, follow: bool, known: Known | None,
+        check_readable: bool = True,
     ) -> None:
         self.excludes = excludes
         self.known = known
+        self.check_readable = check_readable
         self.one_file_system = one_file_system
         self.follow = follow
         self.users: dict[int, str] = {}
@@ -391,7 +396,7 @@ class _Walker:
                 and (known := self.known(path, st)) is not None):
             yield self._item(path, st, known[1], known[0])
             return
-        if stat.S_ISREG(st.st_mode) and not _readable(dir_fd, name):
+        if self.check_readable and stat.S_ISREG(st.st_mode) and not _readable(dir_fd, name):
             os.stat(name, dir_fd=dir_fd)  # FileNotFoundError if it is gone rather than locked
             yield ScanProblem(path, UNREADABLE)
             return
