@@ -2,16 +2,17 @@
 
 The caller's thread walks the sources and hands files to a pool of worker threads, which
 read, hash, cut and compress them (filereader.py; blake3, pyfastcdc, zstd and file reads
-release the GIL, so both cores work). A file too large to hold whole streams through one
-worker at a time (the next waits its turn while the walk goes on); sparse files are read
-and cut by the walking thread, their chunks compressed by the workers. The walking
-thread stores each new chunk in the open volume in submission order (the volume writer
-encrypts and writes on a thread of its own). Bytes in flight are bounded, so memory stays
-flat whatever the tree's size.
+release the GIL, so both cores work). A file too large to hold whole streams through a
+worker (at most one per worker; the next wait their turn while the walk goes on); sparse
+files are read and cut by the walking thread, their chunks compressed by the workers. The
+walking thread stores each new chunk in the open volume in submission order (the volume
+writer encrypts and writes on a thread of its own). Bytes in flight are bounded, so memory
+stays flat whatever the tree's size.
 
-Two queues keep order: ``_jobs`` (batches of whole files and single chunks, in submission
-order) and ``_units`` (every tree entry, in walk order). A unit goes to the TreeWriter once
-all its chunks are in committed volumes, so the tree never refers to a chunk the index
+Two queues keep order: ``_jobs`` (batches of whole files, streamed files and single
+chunks, in submission order) and ``_units`` (the files being read, in walk order; every
+other entry goes to the TreeWriter at once). A unit goes to the TreeWriter once all its
+chunks are in committed volumes, so the tree never refers to a chunk the index
 does not have.
 """
 
@@ -77,6 +78,9 @@ PREFETCH = 512
 #: Chunks smaller than this are compressed without asking the index first (the lookup
 #: costs more than compressing them).
 INLINE_MAX = 256 * 1024
+#: Large files streamed at once (one per worker: while batches of small files wait for
+#: a worker, the walking thread pumps the streams, so none can hold up another).
+MAX_STREAMS = WORKERS
 #: Chunks a streamed file's worker may have encoded ahead of the walking thread.
 STREAM_AHEAD = 3
 #: Seconds between looks at a streaming file's queue while waiting for another job.
@@ -148,10 +152,10 @@ class Backup:
                                        follow_symlinks=options.follow_symlinks)
         self._streamer = StreamReader(self.chunker, self._encode,
                                       follow_symlinks=options.follow_symlinks)
-        # at most one streamed file at a time: it holds a worker while its queue is full,
-        # and the other worker must stay free for the jobs the walking thread waits on;
-        # later large files wait their turn in _later_streams while the walk goes on
-        self._stream: StreamJob | None = None
+        # files streaming now (each holds a worker while its queue is full, so the
+        # walking thread pumps them all whenever it waits), and later large files waiting
+        # their turn while the walk goes on
+        self._streams: list[StreamJob] = []
         self._later_streams: collections.deque[tuple[Unit, ScanItem]] = collections.deque()
         self._units: collections.deque[Unit] = collections.deque()
         self._in_flight = 0
@@ -219,6 +223,8 @@ class Backup:
             self.stats["entries"] += 1
             if not self._unchanged(item):
                 self._add(item)
+            elif self._streams:
+                self._pump_streams()
             self._report()
         self._submit_batch()
 
@@ -247,7 +253,7 @@ class Backup:
             self._record(unit)
         else:
             self._units.append(unit)
-        if len(self._jobs) >= 64 or not self._jobs or self._stream is not None:
+        if len(self._jobs) >= 64 or not self._jobs or self._streams:
             self._drain(final=False)
 
     def _unchanged(self, item: ScanItem) -> bool:
@@ -372,7 +378,7 @@ class Backup:
 
     def _submit_stream(self, unit: Unit, item: ScanItem) -> None:
         unit.reading = True
-        if self._stream is not None:
+        if len(self._streams) >= MAX_STREAMS:
             self._later_streams.append((unit, item))
             return
         self._submit_batch()
@@ -381,17 +387,29 @@ class Backup:
     def _start_stream(self, unit: Unit, item: ScanItem) -> None:
         chunks: queue.Queue[StreamItem] = queue.Queue(STREAM_AHEAD)
         future = self._pool.submit(self._streamer.read, ReadRequest(item.path, item.st), chunks)
-        self._stream = StreamJob(unit, item, chunks, future)
-        self._jobs.append(self._stream)
+        job = StreamJob(unit, item, chunks, future)
+        self._streams.append(job)
+        self._jobs.append(job)
 
-    def _pump(self, job: StreamJob, *, block: bool) -> None:
-        """Store the chunks *job*'s worker has ready (with *block*, all of them, up to END;
-        then the job is finished)."""
+    def _pump_streams(self, *, until_done: bool = False) -> None:
+        """Store the chunks every streaming worker has ready; with *until_done*, go on
+        until no file streams (the waiting ones included)."""
+        while self._streams:
+            for job in list(self._streams):
+                self._pump(job)
+            if not until_done or not self._streams:
+                return
+            self._pump(self._streams[0], wait=STREAM_POLL)
+
+    def _pump(self, job: StreamJob, *, wait: float = 0.0) -> None:
+        """Store the chunks *job*'s worker has ready, waiting up to *wait* seconds for the
+        first; once its END is taken, the job is finished."""
         while not job.ended:
             try:
-                got = job.chunks.get(block=block)
+                got = job.chunks.get(timeout=wait) if wait else job.chunks.get_nowait()
             except queue.Empty:
                 return
+            wait = 0.0
             if got == END:
                 job.ended = True
             elif got == RESTART:
@@ -407,7 +425,7 @@ class Backup:
         if job.finished:
             return
         job.finished = True
-        self._stream = None
+        self._streams.remove(job)
         self._finish_read(job.unit, job.item, job.future.result())
         if self._later_streams:
             self._start_stream(*self._later_streams.popleft())
@@ -497,7 +515,7 @@ class Backup:
         if isinstance(head, StreamJob) and not head.finished and len(self._jobs) > 1:
             job = self._jobs[1]
             while not job.future.done() and not head.finished:
-                self._pump(head, block=False)
+                self._pump_streams()
                 concurrent.futures.wait([job.future], timeout=STREAM_POLL)
             del self._jobs[1]
         else:
@@ -508,7 +526,9 @@ class Backup:
             self._store_batch(job)
             return
         if isinstance(job, StreamJob):
-            self._pump(job, block=True)
+            while not job.finished:
+                self._pump_streams()
+                self._pump(job, wait=STREAM_POLL)
             return
         stored = job.future.result()
         job.unit.outstanding -= 1
@@ -556,13 +576,9 @@ class Backup:
         """Store finished chunks and pass ready units to the TreeWriter."""
         if final:
             self._submit_batch()
-        while self._stream is not None:
-            # past MAX_WAITING_UNITS the walk waits for the files: entries after them
-            # cannot be recorded before them, and they must not pile up in memory
-            block = final or len(self._units) > MAX_WAITING_UNITS
-            self._pump(self._stream, block=block)
-            if not block:
-                break
+        # past MAX_WAITING_UNITS the walk waits for the large files: entries after them
+        # cannot be recorded before them, and they must not pile up in memory
+        self._pump_streams(until_done=final or len(self._units) > MAX_WAITING_UNITS)
         self._prefetch()
         while self._jobs and (final or self._jobs[0].future.done()):
             self._store_next()
