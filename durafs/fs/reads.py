@@ -73,6 +73,11 @@ RUN_CHUNK_MAX = 256 * 1024
 RUN_BYTES = 1 * MiB
 RUN_PLAIN_BYTES = 4 * MiB
 RUN_WINDOW = 4 * MiB
+#: Big chunks are fetched by runs only up to this far (stored bytes) past the end of the
+#: last file of big chunks read to its end in the volume: a reader of files of all sizes
+#: gets the next one's first chunks decoded ahead, one of small files only (``find -size
+#: -100k``) does not pay for decoding the big files it skips.
+RUN_BIG_SPAN = 64 * MiB
 RUN_GAP = 1 * MiB
 #: Rows asked of the index per run, and volumes whose reading position is remembered.
 RUN_ROWS = 256
@@ -394,6 +399,7 @@ class _Run:
     end: int  # volume offset where the last small chunk read ended
     ahead: int  # volume offset up to which chunks are fetched, or being fetched, ahead
     last_id: int  # chunks.id of the last chunk looked at; the next run starts after it
+    big_until: int = 0  # volume offset up to which runs fetch big chunks too
 
 
 #: (volume id, after chunk id, limit) -> the chunks stored next (`Tree.chunks_after`).
@@ -549,16 +555,16 @@ class Reader:
     def _read_ahead(self, f: OpenFile, first: int, end: int) -> None:
         """Prefetch *f*'s pieces from index *first* on that start less than `readahead`
         bytes past *end*. Once that reaches the file's last piece, the chunks stored after
-        it are followed too: in backup order they are the next file's, so its first reads
-        find them decoded (or on their way) instead of waiting for a worker."""
+        it are followed too if it is big: in backup order they are the next file's, so its
+        first reads find them decoded (or on their way) instead of waiting for a worker."""
         pieces = f.plan.pieces
         limit = end + self.readahead
         i = first
         while i < len(pieces) and pieces[i].file_offset < limit:
             self._start_prefetch(f.plan, pieces[i])
             i += 1
-        if pieces and i == len(pieces):
-            self.follow(f.plan, pieces[-1].chunk, any_size=True)
+        if pieces and i == len(pieces) and pieces[-1].chunk.size > RUN_CHUNK_MAX:
+            self.follow(f.plan, pieces[-1].chunk, any_size=True)  # (read() follows small ones)
 
     def _start_prefetch(self, plan: ReadPlan, piece: FilePiece) -> None:
         chunk = piece.chunk
@@ -604,7 +610,8 @@ class Reader:
         less than half of `RUN_WINDOW` is fetched ahead of the reader, fetch more.
 
         Only small chunks count (a big one is its file's readahead's business) unless
-        *any_size*: the readahead of a file that reached the file's last chunk says so.
+        *any_size*: the readahead of a file that reached the file's last chunk says so, and
+        then runs fetch big chunks too for a while (`RUN_BIG_SPAN`).
         In order: near where the last chunk read ended, or anywhere up to what runs have
         fetched (the files of big chunks they fetched are read in between, and do not
         count). A jump forward starts a run at once; the first read in a volume, or a jump
@@ -617,10 +624,13 @@ class Reader:
         run = self._runs.get(chunk.volume_id)
         if run is None or not run.end - RUN_GAP <= chunk.offset <= max(run.end, run.ahead):
             forward = run is not None and chunk.offset > run.end
-            run = self._runs.put(chunk.volume_id, _Run(end, end, chunk.id))  # a new position
-            if not forward:
+            big_until = run.big_until if run is not None else 0
+            run = self._runs.put(chunk.volume_id, _Run(end, end, chunk.id, big_until))
+            if not forward:  # a new position
                 return
         run.end = max(run.end, end)
+        if any_size:
+            run.big_until = max(run.big_until, end + RUN_BIG_SPAN)
         if run.ahead - run.end >= RUN_WINDOW // 2:
             return
         if run.ahead < run.end:  # the reader went past the runs: go on from here
@@ -630,8 +640,8 @@ class Reader:
     def _start_run(self, volume: VolumeRow, run: _Run) -> None:
         """Fetch the chunks stored after *run*'s position up to `RUN_WINDOW` past where its
         reader is, in worker threads: small ones a group at a time (`_fetch_run`), big ones
-        each on its own, so both workers decode. Readers of them wait for that instead of
-        fetching."""
+        (before `_Run.big_until`) each on its own, so both workers decode. Readers of them
+        wait for that instead of fetching."""
         assert self.neighbours is not None and self._nursery is not None
         rows = self.neighbours(volume.id, run.last_id, RUN_ROWS)
         if not rows:
@@ -646,7 +656,8 @@ class Reader:
             if c.id in self.cache or c.id in self._inflight:
                 continue
             if c.size > RUN_CHUNK_MAX:
-                self._nursery.start_soon(self._prefetch, c, volume)
+                if c.offset < run.big_until:
+                    self._nursery.start_soon(self._prefetch, c, volume)
                 continue
             if group and (stored + c.length > RUN_BYTES or plain > RUN_PLAIN_BYTES):
                 self._start_group(volume, group)
