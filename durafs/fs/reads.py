@@ -13,13 +13,16 @@ Three parts, each with its own threading rule:
   must be online by then (``wait=0``: the waiting happened at open, in trio).
 * `Reader` (trio thread only, so no locks): the open files' reads. Decrypted chunks live
   in an LRU cache bounded by bytes; a chunk wanted by several readers is fetched once
-  (later ones wait for the first); a sequential reader gets the next chunks prefetched in
-  worker threads. Small files read in the order the backup stored them (``cp -a``,
-  ``rsync``, ``find | xargs cat``: name order, depth first) get the small chunks stored
-  after theirs fetched ahead a run at a time (`RUN_BYTES` of one volume, one ranged read
-  and one decryption pass), so most of them are answered from memory without a thread
-  hop. Blocking work runs under named `trio.CapacityLimiter`s, so a slow medium never
-  stalls the trio thread (and with it ``ls`` in another shell).
+  (later ones wait for the first); a sequential reader gets the next `READAHEAD_BYTES`
+  of its file prefetched in worker threads. Files read in the order the backup stored
+  them (``cp -a``, ``rsync``, ``find | xargs cat``: name order, depth first) get the
+  chunks stored after theirs fetched ahead (`RUN_WINDOW` of one volume): small ones a run
+  at a time (`RUN_BYTES`, one ranged read and one decryption pass), so most small files
+  are answered from memory without a thread hop; big ones, after a file of big chunks
+  was read to its end, each in its own job, so the next file's first chunks are decoded
+  on both workers before it is opened. Blocking work runs under named
+  `trio.CapacityLimiter`s, so a slow medium never stalls the trio thread (and with it
+  ``ls`` in another shell).
 """
 
 from __future__ import annotations
