@@ -13,13 +13,16 @@ Three parts, each with its own threading rule:
   must be online by then (``wait=0``: the waiting happened at open, in trio).
 * `Reader` (trio thread only, so no locks): the open files' reads. Decrypted chunks live
   in an LRU cache bounded by bytes; a chunk wanted by several readers is fetched once
-  (later ones wait for the first); a sequential reader gets the next chunks prefetched in
-  worker threads. Small files read in the order the backup stored them (``cp -a``,
-  ``rsync``, ``find | xargs cat``: name order, depth first) get the small chunks stored
-  after theirs fetched ahead a run at a time (`RUN_BYTES` of one volume, one ranged read
-  and one decryption pass), so most of them are answered from memory without a thread
-  hop. Blocking work runs under named `trio.CapacityLimiter`s, so a slow medium never
-  stalls the trio thread (and with it ``ls`` in another shell).
+  (later ones wait for the first); a sequential reader gets the next `READAHEAD_BYTES`
+  of its file prefetched in worker threads. Files read in the order the backup stored
+  them (``cp -a``, ``rsync``, ``find | xargs cat``: name order, depth first) get the
+  chunks stored after theirs fetched ahead (`RUN_WINDOW` of one volume): small ones a run
+  at a time (`RUN_BYTES`, one ranged read and one decryption pass), so most small files
+  are answered from memory without a thread hop; big ones, after a file of big chunks
+  was read to its end, each in its own job, so the next file's first chunks are decoded
+  on both workers before it is opened. Blocking work runs under named
+  `trio.CapacityLimiter`s, so a slow medium never stalls the trio thread (and with it
+  ``ls`` in another shell).
 """
 
 from __future__ import annotations
@@ -52,22 +55,32 @@ log = logging.getLogger(__name__)
 MiB = 1 << 20
 DEFAULT_CACHE_BYTES = 64 * MiB
 DEFAULT_STAGING_BYTES = 2048 * MiB
-#: Chunks prefetched ahead of a sequential reader.
-READAHEAD_CHUNKS = 3
+#: Bytes of a file fetched ahead of a sequential reader of it (pieces starting within
+#: this much past the read's end). Several chunks in flight keep both worker threads
+#: decoding while the trio thread answers the kernel.
+READAHEAD_BYTES = 8 * MiB
 #: A read starting this close to where the previous one ended counts as sequential.
 SEQUENTIAL_WINDOW = 4 * MiB
 #: How long an online/offline probe of a medium is believed.
 PROBE_TTL = 1.0
 #: Open readers of staged volumes kept (each holds a file descriptor).
 STAGED_READERS = 16
-#: Volume runs (see the module docstring and `Reader.follow`): chunks up to RUN_CHUNK_MAX
-#: bytes take part (bigger ones have their file's readahead); a run covers up to RUN_BYTES
-#: of their stored frames and RUN_PLAIN_BYTES of plaintext; a small chunk read up to
-#: RUN_GAP bytes before where the previous one in its volume ended still counts as
-#: reading in order (the kernel and parallel readers reorder a little).
+#: Volume runs (see the module docstring and `Reader.follow`): reads of chunks up to
+#: RUN_CHUNK_MAX bytes move a volume's reading position (bigger ones have their file's
+#: readahead, and move it only when that reaches the file's end); the chunks stored up to
+#: RUN_WINDOW bytes past it are fetched ahead, small ones together (up to RUN_BYTES of
+#: frames and RUN_PLAIN_BYTES of plaintext per worker job), bigger ones one per job; a
+#: chunk read up to RUN_GAP bytes before where the previous one in its volume ended still
+#: counts as reading in order (the kernel and parallel readers reorder a little).
 RUN_CHUNK_MAX = 256 * 1024
 RUN_BYTES = 1 * MiB
 RUN_PLAIN_BYTES = 4 * MiB
+RUN_WINDOW = 4 * MiB
+#: Big chunks are fetched by runs only up to this far (stored bytes) past the end of the
+#: last file of big chunks read to its end in the volume: a reader of files of all sizes
+#: gets the next one's first chunks decoded ahead, one of small files only (``find -size
+#: -100k``) does not pay for decoding the big files it skips.
+RUN_BIG_SPAN = 64 * MiB
 RUN_GAP = 1 * MiB
 #: Rows asked of the index per run, and volumes whose reading position is remembered.
 RUN_ROWS = 256
@@ -389,6 +402,7 @@ class _Run:
     end: int  # volume offset where the last small chunk read ended
     ahead: int  # volume offset up to which chunks are fetched, or being fetched, ahead
     last_id: int  # chunks.id of the last chunk looked at; the next run starts after it
+    big_until: int = 0  # volume offset up to which runs fetch big chunks too
 
 
 #: (volume id, after chunk id, limit) -> the chunks stored next (`Tree.chunks_after`).
@@ -408,7 +422,7 @@ class Reader:
         *,
         policy: OfflinePolicy = OfflinePolicy(),
         cache_bytes: int = DEFAULT_CACHE_BYTES,
-        readahead: int = READAHEAD_CHUNKS,
+        readahead: int = READAHEAD_BYTES,
         neighbours: Neighbours | None = None,
     ) -> None:
         self.source = source
@@ -522,7 +536,8 @@ class Reader:
         sequential = abs(offset - f.next_offset) <= SEQUENTIAL_WINDOW
         f.next_offset = max(end, f.next_offset) if sequential else end
         if sequential and self.readahead:
-            self._read_ahead(f, (found[-1][0] + 1) if found else bisect.bisect_left(f.starts, end))
+            self._read_ahead(f, (found[-1][0] + 1) if found else bisect.bisect_left(f.starts, end),
+                             end)
         for _, piece in found:
             self.follow(f.plan, piece.chunk)
         pieces = [piece for _, piece in found]
@@ -540,20 +555,34 @@ class Reader:
             views.append((lo, memoryview(data)[lo - piece.file_offset : hi - piece.file_offset]))
         return _assemble(views, offset, end)
 
-    def _read_ahead(self, f: OpenFile, first: int) -> None:
-        for piece in f.plan.pieces[first : first + self.readahead]:
-            self._start_prefetch(f.plan, piece)
+    def _read_ahead(self, f: OpenFile, first: int, end: int) -> None:
+        """Prefetch *f*'s pieces from index *first* on that start less than `readahead`
+        bytes past *end*. Once that reaches the file's last piece, the chunks stored after
+        it are followed too if it is big: in backup order they are the next file's, so its
+        first reads find them decoded (or on their way) instead of waiting for a worker."""
+        pieces = f.plan.pieces
+        limit = end + self.readahead
+        i = first
+        while i < len(pieces) and pieces[i].file_offset < limit:
+            self._start_prefetch(f.plan, pieces[i])
+            i += 1
+        if pieces and i == len(pieces) and pieces[-1].chunk.size > RUN_CHUNK_MAX:
+            self.follow(f.plan, pieces[-1].chunk, any_size=True)  # (read() follows small ones)
 
     def _start_prefetch(self, plan: ReadPlan, piece: FilePiece) -> None:
-        cid = piece.chunk.id
-        if self._nursery is not None and cid not in self.cache and cid not in self._inflight:
-            self._nursery.start_soon(self._prefetch, plan, piece)
+        chunk = piece.chunk
+        if self._nursery is not None and chunk.id not in self.cache \
+                and chunk.id not in self._inflight:
+            self._nursery.start_soon(self._prefetch, chunk, plan.volumes[chunk.volume_id])
 
-    async def _prefetch(self, plan: ReadPlan, piece: FilePiece) -> None:
+    async def _prefetch(self, chunk: ChunkRow, volume: VolumeRow) -> None:
+        if chunk.id in self.cache or chunk.id in self._inflight:  # fetched since it was asked
+            return
         try:
-            await self._chunk(plan, piece, ahead=True)
+            await self._fetch(chunk, volume, ahead=True)
         except (DurafsError, OSError) as exc:  # the real read will report it
-            log.debug("readahead of %s failed: %s", plan.what, exc)
+            log.debug("readahead of chunk %d in volume %s failed: %s", chunk.id, volume.name,
+                      exc)
 
     async def preload(self, f: OpenFile) -> bytes | memoryview | None:
         """All of *f* if it is small (PRELOAD_BYTES, no holes) and its chunks are cached or
@@ -579,54 +608,72 @@ class Reader:
 
     # -- volume runs ----------------------------------------------------------------------
 
-    def follow(self, plan: ReadPlan, chunk: ChunkRow) -> None:
-        """Note a read of *chunk*: when small chunks of its volume are being read in order
-        and less than half a run is fetched ahead of the reader, fetch the next run.
+    def follow(self, plan: ReadPlan, chunk: ChunkRow, *, any_size: bool = False) -> None:
+        """Note a read of *chunk*: when chunks of its volume are being read in order and
+        less than half of `RUN_WINDOW` is fetched ahead of the reader, fetch more.
 
-        In order: near where the last small chunk read ended, or anywhere up to what runs
-        have fetched (they skip big chunks, whose files are read by their own readahead
-        in between). A jump forward starts a run at once; the first read in a volume, or
-        a jump back, only takes note (a random reader would waste every run).
+        Only small chunks count (a big one is its file's readahead's business) unless
+        *any_size*: the readahead of a file that reached the file's last chunk says so, and
+        then runs fetch big chunks too for a while (`RUN_BIG_SPAN`).
+        In order: near where the last chunk read ended, or anywhere up to what runs have
+        fetched (the files of big chunks they fetched are read in between, and do not
+        count). A jump forward starts a run at once; the first read in a volume, or a jump
+        back, only takes note (a random reader would waste every run).
         """
-        if self.neighbours is None or self._nursery is None or chunk.size > RUN_CHUNK_MAX:
+        if self.neighbours is None or self._nursery is None or (
+                chunk.size > RUN_CHUNK_MAX and not any_size):
             return
         end = chunk.offset + chunk.length
         run = self._runs.get(chunk.volume_id)
         if run is None or not run.end - RUN_GAP <= chunk.offset <= max(run.end, run.ahead):
             forward = run is not None and chunk.offset > run.end
-            run = self._runs.put(chunk.volume_id, _Run(end, end, chunk.id))  # a new position
-            if not forward:
+            big_until = run.big_until if run is not None else 0
+            run = self._runs.put(chunk.volume_id, _Run(end, end, chunk.id, big_until))
+            if not forward:  # a new position
                 return
         run.end = max(run.end, end)
-        if run.ahead - run.end >= RUN_BYTES // 2:
+        if any_size:
+            run.big_until = max(run.big_until, end + RUN_BIG_SPAN)
+        if run.ahead - run.end >= RUN_WINDOW // 2:
             return
         if run.ahead < run.end:  # the reader went past the runs: go on from here
             run.ahead, run.last_id = run.end, chunk.id
         self._start_run(plan.volumes[chunk.volume_id], run)
 
     def _start_run(self, volume: VolumeRow, run: _Run) -> None:
-        """Fetch the small chunks stored after *run*'s position (up to RUN_BYTES of their
-        frames; big chunks are passed over) in a worker thread; readers of them wait for
-        that instead of fetching."""
+        """Fetch the chunks stored after *run*'s position up to `RUN_WINDOW` past where its
+        reader is, in worker threads: small ones a group at a time (`_fetch_run`), big ones
+        (before `_Run.big_until`) each on its own, so both workers decode. Readers of them
+        wait for that instead of fetching."""
         assert self.neighbours is not None and self._nursery is not None
         rows = self.neighbours(volume.id, run.last_id, RUN_ROWS)
         if not rows:
             run.ahead = 1 << 62  # the volume ends here (committed volumes never grow)
             return
+        group: list[ChunkRow] = []
         stored = plain = 0
-        chunks: list[ChunkRow] = []
         for c in rows:
-            small = c.size <= RUN_CHUNK_MAX
-            if small and chunks and (stored + c.length > RUN_BYTES or plain > RUN_PLAIN_BYTES):
+            if c.offset >= run.end + RUN_WINDOW:
                 break
             run.ahead, run.last_id = c.offset + c.length, c.id
-            if small and c.id not in self.cache and c.id not in self._inflight:
-                chunks.append(c)
-                stored += c.length
-                plain += c.size
-        if not chunks:
-            return
-        pending = _Fetch()  # one for the run: an Event per chunk would cost more than a read
+            if c.id in self.cache or c.id in self._inflight:
+                continue
+            if c.size > RUN_CHUNK_MAX:
+                if c.offset < run.big_until:
+                    self._nursery.start_soon(self._prefetch, c, volume)
+                continue
+            if group and (stored + c.length > RUN_BYTES or plain > RUN_PLAIN_BYTES):
+                self._start_group(volume, group)
+                group, stored, plain = [], 0, 0
+            group.append(c)
+            stored += c.length
+            plain += c.size
+        if group:
+            self._start_group(volume, group)
+
+    def _start_group(self, volume: VolumeRow, chunks: list[ChunkRow]) -> None:
+        assert self._nursery is not None
+        pending = _Fetch()  # one for the group: an Event per chunk would cost more than a read
         self._inflight.update((c.id, pending) for c in chunks)
         self._nursery.start_soon(self._fetch_run, volume, chunks, pending)
 

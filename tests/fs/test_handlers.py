@@ -19,6 +19,7 @@ import trio
 
 from durafs.engine.home import Home
 from durafs.errors import IntegrityError, MediumOfflineError
+from durafs.fs import reads
 from durafs.fs.errors import (
     BadHandle,
     Interrupted,
@@ -194,6 +195,38 @@ async def test_small_files_in_backup_order_are_fetched_in_runs(
         # one by one: the first two small files, and the big file's chunks
         big_chunks = len(parts.tree.read_plan(await file_ino(parts, cat, "f150-big")).pieces)
         assert len(fetched) <= 2 + big_chunks + 2, len(fetched)
+
+
+async def test_reading_a_big_file_to_its_end_fetches_the_next_file(
+        small_files: tuple[Catalog, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    cat, contents = small_files
+    # runs of small files reach no further than the big file's first chunk
+    monkeypatch.setattr(reads, "RUN_WINDOW", 64 * 1024)
+    async with served(cat) as parts:
+        for name in ("f149", "f150", "f150-big"):  # backup order: the volume is followed
+            assert await read_all(parts, await file_ino(parts, cat, name)) == contents[name]
+        following = parts.tree.read_plan(await file_ino(parts, cat, "f151"))
+        await eventually(lambda: following.pieces[0].chunk.id in parts.reader.cache)
+
+
+async def test_readers_of_small_files_only_never_fetch_big_chunks(
+        small_files: tuple[Catalog, dict[str, bytes]]) -> None:
+    cat, contents = small_files
+    async with served(cat) as parts:
+        fetched: list[int] = []
+        read_chunk = parts.reader.source.read_chunk
+
+        def counting(chunk: Any, volume: Any) -> bytes:
+            fetched.append(chunk.id)
+            return read_chunk(chunk, volume)
+
+        parts.reader.source.read_chunk = counting  # type: ignore[method-assign]
+        big = parts.tree.read_plan(await file_ino(parts, cat, "f150-big"))
+        for name in sorted(contents):
+            if name != "f150-big":
+                assert await read_all(parts, await file_ino(parts, cat, name)) == contents[name]
+        await trio.sleep(0.2)  # readahead tasks started last get to run
+        assert not {p.chunk.id for p in big.pieces} & set(fetched)
 
 
 async def test_preload_gives_small_files_in_memory_whole(
