@@ -77,7 +77,7 @@ def make_model_tree(root: Path) -> dict[str, bytes]:
     contents = {
         "small": b"hello\n",
         "empty": b"",
-        "big": rng.randbytes(3 * MiB + 12345),
+        "big": rng.randbytes(9 * MiB + 12345),  # over 2 max chunks: at least 3 chunks
         "private": b"secret\n",
         "hard/a": b"linked three times\n",
     }
