@@ -508,32 +508,41 @@ class Backup:
     # -- storing and recording -------------------------------------------------------
 
     def _store_next(self) -> None:
-        """Store the oldest job, waiting for it; but a file still streaming goes at its
-        worker's pace: then the job after it is stored (its queue pumped meanwhile), so the
-        walk never waits for a large file while the other worker has finished work."""
-        head = self._jobs[0]
-        if isinstance(head, StreamJob) and not head.finished and len(self._jobs) > 1:
-            job = self._jobs[1]
-            while not job.future.done() and not head.finished:
+        """Store the oldest job that is not a file still streaming, waiting for it. Streams
+        go at their workers' pace and are pumped meanwhile: the walk must never wait for a
+        large file while a worker has finished other work (and sits idle)."""
+        index = self._next_job()
+        if index is None:  # only files streaming: wait for the oldest to end
+            head = self._jobs.popleft()
+            assert isinstance(head, StreamJob)
+            while not head.finished:
                 self._pump_streams()
-                concurrent.futures.wait([job.future], timeout=STREAM_POLL)
-            del self._jobs[1]
-        else:
-            job = self._jobs.popleft()
+                self._pump(head, wait=STREAM_POLL)
+            return
+        job = self._jobs[index]
+        while self._streams and not job.future.done():
+            self._pump_streams()
+            pending: Any = job.future  # not a Done: that is always done
+            concurrent.futures.wait([pending], timeout=STREAM_POLL)
+        del self._jobs[index]  # by position: jobs compare by value
         self._in_flight -= job.size
         self._trimmer.add(job.size)
         if isinstance(job, BatchJob):
             self._store_batch(job)
             return
         if isinstance(job, StreamJob):
-            while not job.finished:
-                self._pump_streams()
-                self._pump(job, wait=STREAM_POLL)
-            return
+            return  # finished: its chunks were stored as they came
         stored = job.future.result()
         job.unit.outstanding -= 1
         if job.attempt == job.unit.attempt:  # else a superseded read of a changed file
             self._store_chunk(job.unit, stored, job.offset)
+
+    def _next_job(self) -> int | None:
+        """The position of the oldest job that is not a file still streaming."""
+        for index, job in enumerate(self._jobs):
+            if not isinstance(job, StreamJob) or job.finished:
+                return index
+        return None
 
     def _store_chunk(self, unit: Unit, stored: StoredChunk, offset: int) -> None:
         cid, size = stored.id, stored.size
@@ -580,19 +589,27 @@ class Backup:
         # cannot be recorded before them, and they must not pile up in memory
         self._pump_streams(until_done=final or len(self._units) > MAX_WAITING_UNITS)
         self._prefetch()
-        while self._jobs and (final or self._jobs[0].future.done()):
+        while self._jobs:
+            index = self._next_job()
+            if not final and (index is None or not self._jobs[index].future.done()):
+                break
             self._store_next()
         if len(self._units) > MAX_WAITING_UNITS or final:
             self._ids.update(self.writer.commit())
-        while self._units and self._ready(self._units[0]):
-            unit = self._units.popleft()
-            if not unit.skip:
-                self._record(unit)
+        self._record_ready()
         if len(self._ids) > ID_CACHE:
             # only a cache for dedup (the index answers too) besides what waiting units
             # need: trimming it keeps memory flat in the number of files
             needed = {cid for unit in self._units for _, cid, _ in unit.pieces}
             self._ids = {c: i for c, i in self._ids.items() if c in needed}
+
+    def _record_ready(self) -> None:
+        """Pass the units at the head of the queue whose chunks are all committed on to
+        the TreeWriter (in walk order: the first still waiting stops it)."""
+        while self._units and self._ready(self._units[0]):
+            unit = self._units.popleft()
+            if not unit.skip:
+                self._record(unit)
 
     def _ready(self, unit: Unit) -> bool:
         if unit.reading or unit.outstanding:
@@ -601,6 +618,7 @@ class Backup:
 
     def _record(self, unit: Unit) -> None:
         entry = unit.entry
+        pieces = None
         if entry.type == "f" and entry.chunks is None:
             leader = self._links.get(entry.hardlink_key) if entry.hardlink_key else None
             if leader is not None and leader is not unit:
@@ -610,11 +628,12 @@ class Backup:
                 entry.chunks, entry.blake3 = leader.entry.chunks, leader.entry.blake3
             else:
                 entry.chunks = pack_pieces((o, self._ids[c], s) for o, c, s in unit.pieces)
+                pieces = unit.pieces  # read now: the spool needs no look-up of their ids
         if not self.opts.dry_run:
             kept = self._tree.add(entry)
             leader = self._links.get(entry.hardlink_key) if entry.hardlink_key else None
             link = leader.entry.path if leader is not None and leader is not unit else None
-            self._spool.add(entry, link, kept=kept)
+            self._spool.add(entry, link, kept=kept, pieces=pieces)
 
     # -- odds and ends ---------------------------------------------------------------
 

@@ -39,6 +39,8 @@ from durafs.index.rows import CheckpointRow, Entry, VolumeRow, unpack_pieces, un
 from durafs.serial import SerialWorker
 
 BATCH = 2000
+#: A file's chunk as the backup knows it: (offset in the file, chunk id, size).
+ChunkPiece = tuple[int, bytes, int]
 #: At most this many deltas follow a full catalog volume. A lost or damaged catalog volume
 #: takes the checkpoints of the deltas after it (until the next full one) out of reach of
 #: `durafs recover`, and rebuilding a tree reads the whole chain: this bounds both, for
@@ -97,7 +99,7 @@ class CatalogSpool:
         self._file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self._out = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
             self._file, closefd=False)
-        self._batch: list[tuple[Entry, bytes | None]] = []
+        self._batch: list[tuple[Entry, bytes | None, list[ChunkPiece] | None]] = []
         self._lines = SerialWorker("durafs-catalog")
 
     @property
@@ -105,17 +107,21 @@ class CatalogSpool:
         """Whether kept entries go into the spool too (a full tree, not a delta)."""
         return self.base is None
 
-    def add(self, entry: Entry, link: bytes | None = None, *, kept: bool = False) -> None:
+    def add(self, entry: Entry, link: bytes | None = None, *, kept: bool = False,
+            pieces: list[ChunkPiece] | None = None) -> None:
         """Record *entry*; *link* is the leader's path for a later hard-link member, *kept*
-        what `TreeWriter.add` returned for it (a delta leaves kept entries out)."""
+        what `TreeWriter.add` returned for it (a delta leaves kept entries out), *pieces*
+        its chunks as (offset, chunk id, size) when the caller has them (else they are
+        looked up by the row ids in ``entry.chunks``)."""
         if kept and self.base is not None:
             return
-        self._batch.append((entry, link))
+        self._batch.append((entry, link, pieces))
         if len(self._batch) >= BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        rowids = {rid for e, link in self._batch if e.chunks and link is None
+        rowids = {rid for e, link, pieces in self._batch
+                  if e.chunks and link is None and pieces is None
                   for _, rid, _ in unpack_pieces(e.chunks)}
         cids = {rid: row.cid for rid, row in self.catalog.chunk_by_rowid(rowids).items()}
         # the lines are made and compressed on a thread of their own: the walking thread
@@ -123,9 +129,9 @@ class CatalogSpool:
         self._lines.submit(self._write_lines, self._batch, cids)
         self._batch = []
 
-    def _write_lines(self, batch: list[tuple[Entry, bytes | None]],
+    def _write_lines(self, batch: list[tuple[Entry, bytes | None, list[ChunkPiece] | None]],
                      cids: dict[int, bytes]) -> None:
-        lines = [dumps(_record(e, link, cids)) for e, link in batch]
+        lines = [dumps(_record(e, link, cids, pieces)) for e, link, pieces in batch]
         self._out.write(b"\n".join(lines) + b"\n")
 
     def delta_base(self, checkpoint: CheckpointRow, medium_id: int) -> Base | None:
@@ -162,7 +168,8 @@ class CatalogSpool:
         self._file.close()
 
 
-def _record(e: Entry, link: bytes | None, cids: dict[int, bytes]) -> dict[str, Any]:
+def _record(e: Entry, link: bytes | None, cids: dict[int, bytes],
+            pieces: list[ChunkPiece] | None) -> dict[str, Any]:
     """The tree line of *e*, built directly (the same fields TreeEntry.to_record writes:
     this runs once per path per backup, so it avoids the intermediate objects)."""
     rec: dict[str, Any] = {
@@ -178,7 +185,10 @@ def _record(e: Entry, link: bytes | None, cids: dict[int, bytes]) -> dict[str, A
     if e.xattrs:
         rec["xattrs"] = {os.fsdecode(k): base64.b64encode(v).decode()
                          for k, v in unpack_xattrs(e.xattrs).items()}
-    if e.type == "f" and link is None and e.chunks:
+    if e.type == "f" and link is None and pieces is not None:
+        if pieces:
+            rec["chunks"] = [[off, cid.hex(), size] for off, cid, size in pieces]
+    elif e.type == "f" and link is None and e.chunks:
         rec["chunks"] = [[off, cids[rid].hex(), size] for off, rid, size in unpack_pieces(e.chunks)]
     if link is not None:
         rec["link"] = os.fsdecode(link)
