@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 
 from durafs.cli.output import Progress, human_size, print_json, print_table
 from durafs.engine.access import VolumeAccess
@@ -22,6 +22,39 @@ from durafs.media.base import MediumMarker
 from durafs.media.directory import DirectoryMedium
 
 Args = argparse.Namespace
+
+
+# Rows of the listings, printed as JSON or as tables: typed, so the table code's use of
+# each column (sizes formatted, times divided) is checked.
+
+
+class _PoolListing(TypedDict):
+    name: str
+    kind: str
+    volume_size: int
+    media: int
+
+
+class _MediumListing(TypedDict):
+    pool: str
+    label: str
+    kind: str
+    state: str
+    online: bool
+    used: int
+    capacity: int | None
+    path: str | None
+    location: str
+
+
+class _EntryListing(TypedDict):
+    name: str
+    type: str
+    mode: str
+    size: int
+    uid: int
+    gid: int
+    mtime_ns: int
 
 
 def _say(message: str) -> None:
@@ -96,8 +129,9 @@ def media_add(home: Home, args: Args) -> int:
 
 def pool_list(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
-        pools = [{"name": p.name, "kind": p.kind, "volume_size": p.volume_size,
-                  "media": len(catalog.media(p.id))} for p in catalog.pools()]
+        pools: list[_PoolListing] = [
+            {"name": p.name, "kind": p.kind, "volume_size": p.volume_size,
+             "media": len(catalog.media(p.id))} for p in catalog.pools()]
     if args.json:
         print_json(pools)
     else:
@@ -111,7 +145,7 @@ def media_list(home: Home, args: Args) -> int:
     from durafs.engine.poolwriter import open_medium
 
     with home.catalog(readonly=True) as catalog:
-        rows = []
+        rows: list[_MediumListing] = []
         for m in catalog.media():
             online = open_medium(m).is_online()
             rows.append({"pool": m.pool, "label": m.label, "kind": m.kind, "state": m.state,
@@ -193,8 +227,9 @@ def ls(home: Home, args: Args) -> int:
             raise UsageError(f"{os.fsdecode(path)}: not in {checkpoint.plan}/{checkpoint.name}")
         children = catalog.listdir(plan.id, checkpoint.seq, top.path_id) if top.type == "d" \
             else [(path.rsplit(b"/", 1)[-1], top)]
-    rows = [{"name": os.fsdecode(n), "type": v.type, "mode": oct(v.mode), "size": v.size,
-             "uid": v.uid, "gid": v.gid, "mtime_ns": v.mtime_ns} for n, v in children]
+    rows: list[_EntryListing] = [
+        {"name": os.fsdecode(n), "type": v.type, "mode": oct(v.mode), "size": v.size,
+         "uid": v.uid, "gid": v.gid, "mtime_ns": v.mtime_ns} for n, v in children]
     if args.json:
         print_json(rows)
     else:

@@ -10,12 +10,14 @@ its parent's listing, so nothing here depends on what the TreeWriter was fed yet
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 from durafs.index.rows import VersionRow
 from durafs.index.treewriter import TreeWriter
 
-#: A directory's previous listing: name -> (path id, version columns or None).
-_Listing = dict[bytes, tuple[int, tuple[object, ...] | None]]
+#: A directory's previous listing: name -> (path id, version columns or None). The columns
+#: are an index row as apsw returns it, untyped: VersionRow's fields say what each one is.
+_Listing = dict[bytes, tuple[int, tuple[Any, ...] | None]]
 #: Directories whose path ids are kept (a depth-first walk needs its current path's).
 DIR_REFS = 256
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import blake3
 import zstandard
@@ -128,7 +129,8 @@ class VolumeReader:
             raise TruncatedError(f"{self.name}: volume header is truncated")
         return VolumeHeader.from_json(data, self.name)
 
-    def _read_seal(self) -> dict[str, int | str]:
+    def _read_seal(self) -> dict[str, Any]:
+        # Any, as `loads` gives it: only the version and volume_id are checked here
         assert self.plain_size is not None
         start = self.plain_size - SEAL_FROM_END
         block = self.read(start, SEAL_FROM_END) if start > 0 else b""

@@ -39,7 +39,8 @@ _COPY = 1024 * 1024
 
 
 class Sink(Protocol):
-    def write(self, data: bytes | memoryview, /) -> object: ...
+    # bytearray too: that is what the age writer hands on when encrypting
+    def write(self, data: age.Buffer, /) -> object: ...
 
 
 class _CountingSink:
@@ -49,7 +50,7 @@ class _CountingSink:
         self.sink = sink
         self.count = 0
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: age.Buffer) -> None:
         self.sink.write(data)
         self.count += len(data)
 

@@ -20,9 +20,9 @@ import errno
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import NoReturn
+from typing import Literal, NoReturn, cast
 
 import pyfuse3
 import trio
@@ -42,6 +42,7 @@ from pyfuse3 import (
 )
 
 from durafs.errors import DurafsError, MediumOfflineError, NoIdentityError
+from durafs.format.age import Buffer
 from durafs.fs.errors import (
     BadHandle,
     Interrupted,
@@ -66,6 +67,10 @@ VOLATILE_TIMEOUT = 1.0
 BLOCK_SIZE = 4096
 #: Inodes remembered as stored in the kernel's page cache (not stored again on reopening).
 STORED_INODES = 4096
+
+#: pyfuse3's stub says bytes, but notify_store takes any contiguous buffer (it calls
+#: PyObject_GetBuffer with PyBUF_CONTIG_RO): the reader's views go without a copy.
+_NotifyStore = Callable[[InodeT, int, Buffer], None]
 
 #: Errors the kernel hears, most specific first (subclasses before their bases).
 _ERRNOS: tuple[tuple[type[BaseException], int], ...] = (
@@ -115,7 +120,7 @@ class _to_errno:  # lower case: it reads as a function at its call sites
         return None
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> Literal[False]:
         if exc is None or isinstance(exc, pyfuse3.FUSEError):
             return False
         what, args = self.what, self.args
@@ -298,12 +303,12 @@ class Operations(pyfuse3.Operations):
         of the inode in flight."""
         return self.initialized.is_set() and self._stored.get(inode) is None
 
-    def _store(self, inode: int, data: bytes | memoryview) -> None:
+    def _store(self, inode: int, data: Buffer) -> None:
         """Put a small file's bytes in the kernel's page cache while answering its open:
         the read that would follow is served there, without a request (one round trip
         through pyfuse3 costs more than the copy)."""
         try:
-            pyfuse3.notify_store(InodeT(inode), 0, data)
+            cast(_NotifyStore, pyfuse3.notify_store)(InodeT(inode), 0, data)
         except OSError as exc:  # the kernel then asks with read requests, as usual
             log.debug("notify_store of inode %d: %s", inode, exc)
         self._stored.put(inode, True)
@@ -313,6 +318,8 @@ class Operations(pyfuse3.Operations):
         with _to_errno("read of %s at %d", f.plan if f else fh, off):  # named lazily
             if f is None:
                 raise BadHandle(f"no file handle {fh}")
+            # any buffer: pyfuse3 replies from it without a copy (its stub says bytes, see
+            # _NotifyStore)
             return await self.reader.read(f, off, size)  # type: ignore[return-value]
 
     async def release(self, fh: FileHandleT) -> None:

@@ -42,6 +42,7 @@ import trio
 from durafs.engine.access import VolumeAccess
 from durafs.engine.poolwriter import open_medium
 from durafs.errors import DurafsError, MediumError, MediumOfflineError
+from durafs.format.age import Buffer
 from durafs.format.frames import codec_for_thread
 from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
@@ -525,7 +526,7 @@ class Reader:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def read(self, f: OpenFile, offset: int, size: int) -> bytes | memoryview:
+    async def read(self, f: OpenFile, offset: int, size: int) -> Buffer:
         """*size* bytes of *f* at *offset* (fewer at the end; holes read as zeros)."""
         end = min(offset + size, f.plan.size)
         if end <= offset:
@@ -584,7 +585,7 @@ class Reader:
             log.debug("readahead of chunk %d in volume %s failed: %s", chunk.id, volume.name,
                       exc)
 
-    async def preload(self, f: OpenFile) -> bytes | memoryview | None:
+    async def preload(self, f: OpenFile) -> Buffer | None:
         """All of *f* if it is small (PRELOAD_BYTES, no holes) and its chunks are cached or
         being fetched (by a volume run): the adapter gives it to the kernel's page cache
         at open, so the read request never comes. None otherwise (then reads fetch it,

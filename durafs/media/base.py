@@ -115,7 +115,7 @@ class VolumeSink(ABC):
     """
 
     @abstractmethod
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append *data*. MediumFullError when the medium has no room (after aborting)."""
 
     @abstractmethod

@@ -490,7 +490,7 @@ class DirectorySink(VolumeSink):
     def written(self) -> int:
         return self._written
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self._check_open()
         view = memoryview(data).cast("B")
         n = len(view)
