@@ -2,8 +2,9 @@
 
 The backup already has every entry in walk order, so the tree lines are written as the
 entries are recorded instead of re-reading the whole checkpoint from the index afterwards.
-Chunk row ids of unchanged files are turned into chunk ids a batch at a time (one query per
-BATCH entries), and lines are compressed in large blocks.
+Files read by this run come with their chunk ids; the chunk row ids of unchanged files are
+turned into chunk ids a batch at a time (one query per BATCH entries). Lines are compressed
+in large blocks.
 
 Most checkpoints change little, so the spool is usually a delta (`find_base` decides when
 it is created, before any entry): it then keeps only the entries the TreeWriter gives a new
