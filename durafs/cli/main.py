@@ -12,6 +12,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable
+from typing import NoReturn
 
 from durafs.cli import commands
 from durafs.cli.output import parse_size
@@ -174,5 +175,25 @@ def new_label(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6].upper()}"
 
 
+def run() -> NoReturn:
+    """The `durafs` command. After a successful command everything is written, synced and
+    closed, so the interpreter's teardown (freeing every object a backup cached: 0.1 s or
+    more of a 0.6 s no-change backup) is skipped; after a failure the usual exit runs the
+    finalizers (an abandoned volume sink removes its temporary file)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        # the reader went away before the end of the output: say so by the exit status,
+        # and point stdout at /dev/null so that the exit does not complain again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = code or 3
+    if code != 0:
+        sys.exit(code)
+    logging.shutdown()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,34 @@ def test_recover_with_an_exported_identity(
     run = durafs("recover", "--path", pool, "--identity", identity)
     assert run.code == 0, run.err
     assert len(checkpoint_names()) == 1
+
+
+def test_the_command_exits_quickly_with_all_its_output(tmp_path: Path) -> None:
+    """The `durafs` process skips the interpreter's teardown after success: its output
+    must still arrive whole and the catalog be complete; a reader that goes away early
+    gets exit status 3 and no traceback."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(1000):
+        (source / f"{i:04d}-{'n' * 80}").write_text(f"file {i}\n")
+    setup_catalog(tmp_path)
+    command = [sys.executable, "-m", "durafs.cli.main"]
+    # buffered output, as a user has it: the last block is written only by a flush
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    backup = subprocess.run([*command, "backup", os.fspath(source), "--pool", "p", "--json"],
+                            capture_output=True, text=True, env=env)
+    assert backup.returncode == 0, backup.stderr
+    assert json.loads(backup.stdout)["stats"]["files"] == 1000
+    ls = [*command, "ls", f"default/latest{source}", "--json"]
+    listing = subprocess.run(ls, capture_output=True, text=True, env=env)
+    assert listing.returncode == 0 and len(json.loads(listing.stdout)) == 1000
+    assert durafs("checkpoints", "--json").json()[0]["files"] == 1000
+    # twice a pipe's buffer: the writer must still be writing when the reader leaves
+    assert len(listing.stdout) > 2 * 65536
+    reader = subprocess.Popen(ls, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.read(10)
+    reader.stdout.close()
+    err = reader.stderr.read().decode()
+    assert reader.wait() == 3
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -77,7 +77,7 @@ def make_model_tree(root: Path) -> dict[str, bytes]:
     contents = {
         "small": b"hello\n",
         "empty": b"",
-        "big": rng.randbytes(9 * MiB + 12345),  # over 2 max chunks: at least 3 chunks
+        "big": rng.randbytes(6 * MiB + 12345),  # over a max chunk: 2+ chunks, read whole
         "private": b"secret\n",
         "hard/a": b"linked three times\n",
     }
