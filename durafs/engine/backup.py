@@ -546,11 +546,11 @@ class Backup:
 
     def _store_chunk(self, unit: Unit, stored: StoredChunk, offset: int) -> None:
         cid, size = stored.id, stored.size
+        known = self._known.found(cid) if not stored.frame else None
         if cid not in self._ids and cid not in self.writer.open:
-            found = None if self._absent.pop(cid, False) else (
-                self.catalog.lookup_chunks(self.pool.id, [cid]).get(cid))
+            found = known if known is not None else self._find(cid)
             if found is not None:
-                self._ids[cid] = found.id
+                self._ids[cid] = found
             else:
                 if not stored.frame and size:
                     # KnownChunks saw it in the index; only this run writes the pool
@@ -559,6 +559,14 @@ class Backup:
                 self.stats["chunks_new"] += 1
                 self.stats["bytes_new"] += size
         unit.pieces.append((offset, cid, size))
+
+    def _find(self, cid: bytes) -> int | None:
+        """The row id of *cid* in the pool's index, or None (a batch query may have
+        told already: only this run adds chunks to the pool)."""
+        if self._absent.pop(cid, False):
+            return None
+        row = self.catalog.lookup_chunks(self.pool.id, [cid]).get(cid)
+        return None if row is None else row.id
 
     def _prefetch(self) -> None:
         """One dedup query for the finished chunks at the queue's head (one per chunk costs

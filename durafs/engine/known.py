@@ -25,15 +25,27 @@ class KnownChunks:
         self._local = threading.local()
         self._all: list[Catalog] = []
         self._lock = threading.Lock()
+        #: Row ids of the chunks `encode` found in the index. The walking thread takes
+        #: them (`found`) instead of asking again: a chunk once in the index stays there
+        #: for the run. (Not-found answers are not kept: the run itself may store the
+        #: chunk before the walking thread gets to this one.) Dict operations are atomic.
+        self._found: dict[bytes, int] = {}
 
     def encode(self, data: bytes | memoryview) -> StoredChunk:
         """The stored form of *data*; for a chunk the pool has, an empty frame (never
         written: the caller finds the chunk in the index and only refers to it)."""
         codec = codec_for_thread(self.id_key)
         cid = codec.chunk_id(data)
-        if self._catalog().lookup_chunks(self.pool_id, [cid]):
+        found = self._catalog().lookup_chunks(self.pool_id, [cid]).get(cid)
+        if found is not None:
+            self._found[cid] = found.id
             return StoredChunk(cid, len(data), b"", raw=False)
         return codec.encode(data, cid)
+
+    def found(self, cid: bytes) -> int | None:
+        """The row id `encode` found for *cid*, once (None: not found there, or asked
+        already)."""
+        return self._found.pop(cid, None)
 
     def _catalog(self) -> Catalog:
         catalog: Catalog | None = getattr(self._local, "catalog", None)
