@@ -53,7 +53,7 @@ from durafs.engine.known import KnownChunks
 from durafs.engine.memory import Trimmer, limit_arenas
 from durafs.engine.pipeline import BatchJob, ChunkJob, Done, Job, StreamJob, Unit
 from durafs.engine.poolwriter import PoolWriter
-from durafs.engine.prevtree import PrevTree
+from durafs.engine.prevtree import PrevTree, same_as_before
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
 from durafs.engine.scan import ScanItem, ScanProblem, scan
 from durafs.errors import CatalogError, UsageError
@@ -260,26 +260,15 @@ class Backup:
         """Keep *item* as the very version it had in the previous checkpoint, if nothing
         about it changed (most of a later backup): no Entry, no unit, no comparison in the
         TreeWriter. A full catalog volume needs every Entry, so then this declines."""
-        if item.hardlink_key is not None or self._spool.needs_kept:
+        if self._spool.needs_kept:
             return False
         prev = self._prev.version(item.path)  # asked already by the scan: from its cache
-        if prev is None or prev.hardlink_id is not None or prev.type != item.type:
-            return False
-        if item.type == "f" and not self._trust_prev:
-            return False
-        st = item.st
-        rdev = st.st_rdev if item.type in ("c", "b") else 0
-        if ((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev, st.st_nlink)
-                != (prev.mtime_ns, prev.ctime_ns, prev.size, prev.ino, prev.dev, prev.nlink)
-                or (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, rdev)
-                != (prev.mode, prev.uid, prev.gid, prev.rdev)
-                or (item.user or None, item.group or None, item.target)
-                != (prev.uname, prev.gname, prev.target)
-                or (pack_xattrs(item.xattrs) if item.xattrs else None) != prev.xattrs):
+        if (prev is None or (item.type == "f" and not self._trust_prev)
+                or not same_as_before(item, prev)):
             return False
         if item.type == "f":
             self.stats["files"] += 1
-            self.stats["bytes"] += st.st_size
+            self.stats["bytes"] += item.st.st_size
             self.stats["unchanged_files"] += 1
         if not self.opts.dry_run:
             self._tree.keep(item.path)

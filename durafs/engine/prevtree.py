@@ -5,14 +5,17 @@ skip reading unchanged files, and re-reading unchanged xattrs). The answers come
 listings the checkpoint's TreeWriter loads anyway to compare entries with (one query per
 directory, shared, in its bounded cache), found by path ids: a directory's id comes from
 its parent's listing, so nothing here depends on what the TreeWriter was fed yet.
+`same_as_before` says whether an object met is its previous version in everything.
 """
 
 from __future__ import annotations
 
+import stat
 from collections import OrderedDict
 from typing import Any
 
-from durafs.index.rows import VersionRow
+from durafs.engine.scan import ScanItem
+from durafs.index.rows import VersionRow, pack_xattrs
 from durafs.index.treewriter import TreeWriter
 
 #: A directory's previous listing: name -> (path id, version columns or None). The columns
@@ -67,3 +70,24 @@ class PrevTree:
         if len(self._refs) > DIR_REFS:
             self._refs.popitem(last=False)
         return ref
+
+
+def same_as_before(item: ScanItem, prev: VersionRow) -> bool:
+    """Whether *item* is its previous version *prev* in everything a checkpoint records
+    but atime (what `TreeWriter.add` compares), so that version can simply go on: same
+    object, times, size, owners and their names, mode, device, link target and xattrs.
+    Hard-linked files are never: their group is decided by the TreeWriter."""
+    if item.hardlink_key is not None or prev.hardlink_id is not None or prev.type != item.type:
+        return False
+    st = item.st
+    rdev = st.st_rdev if item.type in ("c", "b") else 0
+    now: tuple[Any, ...] = (
+        st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev, st.st_nlink,
+        stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, rdev,
+        item.user or None, item.group or None, item.target,
+    )
+    before = (
+        prev.mtime_ns, prev.ctime_ns, prev.size, prev.ino, prev.dev, prev.nlink,
+        prev.mode, prev.uid, prev.gid, prev.rdev, prev.uname, prev.gname, prev.target,
+    )
+    return now == before and (pack_xattrs(item.xattrs) if item.xattrs else None) == prev.xattrs
