@@ -31,8 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import blake3
-
 from durafs.engine.catalogspool import CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
 from durafs.engine.filereader import (
@@ -42,13 +40,12 @@ from durafs.engine.filereader import (
     WHOLE_READ,
     FileRead,
     ReadRequest,
+    SparseReader,
     StreamItem,
     StreamReader,
     WholeFileReader,
-    open_source_file,
     same_content_stat,
 )
-from durafs.engine.fsmeta import data_regions
 from durafs.engine.known import KnownChunks
 from durafs.engine.memory import Trimmer, limit_arenas
 from durafs.engine.pipeline import BatchJob, ChunkJob, Done, Job, StreamJob, Unit
@@ -152,6 +149,7 @@ class Backup:
                                        follow_symlinks=options.follow_symlinks)
         self._streamer = StreamReader(self.chunker, self._encode,
                                       follow_symlinks=options.follow_symlinks)
+        self._sparse = SparseReader(self.chunker, follow_symlinks=options.follow_symlinks)
         # files streaming now (each holds a worker while its queue is full, so the
         # walking thread pumps them all whenever it waits), and later large files waiting
         # their turn while the walk goes on
@@ -425,7 +423,8 @@ class Backup:
         for attempt in range(READ_ATTEMPTS):
             unit.attempt, unit.pieces, unit.reading = attempt, [], True
             try:
-                st = self._read_once(unit, item)
+                unit.entry.blake3, st = self._sparse.read_once(
+                    item.path, item.st, lambda data, offset: self._submit(unit, data, offset))
             except OSError as exc:
                 self._fail(unit, item.path, exc.strerror or str(exc))
                 return
@@ -440,45 +439,6 @@ class Backup:
         self.problems.append(Problem(path, reason))
         unit.skip, unit.reading = True, False
         unit.attempt += 1
-
-    def _read_once(self, unit: Unit, item: ScanItem) -> os.stat_result:
-        fd = open_source_file(item.path, follow=self.opts.follow_symlinks)
-        hasher = blake3.blake3(max_threads=1)
-        try:
-            size = item.st.st_size
-            if item.st.st_blocks * 512 < size:
-                self._read_sparse(unit, fd, size, hasher)
-            else:
-                with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-                    offset = 0
-                    for piece in self.chunker.cut_stream(f):
-                        data = bytes(piece)
-                        hasher.update(data)
-                        self._submit(unit, data, offset)
-                        offset += len(data)
-            unit.entry.blake3 = hasher.digest()
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
-
-    def _read_sparse(self, unit: Unit, fd: int, size: int, hasher: Any) -> None:
-        pos = 0
-        for start, length in data_regions(fd, size):
-            hasher.update(bytes(start - pos))
-            for block in range(start, start + length, WHOLE_READ):
-                data = os.pread(fd, min(WHOLE_READ, start + length - block), block)
-                hasher.update(data)
-                self._cut(unit, memoryview(data), block)
-            pos = start + length
-        hasher.update(bytes(size - pos))
-
-    def _cut(self, unit: Unit, data: memoryview, base: int) -> None:
-        offset = 0
-        for piece in self.chunker.cut_buffer(data):
-            if not piece:
-                continue  # an empty file has no chunk at all
-            self._submit(unit, piece, base + offset)
-            offset += len(piece)
 
     def _submit(self, unit: Unit, data: bytes | memoryview, offset: int) -> None:
         self.stats["bytes_read"] += len(data)

@@ -4,7 +4,9 @@ A backup hands most files (every non-sparse file up to ``WHOLE_READ`` bytes) to 
 threads in batches: a worker opens the file, reads it, hashes it, cuts it and encodes each
 chunk, so the thread that walks the tree and writes volumes only stores finished chunks.
 Opening, reading, cutting (pyfastcdc), hashing and compressing all release the GIL, so
-both cores work. A file that changes while it is read is read again, up to
+both cores work. A file too large to hold whole streams through one worker
+(`StreamReader`); a sparse one is read by the walking thread itself (`SparseReader`), which
+hands its chunks to the workers. A file that changes while it is read is read again, up to
 ``READ_ATTEMPTS`` times, then reported.
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from durafs.engine.fsmeta import at_path
+from durafs.engine.fsmeta import at_path, data_regions
 from durafs.format.chunker import Chunker
 from durafs.format.frames import StoredChunk
 
@@ -29,6 +31,8 @@ READ_ATTEMPTS = 3
 
 #: Turns one chunk's bytes into its stored form (hash first, then compress).
 Encoder = Callable[[memoryview], StoredChunk]
+#: Takes one chunk of a file (its bytes, its offset in the file) for encoding elsewhere.
+Submit = Callable[[bytes | memoryview, int], None]
 
 
 @dataclass
@@ -126,6 +130,51 @@ class StreamReader:
             return FileRead(blake3=hasher.digest(), st=os.fstat(fd))
         finally:
             os.close(fd)
+
+
+class SparseReader:
+    """Reads a sparse file on the calling thread, only its data regions: the holes are
+    hashed as the zeros they read as, never read; each chunk goes to *submit*."""
+
+    def __init__(self, chunker: Chunker, *, follow_symlinks: bool) -> None:
+        self.chunker = chunker
+        self.follow = follow_symlinks
+
+    def read_once(self, path: bytes, st: os.stat_result,
+                  submit: Submit) -> tuple[bytes, os.stat_result]:
+        """The file's content hash and its status after the read."""
+        fd = open_source_file(path, follow=self.follow)
+        hasher = blake3.blake3(max_threads=1)
+        try:
+            size = st.st_size
+            if st.st_blocks * 512 < size:
+                self._read_regions(fd, size, hasher, submit)
+            else:  # no longer sparse since the walk saw it
+                with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+                    offset = 0
+                    for piece in self.chunker.cut_stream(f):
+                        data = bytes(piece)
+                        hasher.update(data)
+                        submit(data, offset)
+                        offset += len(data)
+            return hasher.digest(), os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def _read_regions(self, fd: int, size: int, hasher: blake3.blake3, submit: Submit) -> None:
+        pos = 0
+        for start, length in data_regions(fd, size):
+            hasher.update(bytes(start - pos))
+            for block in range(start, start + length, WHOLE_READ):
+                data = os.pread(fd, min(WHOLE_READ, start + length - block), block)
+                hasher.update(data)
+                offset = block
+                for piece in self.chunker.cut_buffer(memoryview(data)):
+                    if piece:  # an empty file has no chunk at all
+                        submit(piece, offset)
+                        offset += len(piece)
+            pos = start + length
+        hasher.update(bytes(size - pos))
 
 
 def read_until_still(
