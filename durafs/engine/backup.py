@@ -412,7 +412,7 @@ class Backup:
         if job.finished:
             return
         job.finished = True
-        self._streams.remove(job)
+        self._streams = [s for s in self._streams if s is not job]  # jobs compare by value
         self._finish_read(job.unit, job.item, job.future.result())
         if self._later_streams:
             self._start_stream(*self._later_streams.popleft())
