@@ -177,18 +177,24 @@ def small_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalog, dict
     return cat, contents
 
 
+def record_fetches(parts: Any) -> list[int]:
+    """The ids of the chunks the served tree's source fetches one by one from now on."""
+    fetched: list[int] = []
+    read_chunk = parts.reader.source.read_chunk
+
+    def counting(chunk: Any, volume: Any) -> bytes:
+        fetched.append(chunk.id)
+        return read_chunk(chunk, volume)
+
+    parts.reader.source.read_chunk = counting
+    return fetched
+
+
 async def test_small_files_in_backup_order_are_fetched_in_runs(
         small_files: tuple[Catalog, dict[str, bytes]]) -> None:
     cat, contents = small_files
     async with served(cat) as parts:
-        fetched: list[int] = []
-        read_chunk = parts.reader.source.read_chunk
-
-        def counting(chunk: Any, volume: Any) -> bytes:
-            fetched.append(chunk.id)
-            return read_chunk(chunk, volume)
-
-        parts.reader.source.read_chunk = counting  # type: ignore[method-assign]
+        fetched = record_fetches(parts)
         for name in sorted(contents):
             got = await read_all(parts, await file_ino(parts, cat, name))
             assert got == contents[name], name
@@ -213,14 +219,7 @@ async def test_readers_of_small_files_only_never_fetch_big_chunks(
         small_files: tuple[Catalog, dict[str, bytes]]) -> None:
     cat, contents = small_files
     async with served(cat) as parts:
-        fetched: list[int] = []
-        read_chunk = parts.reader.source.read_chunk
-
-        def counting(chunk: Any, volume: Any) -> bytes:
-            fetched.append(chunk.id)
-            return read_chunk(chunk, volume)
-
-        parts.reader.source.read_chunk = counting  # type: ignore[method-assign]
+        fetched = record_fetches(parts)
         big = parts.tree.read_plan(await file_ino(parts, cat, "f150-big"))
         for name in sorted(contents):
             if name != "f150-big":
