@@ -26,8 +26,11 @@ MAX_BLOCK = 128 * 1024
 
 #: Default compression level: the same as Borg's zstd,3 that we compare against.
 DEFAULT_LEVEL = 3
-#: Probe sample: a piece this large is compressed at level 1 to decide "raw or not".
+#: Probe: this many bytes, in `PROBE_SAMPLES` pieces spread over the chunk, are compressed
+#: at level 1 to decide "raw or not". Spread, because a chunk may mix kinds (a disk image:
+#: random blocks next to text or zeros); one sample from the middle stored such chunks raw.
 PROBE_BYTES = 16 * 1024
+PROBE_SAMPLES = 4
 #: Store raw when the probe (or the real compression) saves less than this fraction.
 MIN_SAVING = 0.03
 
@@ -54,15 +57,21 @@ def raw_frame(data: bytes | memoryview) -> bytes:
 
 
 def looks_incompressible(data: bytes | memoryview, probe: zstandard.ZstdCompressor) -> bool:
-    """Cheap probe: compress a sample from the middle with *probe* (a level-1 compressor);
-    True if it barely shrinks."""
+    """Cheap probe: compress `PROBE_SAMPLES` samples spread from the start to the end of
+    *data* (which should be several `PROBE_BYTES` long) with *probe* (a level-1
+    compressor); True if together they barely shrink."""
     view = memoryview(data)
     if len(view) < 512:
         return False
-    start = max(0, len(view) // 2 - PROBE_BYTES // 2)
-    sample = view[start : start + PROBE_BYTES]
-    out = probe.compress(sample)
-    return len(out) > len(sample) * (1 - MIN_SAVING)
+    part = min(PROBE_BYTES // PROBE_SAMPLES, len(view))
+    last = len(view) - part
+    sampled = saved = 0
+    for i in range(PROBE_SAMPLES):
+        start = last * i // (PROBE_SAMPLES - 1)
+        sample = view[start : start + part]
+        sampled += len(sample)
+        saved += len(sample) - len(probe.compress(sample))
+    return saved < sampled * MIN_SAVING
 
 
 @dataclass(frozen=True, slots=True)
