@@ -79,6 +79,18 @@ class Run:
     rss_kib: int
     cpu: float
     stdout: str = ""
+    stolen: float = 0.0  # CPU-seconds the hypervisor took from this machine meanwhile
+
+
+def stolen_seconds() -> float:
+    """CPU time stolen by the hypervisor since boot (all CPUs; /proc/stat's steal): the
+    difference over a run tells how much of the machine another tenant had."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):  # pragma: no cover - not Linux
+        return 0.0
 
 
 class BenchError(Exception):
@@ -96,9 +108,10 @@ def run(argv: list[str], *, env: dict[str, str], log: Path, cwd: str | None = No
         full = list(prefix or []) + argv
         if os.path.exists(TIME):
             full = [TIME, "-f", "%e %M %U %S", "-o", tf.name, *full]
-        start = time.perf_counter()
+        start, steal = time.perf_counter(), stolen_seconds()
         proc = subprocess.run(full, env=env, cwd=cwd, capture_output=True, text=True)
         wall = time.perf_counter() - start
+        stolen = stolen_seconds() - steal
         with open(log, "a") as f:
             f.write(f"$ {shlex.join(argv)}\n# rc={proc.returncode} wall={wall:.3f}s\n")
             f.write(proc.stdout[-20000:])
@@ -115,7 +128,7 @@ def run(argv: list[str], *, env: dict[str, str], log: Path, cwd: str | None = No
             import resource
             ru = resource.getrusage(resource.RUSAGE_CHILDREN)
             rss = ru.ru_maxrss
-        return Run(wall, rss, cpu, proc.stdout)
+        return Run(wall, rss, cpu, proc.stdout, stolen)
 
 
 def du(path: Path) -> int:
@@ -506,11 +519,12 @@ def record(res: Results, phase: str, tool: str, runs: list[Run]) -> None:
         "walls": [round(r.wall, 3) for r in runs],
         "rss_mib": max(r.rss_kib for r in runs) / 1024,
         "cpu": statistics.median(r.cpu for r in runs),
+        "stolen": [round(r.stolen, 2) for r in runs],
     }
     r = res.runs[phase][tool]
     print(f"  {phase:<9} {tool:<7} {r['wall']:8.2f} s  (cpu {r['cpu']:7.2f} s, peak RSS "
-          f"{r['rss_mib']:6.1f} MiB){'  runs: ' + str(r['walls']) if len(runs) > 1 else ''}",
-          flush=True)
+          f"{r['rss_mib']:6.1f} MiB){'  runs: ' + str(r['walls']) if len(runs) > 1 else ''}"
+          f"  stolen: {r['stolen']}", flush=True)
 
 
 def check_restore(tool: Tool, target: Path, expected: dict, res: Results) -> list[str]:
@@ -799,6 +813,11 @@ def render(res: Results) -> str:
                   "yes" if values["durafs"] <= RSS_LIMIT_MIB else "**no**"]
     rows.append(["peak RSS, any phase (MiB)", *(f"{values[n]:.0f}" for n in names), *cells])
     lines += table(header, rows)
+    if all("stolen" in res.runs[p][n] for p, _ in phases for n in names):  # (older reports)
+        stolen = {n: sum(sum(res.runs[p][n]["stolen"]) for p, _ in phases) for n in names}
+        lines.append("")
+        lines.append("CPU time stolen by the hypervisor during the timed runs (s; a noisy "
+                     "run shows here): " + ", ".join(f"{n} {stolen[n]:.1f}" for n in names))
 
     if m["repeat"] > 1:
         lines.append("")

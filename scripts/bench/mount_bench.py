@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import corpus
-from engine_bench import Borg, Durafs, Restic, Tool, machine, table
+from engine_bench import Borg, Durafs, Restic, Tool, machine, stolen_seconds, table
 
 MiB = 1024 * 1024
 MARKER = ".durafs-mount-bench"
@@ -194,6 +194,7 @@ def measure(tool: Tool, work: Path, read_all: bool = True, via_latest: bool = Tr
     mnt = work / "mnt" / tool.name
     out: dict = {}
     warm_repository(tool)
+    steal = stolen_seconds()
     start = time.perf_counter()
     with Mount(tool, mnt) as m:
         out["mount_s"] = time.perf_counter() - start
@@ -216,6 +217,7 @@ def measure(tool: Tool, work: Path, read_all: bool = True, via_latest: bool = Tr
         out["hwm_mib"], out["rss_mib"] = hwm / 1024, rss / 1024
         print(f"  {tool.name:<7} serving process peak RSS {hwm / 1024:.0f} MiB "
               f"(now {rss / 1024:.0f} MiB)", flush=True)
+    out["stolen"] = stolen_seconds() - steal
     return out
 
 
@@ -339,6 +341,10 @@ def render(res: dict) -> str:
     lines.append("")
     lines.append("files seen by ls -lR: " + ", ".join(
         f"{n} {runs[n]['ls1_files']}" for n in names) + f" (corpus: {c['files']})")
+    if all("stolen" in runs[n] for n in names):  # (older reports)
+        lines.append("CPU time stolen by the hypervisor while each tool was mounted (s; a "
+                     "noisy run shows here): "
+                     + ", ".join(f"{n} {runs[n]['stolen']:.1f}" for n in names))
     if res.get("tiny"):
         t = res["tiny"]
         ok = t["hwm_mib"] <= RSS_LIMIT_MIB
