@@ -33,6 +33,7 @@ from typing import Any
 
 from durafs.engine.catalogspool import CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
+from durafs.engine.collector import gc_relaxed
 from durafs.engine.filereader import (
     END,
     READ_ATTEMPTS,
@@ -172,6 +173,10 @@ class Backup:
     # -- the run ---------------------------------------------------------------------
 
     def run(self) -> BackupResult:
+        with gc_relaxed():  # the walk's objects live to its end: nothing to collect
+            return self._run()
+
+    def _run(self) -> BackupResult:
         plan = self.catalog.ensure_plan(self.opts.plan)
         if not self.opts.dry_run:
             adopt_orphan_volumes(self.catalog, self.keys, self.pool)

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import gc
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar
 
 from durafs.engine.access import VolumeAccess
 from durafs.engine.catalogvol import to_tree_entry
+from durafs.engine.collector import gc_frozen, gc_paused
 from durafs.engine.fsmeta import (
     LONG_PATH,
     apply_fd_metadata,
@@ -179,9 +178,9 @@ class Restore:
         else:  # anything else goes into TARGET under its own name
             strip = len(path.rsplit(b"/", 1)[0])
         plan = _Plan()
-        with _gc_paused():
+        with gc_paused():
             self._walk(plan, plan_row.id, checkpoint.seq, top.path_id, target, strip)
-        with _gc_frozen():
+        with gc_frozen():
             self._fill(plan)
             self._finish(plan)
         done = [f for f in plan.files if f.state == "created"]
@@ -449,33 +448,6 @@ class Restore:
     def _problem(self, path: bytes, exc: BaseException) -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         self.result.problems.append(f"{os.fsdecode(path)}: {reason}")  # atomic: threads
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The walk makes several objects per entry that all live until the end: the cyclic
-    GC would traverse them again and again (a quarter of the walk's time), freeing none."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@contextmanager
-def _gc_frozen() -> Iterator[None]:
-    """Keep the objects that exist now (the walk's, which live to the end) out of the
-    cyclic GC's collections while the workers allocate (a few % of their CPU otherwise)."""
-    if gc.get_freeze_count():  # someone else froze objects: leave that alone
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _batches(jobs: list[_Job]) -> list[_Batch]:
