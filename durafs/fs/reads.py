@@ -50,6 +50,7 @@ from durafs.fs.requests import MediaRequests
 from durafs.fs.vfs import LRU, ReadPlan
 from durafs.index.rows import ChunkRow, FilePiece, MediumRow, VolumeRow
 from durafs.media.filehandle import FileVolumeHandle
+from durafs.priority import background_thread
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,7 @@ class ChunkSource:
         self._staged: OrderedDict[int, tuple[FileVolumeHandle, VolumeReader]] = OrderedDict()
 
     def read_chunk(self, chunk: ChunkRow, volume: VolumeRow) -> bytes:
+        background_thread()  # decoding yields the CPU to the thread answering requests
         reader = self._staged_reader(volume) or self.access.reader(volume)
         return reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
 
@@ -246,6 +248,7 @@ class ChunkSource:
         """The plaintexts of *chunks* (all in *volume*, in volume order), each checked
         against its id: frames stored next to each other are read and decrypted in one go.
         """
+        background_thread()
         reader = self._staged_reader(volume) or self.access.reader(volume)
         codec = codec_for_thread(reader.header.id_key)
         out: list[bytes] = []
