@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import blake3
@@ -121,12 +121,8 @@ class StreamReader:
         fd = open_source_file(path, follow=self.follow)
         hasher = blake3.blake3(max_threads=1)
         try:
-            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-                offset = 0
-                for piece in self.chunker.cut_stream(f):
-                    hasher.update(piece)
-                    out.put((offset, self.encode(piece)))
-                    offset += len(piece)
+            for offset, piece in cut_file(self.chunker, fd, hasher):
+                out.put((offset, self.encode(piece)))
             return FileRead(blake3=hasher.digest(), st=os.fstat(fd))
         finally:
             os.close(fd)
@@ -150,13 +146,8 @@ class SparseReader:
             if st.st_blocks * 512 < size:
                 self._read_regions(fd, size, hasher, submit)
             else:  # no longer sparse since the walk saw it
-                with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-                    offset = 0
-                    for piece in self.chunker.cut_stream(f):
-                        data = bytes(piece)
-                        hasher.update(data)
-                        submit(data, offset)
-                        offset += len(data)
+                for offset, piece in cut_file(self.chunker, fd, hasher):
+                    submit(bytes(piece), offset)  # the view is reused by the next piece
             return hasher.digest(), os.fstat(fd)
         finally:
             os.close(fd)
@@ -170,11 +161,24 @@ class SparseReader:
                 hasher.update(data)
                 offset = block
                 for piece in self.chunker.cut_buffer(memoryview(data)):
-                    if piece:  # an empty file has no chunk at all
+                    if piece:  # nothing read: the file shrank meanwhile
                         submit(piece, offset)
                         offset += len(piece)
             pos = start + length
         hasher.update(bytes(size - pos))
+
+
+def cut_file(
+    chunker: Chunker, fd: int, hasher: blake3.blake3,
+) -> Iterator[tuple[int, memoryview]]:
+    """The chunks of open file *fd* read from its start, with their offsets, hashed into
+    *hasher* on the way; each view is valid only until the next."""
+    with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+        offset = 0
+        for piece in chunker.cut_stream(f):
+            hasher.update(piece)
+            yield offset, piece
+            offset += len(piece)
 
 
 def read_until_still(

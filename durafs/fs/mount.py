@@ -19,7 +19,6 @@ serving process, so ``durafs umount`` knows whom to wait for.
 from __future__ import annotations
 
 import errno
-import gc
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ import pyfuse3
 import trio
 
 from durafs.engine.access import VolumeAccess
+from durafs.engine.collector import gc_relaxed
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
 from durafs.format.keys import CatalogKeys
@@ -258,14 +258,13 @@ async def serve(config: MountConfig, *, task_status: Any = trio.TASK_STATUS_IGNO
 
     Reports readiness through *task_status* once the kernel mount exists. Cancelling
     the caller's scope unmounts cleanly. Sets the process's garbage collector thresholds
-    to `GC_THRESHOLDS` (and freezes what exists by then).
+    to `GC_THRESHOLDS` (and freezes what exists by then) while it serves.
     """
     await trio.to_thread.run_sync(prepare_mountpoint, config.mountpoint)
     # Resolved before mounting: afterwards the lstat would wait for this very process.
     target = await trio.to_thread.run_sync(os.path.realpath, config.mountpoint)
-    with assemble(config) as parts:
-        gc.freeze()  # modules, index connections: nothing to collect there, ever
-        gc.set_threshold(*GC_THRESHOLDS)
+    # modules, index connections: nothing to collect there, ever
+    with assemble(config) as parts, gc_relaxed(GC_THRESHOLDS):
         await _session(config, parts, target, task_status)
 
 
