@@ -155,7 +155,7 @@ class SparseReader:
     def _read_regions(self, fd: int, size: int, hasher: blake3.blake3, submit: Submit) -> None:
         pos = 0
         for start, length in data_regions(fd, size):
-            hasher.update(bytes(start - pos))
+            _hash_zeros(hasher, start - pos)
             for block in range(start, start + length, WHOLE_READ):
                 data = os.pread(fd, min(WHOLE_READ, start + length - block), block)
                 hasher.update(data)
@@ -165,7 +165,17 @@ class SparseReader:
                         submit(piece, offset)
                         offset += len(piece)
             pos = start + length
-        hasher.update(bytes(size - pos))
+        _hash_zeros(hasher, size - pos)
+
+
+#: Zeros a hole is hashed from, piece by piece: a hole may be terabytes.
+_ZEROS = bytes(1024 * 1024)
+
+
+def _hash_zeros(hasher: blake3.blake3, n: int) -> None:
+    for _ in range(n // len(_ZEROS)):
+        hasher.update(_ZEROS)
+    hasher.update(memoryview(_ZEROS)[: n % len(_ZEROS)])
 
 
 def cut_file(

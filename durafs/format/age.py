@@ -215,7 +215,8 @@ class AgeWriter:
 
     Memory is bounded: less than one chunk of plaintext is held between calls (a
     full chunk is held back until more data shows it is not the final one), and
-    each call hands the sink at most ~4 MiB at a time, in fresh buffers it may keep.
+    each call hands the sink at most ~4 MiB at a time, in one buffer the writer reuses
+    (a sink must be done with it when ``write`` returns, as files are).
     The header and payload nonce are written at construction. ``file_key`` is for
     callers that need the key up front; the spec forbids reusing one across files.
     """
@@ -228,15 +229,20 @@ class AgeWriter:
         self._aead = _payload_aead(file_key, nonce)
         self._sink = sink
         self._buf = bytearray()
+        self._out = memoryview(bytearray())
         self._index = 0
         self._closed = False
         self.header_len = len(header)
         sink.write(header + nonce)
 
-    def _seal(self, chunks: Sequence[Buffer], last: bool = False) -> bytearray:
-        """Seal consecutive chunks into one new buffer (``last`` flags the final one)."""
-        out = bytearray(sum(len(c) for c in chunks) + TAG_SIZE * len(chunks))
-        view = memoryview(out)
+    def _seal(self, chunks: Sequence[Buffer], last: bool = False) -> memoryview:
+        """Seal consecutive chunks into the output buffer (``last`` flags the final one);
+        valid until the next call. Reused because a fresh megabyte buffer costs a zero
+        fill and, once malloc has given its pages back, a page fault per 4 KiB."""
+        size = sum(len(c) for c in chunks) + TAG_SIZE * len(chunks)
+        if len(self._out) < size:
+            self._out = memoryview(bytearray(size))
+        view = self._out
         pos = 0
         for i, chunk in enumerate(chunks):
             end = pos + len(chunk) + TAG_SIZE
@@ -244,7 +250,7 @@ class AgeWriter:
             _seal_into(self._aead, self._index, final, chunk, view[pos:end])
             self._index += 1
             pos = end
-        return out
+        return view[:size]
 
     def write(self, data: Buffer) -> None:
         """Encrypt ``data``; full chunks are sealed now, the tail is buffered."""

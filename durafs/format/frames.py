@@ -33,6 +33,8 @@ PROBE_BYTES = 16 * 1024
 PROBE_SAMPLES = 4
 #: Store raw when the probe (or the real compression) saves less than this fraction.
 MIN_SAVING = 0.03
+#: Inputs up to this size get a compression context of their own (see ChunkCodec).
+SMALL_INPUT = 128 * 1024
 
 
 def raw_frame(data: bytes | memoryview) -> bytes:
@@ -95,6 +97,10 @@ class ChunkCodec:
         self.id_key = id_key
         self.level = level
         self._cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        # zstd sizes its tables to each input and frees a workspace that stays oversized
+        # for a while, so small files between large chunks made it reallocate (and
+        # page-fault) the large one again and again: each size class keeps its own.
+        self._cctx_small = zstandard.ZstdCompressor(level=level, write_content_size=True)
         self._dctx = zstandard.ZstdDecompressor()
         self._probe = zstandard.ZstdCompressor(level=1)
 
@@ -110,7 +116,8 @@ class ChunkCodec:
         # Below a few probe sizes, trying the real compression costs about what the probe does.
         probe = size > 4 * PROBE_BYTES
         if size and not (probe and looks_incompressible(data, self._probe)):
-            frame = self._cctx.compress(data)
+            cctx = self._cctx_small if size <= SMALL_INPUT else self._cctx
+            frame = cctx.compress(data)
             if len(frame) < size * (1 - MIN_SAVING):
                 return StoredChunk(chunk_id, size, frame, raw=False)
         return StoredChunk(chunk_id, size, raw_frame(data), raw=True)

@@ -333,8 +333,9 @@ def _assemble(views: list[tuple[int, memoryview]], offset: int, end: int) -> byt
         if pos == end:
             return b"".join(view for _, view in views)
     buf = bytearray(end - offset)  # zeros: whatever no piece covers is a hole
+    into = memoryview(buf)  # copies once; a bytearray slice would copy a view twice
     for lo, view in views:
-        buf[lo - offset : lo - offset + len(view)] = view
+        into[lo - offset : lo - offset + len(view)] = view
     return buf
 
 

@@ -470,7 +470,9 @@ class DirectorySink(VolumeSink):
         self._tmp_path = tmp_path
         self._volume = volume
         self._limit = limit
-        self._buf = bytearray(WRITE_BUFFER)
+        # A memoryview: slice assignment into a bytearray itself would first copy a
+        # memoryview argument into a temporary bytearray.
+        self._buf = memoryview(bytearray(WRITE_BUFFER))
         self._fill = 0
         self._written = 0
         self._flushed = 0  # bytes handed to the kernel
@@ -556,7 +558,7 @@ class DirectorySink(VolumeSink):
 
     def _flush(self) -> None:
         if self._fill:
-            self._write_through(memoryview(self._buf)[: self._fill])
+            self._write_through(self._buf[: self._fill])
             self._fill = 0
 
     def _write_through(self, view: memoryview) -> None:
