@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +41,7 @@ from durafs.engine.fsmeta import (
     make_node,
     pwrite_all,
 )
-from durafs.errors import CatalogError, DurafsError, UsageError
+from durafs.errors import CatalogError, DurafsError, MediumOfflineError, UsageError
 from durafs.format.catalog import TreeEntry
 from durafs.format.frames import codec_for_thread
 from durafs.format.reader import VolumeReader
@@ -89,6 +91,9 @@ class _File:
     state: str = "new"
     damaged: bool = False
     reported: bool = False
+    #: With --overwrite, the name it is written under until it is complete (then renamed
+    #: over *dest*, so a replacement that fails leaves the old file as it was).
+    temp: bytes | None = None
     #: The last batch (by number) holding a chunk of it, while batches are cut.
     batch: int = -1
 
@@ -131,6 +136,8 @@ class _Plan:
     #: Hard-link group leaders by source path; links as (dest, leader's source path).
     leaders: dict[bytes, _File] = field(default_factory=dict)
     links: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: The leaders' pieces, for a link that takes over when its leader is not restored.
+    leader_pieces: dict[bytes, list[tuple[int, int, int]]] = field(default_factory=dict)
     #: Directories in walk order (parents first), with "may hold ACLs it did not get".
     dirs: list[tuple[bytes, TreeEntry, bool]] = field(default_factory=list)
     #: Per directory: do objects created in it inherit ACLs (has it a default ACL)?
@@ -163,6 +170,9 @@ class Restore:
         self.result = RestoreResult()
         self.is_root = os.geteuid() == 0
         self._volumes: dict[int, VolumeRow] = {}
+        #: Media that stayed offline past the wait, by id: the rest of the run does not
+        #: wait for them again, batch after batch.
+        self._offline: dict[int, str] = {}
 
     def run(self, checkpoint: CheckpointRow, path: bytes, target: bytes) -> RestoreResult:
         """Restore *path* of *checkpoint*: a directory's contents become *target*'s, anything
@@ -173,6 +183,9 @@ class Restore:
         if top is None:
             raise UsageError(f"{os.fsdecode(path)} is not in {checkpoint.plan}/{checkpoint.name}")
         os.makedirs(target, exist_ok=True)
+        # A TARGET that is a symlink means the directory it points to; inside TARGET no
+        # symlink is ever followed (see _walk).
+        target = os.path.realpath(target)
         if top.type == "d":  # its contents become TARGET's
             strip = len(path.rstrip(b"/")) if path != b"/" else 0
         else:  # anything else goes into TARGET under its own name
@@ -183,7 +196,8 @@ class Restore:
         with gc_frozen():
             self._fill(plan)
             self._finish(plan)
-        done = [f for f in plan.files if f.state == "created"]
+        done = [f for f in plan.files
+                if f.state == "created" and not f.damaged and not f.reported]
         self.result.files = len(done)
         self.result.bytes = sum(f.entry.size for f in done)
         self.result.problems.sort()  # workers report in no fixed order
@@ -195,12 +209,21 @@ class Restore:
         self, plan: _Plan, plan_id: int, seq: int, top_id: int, target: bytes, strip: int
     ) -> None:
         leaders: dict[int, bytes] = {}
+        # Directories that could not be made (something else is there, a symlink maybe):
+        # nothing goes under them, or it would land wherever that thing leads.
+        blocked: set[bytes] = set()
         for src, version in self.catalog.walk(plan_id, seq, top_id):
             dest = (target + (src[strip:] if strip else src).rstrip(b"/")) or target
+            if dest.rsplit(b"/", 1)[0] in blocked:
+                blocked.add(dest)
+                continue
             entry = to_tree_entry(self.catalog, src, version, leaders, chunks=False)
             try:
                 self._node(plan, src, dest, entry, version)
             except (OSError, DurafsError) as exc:
+                if entry.type == "d":
+                    blocked.add(dest)
+                    exc = _Skipped(exc)
                 self._problem(dest, exc)
             if len(plan.unresolved) >= LOOKUP_FILES:
                 self._resolve(plan)
@@ -218,6 +241,7 @@ class Restore:
             plan.unresolved.append((file, version.pieces()))
             if version.hardlink_id is not None:
                 plan.leaders[src] = file
+                plan.leader_pieces[src] = version.pieces()
         elif kind == "h":
             assert entry.link is not None
             plan.links.append((dest, entry.link))
@@ -227,7 +251,7 @@ class Restore:
                            inherited=self._inherits(plan, dest))
 
     def _dir(self, plan: _Plan, dest: bytes, entry: TreeEntry) -> None:
-        if make_dir(dest):
+        if self._replacing(dest, make_dir, dest):
             # A new directory has a default ACL only if it inherited one (ours come last).
             inherits = self._inherits(plan, dest)
             plan.passes_acls[dest] = inherits
@@ -287,7 +311,7 @@ class Restore:
             (self._finish_empty, plan.empty[i : i + EMPTY_BATCH])
             for i in range(0, len(plan.empty), EMPTY_BATCH)]
         tasks += [(self._run_batch, batch) for batch in _batches(plan.jobs)]
-        plan.jobs = []
+        plan.jobs, plan.empty = [], []
         pool = concurrent.futures.ThreadPoolExecutor(WORKERS, "durafs-restore")
         try:
             for future in [pool.submit(func, arg) for func, arg in tasks]:
@@ -329,7 +353,7 @@ class Restore:
     def _decoded(self, batch: _Batch) -> Iterator[tuple[_Job, bytes | None]]:
         """Each job of *batch* with its chunk's checked plaintext, or None (reported)."""
         try:
-            reader = self.access.reader(batch.volume)
+            reader = self._reader(batch.volume)
         except (OSError, DurafsError) as exc:
             for job in batch.jobs:
                 self._report(job.file, exc)
@@ -350,6 +374,16 @@ class Restore:
             previous = (job.offset, data)
             yield job, data
 
+    def _reader(self, volume: VolumeRow) -> VolumeReader:
+        gave_up = self._offline.get(volume.medium_id)
+        if gave_up is not None:
+            raise MediumOfflineError(gave_up)
+        try:
+            return self.access.reader(volume)
+        except MediumOfflineError as exc:
+            self._offline[volume.medium_id] = str(exc)
+            raise
+
     def _open(self, file: _File) -> int:
         """A descriptor to write *file* through, creating it the first time; -1 if there is
         none (reported)."""
@@ -363,8 +397,8 @@ class Restore:
             return -1
         try:
             if file.state == "created":  # by an earlier batch
-                return _reopen(file.dest)
-            fd = self._replacing(file.dest, _create, file.dest)
+                return _reopen(file.temp or file.dest)
+            fd = self._create_file(file)
         except OSError as exc:
             if file.state == "new":
                 file.state = "failed"  # never touch what is there
@@ -400,18 +434,24 @@ class Restore:
         try:
             if file.damaged or file.end < file.entry.size:
                 os.ftruncate(fd, file.entry.size)  # a trailing hole, or holes for damage
-            apply_fd_metadata(fd, file.dest, file.entry, is_root=self.is_root,
-                              inherited=file.inherits)
+            if not file.damaged:  # a damaged file keeps today's time, so no tool trusts it
+                apply_fd_metadata(fd, file.dest, file.entry, is_root=self.is_root,
+                                  inherited=file.inherits)
         except OSError as exc:
             self._report(file, exc)
         finally:
             os.close(fd)
+        if file.temp is not None:
+            self._put_in_place(file)
 
     # -- pass 3: hard links and directories ---------------------------------------------
 
     def _finish(self, plan: _Plan) -> None:
+        self._promote_heirs(plan)
         for dest, leader_src in plan.links:
             leader = plan.leaders.get(leader_src)
+            if leader is not None and leader.dest == dest:
+                continue  # the heir itself
             try:
                 if leader is None or leader.state != "created":
                     raise FileNotFoundError(
@@ -425,7 +465,63 @@ class Restore:
             except OSError as exc:
                 self._problem(dest, exc)
 
+    def _promote_heirs(self, plan: _Plan) -> None:
+        """A hard-link group whose first name was not restored (something was there, say)
+        gets its content under its first link's name instead; the other links follow it."""
+        heirs: dict[bytes, _File] = {}
+        for dest, leader_src in plan.links:
+            leader = plan.leaders.get(leader_src)
+            if leader is None or leader.state == "created" or leader_src in heirs:
+                continue
+            heir = _File(dest, leader.entry, self._inherits(plan, dest))
+            plan.files.append(heir)
+            plan.unresolved.append((heir, plan.leader_pieces[leader_src]))
+            heirs[leader_src] = heir
+        if heirs:
+            self._resolve(plan)
+            self._fill(plan)
+            plan.leaders.update(heirs)
+
     # -- helpers ------------------------------------------------------------------------
+
+    def _create_file(self, file: _File) -> int:
+        """Create *file* for writing. Something already at its name is replaced only with
+        --overwrite, and only once the new content is complete: until then the file is
+        written under a temporary name beside it."""
+        try:
+            return _create(file.dest)
+        except FileExistsError:
+            if not self.overwrite:
+                raise FileExistsError("exists (use --overwrite)") from None
+        with at_path(file.dest) as (dir_fd, name):
+            if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        parent = file.dest.rsplit(b"/", 1)[0] or b"/"
+        while True:
+            temp = parent + b"/.durafs-restore-" + os.urandom(6).hex().encode()
+            try:
+                fd = _create(temp)
+            except FileExistsError:
+                continue
+            file.temp = temp
+            return fd
+
+    def _put_in_place(self, file: _File) -> None:
+        """Rename a replacement over the file it replaces; a damaged one is dropped and
+        the old file stays."""
+        assert file.temp is not None
+        temp, file.temp = file.temp, None
+        try:
+            with at_path(temp) as (src_fd, src), at_path(file.dest) as (dst_fd, dst):
+                if file.damaged:
+                    os.unlink(src, dir_fd=src_fd)
+                    self._problem(file.dest, OSError(0, "left as it was (the backup's copy "
+                                                        "is damaged)"))
+                else:
+                    os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        except OSError as exc:
+            file.damaged = True
+            self._report(file, exc)
 
     def _replacing(self, dest: bytes, create: Callable[..., _T], *args: Any) -> _T:
         """``create(*args)``, which makes *dest*; if something is there already, it is
@@ -448,6 +544,15 @@ class Restore:
     def _problem(self, path: bytes, exc: BaseException) -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         self.result.problems.append(f"{os.fsdecode(path)}: {reason}")  # atomic: threads
+
+
+class _Skipped(OSError):
+    """A directory that could not be made: its reason, and that nothing under it was."""
+
+    def __init__(self, exc: BaseException) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        super().__init__(getattr(exc, "errno", 0) or 0,
+                         f"{reason}; nothing under it was restored")
 
 
 def _batches(jobs: list[_Job]) -> list[_Batch]:

@@ -10,6 +10,7 @@ import gc
 import os
 import random
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,131 @@ def test_a_single_file_lands_in_the_target_under_its_name(tmp_path: Path) -> Non
     run = durafs("restore", f"default/latest{source}/sub/link", out)
     assert run.code == 0, run.err
     assert os.readlink(out / "link") == "../hello.txt"
+
+
+def _flip_byte_of(pool: Path, needle: bytes) -> None:
+    """Damage the unencrypted volume that stores *needle* (raw: random data)."""
+    for volume in (pool / "volumes").iterdir():
+        data = bytearray(volume.read_bytes())
+        where = data.find(needle)
+        if where >= 0:
+            data[where] ^= 0xFF
+            volume.write_bytes(bytes(data))
+            return
+    raise AssertionError("no volume holds those bytes")
+
+
+def test_a_symlink_in_the_target_is_never_followed(tmp_path: Path) -> None:
+    """A symlink where the backup has a directory would take whatever goes under that
+    directory elsewhere: nothing goes under it, and --overwrite replaces the link itself."""
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)  # hello.txt, sub/data.bin, sub/link, sub/hello-again (hard link)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    outside.mkdir()
+    out.mkdir()
+    (out / "sub").symlink_to(outside)
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 1
+    assert f"{out / 'sub'}: exists (use --overwrite); nothing under it was restored" in run.err
+    assert os.listdir(outside) == []
+    assert (out / "hello.txt").read_text() == "hello, world\n"
+    run = durafs("restore", f"default/latest{source}", out, "--overwrite")
+    assert run.code == 0, run.err
+    assert os.listdir(outside) == []
+    assert compare_trees(source, out) == []
+
+
+def test_a_target_that_is_a_symlink_means_the_directory_it_names(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "via").symlink_to(real)
+    run = durafs("restore", f"default/latest{source}", tmp_path / "via")
+    assert run.code == 0, run.err
+    assert compare_trees(source, real) == []
+
+
+def test_overwrite_writes_beside_and_renames_so_a_failed_copy_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "good").write_bytes(b"new content\n")
+    (source / "bad").write_bytes(random.Random(1).randbytes(300_000))
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    _flip_byte_of(pool, (source / "bad").read_bytes()[100_000:100_064])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "good").write_text("old good\n")
+    (out / "bad").write_text("precious old copy\n")
+    elsewhere = tmp_path / "elsewhere"
+    os.link(out / "good", elsewhere)  # a hard link outside keeps the old content
+    run = durafs("restore", f"default/latest{source}", out, "--overwrite", "--json")
+    assert run.code == 1
+    assert (out / "good").read_bytes() == b"new content\n"
+    assert elsewhere.read_text() == "old good\n"
+    assert (out / "bad").read_text() == "precious old copy\n"
+    assert any(p.startswith(f"{out / 'bad'}: left as it was") for p in run.json()["problems"])
+    assert run.json()["files"] == 1
+    assert sorted(os.listdir(out)) == ["bad", "good"]  # no temporary name left behind
+
+
+def test_a_damaged_file_is_not_counted_and_keeps_no_original_time(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    _write(source / "ok", b"fine\n")
+    _write(source / "bad", random.Random(2).randbytes(300_000))
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    _flip_byte_of(pool, (source / "bad").read_bytes()[5000:5064])
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}", out, "--json")
+    assert run.code == 1 and run.json()["files"] == 1
+    assert os.stat(out / "ok").st_mtime_ns == os.stat(source / "ok").st_mtime_ns
+    # a size-and-time check (rsync's) must not take the damaged copy for the original
+    assert os.stat(out / "bad").st_mtime_ns != os.stat(source / "bad").st_mtime_ns
+
+
+def test_an_offline_medium_is_waited_for_once_per_run(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(12):  # several batches
+        (source / f"f{i:02d}").write_bytes(random.Random(i).randbytes(MiB))
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    pool.rename(tmp_path / "unplugged")
+    started = time.monotonic()
+    run = durafs("restore", "--media-timeout", "1", f"default/latest{source}",
+                 tmp_path / "out", "--json")
+    took = time.monotonic() - started
+    assert run.code == 1 and len(run.json()["problems"]) == 12
+    assert took < 2 * restore.WORKERS + 1  # each worker waited once at most, not per batch
+    assert run.json()["files"] == 0
+
+
+def test_a_hard_link_takes_over_when_its_first_name_is_not_restored(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("shared content\n")
+    os.link(source / "a", source / "b")
+    os.link(source / "a", source / "c")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").write_text("something else\n")
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 1
+    assert run.err.count("exists (use --overwrite)") == 1
+    assert (out / "a").read_text() == "something else\n"
+    assert (out / "b").read_text() == "shared content\n"
+    assert os.stat(out / "b").st_ino == os.stat(out / "c").st_ino
+    assert os.stat(out / "b").st_nlink == 2
