@@ -182,7 +182,10 @@ class Restore:
         top = self.catalog.resolve(plan_row.id, checkpoint.seq, path)
         if top is None:
             raise UsageError(f"{os.fsdecode(path)} is not in {checkpoint.plan}/{checkpoint.name}")
-        os.makedirs(target, exist_ok=True)
+        try:
+            os.makedirs(target, exist_ok=True)
+        except FileExistsError:
+            raise UsageError(f"{os.fsdecode(target)}: exists and is not a directory") from None
         # A TARGET that is a symlink means the directory it points to; inside TARGET no
         # symlink is ever followed (see _walk).
         target = os.path.realpath(target)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -135,12 +136,13 @@ def join_path(parent: bytes, name: bytes) -> bytes:
 def split_path(path: bytes) -> list[bytes]:
     """Components of an absolute, normalised path; ``b"/"`` has none."""
     if not path.startswith(b"/") or b"\0" in path:
-        raise UsageError(f"{path!r} is not an absolute path")
+        raise UsageError(f"{os.fsdecode(path)}: not an absolute path")
     parts = path.split(b"/")[1:]
     if parts == [b""]:
         return []
     if any(part in (b"", b".", b"..") for part in parts):
-        raise UsageError(f"{path!r} is not a normalised path")
+        raise UsageError(
+            f"{os.fsdecode(path)}: not a normalised path (no empty, '.' or '..' components)")
     return parts
 
 

@@ -343,3 +343,18 @@ def test_a_hard_link_takes_over_when_its_first_name_is_not_restored(tmp_path: Pa
     assert (out / "b").read_text() == "shared content\n"
     assert os.stat(out / "b").st_ino == os.stat(out / "c").st_ino
     assert os.stat(out / "b").st_nlink == 2
+
+
+def test_bad_paths_and_targets_are_told_in_words(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    run = durafs("restore", f"default/latest{source}//sub", tmp_path / "out")
+    assert run.code == 2
+    assert f"{source}//sub: not a normalised path" in run.err
+    (tmp_path / "file").write_text("x")
+    run = durafs("restore", f"default/latest{source}", tmp_path / "file")
+    assert run.code == 2
+    assert f"{tmp_path / 'file'}: exists and is not a directory" in run.err
