@@ -197,6 +197,10 @@ class Backup:
                     self._walk()
                     self._drain(final=True)
                 except BaseException:
+                    # workers streaming a file wait for the walk to take their chunks:
+                    # release them, and drop the jobs not started, before the pool joins
+                    self._streamer.stop.set()
+                    pool.shutdown(wait=False, cancel_futures=True)
                     self.writer.abort()
                     raise
                 if self.opts.dry_run:

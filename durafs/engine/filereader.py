@@ -28,6 +28,12 @@ from durafs.format.frames import StoredChunk
 WHOLE_READ = 8 * 1024 * 1024
 #: Attempts to read a file that keeps changing before it is reported.
 READ_ATTEMPTS = 3
+#: How often a worker handing a chunk over checks whether the run was abandoned (s).
+STOP_POLL = 0.1
+
+
+class StreamStopped(Exception):
+    """A streaming read gave up because the backup was abandoned."""
 
 #: Turns one chunk's bytes into its stored form (hash first, then compress).
 Encoder = Callable[[memoryview], StoredChunk]
@@ -107,22 +113,34 @@ class StreamReader:
         self.chunker = chunker
         self.encode = encode
         self.follow = follow_symlinks
+        #: Set when the run is abandoned: nobody takes chunks any more, so a worker
+        #: waiting to hand one over gives up instead of waiting forever.
+        self.stop = threading.Event()
 
     def read(self, request: ReadRequest, out: queue.Queue[StreamItem]) -> FileRead:
         """Stream *request*'s file into *out*, END last whatever happens; return its hash
         and final status, or the error that stopped it."""
         try:
             return read_until_still(request, lambda _: self._read_once(request.path, out),
-                                    restart=lambda: out.put(RESTART))
+                                    restart=lambda: self._put(out, RESTART))
         finally:
-            out.put(END)
+            self._put(out, END)
+
+    def _put(self, out: queue.Queue[StreamItem], item: StreamItem) -> None:
+        while not self.stop.is_set():
+            try:
+                out.put(item, timeout=STOP_POLL)
+                return
+            except queue.Full:
+                pass
+        raise StreamStopped("the backup stopped")
 
     def _read_once(self, path: bytes, out: queue.Queue[StreamItem]) -> FileRead:
         fd = open_source_file(path, follow=self.follow)
         hasher = blake3.blake3(max_threads=1)
         try:
             for offset, piece in cut_file(self.chunker, fd, hasher):
-                out.put((offset, self.encode(piece)))
+                self._put(out, (offset, self.encode(piece)))
             return FileRead(blake3=hasher.digest(), st=os.fstat(fd))
         finally:
             os.close(fd)

@@ -14,7 +14,13 @@ import pytest
 
 from durafs.engine.home import Home
 from tests.engine.cli import checkpoint_names, durafs, setup_catalog
-from tests.support.oddtree import compare_trees, make_small_tree, require_root, world_dir
+from tests.support.oddtree import (
+    compare_trees,
+    make_small_tree,
+    require_root,
+    tmpfs,
+    world_dir,
+)
 
 
 def test_fifos_and_sockets_are_recorded_never_opened(tmp_path: Path) -> None:
@@ -231,3 +237,20 @@ def unmount(mnt: Path) -> None:
             return
         time.sleep(0.1)
     subprocess.run(["umount", "-l", mnt], check=True)
+
+
+def test_a_failure_while_large_files_stream_ends_the_run(tmp_path: Path) -> None:
+    """The medium fills while workers stream large files into the walk's queues: the run
+    must stop with the reason, not wait forever for the walk to take their chunks."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(3):
+        (source / f"big{i}").write_bytes(os.urandom(24 << 20))  # streamed (> 8 MiB)
+    with tmpfs(tmp_path / "small", size="32m") as small:
+        assert durafs("init", "--encryption", "none").code == 0
+        assert durafs("pool", "add", "p", "--kind", "dir", "--path", small / "pool").code == 0
+        run = subprocess.run(
+            [sys.executable, "-m", "durafs.cli.main", "backup", os.fspath(source), "--pool",
+             "p"], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 3, run.stderr
+    assert "room" in run.stderr
