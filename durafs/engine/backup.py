@@ -361,6 +361,8 @@ class Backup:
         if not same_content_stat(read.st, item.st):  # it changed, then held still
             item.st = read.st
             unit.entry = self._entry(item)
+        if read.size is not None:  # a pseudo-file's status may not tell its size
+            unit.entry.size = read.size
         unit.entry.blake3 = read.blake3
         return True
 
@@ -432,12 +434,13 @@ class Backup:
         for attempt in range(READ_ATTEMPTS):
             unit.attempt, unit.pieces, unit.reading = attempt, [], True
             try:
-                unit.entry.blake3, st = self._sparse.read_once(
+                unit.entry.blake3, st, size = self._sparse.read_once(
                     item.path, item.st, lambda data, offset: self._submit(unit, data, offset))
             except OSError as exc:
                 self._fail(unit, item.path, exc.strerror or str(exc))
                 return
             if same_content_stat(st, item.st):
+                unit.entry.size = size
                 unit.reading = False
                 return
             item.st = st

@@ -50,6 +50,9 @@ class FileRead:
     blake3: bytes | None = None
     st: os.stat_result | None = None
     error: str | None = None
+    #: Bytes read: the file's size, whatever its status said (procfs and sysfs files
+    #: tell 0 or a page); None where holes were not read (sparse files).
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,8 @@ class WholeFileReader:
         fd = open_source_file(path, follow=self.follow)
         try:
             data = self._buffer().read_all(fd, expected.st_size)
-            result = FileRead(blake3=blake3.blake3(data, max_threads=1).digest())
+            result = FileRead(blake3=blake3.blake3(data, max_threads=1).digest(),
+                              size=len(data))
             offset = 0
             for piece in self.chunker.cut_buffer(data):
                 if piece:  # an empty file has no chunk at all
@@ -138,10 +142,12 @@ class StreamReader:
     def _read_once(self, path: bytes, out: queue.Queue[StreamItem]) -> FileRead:
         fd = open_source_file(path, follow=self.follow)
         hasher = blake3.blake3(max_threads=1)
+        size = 0
         try:
             for offset, piece in cut_file(self.chunker, fd, hasher):
+                size = offset + len(piece)
                 self._put(out, (offset, self.encode(piece)))
-            return FileRead(blake3=hasher.digest(), st=os.fstat(fd))
+            return FileRead(blake3=hasher.digest(), st=os.fstat(fd), size=size)
         finally:
             os.close(fd)
 
@@ -155,35 +161,42 @@ class SparseReader:
         self.follow = follow_symlinks
 
     def read_once(self, path: bytes, st: os.stat_result,
-                  submit: Submit) -> tuple[bytes, os.stat_result]:
-        """The file's content hash and its status after the read."""
+                  submit: Submit) -> tuple[bytes, os.stat_result, int]:
+        """The file's content hash, its status after the read and its size: where a read
+        ends early (a sysfs file tells a page, holds a line) the file ends."""
         fd = open_source_file(path, follow=self.follow)
         hasher = blake3.blake3(max_threads=1)
         try:
             size = st.st_size
             if st.st_blocks * 512 < size:
-                self._read_regions(fd, size, hasher, submit)
+                size = self._read_regions(fd, size, hasher, submit)
             else:  # no longer sparse since the walk saw it
+                size = 0
                 for offset, piece in cut_file(self.chunker, fd, hasher):
+                    size = offset + len(piece)
                     submit(bytes(piece), offset)  # the view is reused by the next piece
-            return hasher.digest(), os.fstat(fd)
+            return hasher.digest(), os.fstat(fd), size
         finally:
             os.close(fd)
 
-    def _read_regions(self, fd: int, size: int, hasher: blake3.blake3, submit: Submit) -> None:
+    def _read_regions(self, fd: int, size: int, hasher: blake3.blake3, submit: Submit) -> int:
         pos = 0
         for start, length in data_regions(fd, size):
             _hash_zeros(hasher, start - pos)
             for block in range(start, start + length, WHOLE_READ):
-                data = os.pread(fd, min(WHOLE_READ, start + length - block), block)
+                want = min(WHOLE_READ, start + length - block)
+                data = os.pread(fd, want, block)
                 hasher.update(data)
                 offset = block
                 for piece in self.chunker.cut_buffer(memoryview(data)):
                     if piece:  # nothing read: the file shrank meanwhile
                         submit(piece, offset)
                         offset += len(piece)
+                if len(data) < want:  # the end of the file
+                    return block + len(data)
             pos = start + length
         _hash_zeros(hasher, size - pos)
+        return size
 
 
 #: Zeros a hole is hashed from, piece by piece: a hole may be terabytes.

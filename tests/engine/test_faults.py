@@ -254,3 +254,24 @@ def test_a_failure_while_large_files_stream_ends_the_run(tmp_path: Path) -> None
              "p"], capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 3, run.stderr
     assert "room" in run.stderr
+
+
+def test_pseudo_files_are_stored_with_the_size_they_read(tmp_path: Path) -> None:
+    """procfs tells size 0 and sysfs a page for files holding a line: the size recorded
+    is what was read, so restore, the mount and `ls` agree with the content."""
+    proc, sys_dir = Path("/proc/sys/kernel/random"), Path("/sys/kernel/mm/transparent_hugepage")
+    boot_id, enabled = (proc / "boot_id").read_bytes(), (sys_dir / "enabled").read_bytes()
+    assert os.stat(proc / "boot_id").st_size == 0 and os.stat(sys_dir / "enabled").st_size == 4096
+    setup_catalog(tmp_path)
+    run = durafs("backup", proc, sys_dir, "--pool", "p")
+    assert run.code in (0, 1), run.err  # some files there are unreadable, even to root
+    sizes = {e["name"]: e["size"] for e in durafs("ls", f"default/latest{proc}", "--json").json()}
+    assert sizes["boot_id"] == len(boot_id)
+    sizes = {e["name"]: e["size"]
+             for e in durafs("ls", f"default/latest{sys_dir}", "--json").json()}
+    assert sizes["enabled"] == len(enabled)
+    out = tmp_path / "out"
+    durafs("restore", f"default/latest{sys_dir}/enabled", out)
+    assert (out / "enabled").read_bytes() == enabled
+    durafs("restore", f"default/latest{proc}/boot_id", out)
+    assert (out / "boot_id").read_bytes() == boot_id

@@ -29,7 +29,7 @@ def _sparse_file(path: Path, pieces: list[tuple[int, bytes]], size: int) -> None
 def _read(path: Path) -> tuple[bytes, list[tuple[int, bytes]]]:
     submitted: list[tuple[int, bytes]] = []
     reader = SparseReader(Chunker(bytes(32)), follow_symlinks=False)
-    digest, _ = reader.read_once(
+    digest, _, _ = reader.read_once(
         os.fsencode(path), os.stat(path), lambda piece, offset: submitted.append(
             (offset, bytes(piece)))
     )
@@ -70,7 +70,7 @@ from durafs.engine.filereader import SparseReader
 from durafs.format.chunker import Chunker
 path = {os.fsencode(path)!r}
 got = []
-digest, _ = SparseReader(Chunker(bytes(32)), follow_symlinks=False).read_once(
+digest, _, _ = SparseReader(Chunker(bytes(32)), follow_symlinks=False).read_once(
     path, os.stat(path), lambda piece, offset: got.append((offset, bytes(piece))))
 # the data region is the block holding it: "start", then zeros to the block's end
 assert [(o, len(d)) for o, d in got] == [(0, 4096)], [(o, len(d)) for o, d in got]
