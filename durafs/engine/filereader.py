@@ -12,8 +12,10 @@ hands its chunks to the workers. A file that changes while it is read is read ag
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -85,7 +87,7 @@ class WholeFileReader:
         return read_until_still(request, lambda st: self._read_once(request.path, st))
 
     def _read_once(self, path: bytes, expected: os.stat_result) -> FileRead:
-        fd = open_source_file(path, follow=self.follow)
+        fd = open_source_file(path, expected, follow=self.follow)
         try:
             data = self._buffer().read_all(fd, expected.st_size)
             result = FileRead(blake3=blake3.blake3(data, max_threads=1).digest(),
@@ -125,7 +127,7 @@ class StreamReader:
         """Stream *request*'s file into *out*, END last whatever happens; return its hash
         and final status, or the error that stopped it."""
         try:
-            return read_until_still(request, lambda _: self._read_once(request.path, out),
+            return read_until_still(request, lambda _: self._read_once(request, out),
                                     restart=lambda: self._put(out, RESTART))
         finally:
             self._put(out, END)
@@ -139,8 +141,8 @@ class StreamReader:
                 pass
         raise StreamStopped("the backup stopped")
 
-    def _read_once(self, path: bytes, out: queue.Queue[StreamItem]) -> FileRead:
-        fd = open_source_file(path, follow=self.follow)
+    def _read_once(self, request: ReadRequest, out: queue.Queue[StreamItem]) -> FileRead:
+        fd = open_source_file(request.path, request.st, follow=self.follow)
         hasher = blake3.blake3(max_threads=1)
         size = 0
         try:
@@ -164,7 +166,7 @@ class SparseReader:
                   submit: Submit) -> tuple[bytes, os.stat_result, int]:
         """The file's content hash, its status after the read and its size: where a read
         ends early (a sysfs file tells a page, holds a line) the file ends."""
-        fd = open_source_file(path, follow=self.follow)
+        fd = open_source_file(path, st, follow=self.follow)
         hasher = blake3.blake3(max_threads=1)
         try:
             size = st.st_size
@@ -250,15 +252,29 @@ def same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
 
 
-def open_source_file(path: bytes, *, follow: bool) -> int:
+def open_source_file(path: bytes, seen: os.stat_result, *, follow: bool) -> int:
     """Open a file to back up: any path length, without updating its atime when allowed,
-    never through a symlink unless symlinks are followed."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    never through a symlink unless symlinks are followed.
+
+    What is there must still be a regular file of the owner and file system the walk
+    *seen*: a file saved over (a new inode) is read, as its status after the read says;
+    a FIFO put in its place (whose open would block) or someone else's file reached
+    through a directory swapped for a symlink is refused."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     with at_path(path) as (dir_fd, name):
         try:
-            return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
+            fd = os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
         except PermissionError:  # O_NOATIME needs ownership of the file
-            return os.open(name, flags, dir_fd=dir_fd)
+            fd = os.open(name, flags, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_uid) != (seen.st_dev, seen.st_uid):
+            raise OSError(errno.ESTALE, "replaced by another object while the backup ran")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class ReadBuffer:

@@ -3,14 +3,16 @@ or allocating them, and hands on only the data regions' chunks."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import blake3
+import pytest
 
-from durafs.engine.filereader import SparseReader
+from durafs.engine.filereader import SparseReader, open_source_file
 from durafs.format.chunker import Chunker
 
 MiB = 1024 * 1024
@@ -66,7 +68,7 @@ def test_a_hole_is_hashed_in_bounded_memory(tmp_path: Path) -> None:
     script = f"""
 import os, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-from durafs.engine.filereader import SparseReader
+from durafs.engine.filereader import SparseReader, open_source_file
 from durafs.format.chunker import Chunker
 path = {os.fsencode(path)!r}
 got = []
@@ -81,3 +83,27 @@ sys.stdout.write(digest.hex())
                          check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout == hasher.hexdigest()
+
+
+def test_only_a_regular_file_of_the_owner_the_walk_saw_is_opened(tmp_path: Path) -> None:
+    path = tmp_path / "victim"
+    path.write_text("seen by the walk")
+    seen = os.lstat(path)
+    saved_over = tmp_path / "new"
+    saved_over.write_text("saved by an editor")
+    os.rename(saved_over, path)  # a new inode, same owner: read
+    fd = open_source_file(os.fsencode(path), seen, follow=False)
+    assert os.read(fd, 100) == b"saved by an editor"
+    assert os.get_blocking(fd)
+    os.close(fd)
+    path.unlink()
+    os.mkfifo(path)  # its open would block forever
+    with pytest.raises(OSError) as raised:
+        open_source_file(os.fsencode(path), seen, follow=False)
+    assert raised.value.errno == errno.ESTALE
+    if os.geteuid() == 0:  # someone else's file where ours was (a swapped directory)
+        path.unlink()
+        path.write_text("not yours")
+        os.chown(path, 65534, 65534)
+        with pytest.raises(OSError, match="replaced by another object"):
+            open_source_file(os.fsencode(path), seen, follow=False)
