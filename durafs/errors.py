@@ -62,3 +62,7 @@ class MediumFullError(MediumError):
 
 class CatalogError(DurafsError):
     """The catalog index is missing, locked, or inconsistent."""
+
+
+class BusyError(DurafsError):
+    """Another process is already doing this (a backup of the same plan)."""

@@ -162,7 +162,7 @@ def media_list(home: Home, args: Args) -> int:
 
 
 def _save_hooks(home: Home, args: Args) -> None:
-    if args.pre_hook is None and args.post_hook is None:
+    if (args.pre_hook is None and args.post_hook is None) or args.dry_run:
         return
     with home.catalog() as catalog:
         plan = catalog.ensure_plan(args.plan)
@@ -186,7 +186,7 @@ def backup(home: Home, args: Args) -> int:
                             args.follow_symlinks, args.dry_run, args.media_timeout)
     keys = home.keys(read=None)
     progress = Progress()
-    with home.catalog() as catalog:
+    with home.plan_lock(args.plan), home.catalog() as catalog:
         result = Backup(catalog, keys, options, progress=progress, on_wait=_say).run()
     progress.done()
     for problem in result.problems:

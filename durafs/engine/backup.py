@@ -615,7 +615,7 @@ class Backup:
         return name
 
     def _run_hook(self, command: str | None, what: str, *, fatal: bool) -> None:
-        if not command:
+        if not command or self.opts.dry_run:  # a dry run changes nothing, hooks neither
             return
         result = subprocess.run(command, shell=True, capture_output=True, text=True)
         if result.returncode == 0:

@@ -16,14 +16,17 @@ Layout of ``$DURAFS_HOME`` (default ``/var/lib/durafs`` as root, else
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from durafs.errors import CatalogError, UsageError
+from durafs.errors import BusyError, CatalogError, UsageError
 from durafs.format import age
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog, open_catalog
@@ -122,6 +125,28 @@ class Home:
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(config.__dict__, indent=1) + "\n")
         os.replace(tmp, self.config_path)
+
+    @contextlib.contextmanager
+    def plan_lock(self, plan: str) -> Iterator[None]:
+        """Held while a backup of *plan* runs: a second one is refused at once, before it
+        does any work (both would take the same checkpoint name). The kernel drops the
+        lock of a process that dies."""
+        locks = self.path / "locks"
+        locks.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(locks / f"backup-{plan.encode().hex()}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise BusyError(
+                    f"another backup of plan {plan} is running (pid {holder})") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
 
     def catalog(self, *, readonly: bool = False) -> Catalog:
         return open_catalog(self.index_path, readonly=readonly)

@@ -44,6 +44,12 @@ def test_dry_run_stores_nothing(tmp_path: Path) -> None:
     assert report["checkpoint"] is None and report["stats"]["changed_files"] == 1
     assert checkpoint_names() == []
     assert list((pool / "volumes").iterdir()) == []
+    # neither runs hooks nor keeps the ones given with it
+    log = tmp_path / "hooks"
+    run = durafs("backup", source, "--pool", "p", "--dry-run", "--pre-hook", f"echo pre >> {log}")
+    assert run.code == 0 and not log.exists()
+    assert durafs("backup", source, "--pool", "p").code == 0
+    assert not log.exists()
 
 
 def test_hooks_run_around_the_backup_and_failures_are_reported(tmp_path: Path) -> None:
@@ -150,3 +156,17 @@ def test_the_command_exits_quickly_with_all_its_output(tmp_path: Path) -> None:
     err = reader.stderr.read().decode()
     assert reader.wait() == 3
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_a_second_backup_of_a_plan_is_refused_while_one_runs(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("a")
+    setup_catalog(tmp_path)
+    with Home().plan_lock("default"):  # as a running backup holds it
+        run = durafs("backup", source, "--pool", "p")
+        assert run.code == 3
+        assert f"another backup of plan default is running (pid {os.getpid()})" in run.err
+        assert durafs("backup", source, "--pool", "p", "--plan", "other").code == 0
+    assert checkpoint_names() == []
+    assert durafs("backup", source, "--pool", "p").code == 0
