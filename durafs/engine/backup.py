@@ -451,6 +451,10 @@ class Backup:
         self.problems.append(Problem(path, reason))
         unit.skip, unit.reading = True, False
         unit.attempt += 1
+        # not in the checkpoint, so not in its counts (`durafs checkpoints`)
+        self.stats["files"] -= 1
+        self.stats["changed_files"] -= 1
+        self.stats["bytes"] -= unit.entry.size
 
     def _submit(self, unit: Unit, data: bytes | memoryview, offset: int) -> None:
         self.stats["bytes_read"] += len(data)

@@ -170,3 +170,19 @@ def test_a_second_backup_of_a_plan_is_refused_while_one_runs(tmp_path: Path) -> 
         assert durafs("backup", source, "--pool", "p", "--plan", "other").code == 0
     assert checkpoint_names() == []
     assert durafs("backup", source, "--pool", "p").code == 0
+
+
+def test_a_reader_that_stops_early_gets_no_error_message(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(3000):  # more than a pipe holds
+        (source / f"file{i:04d}").write_text("x")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    command = [sys.executable, "-m", "durafs.cli.main", "ls", f"default/latest{source}"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # as `| head -1` does
+        err = proc.stderr.read()
+    assert proc.returncode == 141 and err == b""

@@ -68,6 +68,8 @@ def test_growing_file_is_retried_then_reported(tmp_path: Path) -> None:
     reason = "changed while being read (3 attempts)"
     assert problems == [{"path": os.fspath(growing), "reason": reason}]
     assert f"{growing}: changed while being read" in run.err
+    assert run.json()["stats"]["files"] == 1  # only calm is in the checkpoint
+    assert durafs("checkpoints", "--json").json()[0]["files"] == 1
     out = tmp_path / "out"
     assert durafs("restore", f"default/latest{source}", out).code == 0
     assert (out / "calm").read_text() == "calm"
