@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import uuid
 from collections.abc import Callable
@@ -167,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("durafs: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `durafs ls … | head`: the reader has all it wanted
+    except BrokenPipeError:
+        # `durafs ls … | head`: the reader went away; the status says the output is not
+        # whole (as when the last flush fails, see run), no message needs saying so
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+        return 3
     except OSError as exc:
         print(f"durafs: {exc}", file=sys.stderr)
         return 3

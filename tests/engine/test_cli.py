@@ -185,4 +185,4 @@ def test_a_reader_that_stops_early_gets_no_error_message(tmp_path: Path) -> None
         proc.stdout.readline()
         proc.stdout.close()  # as `| head -1` does
         err = proc.stderr.read()
-    assert proc.returncode == 141 and err == b""
+    assert proc.returncode == 3 and err == b""
