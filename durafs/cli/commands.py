@@ -178,8 +178,12 @@ def backup(home: Home, args: Args) -> int:
     sources = []
     for src in args.sources:
         path = os.path.abspath(src)
-        if not os.path.isdir(path):
-            raise UsageError(f"{src}: not a directory")
+        if not os.path.lexists(path):
+            raise UsageError(f"{src}: no such file or directory")
+        if os.path.islink(path) and not os.path.isdir(path):
+            # a linked directory is walked under the name given; a linked file is not
+            raise UsageError(f"{src}: a symlink to something not a directory (name the "
+                             "file itself)")
         sources.append(os.fsencode(path))
     _save_hooks(home, args)
     options = BackupOptions(sources, args.pool, args.plan, args.exclude, args.one_file_system,

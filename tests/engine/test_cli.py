@@ -22,7 +22,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     run = durafs("init")
     assert run.code == 2 and "already holds" in run.err
     run = durafs("backup", tmp_path / "missing", "--pool", "p")
-    assert run.code == 2 and "missing: not a directory" in run.err
+    assert run.code == 2 and "missing: no such file or directory" in run.err
     run = durafs("backup", tmp_path, "--pool", "nope")
     assert run.code == 2 and "no pool named 'nope'" in run.err
     run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "x",
@@ -186,3 +186,22 @@ def test_a_reader_that_stops_early_gets_no_error_message(tmp_path: Path) -> None
         proc.stdout.close()  # as `| head -1` does
         err = proc.stderr.read()
     assert proc.returncode == 3 and err == b""
+
+
+def test_a_single_file_can_be_a_source(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "one").write_text("hello\n")
+    (source / "other").write_text("not backed up\n")
+    (source / "link").symlink_to("one")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source / "one", "--pool", "p").code == 0
+    names = [e["name"] for e in durafs("ls", f"default/latest{source}", "--json").json()]
+    assert names == ["one"]
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}/one", out).code == 0
+    assert (out / "one").read_text() == "hello\n"
+    run = durafs("backup", source / "link", "--pool", "p")
+    assert run.code == 2 and "a symlink to something not a directory" in run.err
+    run = durafs("backup", source / "missing", "--pool", "p")
+    assert run.code == 2 and f"{source / 'missing'}: no such file or directory" in run.err
