@@ -440,7 +440,9 @@ class Tree:
 
     def check_open(self, ino: int, flags: int) -> None:
         """Refuse opens that could write (the kernel refuses them first on a ro mount)."""
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+        # O_APPEND alone writes nothing: a read-only open with it succeeds, as on any
+        # read-only file system
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_CREAT):
             raise ReadOnly("the backup tree is read-only")
 
     def statfs(self) -> FsStats:
@@ -567,12 +569,18 @@ class Tree:
         raise ReadOnly(f"{what}: the backup tree is read-only")
 
 
+#: What every listing starts with: the low-level FUSE API leaves them to the file system.
+DOTS = (b".", b"..")
+
+
 class DirStream:
-    """The entries of one directory at positions 0, 1, 2 ..., fetched a page at a time.
+    """The entries of one directory at positions 0, 1, 2 ..., fetched a page at a time:
+    ``.`` and ``..`` first, then the stored children.
 
     A position is the offset cookie the kernel hands back to continue a listing; going
     on from the end of the current page costs one query, going back restarts the listing
-    (rare: only after seekdir).
+    (rare: only after seekdir). The dots carry the directory's own attributes: the kernel
+    makes no entries from them, and resolves ``..`` itself.
     """
 
     def __init__(self, tree: Tree, ino: int, page: int = PAGE) -> None:
@@ -596,6 +604,15 @@ class DirStream:
 
     def entries_from(self, pos: int) -> Iterator[tuple[int, bytes, Attr]]:
         """(position of the next entry, name, attributes) from position *pos* on."""
+        if pos < len(DOTS):
+            own = self.tree.getattr(self.ino)
+            for name in DOTS[pos:]:
+                pos += 1
+                yield pos, name, own
+        for after, name, attr in self._stored_from(pos - len(DOTS)):
+            yield after + len(DOTS), name, attr
+
+    def _stored_from(self, pos: int) -> Iterator[tuple[int, bytes, Attr]]:
         if pos < self._start:
             self._reset()
         while True:

@@ -139,18 +139,21 @@ def test_sparse_file_blocks_count_only_data(tree: Tree, backed: Backed) -> None:
 
 def test_listing_pages_and_positions(tree: Tree, backed: Backed) -> None:
     many = resolve(tree, in_source(backed, backed.second, "many"))
-    expected = sorted(f"entry-{i}".encode() for i in range(MANY))
+    expected = [b".", b"..", *sorted(f"entry-{i}".encode() for i in range(MANY))]
     stream = DirStream(tree, many.ino, page=2)  # several pages, one query each
     got = list(stream.entries_from(0))
     assert [name for _, name, _ in got] == expected
-    assert [pos for pos, _, _ in got] == list(range(1, MANY + 1))
+    assert [pos for pos, _, _ in got] == list(range(1, MANY + 3))
     # continuing from a cookie, and going back (seekdir), give the same entries
-    assert [n for _, n, _ in stream.entries_from(4)] == expected[4:]
+    assert [n for _, n, _ in stream.entries_from(6)] == expected[6:]
     assert [n for _, n, _ in stream.entries_from(1)] == expected[1:]
-    assert list(stream.entries_from(MANY)) == []
-    # attributes come with every entry (readdirplus), equal to a lookup's
+    assert [n for _, n, _ in stream.entries_from(3)] == expected[3:]
+    assert list(stream.entries_from(MANY + 2)) == []
+    # attributes come with every entry (readdirplus), equal to a lookup's; the dots
+    # carry the directory's own
     for _, name, attr in got:
-        assert attr == tree.lookup(many.ino, name)
+        assert attr == (tree.getattr(many.ino) if name in (b".", b"..")
+                        else tree.lookup(many.ino, name))
 
 
 def test_checkpoints_differ_where_the_source_changed(tree: Tree, backed: Backed) -> None:

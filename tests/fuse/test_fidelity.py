@@ -167,6 +167,23 @@ def test_nothing_can_be_changed(world: Mounted) -> None:
     with pytest.raises(OSError) as caught:
         os.open(base / "files" / "one", os.O_WRONLY)
     assert caught.value.errno == 30  # EROFS
+    for flags in (os.O_RDONLY | os.O_TRUNC, os.O_RDWR):
+        with pytest.raises(OSError) as caught:
+            os.open(base / "files" / "one", flags)
+        assert caught.value.errno == 30
+    # O_APPEND writes nothing by itself: read-only with it opens, as on a ro bind mount
+    fd = os.open(base / "files" / "one", os.O_RDONLY | os.O_APPEND)
+    assert os.read(fd, 10) == b"x"
+    os.close(fd)
+
+
+def test_listings_start_with_dot_and_dot_dot(world: Mounted) -> None:
+    base = world.latest(world.source) / "files"
+    listed = subprocess.run(["ls", "-a", "-1", str(base)], capture_output=True, text=True,
+                            check=True).stdout.split("\n")
+    source = subprocess.run(["ls", "-a", "-1", str(_source_of(world, base))],
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    assert listed[:2] == [".", ".."] and listed == source
 
 
 def test_parallel_readers_get_the_right_bytes(world: Mounted) -> None:
