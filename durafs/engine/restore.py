@@ -224,10 +224,10 @@ class Restore:
             try:
                 self._node(plan, src, dest, entry, version)
             except (OSError, DurafsError) as exc:
-                if entry.type == "d":
+                blocks = entry.type == "d"
+                if blocks:
                     blocked.add(dest)
-                    exc = _Skipped(exc)
-                self._problem(dest, exc)
+                self._problem(dest, exc, "; nothing under it was restored" if blocks else "")
             if len(plan.unresolved) >= LOOKUP_FILES:
                 self._resolve(plan)
         self._resolve(plan)
@@ -518,8 +518,7 @@ class Restore:
             with at_path(temp) as (src_fd, src), at_path(file.dest) as (dst_fd, dst):
                 if file.damaged:
                     os.unlink(src, dir_fd=src_fd)
-                    self._problem(file.dest, OSError(0, "left as it was (the backup's copy "
-                                                        "is damaged)"))
+                    self._problem(file.dest, "left as it was (the backup's copy is damaged)")
                 else:
                     os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         except OSError as exc:
@@ -544,18 +543,9 @@ class Restore:
             file.reported = True
             self._problem(file.dest, exc)
 
-    def _problem(self, path: bytes, exc: BaseException) -> None:
+    def _problem(self, path: bytes, exc: BaseException | str, more: str = "") -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        self.result.problems.append(f"{os.fsdecode(path)}: {reason}")  # atomic: threads
-
-
-class _Skipped(OSError):
-    """A directory that could not be made: its reason, and that nothing under it was."""
-
-    def __init__(self, exc: BaseException) -> None:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        super().__init__(getattr(exc, "errno", 0) or 0,
-                         f"{reason}; nothing under it was restored")
+        self.result.problems.append(f"{os.fsdecode(path)}: {reason}{more}")  # atomic: threads
 
 
 def _batches(jobs: list[_Job]) -> list[_Batch]:
