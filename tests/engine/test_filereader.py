@@ -13,17 +13,16 @@ import blake3
 import pytest
 
 from durafs.engine.filereader import SparseReader, open_source_file
+from durafs.engine.fsmeta import write_sparse
 from durafs.format.chunker import Chunker
 
 MiB = 1024 * 1024
 
 
 def _sparse_file(path: Path, pieces: list[tuple[int, bytes]], size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        for offset, data in pieces:
-            os.pwrite(fd, data, offset)
-        os.ftruncate(fd, size)
+        write_sparse(fd, pieces, size)
     finally:
         os.close(fd)
 
@@ -68,6 +67,7 @@ def test_a_hole_is_hashed_in_bounded_memory(tmp_path: Path) -> None:
     script = f"""
 import os, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from durafs.engine.fsmeta import write_sparse
 from durafs.engine.filereader import SparseReader, open_source_file
 from durafs.format.chunker import Chunker
 path = {os.fsencode(path)!r}

@@ -129,6 +129,16 @@ def test_nothing_is_replaced_without_overwrite(tmp_path: Path) -> None:
     assert compare_trees(source, out) == []
 
 
+def _small_tree_backed_up(tmp_path: Path) -> Path:
+    """tmp_path/src holding make_small_tree's files, backed up once to pool `p`."""
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)  # hello.txt, sub/data.bin, sub/link, sub/hello-again (hard link)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    return source
+
+
 def _age_payload_start(volume: bytes) -> int:
     """Where an age file's payload (after header and nonce) starts."""
     mac_line = volume.index(b"\n--- ") + 1
@@ -197,11 +207,7 @@ def test_acls_a_target_would_pass_on_are_removed(tmp_path: Path) -> None:
 
 
 def test_a_single_file_lands_in_the_target_under_its_name(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    make_small_tree(source)
-    setup_catalog(tmp_path)
-    assert durafs("backup", source, "--pool", "p").code == 0
+    source = _small_tree_backed_up(tmp_path)
     out = tmp_path / "out"
     run = durafs("restore", f"default/latest{source}/sub/data.bin", out)
     assert run.code == 0, run.err
@@ -232,11 +238,7 @@ def _flip_byte_of(pool: Path, needle: bytes) -> None:
 def test_a_symlink_in_the_target_is_never_followed(tmp_path: Path) -> None:
     """A symlink where the backup has a directory would take whatever goes under that
     directory elsewhere: nothing goes under it, and --overwrite replaces the link itself."""
-    source = tmp_path / "src"
-    source.mkdir()
-    make_small_tree(source)  # hello.txt, sub/data.bin, sub/link, sub/hello-again (hard link)
-    setup_catalog(tmp_path)
-    assert durafs("backup", source, "--pool", "p").code == 0
+    source = _small_tree_backed_up(tmp_path)
     out, outside = tmp_path / "out", tmp_path / "outside"
     outside.mkdir()
     out.mkdir()
@@ -253,11 +255,7 @@ def test_a_symlink_in_the_target_is_never_followed(tmp_path: Path) -> None:
 
 
 def test_a_target_that_is_a_symlink_means_the_directory_it_names(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    make_small_tree(source)
-    setup_catalog(tmp_path)
-    assert durafs("backup", source, "--pool", "p").code == 0
+    source = _small_tree_backed_up(tmp_path)
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "via").symlink_to(real)
@@ -346,11 +344,7 @@ def test_a_hard_link_takes_over_when_its_first_name_is_not_restored(tmp_path: Pa
 
 
 def test_bad_paths_and_targets_are_told_in_words(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    make_small_tree(source)
-    setup_catalog(tmp_path)
-    assert durafs("backup", source, "--pool", "p").code == 0
+    source = _small_tree_backed_up(tmp_path)
     run = durafs("restore", f"default/latest{source}//sub", tmp_path / "out")
     assert run.code == 2
     assert f"{source}//sub: not a normalised path" in run.err
