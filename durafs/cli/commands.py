@@ -170,8 +170,7 @@ def _save_hooks(home: Home, args: Args) -> None:
         for key in ("pre_hook", "post_hook"):
             if getattr(args, key) is not None:
                 config[key] = getattr(args, key)
-        catalog.db.execute("UPDATE plans SET config = ? WHERE id = ?",
-                           (__import__("json").dumps(config), plan.id))
+        catalog.ensure_plan(args.plan, config)  # stores a config that differs
 
 
 def backup(home: Home, args: Args) -> int:
@@ -193,12 +192,14 @@ def backup(home: Home, args: Args) -> int:
     with home.plan_lock(args.plan), home.catalog() as catalog:
         result = Backup(catalog, keys, options, progress=progress, on_wait=_say).run()
     progress.done()
-    for problem in result.problems:
+    for problem in (*result.notes, *result.problems):
         _say(str(problem))
     if args.json:
         print_json({"plan": result.plan, "checkpoint": result.checkpoint, "stats": result.stats,
                     "problems": [{"path": os.fsdecode(p.path), "reason": p.reason}
-                                 for p in result.problems]})
+                                 for p in result.problems],
+                    "notes": [{"path": os.fsdecode(p.path), "reason": p.reason}
+                              for p in result.notes]})
     else:
         s = result.stats
         what = "would back up" if args.dry_run else f"checkpoint {result.plan}/{result.checkpoint}:"

@@ -29,6 +29,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from durafs.engine.catalogspool import CatalogSpool
@@ -53,13 +54,13 @@ from durafs.engine.pipeline import BatchJob, ChunkJob, Done, Job, StreamJob, Uni
 from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree, same_as_before
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
-from durafs.engine.scan import ScanItem, ScanProblem, scan
+from durafs.engine.scan import ScanItem, ScanNote, ScanProblem, scan
 from durafs.errors import CatalogError, UsageError
 from durafs.format.chunker import Chunker
 from durafs.format.frames import StoredChunk, codec_for_thread
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
-from durafs.index.rows import TYPE_OF_FMT, Entry, pack_pieces, pack_xattrs
+from durafs.index.rows import TYPE_OF_FMT, Entry, PlanRow, pack_pieces, pack_xattrs
 from durafs.index.treewriter import TreeWriter
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class BackupResult:
     checkpoint: str | None
     stats: dict[str, Any]
     problems: list[Problem]
+    notes: list[Problem] = field(default_factory=list)  # skipped on purpose, not problems
 
 
 class Backup:
@@ -142,6 +144,7 @@ class Backup:
                                  media_timeout=options.media_timeout)
         self.chunker = Chunker(keys.id_key)
         self.problems: list[Problem] = []
+        self.notes: list[Problem] = []
         self.stats: dict[str, Any] = collections.Counter()
         self._jobs: collections.deque[Job] = collections.deque()
         self._batch: list[tuple[Unit, ScanItem]] = []
@@ -177,7 +180,17 @@ class Backup:
             return self._run()
 
     def _run(self) -> BackupResult:
+        if not self.opts.dry_run:
+            return self._run_plan(self.catalog.ensure_plan(self.opts.plan))
+        new_plan = self.catalog.plan(self.opts.plan) is None
         plan = self.catalog.ensure_plan(self.opts.plan)
+        try:
+            return self._run_plan(plan)
+        finally:  # a dry run leaves no trace, not even the plan it looked at
+            if new_plan:
+                self.catalog.drop_unused_plan(plan.id)
+
+    def _run_plan(self, plan: PlanRow) -> BackupResult:
         if not self.opts.dry_run:
             adopt_orphan_volumes(self.catalog, self.keys, self.pool)
             write_missing_catalogs(self.catalog, self.writer, plan.name)
@@ -204,7 +217,8 @@ class Backup:
                     self.writer.abort()
                     raise
                 if self.opts.dry_run:
-                    return BackupResult(plan.name, None, dict(self.stats), self.problems)
+                    return BackupResult(plan.name, None, dict(self.stats), self.problems,
+                                        self.notes)
                 self.stats["pool"] = self.pool.name
                 self.stats["problems"] = len(self.problems)
                 checkpoint = tree.finish(stats=dict(self.stats))
@@ -216,16 +230,21 @@ class Backup:
             self._spool.close()
         self._run_hook(plan.config.get("post_hook"), "post-backup hook", fatal=False)
         self._report(force=True)
-        return BackupResult(plan.name, checkpoint.name, dict(self.stats), self.problems)
+        return BackupResult(plan.name, checkpoint.name, dict(self.stats), self.problems,
+                            self.notes)
 
     def _walk(self) -> None:
         items = scan(self.opts.sources, excludes=self.opts.excludes,
                      one_file_system=self.opts.one_file_system,
                      follow_symlinks=self.opts.follow_symlinks, known=self._known_object,
-                     check_readable=False)  # the readers report a file they cannot open
+                     check_readable=False,  # the readers report a file they cannot open
+                     own=self._own_directories())
         for item in items:
             if isinstance(item, ScanProblem):
                 self.problems.append(Problem(item.path, item.reason))
+                continue
+            if isinstance(item, ScanNote):
+                self.notes.append(Problem(item.path, item.reason))
                 continue
             self.stats["entries"] += 1
             if not self._unchanged(item):
@@ -234,6 +253,22 @@ class Backup:
                 self._pump_streams()
             self._report()
         self._submit_batch()
+
+    def _own_directories(self) -> dict[tuple[int, int], str]:
+        """The catalog directory and the pool's directory media, by (st_dev, st_ino): a
+        source that contains them gets them as empty directories (see `scan`'s *own*)."""
+        own = {self.catalog.db.path.parent: "durafs's catalog directory"}
+        for medium in self.catalog.media(self.pool.id):
+            if medium.kind == "dir" and medium.path:
+                own.setdefault(Path(medium.path), f"medium {medium.label} of this pool")
+        found: dict[tuple[int, int], str] = {}
+        for path, what in own.items():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # offline, or gone: nothing of it can be met
+            found[(st.st_dev, st.st_ino)] = what
+        return found
 
     def _known_object(
         self, path: bytes, st: os.stat_result,

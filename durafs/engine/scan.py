@@ -20,7 +20,7 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from durafs.engine.excludes import ExcludeMatcher
@@ -87,7 +87,15 @@ class ScanProblem:
     reason: str
 
 
-ScanResult = ScanItem | ScanProblem
+@dataclass(slots=True)
+class ScanNote:
+    """A directory recorded but deliberately not entered (durafs's own data), and why."""
+
+    path: bytes
+    reason: str
+
+
+ScanResult = ScanItem | ScanProblem | ScanNote
 
 #: What the caller already knows about an object the scan met: its xattrs and symlink
 #: target, or None to have them read (see `scan`'s *known*).
@@ -102,6 +110,7 @@ def scan(
     follow_symlinks: bool = False,
     known: Known | None = None,
     check_readable: bool = True,
+    own: Mapping[tuple[int, int], str] | None = None,
 ) -> Iterator[ScanResult]:
     """Walk *sources*, yielding a ScanItem per path and a ScanProblem per path not backed up.
 
@@ -123,8 +132,13 @@ def scan(
     - *known(path, stat)* may return the (xattrs, symlink target) the caller recorded for
       this very object (same inode and ctime: a change of either would have moved the
       ctime), so the scan reads neither again nor checks that the file is readable.
+    - *own* maps (st_dev, st_ino) of directories that hold durafs's own data (the catalog
+      directory, the pool's media) to what they are: such a directory is yielded but not
+      entered, followed by a ScanNote, since a copy of a store that changes while it is
+      copied is useless and would grow with every backup.
     """
-    walker = _Walker(list(excludes), one_file_system, follow_symlinks, known, check_readable)
+    walker = _Walker(list(excludes), one_file_system, follow_symlinks, known, check_readable,
+                     dict(own or {}))
     return walker.run(normalize_sources(sources))
 
 
@@ -183,9 +197,10 @@ class _Walker:
 
     def __init__(
         self, excludes: list[str], one_file_system: bool, follow: bool, known: Known | None,
-        check_readable: bool = True,
+        check_readable: bool = True, own: dict[tuple[int, int], str] | None = None,
     ) -> None:
         self.excludes = excludes
+        self.own = own or {}
         self.known = known
         self.check_readable = check_readable
         self.one_file_system = one_file_system
@@ -345,6 +360,9 @@ class _Walker:
             return [ScanProblem(path, SYMLINK_LOOP if followed else DIRECTORY_LOOP)], None
         if self.one_file_system and st.st_dev != root_dev:
             return self._outputs(parent_fd, name, path, st, followed), None
+        if key in self.own:
+            outs = self._outputs(parent_fd, name, path, st, followed)
+            return [*outs, ScanNote(path, f"{self.own[key]}: {CONTENTS_SKIPPED}")], None
         try:
             fd = self._open_dir(parent_fd, name, st, followed)
         except FileNotFoundError:

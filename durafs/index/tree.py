@@ -185,6 +185,19 @@ class TreeCatalog:
         root_id = self.db.conn.last_insert_rowid()
         self.db.execute("INSERT INTO path_names (rowid, name) VALUES (?, '')", (root_id,))
 
+    def drop_unused_plan(self, plan_id: int) -> None:
+        """Forget a plan that never got a checkpoint (one a dry run created to look
+        around in), so that it leaves no trace; a plan with any history stays."""
+        with self.db.transaction():
+            if self.db.get_val("SELECT last_seq FROM plans WHERE id = ?", (plan_id,)) != 0:
+                return
+            if self.db.get_val("SELECT count(*) FROM paths WHERE plan_id = ?", (plan_id,)) > 1:
+                return
+            root = self.root_id(plan_id)
+            self.db.execute("DELETE FROM path_names WHERE rowid = ?", (root,))
+            self.db.execute("DELETE FROM paths WHERE id = ?", (root,))
+            self.db.execute("DELETE FROM plans WHERE id = ?", (plan_id,))
+
     def plan(self, name: str) -> PlanRow | None:
         row = self.db.get_row(f"{_PLAN} WHERE pl.name = ?", (name,))
         return plan_row(row) if row else None

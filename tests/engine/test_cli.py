@@ -44,6 +44,8 @@ def test_dry_run_stores_nothing(tmp_path: Path) -> None:
     assert report["checkpoint"] is None and report["stats"]["changed_files"] == 1
     assert checkpoint_names() == []
     assert list((pool / "volumes").iterdir()) == []
+    # not even the plan it looked at is left behind (a mount would show it)
+    assert [p.name for p in Home().catalog(readonly=True).plans()] == []
     # neither runs hooks nor keeps the ones given with it
     log = tmp_path / "hooks"
     run = durafs("backup", source, "--pool", "p", "--dry-run", "--pre-hook", f"echo pre >> {log}")
@@ -205,3 +207,27 @@ def test_a_single_file_can_be_a_source(tmp_path: Path) -> None:
     assert run.code == 2 and "a symlink to something not a directory" in run.err
     run = durafs("backup", source / "missing", "--pool", "p")
     assert run.code == 2 and f"{source / 'missing'}: no such file or directory" in run.err
+
+
+def test_durafs_own_data_inside_a_source_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "src"
+    (source / "docs").mkdir(parents=True)
+    (source / "docs" / "a").write_text("a" * 5000)
+    monkeypatch.setenv("DURAFS_HOME", str(source / "catalog"))
+    assert durafs("init", "--encryption", "key", "--work-factor", "12").code == 0
+    assert durafs("pool", "add", "p", "--kind", "dir", "--path", source / "pool").code == 0
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    assert f"{source / 'catalog'}: durafs's catalog directory: contents not backed up" in run.err
+    assert f"{source / 'pool'}: medium " in run.err
+    # the second run meets the volumes the first one wrote: it reads and stores nothing
+    report = durafs("backup", source, "--pool", "p", "--json").json()
+    assert sorted(n["path"] for n in report["notes"]) == [str(source / "catalog"),
+                                                          str(source / "pool")]
+    assert report["problems"] == [] and report["stats"].get("changed_files", 0) == 0
+    assert report["stats"]["unchanged_files"] == 1
+    listing = durafs("ls", f"default/latest{source}", "--json").json()
+    assert sorted(e["name"] for e in listing) == ["catalog", "docs", "pool"]
+    assert durafs("ls", f"default/latest{source}/pool", "--json").json() == []
