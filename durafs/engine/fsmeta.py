@@ -16,7 +16,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from durafs.format.catalog import TreeEntry
 
@@ -81,7 +81,11 @@ def open_dir_path(path: bytes, flags: int) -> int:
     return fd
 
 
-def make_node(path: bytes, entry: TreeEntry) -> None:
+#: How to reach a path for ``*at`` calls: `at_path`, or a `beneath.Beneath`'s `at`.
+AtPath = Callable[[bytes], AbstractContextManager[tuple[int | None, bytes]]]
+
+
+def make_node(path: bytes, entry: TreeEntry, at: AtPath = at_path) -> None:
     """Create the non-regular object *entry* describes at *path*.
 
     Directories are created mode 0700 (the final mode comes from ``apply_metadata``, called
@@ -95,7 +99,7 @@ def make_node(path: bytes, entry: TreeEntry) -> None:
         return
     if kind in ("f", "h"):
         raise ValueError(f"make_node does not create regular files or links: {path!r}")
-    with at_path(path) as (dir_fd, name):
+    with at(path) as (dir_fd, name):
         if kind == "d":
             _mkdir(name, dir_fd)
         elif kind == "l":
@@ -110,10 +114,10 @@ def make_node(path: bytes, entry: TreeEntry) -> None:
             raise ValueError(f"unknown entry type {kind!r} for {path!r}")
 
 
-def make_dir(path: bytes) -> bool:
+def make_dir(path: bytes, at: AtPath = at_path) -> bool:
     """Create the directory *path* mode 0700 (as ``make_node`` does); True if it is new,
     False if a directory was already there."""
-    with at_path(path) as (dir_fd, name):
+    with at(path) as (dir_fd, name):
         return _mkdir(name, dir_fd)
 
 
@@ -127,10 +131,10 @@ def _mkdir(name: bytes, dir_fd: int | None) -> bool:
     return True
 
 
-def has_default_acl(path: bytes) -> bool:
+def has_default_acl(path: bytes, at: AtPath = at_path) -> bool:
     """Whether objects created in the directory *path* inherit ACLs from it (it has a
     default ACL). When that cannot be told, True: the caller then looks at each object."""
-    with at_path(path) as (dir_fd, name):
+    with at(path) as (dir_fd, name):
         try:
             os.getxattr(fd_path(dir_fd, name), ACL_NAMES[1])
         except OSError as exc:
@@ -150,8 +154,8 @@ def _mknod_device(path: bytes, name: bytes, dir_fd: int | None, entry: TreeEntry
         ) from exc
 
 
-def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: bool = True
-                   ) -> None:
+def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: bool = True,
+                   at: AtPath = at_path) -> None:
     """Give the object at *path* the owner, xattrs, mode and times of *entry*.
 
     Order, each for a kernel reason: chown first (it clears setuid/setgid and the
@@ -167,17 +171,19 @@ def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: b
     others; afterwards one OSError names every failure. Sockets are skipped (never created).
     ``inherited=False`` says the object cannot carry ACLs it was not given (it was created
     in a directory without a default ACL): its xattrs are then not listed.
+    No step follows a symlink at *path*: one put there in place of the object is changed
+    itself (or, for the mode, not at all), never what it points to.
     """
     if entry.type == "s":
         return
     failures: list[tuple[OSError, str]] = []
-    with at_path(path) as (dir_fd, name):
+    with at(path) as (dir_fd, name):
         _step(failures, "owner", _apply_owner, name, entry, is_root, dir_fd=dir_fd,
               follow_symlinks=False)
         acls = inherited and entry.type != "l"  # symlinks carry no ACLs
         _apply_xattrs(fd_path(dir_fd, name), entry, is_root, failures, acls)
         if entry.type != "l":
-            _step(failures, "mode", os.chmod, name, entry.mode & 0o7777, dir_fd=dir_fd)
+            _step(failures, "mode", _chmod_nofollow, name, entry.mode & 0o7777, dir_fd)
         _step(failures, "times", os.utime, name, ns=(entry.atime_ns, entry.mtime_ns),
               dir_fd=dir_fd, follow_symlinks=False)
     _raise_failures(failures, path)
@@ -194,6 +200,18 @@ def apply_fd_metadata(fd: int, path: bytes, entry: TreeEntry, *, is_root: bool,
     _step(failures, "mode", os.chmod, fd, entry.mode & 0o7777)
     _step(failures, "times", os.utime, fd, ns=(entry.atime_ns, entry.mtime_ns))
     _raise_failures(failures, path)
+
+
+def _chmod_nofollow(name: bytes, mode: int, dir_fd: int | None) -> None:
+    # chmod has no working "do not follow" with a dir_fd in CPython 3.11: change the
+    # object held by an O_PATH descriptor through its /proc link, as glibc's lchmod does.
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(errno.ELOOP, "replaced by a symlink (not followed)", name)
+        os.chmod(b"/proc/self/fd/%d" % fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _raise_failures(failures: list[tuple[OSError, str]], path: bytes) -> None:

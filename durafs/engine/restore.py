@@ -29,13 +29,13 @@ from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar
 
 from durafs.engine.access import VolumeAccess
+from durafs.engine.beneath import Beneath
 from durafs.engine.catalogvol import to_tree_entry
 from durafs.engine.collector import gc_frozen, gc_paused
 from durafs.engine.fsmeta import (
-    LONG_PATH,
+    AtPath,
     apply_fd_metadata,
     apply_metadata,
-    at_path,
     has_default_acl,
     make_dir,
     make_node,
@@ -173,6 +173,9 @@ class Restore:
         #: Media that stayed offline past the wait, by id: the rest of the run does not
         #: wait for them again, batch after batch.
         self._offline: dict[int, str] = {}
+        #: How every path under TARGET is reached: never through a symlink (`Beneath`).
+        self._beneath: Beneath
+        self._at: AtPath
 
     def run(self, checkpoint: CheckpointRow, path: bytes, target: bytes) -> RestoreResult:
         """Restore *path* of *checkpoint*: a directory's contents become *target*'s, anything
@@ -187,18 +190,21 @@ class Restore:
         except FileExistsError:
             raise UsageError(f"{os.fsdecode(target)}: exists and is not a directory") from None
         # A TARGET that is a symlink means the directory it points to; inside TARGET no
-        # symlink is ever followed (see _walk).
+        # symlink is ever followed, not even one put there while the restore runs (see
+        # _walk and `Beneath`).
         target = os.path.realpath(target)
         if top.type == "d":  # its contents become TARGET's
             strip = len(path.rstrip(b"/")) if path != b"/" else 0
         else:  # anything else goes into TARGET under its own name
             strip = len(path.rsplit(b"/", 1)[0])
         plan = _Plan()
-        with gc_paused():
-            self._walk(plan, plan_row.id, checkpoint.seq, top.path_id, target, strip)
-        with gc_frozen():
-            self._fill(plan)
-            self._finish(plan)
+        with Beneath(target) as beneath:
+            self._beneath, self._at = beneath, beneath.at
+            with gc_paused():
+                self._walk(plan, plan_row.id, checkpoint.seq, top.path_id, target, strip)
+            with gc_frozen():
+                self._fill(plan)
+                self._finish(plan)
         done = [f for f in plan.files
                 if f.state == "created" and not f.damaged and not f.reported]
         self.result.files = len(done)
@@ -249,18 +255,18 @@ class Restore:
             assert entry.link is not None
             plan.links.append((dest, entry.link))
         elif kind != "s":  # sockets are never recreated
-            self._replacing(dest, make_node, dest, entry)
+            self._replacing(dest, make_node, dest, entry, self._at)
             apply_metadata(dest, entry, is_root=self.is_root,
-                           inherited=self._inherits(plan, dest))
+                           inherited=self._inherits(plan, dest), at=self._at)
 
     def _dir(self, plan: _Plan, dest: bytes, entry: TreeEntry) -> None:
-        if self._replacing(dest, make_dir, dest):
+        if self._replacing(dest, make_dir, dest, self._at):
             # A new directory has a default ACL only if it inherited one (ours come last).
             inherits = self._inherits(plan, dest)
             plan.passes_acls[dest] = inherits
         else:  # it was there before: it may hold anything
             inherits = True
-            plan.passes_acls[dest] = has_default_acl(dest)
+            plan.passes_acls[dest] = has_default_acl(dest, self._at)
         plan.dirs.append((dest, entry, inherits))
 
     def _inherits(self, plan: _Plan, dest: bytes) -> bool:
@@ -268,7 +274,7 @@ class Restore:
         parent = dest.rsplit(b"/", 1)[0] or b"/"
         passes = plan.passes_acls.get(parent)
         if passes is None:  # TARGET itself, when one file is restored into it
-            passes = plan.passes_acls[parent] = has_default_acl(parent)
+            passes = plan.passes_acls[parent] = has_default_acl(parent, self._at)
         return passes
 
     def _resolve(self, plan: _Plan) -> None:
@@ -400,7 +406,7 @@ class Restore:
             return -1
         try:
             if file.state == "created":  # by an earlier batch
-                return _reopen(file.temp or file.dest)
+                return self._reopen(file.temp or file.dest)
             fd = self._create_file(file)
         except OSError as exc:
             if file.state == "new":
@@ -459,12 +465,13 @@ class Restore:
                 if leader is None or leader.state != "created":
                     raise FileNotFoundError(
                         f"its first name {os.fsdecode(leader_src)} was not restored")
-                self._replacing(dest, _link, leader.dest, dest)
+                self._replacing(dest, self._link, leader.dest, dest)
             except OSError as exc:
                 self._problem(dest, exc)
         for dest, entry, inherits in reversed(plan.dirs):
             try:
-                apply_metadata(dest, entry, is_root=self.is_root, inherited=inherits)
+                apply_metadata(dest, entry, is_root=self.is_root, inherited=inherits,
+                               at=self._at)
             except OSError as exc:
                 self._problem(dest, exc)
 
@@ -492,18 +499,18 @@ class Restore:
         --overwrite, and only once the new content is complete: until then the file is
         written under a temporary name beside it."""
         try:
-            return _create(file.dest)
+            return self._create(file.dest)
         except FileExistsError:
             if not self.overwrite:
                 raise FileExistsError("exists (use --overwrite)") from None
-        with at_path(file.dest) as (dir_fd, name):
+        with self._at(file.dest) as (dir_fd, name):
             if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                 raise IsADirectoryError(errno.EISDIR, "Is a directory")
         parent = file.dest.rsplit(b"/", 1)[0] or b"/"
         while True:
             temp = parent + b"/.durafs-restore-" + os.urandom(6).hex().encode()
             try:
-                fd = _create(temp)
+                fd = self._create(temp)
             except FileExistsError:
                 continue
             file.temp = temp
@@ -515,7 +522,7 @@ class Restore:
         assert file.temp is not None
         temp, file.temp = file.temp, None
         try:
-            with at_path(temp) as (src_fd, src), at_path(file.dest) as (dst_fd, dst):
+            with self._at(temp) as (src_fd, src), self._at(file.dest) as (dst_fd, dst):
                 if file.damaged:
                     os.unlink(src, dir_fd=src_fd)
                     self._problem(file.dest, "left as it was (the backup's copy is damaged)")
@@ -533,9 +540,21 @@ class Restore:
         except FileExistsError:
             if not self.overwrite:
                 raise FileExistsError("exists (use --overwrite)") from None
-        with at_path(dest) as (dir_fd, name):
+        with self._at(dest) as (dir_fd, name):
             os.unlink(name, dir_fd=dir_fd)
         return create(*args)
+
+    def _create(self, path: bytes) -> int:
+        """Create the regular file *path* for writing; FileExistsError if anything is there
+        (``O_EXCL`` fails on a symlink too, dangling or not)."""
+        return self._beneath.open(path, _CREATE)
+
+    def _reopen(self, path: bytes) -> int:
+        return self._beneath.open(path, _REOPEN)
+
+    def _link(self, existing: bytes, new: bytes) -> None:
+        with self._at(existing) as (src_fd, src), self._at(new) as (dst_fd, dst):
+            os.link(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
 
     def _report(self, file: _File, exc: BaseException) -> None:
         """One problem per file: the first thing that went wrong with it."""
@@ -589,23 +608,3 @@ def _decode(reader: VolumeReader, span: memoryview | None, start: int, job: _Job
     frame = span[job.offset - start : job.offset - start + job.length]
     what = f"{reader.name}: chunk {job.cid.hex()[:16]} at offset {job.offset}"
     return codec_for_thread(reader.header.id_key).decode(frame, job.size, job.cid, what)
-
-
-def _create(path: bytes) -> int:
-    """Create the regular file *path* for writing; FileExistsError if anything is there
-    (``O_EXCL`` fails on a symlink too, dangling or not)."""
-    if len(path) < LONG_PATH:  # at_path's answer, without a context manager per file
-        return os.open(path, _CREATE, 0o600)
-    with at_path(path) as (dir_fd, name):
-        return os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
-
-
-def _reopen(path: bytes) -> int:
-    with at_path(path) as (dir_fd, name):
-        return os.open(name, _REOPEN, dir_fd=dir_fd)
-
-
-def _link(existing: bytes, new: bytes) -> None:
-    """os.link for paths of any length."""
-    with at_path(existing) as (src_fd, src), at_path(new) as (dst_fd, dst):
-        os.link(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)

@@ -83,10 +83,10 @@ def test_each_file_is_created_once_and_opened_once(
     assert durafs("backup", source, "--pool", "p").code == 0
     calls: dict[str, list[bytes]] = {"create": [], "reopen": []}
     for name in calls:
-        real = getattr(restore, f"_{name}")
-        monkeypatch.setattr(restore, f"_{name}",
-                            lambda path, real=real, name=name: calls[name].append(path) or
-                            real(path))
+        real = getattr(restore.Restore, f"_{name}")
+        monkeypatch.setattr(restore.Restore, f"_{name}",
+                            lambda self, path, real=real, name=name: calls[name].append(path)
+                            or real(self, path))
     listed: list[object] = []
     real_list = os.listxattr
     monkeypatch.setattr(fsmeta.os, "listxattr", lambda *a, **k: listed.append(a) or
