@@ -1,6 +1,7 @@
 """Verify: the index against the media, and optionally every stored byte.
 
-Structure (always): every volume the index records is on its medium with the recorded
+Structure (always): the index file itself is sound (SQLite's quick_check and foreign key
+check); every volume the index records is on its medium with the recorded
 size, and its manifest and seal read back; a delta catalog volume's base is recorded too,
 on the same medium. Data (``--read-data``, or a random sample): every chunk is read at its
 recorded offset and checked against its id, so damage is named chunk by chunk, with every
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from durafs.engine.access import VolumeAccess
-from durafs.errors import DurafsError, MediumOfflineError
+from durafs.errors import DurafsError, MediumOfflineError, UsageError
 from durafs.format.catalog import read_checkpoint
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
+from durafs.index.db import REBUILD
 from durafs.index.rows import ChunkRow, VolumeRow, unpack_pieces
 
 
@@ -61,10 +63,13 @@ class Verify:
         if pool is not None:
             row = self.catalog.pool(pool)
             if row is None:
-                from durafs.errors import UsageError
-
                 raise UsageError(f"no pool named {pool!r}")
             pool_id = row.id
+        damage = self.catalog.db.damage()
+        if damage:  # nothing the index says can be trusted: the media are what counts
+            self.result.structure += [f"the index is damaged: {d}" for d in damage]
+            self.result.structure.append(f"the index: {REBUILD}")
+            return self.result
         for volume in self.catalog.volumes(pool_id=pool_id):
             self._volume(volume)
         if self._bad:

@@ -168,6 +168,18 @@ class Index:
     def user_version(self) -> int:
         return int(self.get_val("PRAGMA user_version"))
 
+    def damage(self) -> list[str]:
+        """What SQLite's own checks find wrong with the file: its page and index
+        structure (``quick_check``, one pass over the file) and rows that point at rows
+        that do not exist (``foreign_key_check``). Empty if the index is sound."""
+        found = [row[0] for row in self.query("PRAGMA quick_check") if row[0] != "ok"]
+        dangling = self.query("PRAGMA foreign_key_check")
+        if dangling:
+            table, rowid, parent, _ = dangling[0]
+            found.append(f"{len(dangling)} rows point at rows that do not exist (the first:"
+                         f" {table} row {rowid}, pointing into {parent})")
+        return found
+
     def snapshot(self, dest: str | os.PathLike[str]) -> None:
         """Write a consistent, compacted copy of the index to *dest* (for index volumes)."""
         self.execute("VACUUM INTO ?", (os.fspath(dest),))
@@ -182,6 +194,11 @@ class Index:
         self.close()
 
 
+#: What to do about a damaged index: every fact in it but media locations is on the media.
+REBUILD = ("rebuild it from the media with `durafs recover --path MEDIUM` in an empty "
+           "catalog directory (keep the damaged one for its media locations)")
+
+
 @contextmanager
 def _translated(sql: str) -> Iterator[None]:
     """Turn SQLite errors into durafs errors that say what happened."""
@@ -191,6 +208,8 @@ def _translated(sql: str) -> Iterator[None]:
         raise IndexConstraintError(f"index constraint failed: {exc}") from exc
     except apsw.BusyError as exc:
         raise CatalogError("index is locked by another writer (is durafsd running?)") from exc
+    except (apsw.CorruptError, apsw.NotADBError) as exc:
+        raise CatalogError(f"the index is damaged ({exc}): {REBUILD}") from exc
     except apsw.Error as exc:
         raise CatalogError(f"index error: {exc} (in: {sql.split(chr(10))[0][:80]})") from exc
 

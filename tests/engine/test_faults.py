@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import apsw
 import pytest
 
 from durafs.engine.home import Home
@@ -278,3 +279,45 @@ def test_pseudo_files_are_stored_with_the_size_they_read(tmp_path: Path) -> None
     assert (out / "enabled").read_bytes() == enabled
     durafs("restore", f"default/latest{proc}/boot_id", out)
     assert (out / "boot_id").read_bytes() == boot_id
+
+
+def _raw_index() -> apsw.Connection:
+    """The index as SQLite sees it, foreign keys unenforced, its WAL folded in."""
+    conn = apsw.Connection(str(Home().index_path))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return conn
+
+
+def test_verify_finds_a_damaged_index_and_says_how_to_rebuild_it(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(300):
+        (source / f"file{i}").write_text(f"file {i}\n" * 50)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    assert durafs("verify").code == 0
+    # rows pointing nowhere (as a half-applied edit would leave them)
+    conn = _raw_index()
+    medium = conn.execute("SELECT id, label FROM media").fetchall()[0]
+    conn.execute("UPDATE volumes SET medium_id = 9999 WHERE medium_id = ?", (medium[0],))
+    conn.close()
+    run = durafs("verify", "--json")
+    assert run.code == 1
+    structure = run.json()["structure"]
+    assert any("point at rows that do not exist (the first: volumes row" in s
+               for s in structure), structure
+    assert any("durafs recover" in s for s in structure)
+    conn = _raw_index()
+    conn.execute("UPDATE volumes SET medium_id = ?", (medium[0],))
+    # a page of an index b-tree zeroed on disk (bit rot, a bad sector)
+    page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
+    root = conn.execute(
+        "SELECT rootpage FROM sqlite_schema WHERE name = 'chunks_volume'").fetchall()[0][0]
+    conn.close()
+    with open(Home().index_path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+    run = durafs("verify", "--json")
+    assert run.code == 1, run.err
+    structure = run.json()["structure"]
+    assert structure[0].startswith("the index is damaged: ") and "recover" in structure[-1]
