@@ -203,8 +203,12 @@ class Restore:
             with gc_paused():
                 self._walk(plan, plan_row.id, checkpoint.seq, top.path_id, target, strip)
             with gc_frozen():
-                self._fill(plan)
-                self._finish(plan)
+                try:
+                    self._fill(plan)
+                    self._finish(plan)
+                except BaseException:  # Ctrl-C, or a failure: no half-written file stays
+                    self._drop_unfinished(plan)
+                    raise
         done = [f for f in plan.files
                 if f.state == "created" and not f.damaged and not f.reported]
         self.result.files = len(done)
@@ -531,6 +535,20 @@ class Restore:
         except OSError as exc:
             file.damaged = True
             self._report(file, exc)
+
+    def _drop_unfinished(self, plan: _Plan) -> None:
+        """Remove the files this run created but did not finish writing (a file whose
+        chunks span batches, some not run): a replacement (--overwrite) goes and the file
+        it was to replace stays as it was; a new file goes, so no rerun takes it for one."""
+        for file in plan.files:
+            unfinished = file.state == "created" and file.lock is not None and file.pending
+            if file.temp is None and not unfinished:
+                continue
+            try:
+                with self._at(file.temp or file.dest) as (dir_fd, name):
+                    os.unlink(name, dir_fd=dir_fd)
+            except OSError:
+                pass  # gone already, or its directory is: nothing is left of it
 
     def _replacing(self, dest: bytes, create: Callable[..., _T], *args: Any) -> _T:
         """``create(*args)``, which makes *dest*; if something is there already, it is

@@ -9,7 +9,9 @@ from __future__ import annotations
 import gc
 import os
 import random
+import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 from durafs.engine import fsmeta, restore
 from durafs.engine.home import Home
 from durafs.index.catalog import open_catalog
-from tests.engine.cli import durafs, setup_catalog
+from tests.engine.cli import durafs, durafs_process, setup_catalog
 from tests.support.oddtree import MiB, acl_xattr, compare_trees, make_small_tree, require_root
 
 #: age's payload: 64 KiB plaintext chunks, each sealed with a 16-byte tag (docs/FORMAT.md).
@@ -352,3 +354,34 @@ def test_bad_paths_and_targets_are_told_in_words(tmp_path: Path) -> None:
     run = durafs("restore", f"default/latest{source}", tmp_path / "file")
     assert run.code == 2
     assert f"{tmp_path / 'file'}: exists and is not a directory" in run.err
+
+
+@pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "new-file"])
+def test_an_interrupted_restore_leaves_no_half_written_file(
+    tmp_path: Path, overwrite: bool
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    _write(source / "big", random.Random(3).randbytes(96 * MiB))  # ~50 batches
+    setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    if overwrite:
+        (out / "big").write_text("the old content\n")
+    args = ["--overwrite"] if overwrite else []
+    being_written = ".durafs-restore-*" if overwrite else "big"
+    with durafs_process("restore", *args, f"default/latest{source}", out,
+                        stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 30
+        while not list(out.glob(being_written)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 130
+    if overwrite:  # the old file as it was, and no temporary beside it
+        assert sorted(p.name for p in out.iterdir()) == ["big"]
+        assert (out / "big").read_text() == "the old content\n"
+    else:
+        assert list(out.iterdir()) == []
