@@ -211,6 +211,8 @@ def backup(home: Home, args: Args) -> int:
 
 def checkpoints(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
+        if args.plan is not None and catalog.plan(args.plan) is None:
+            raise UsageError(f"no plan named {args.plan!r}")
         rows = catalog.checkpoints(args.plan)
     data = [{"plan": c.plan, "name": c.name, "created_ns": c.created_ns,
              "files": c.stats.get("files", 0), "bytes": c.stats.get("bytes", 0)} for c in rows]

@@ -39,6 +39,16 @@ def _fs(name: str) -> Callable[..., int]:
     return run
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage in (0, 100]")
+    return value
+
+
 def _add(sub: argparse._SubParsersAction[_Parser], name: str, func: Callable[..., int],
          help_text: str) -> _Parser:
     parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -125,7 +135,7 @@ def build_parser() -> _Parser:
     p.add_argument("--pool")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--read-data", action="store_true")
-    group.add_argument("--read-data-subset", type=float, metavar="PERCENT")
+    group.add_argument("--read-data-subset", type=_percent, metavar="PERCENT")
     p.add_argument("--json", action="store_true")
     p = _add(sub, "recover", commands.recover, "rebuild a lost index from directory media")
     p.add_argument("--path", action="append", required=True)

@@ -159,6 +159,10 @@ class Home:
 
     def identity(self) -> age.X25519Identity:
         path = self.keys_dir / "identity.txt"
+        encryption = self.config().encryption
+        if encryption != "key":
+            raise UsageError(f"this catalog's encryption is {encryption!r}: it has no age "
+                             "identity (only 'key' catalogs do)")
         if not path.exists():
             raise UsageError(
                 f"{path} is missing: reading needs the identity (durafs recover --identity)"

@@ -31,6 +31,12 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     run = durafs("restore", "default/nosuch", tmp_path / "out")
     assert run.code == 2 and "no checkpoint" in run.err
     assert durafs("frobnicate").code == 2
+    run = durafs("checkpoints", "--plan", "typo")
+    assert run.code == 2 and "no plan named 'typo'" in run.err
+    run = durafs("verify", "--read-data-subset", "150")
+    assert run.code == 2 and "'150' is not a percentage" in run.err
+    run = durafs("key", "export-identity", tmp_path / "id")
+    assert run.code == 0  # a 'key' catalog
 
 
 def test_dry_run_stores_nothing(tmp_path: Path) -> None:
@@ -231,3 +237,10 @@ def test_durafs_own_data_inside_a_source_is_left_out(
     listing = durafs("ls", f"default/latest{source}", "--json").json()
     assert sorted(e["name"] for e in listing) == ["catalog", "docs", "pool"]
     assert durafs("ls", f"default/latest{source}/pool", "--json").json() == []
+
+
+def test_an_unencrypted_catalog_has_no_identity_to_export(tmp_path: Path) -> None:
+    setup_catalog(tmp_path, encryption="none")
+    run = durafs("key", "export-identity", tmp_path / "id")
+    assert run.code == 2 and "encryption is 'none': it has no age identity" in run.err
+    assert not (tmp_path / "id").exists()
