@@ -18,6 +18,7 @@ from durafs.engine.restore import Restore, parse_spec
 from durafs.engine.verify import Verify
 from durafs.errors import UsageError
 from durafs.format import age
+from durafs.index.catalog import Catalog
 from durafs.media.base import MediumMarker
 from durafs.media.directory import DirectoryMedium
 
@@ -209,10 +210,15 @@ def backup(home: Home, args: Args) -> int:
     return 1 if result.problems else 0
 
 
+def _known_plan(catalog: Catalog, plan: str | None) -> None:
+    """A --plan that names no plan is a typo, not an empty answer."""
+    if plan is not None and catalog.plan(plan) is None:
+        raise UsageError(f"no plan named {plan!r}")
+
+
 def checkpoints(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
-        if args.plan is not None and catalog.plan(args.plan) is None:
-            raise UsageError(f"no plan named {args.plan!r}")
+        _known_plan(catalog, args.plan)
         rows = catalog.checkpoints(args.plan)
     data = [{"plan": c.plan, "name": c.name, "created_ns": c.created_ns,
              "files": c.stats.get("files", 0), "bytes": c.stats.get("bytes", 0)} for c in rows]
@@ -249,6 +255,7 @@ def ls(home: Home, args: Args) -> int:
 
 def find(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
+        _known_plan(catalog, args.plan)
         hits = [{"plan": p, "checkpoint": c, "path": os.fsdecode(path)}
                 for p, c, path in catalog.find(args.pattern, args.plan)]
     if args.json:

@@ -31,8 +31,9 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     run = durafs("restore", "default/nosuch", tmp_path / "out")
     assert run.code == 2 and "no checkpoint" in run.err
     assert durafs("frobnicate").code == 2
-    run = durafs("checkpoints", "--plan", "typo")
-    assert run.code == 2 and "no plan named 'typo'" in run.err
+    for command in ("checkpoints", "find"):
+        run = durafs(command, *(["x"] if command == "find" else []), "--plan", "typo")
+        assert run.code == 2 and "no plan named 'typo'" in run.err
     run = durafs("verify", "--read-data-subset", "150")
     assert run.code == 2 and "'150' is not a percentage" in run.err
     run = durafs("key", "export-identity", tmp_path / "id")
