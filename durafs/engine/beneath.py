@@ -125,6 +125,8 @@ class Beneath:
         if not path.startswith(self._prefix):
             raise ValueError(f"{path!r} is not below {self.root!r}")
         parent, _, name = path[len(self._prefix):].rpartition(b"/")
+        if parent.startswith(b"/") or not name:
+            raise ValueError(f"{path!r} is not a normalised path below {self.root!r}")
         return parent, name
 
     def _remember(self, rel: bytes, fd: int) -> None:

@@ -136,7 +136,7 @@ def has_default_acl(path: bytes, at: AtPath = at_path) -> bool:
     default ACL). When that cannot be told, True: the caller then looks at each object."""
     with at(path) as (dir_fd, name):
         try:
-            os.getxattr(fd_path(dir_fd, name), ACL_NAMES[1])
+            os.getxattr(fd_path(dir_fd, name), ACL_NAMES[1], follow_symlinks=False)
         except OSError as exc:
             return exc.errno not in (errno.ENODATA, *NO_XATTR_ERRNOS)
     return True

@@ -225,8 +225,9 @@ class Restore:
         # Directories that could not be made (something else is there, a symlink maybe):
         # nothing goes under them, or it would land wherever that thing leads.
         blocked: set[bytes] = set()
+        base = b"" if target == b"/" else target  # a restore into / must not make "//x"
         for src, version in self.catalog.walk(plan_id, seq, top_id):
-            dest = (target + (src[strip:] if strip else src).rstrip(b"/")) or target
+            dest = (base + (src[strip:] if strip else src).rstrip(b"/")) or target
             if dest.rsplit(b"/", 1)[0] in blocked:
                 blocked.add(dest)
                 continue

@@ -114,3 +114,13 @@ def test_a_directory_swapped_for_a_symlink_during_a_restore_is_not_followed(
     assert (out / "top").read_text() == "top\n"
     assert list(outside.iterdir()) == []
     assert outside.stat().st_mode & 0o777 == 0o700  # the directory's mode went nowhere
+
+
+def test_paths_below_the_root_directory_itself() -> None:
+    # a restore into / (bare metal) reaches /etc/... as "etc/...", never "//etc"
+    with Beneath(b"/") as beneath:
+        with beneath.at(b"/usr/bin/env") as (dir_fd, name):
+            assert dir_fd is not None and name == b"env"
+            assert os.stat(name, dir_fd=dir_fd).st_size > 0
+        with pytest.raises(ValueError):
+            beneath.open(b"//usr/bin/env", os.O_RDONLY)
