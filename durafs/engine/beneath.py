@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from durafs.engine.fsmeta import at_path
+from durafs.engine.fsmeta import at_path, walk_components
 
 _SYS_OPENAT2 = 437  # the same number on every architecture (added after the unification)
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -153,18 +153,10 @@ class Beneath:
         return self._walk(rel)
 
     def _walk(self, rel: bytes) -> int:
-        fd = os.dup(self.fd)
+        flags = _DIR_FLAGS | os.O_NOFOLLOW
         try:
-            for part in rel.split(b"/"):
-                try:
-                    new = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise OSError(exc.errno, IN_THE_WAY, self._prefix + rel) from None
-                    raise
-                os.close(fd)
-                fd = new
-        except BaseException:
-            os.close(fd)
+            return walk_components(self.fd, rel.split(b"/"), flags, flags)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise OSError(exc.errno, IN_THE_WAY, self._prefix + rel) from None
             raise
-        return fd

@@ -67,18 +67,29 @@ def open_dir_path(path: bytes, flags: int) -> int:
     """
     if len(path) < LONG_PATH:
         return os.open(path, flags)
-    fd = os.open(b"/", _DIR_PATH_FLAGS)
-    parts = [p for p in path.split(b"/") if p]
+    root = os.open(b"/", _DIR_PATH_FLAGS)
+    try:
+        return walk_components(root, [p for p in path.split(b"/") if p], _DIR_PATH_FLAGS, flags)
+    finally:
+        os.close(root)
+
+
+def walk_components(start: int, parts: list[bytes], step_flags: int, last_flags: int) -> int:
+    """Open *parts* one after the other from the directory *start* (left open): every
+    component with *step_flags*, the last with *last_flags*; the last one's descriptor."""
+    fd = start
     try:
         for index, part in enumerate(parts):
-            last = index == len(parts) - 1
-            new = os.open(part, flags if last else _DIR_PATH_FLAGS, dir_fd=fd)
-            os.close(fd)
+            flags = last_flags if index == len(parts) - 1 else step_flags
+            new = os.open(part, flags, dir_fd=fd)
+            if fd != start:
+                os.close(fd)
             fd = new
     except BaseException:
-        os.close(fd)
+        if fd != start:
+            os.close(fd)
         raise
-    return fd
+    return fd if fd != start else os.dup(start)
 
 
 #: How to reach a path for ``*at`` calls: `at_path`, or a `beneath.Beneath`'s `at`.
