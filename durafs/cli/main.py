@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable
 from typing import NoReturn
 
+from durafs import interrupts
 from durafs.cli import commands
 from durafs.cli.output import parse_size
 from durafs.engine.home import Home
@@ -176,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("durafs: interrupted", file=sys.stderr)
         return 130
+    except interrupts.Terminated:
+        print("durafs: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         # `durafs ls … | head`: the reader went away; the status says the output is not
         # whole (as when the last flush fails, see run), no message needs saying so
@@ -195,6 +200,7 @@ def run() -> NoReturn:
     closed, so the interpreter's teardown (freeing every object a backup cached: 0.1 s or
     more of a 0.6 s no-change backup) is skipped; after a failure the usual exit runs the
     finalizers (an abandoned volume sink removes its temporary file)."""
+    interrupts.install()  # `durafs mount` handles its signals itself, under trio
     code = main()
     try:
         sys.stdout.flush()

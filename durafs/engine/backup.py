@@ -255,12 +255,14 @@ class Backup:
         self._submit_batch()
 
     def _own_directories(self) -> dict[tuple[int, int], str]:
-        """The catalog directory and the pool's directory media, by (st_dev, st_ino): a
-        source that contains them gets them as empty directories (see `scan`'s *own*)."""
+        """The catalog directory and every pool's directory media, by (st_dev, st_ino): a
+        source that contains them gets them as empty directories, a source inside them is
+        not backed up (see `scan`'s *own*)."""
         own = {self.catalog.db.path.parent: "durafs's catalog directory"}
-        for medium in self.catalog.media(self.pool.id):
+        for medium in self.catalog.media():
             if medium.kind == "dir" and medium.path:
-                own.setdefault(Path(medium.path), f"medium {medium.label} of this pool")
+                whose = "this pool" if medium.pool_id == self.pool.id else f"pool {medium.pool}"
+                own.setdefault(Path(medium.path), f"medium {medium.label} of {whose}")
         found: dict[tuple[int, int], str] = {}
         for path, what in own.items():
             try:

@@ -17,13 +17,18 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from durafs.engine.fsmeta import at_path, walk_components
 
-_SYS_OPENAT2 = 437  # the same number on every architecture (added after the unification)
+_SYS_OPENAT2 = 437
+#: Where openat2 is 437 (the unified numbering; alpha, MIPS and ia64 have their own): on
+#: any other machine the component walk is used, never an unknown system call.
+_UNIFIED = {"x86_64", "i386", "i686", "aarch64", "arm64", "armv7l", "armv6l", "riscv64",
+            "ppc64le", "ppc64", "s390x", "loongarch64"}
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
@@ -57,7 +62,7 @@ class Beneath:
         self.root = root.rstrip(b"/") or b"/"
         self._prefix = self.root if self.root == b"/" else self.root + b"/"
         self.fd = os.open(self.root, _DIR_FLAGS)
-        self._openat2 = True
+        self._openat2 = platform.machine() in _UNIFIED
         self._how = _OpenHow(_DIR_FLAGS, 0,
                              _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
         self._last = threading.local()

@@ -96,6 +96,8 @@ class _File:
     temp: bytes | None = None
     #: The last batch (by number) holding a chunk of it, while batches are cut.
     batch: int = -1
+    #: Written whole and closed (damaged or not): an interrupted run keeps it.
+    finished: bool = False
 
 
 class _Job(NamedTuple):
@@ -457,6 +459,7 @@ class Restore:
             os.close(fd)
         if file.temp is not None:
             self._put_in_place(file)
+        file.finished = True
 
     # -- pass 3: hard links and directories ---------------------------------------------
 
@@ -538,12 +541,12 @@ class Restore:
             self._report(file, exc)
 
     def _drop_unfinished(self, plan: _Plan) -> None:
-        """Remove the files this run created but did not finish writing (a file whose
-        chunks span batches, some not run): a replacement (--overwrite) goes and the file
-        it was to replace stays as it was; a new file goes, so no rerun takes it for one."""
+        """Remove the files this run created but did not finish writing (batches not run,
+        or a worker stopped by an unexpected error): a replacement (--overwrite) goes and
+        the file it was to replace stays as it was; a new file goes, so no rerun takes it
+        for one."""
         for file in plan.files:
-            unfinished = file.state == "created" and file.lock is not None and file.pending
-            if file.temp is None and not unfinished:
+            if file.state != "created" or file.finished:
                 continue
             try:
                 with self._at(file.temp or file.dest) as (dir_fd, name):

@@ -133,9 +133,10 @@ def scan(
       this very object (same inode and ctime: a change of either would have moved the
       ctime), so the scan reads neither again nor checks that the file is readable.
     - *own* maps (st_dev, st_ino) of directories that hold durafs's own data (the catalog
-      directory, the pool's media) to what they are: such a directory is yielded but not
+      directory, the pools' media) to what they are: such a directory is yielded but not
       entered, followed by a ScanNote, since a copy of a store that changes while it is
-      copied is useless and would grow with every backup.
+      copied is useless and would grow with every backup. A source that is such a
+      directory or lies inside one is a problem, and nothing of it is yielded.
     """
     walker = _Walker(list(excludes), one_file_system, follow_symlinks, known, check_readable,
                      dict(own or {}))
@@ -224,6 +225,10 @@ class _Walker:
     # -- a source: its ancestors, then its tree ------------------------------------------
 
     def _source(self, root: bytes) -> Iterator[ScanResult]:
+        inside = self._own_data_around(root)
+        if inside is not None:
+            yield ScanProblem(root, f"in {inside}, which is never backed up")
+            return
         matcher = ExcludeMatcher(self.excludes, root)
         parent_fd = None if root == b"/" else os.open(b"/", _DIR_PATH_FLAGS)
         name = b"/" if root == b"/" else root.rsplit(b"/", 1)[1]
@@ -242,6 +247,18 @@ class _Walker:
         finally:
             if parent_fd is not None:
                 os.close(parent_fd)
+
+    def _own_data_around(self, root: bytes) -> str | None:
+        """What of durafs's own data *root* is or lies in (see *own*), if any."""
+        for path in _ancestors_and_self(root) if self.own else ():
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None  # the walk meets it and says why
+            what = self.own.get((st.st_dev, st.st_ino))
+            if what is not None:
+                return what
+        return None
 
     @staticmethod
     def _reopen(fd: int, name: bytes) -> int:

@@ -67,8 +67,9 @@ class Verify:
             pool_id = row.id
         damage = self.catalog.db.damage()
         if damage:  # nothing the index says can be trusted: the media are what counts
-            self.result.structure += [f"the index is damaged: {d}" for d in damage]
-            self.result.structure.append(f"the index: {REBUILD}")
+            where = self.catalog.db.path
+            self.result.structure += [f"the index {where} is damaged: {d}" for d in damage]
+            self.result.structure.append(f"the index {where}: {REBUILD}")
             return self.result
         for volume in self.catalog.volumes(pool_id=pool_id):
             self._volume(volume)

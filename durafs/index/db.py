@@ -71,20 +71,20 @@ class Index:
 
     def execute(self, sql: str, params: Params = ()) -> int:
         """Run *sql* (one or more statements); return the rows changed by the last one."""
-        with _translated(sql):
+        with _translated(sql, self.path):
             for _ in self.conn.execute(sql, params):
                 pass
             return self.conn.changes()
 
     def executemany(self, sql: str, rows: Iterator[Params] | Sequence[Params]) -> None:
         """Run one statement once per parameter set in *rows*."""
-        with _translated(sql):
+        with _translated(sql, self.path):
             for _ in self.conn.executemany(sql, rows):
                 pass
 
     def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """Return every row *sql* yields (read to the end, so no snapshot stays pinned)."""
-        with _translated(sql):
+        with _translated(sql, self.path):
             return self.conn.execute(sql, params).fetchall()
 
     def get_row(self, sql: str, params: Params = ()) -> tuple[Any, ...] | None:
@@ -122,7 +122,7 @@ class Index:
             yield from self._savepoint()
             return
         begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
-        with _translated(begin):
+        with _translated(begin, self.path):
             self.conn.execute(begin)
         self._depth = 1
         try:
@@ -133,7 +133,7 @@ class Index:
             raise
         self._depth = 0
         try:
-            with _translated("COMMIT"):
+            with _translated("COMMIT", self.path):
                 self.conn.execute("COMMIT")
         except BaseException:
             if self.conn.in_transaction:
@@ -200,7 +200,7 @@ REBUILD = ("rebuild it from the media with `durafs recover --path MEDIUM` in an 
 
 
 @contextmanager
-def _translated(sql: str) -> Iterator[None]:
+def _translated(sql: str, path: Path) -> Iterator[None]:
     """Turn SQLite errors into durafs errors that say what happened."""
     try:
         yield
@@ -209,7 +209,7 @@ def _translated(sql: str) -> Iterator[None]:
     except apsw.BusyError as exc:
         raise CatalogError("index is locked by another writer (is durafsd running?)") from exc
     except (apsw.CorruptError, apsw.NotADBError) as exc:
-        raise CatalogError(f"the index is damaged ({exc}): {REBUILD}") from exc
+        raise CatalogError(f"the index {path} is damaged ({exc}): {REBUILD}") from exc
     except apsw.Error as exc:
         raise CatalogError(f"index error: {exc} (in: {sql.split(chr(10))[0][:80]})") from exc
 

@@ -37,6 +37,7 @@ from durafs.errors import (
     UsageError,
 )
 from durafs.format.header import KINDS
+from durafs.interrupts import held
 from durafs.media.base import (
     KEYS_FILE_NAMES,
     Medium,
@@ -291,10 +292,12 @@ class DirectoryMedium(Medium):
                 raise MediumError(f"{self.describe()}: volume {volume_id} is already on it")
             limit = None if self.capacity is None else max(0, self.capacity - self._used())
             os.makedirs(self.volumes_path, exist_ok=True)
-            fd = self._open_temp(tmp_path, volume_id)
+            with held():  # a Ctrl-C must not cut between creating the file and its sink
+                fd = self._open_temp(tmp_path, volume_id)
+                return DirectorySink(
+                    self, fd, tmp_path, VolumeName(0, kind, volume_id, encrypted), limit)
         except OSError as exc:
             raise self._error(exc, f"creating volume {volume_id}") from exc
-        return DirectorySink(self, fd, tmp_path, VolumeName(0, kind, volume_id, encrypted), limit)
 
     def _open_temp(self, tmp_path: str, volume_id: str) -> int:
         """Open and lock the temporary file, replacing a stale one a crash left behind."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -225,19 +226,32 @@ def test_durafs_own_data_inside_a_source_is_left_out(
     monkeypatch.setenv("DURAFS_HOME", str(source / "catalog"))
     assert durafs("init", "--encryption", "key", "--work-factor", "12").code == 0
     assert durafs("pool", "add", "p", "--kind", "dir", "--path", source / "pool").code == 0
+    assert durafs("pool", "add", "q", "--kind", "dir", "--path", source / "other").code == 0
     run = durafs("backup", source, "--pool", "p")
     assert run.code == 0, run.err
     assert f"{source / 'catalog'}: durafs's catalog directory: contents not backed up" in run.err
-    assert f"{source / 'pool'}: medium " in run.err
+    assert f"{source / 'pool'}: medium " in run.err and "of this pool: contents" in run.err
+    assert f"{source / 'other'}: medium " in run.err and "of pool q: contents" in run.err
     # the second run meets the volumes the first one wrote: it reads and stores nothing
     report = durafs("backup", source, "--pool", "p", "--json").json()
-    assert sorted(n["path"] for n in report["notes"]) == [str(source / "catalog"),
-                                                          str(source / "pool")]
+    assert sorted(n["path"] for n in report["notes"]) == [
+        str(source / "catalog"), str(source / "other"), str(source / "pool")]
     assert report["problems"] == [] and report["stats"].get("changed_files", 0) == 0
     assert report["stats"]["unchanged_files"] == 1
     listing = durafs("ls", f"default/latest{source}", "--json").json()
-    assert sorted(e["name"] for e in listing) == ["catalog", "docs", "pool"]
+    assert sorted(e["name"] for e in listing) == ["catalog", "docs", "other", "pool"]
     assert durafs("ls", f"default/latest{source}/pool", "--json").json() == []
+    # a source that is, or is inside, durafs's own data is refused by name; the rest goes on
+    inside = source / "catalog" / "keys"
+    run = durafs("backup", inside, source / "pool", source / "docs", "--pool", "p", "--json")
+    assert run.code == 1
+    problems = dict((p["path"], p["reason"]) for p in run.json()["problems"])
+    assert problems.keys() == {str(inside), str(source / "pool")}
+    assert problems[str(inside)] == "in durafs's catalog directory, which is never backed up"
+    assert re.fullmatch(r"in medium \S+ of this pool, which is never backed up",
+                        problems[str(source / "pool")])
+    names = [e["name"] for e in durafs("ls", f"default/latest{source}", "--json").json()]
+    assert names == ["docs"]
 
 
 def test_an_unencrypted_catalog_has_no_identity_to_export(tmp_path: Path) -> None:

@@ -98,3 +98,35 @@ def test_kill_9_during_backups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         ids = chunk_ids_on_medium(pool)
         assert len(ids) == len(set(ids)), f"round {round_no}: a chunk was stored twice"
     assert durafs("verify", "--read-data").code == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_an_interrupted_backup_says_so_cleans_up_and_resumes(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    rng = random.Random(99)
+    source = tmp_path / "src"
+    for d in range(7):
+        (source / f"d{d}").mkdir(parents=True)
+    mutate(source, rng, 0.5)
+    pool = setup_catalog(tmp_path, volume_size="8M")
+    with durafs_process("backup", source, "--pool", "p",
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 60
+        while not list((pool / "volumes").glob(".tmp-*")):  # a volume is being written
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert b"durafs: interrupted" in err or b"durafs: terminated" in err
+    assert list((pool / "volumes").glob(".tmp-*")) == [], err.decode()  # the open volume: gone
+    integrity_ok()
+    assert checkpoint_names() == []
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
+    ids = chunk_ids_on_medium(pool)
+    assert len(ids) == len(set(ids))

@@ -320,4 +320,21 @@ def test_verify_finds_a_damaged_index_and_says_how_to_rebuild_it(tmp_path: Path)
     run = durafs("verify", "--json")
     assert run.code == 1, run.err
     structure = run.json()["structure"]
-    assert structure[0].startswith("the index is damaged: ") and "recover" in structure[-1]
+    named = f"the index {Home().index_path} "
+    assert structure[0].startswith(named + "is damaged: ") and "recover" in structure[-1]
+
+
+def test_a_command_meeting_a_damaged_index_names_it_and_says_how_to_rebuild(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("a\n")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    with open(Home().index_path, "r+b") as f:  # the file's header overwritten
+        f.write(b"\xa5" * 100)
+    run = durafs("checkpoints")
+    assert run.code == 3
+    assert f"the index {Home().index_path} is damaged" in run.err
+    assert "durafs recover --path" in run.err

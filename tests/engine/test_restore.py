@@ -356,9 +356,10 @@ def test_bad_paths_and_targets_are_told_in_words(tmp_path: Path) -> None:
     assert f"{tmp_path / 'file'}: exists and is not a directory" in run.err
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
 @pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "new-file"])
 def test_an_interrupted_restore_leaves_no_half_written_file(
-    tmp_path: Path, overwrite: bool
+    tmp_path: Path, overwrite: bool, signum: signal.Signals
 ) -> None:
     source = tmp_path / "src"
     source.mkdir()
@@ -377,9 +378,9 @@ def test_an_interrupted_restore_leaves_no_half_written_file(
         while not list(out.glob(being_written)):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.005)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         proc.wait(30)
-    assert proc.returncode == 130
+    assert proc.returncode == 128 + signum
     if overwrite:  # the old file as it was, and no temporary beside it
         assert sorted(p.name for p in out.iterdir()) == ["big"]
         assert (out / "big").read_text() == "the old content\n"
