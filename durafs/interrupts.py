@@ -34,6 +34,13 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _handler)
 
 
+def uninstall() -> None:
+    """Python's own handling again (before ``trio.run``: trio protects its internals from
+    KeyboardInterrupt only when it finds Python's SIGINT handler)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _handler(signum: int, frame: FrameType | None) -> None:
     global _pending
     if _held:

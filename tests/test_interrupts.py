@@ -52,3 +52,10 @@ def test_held_is_free_outside_the_main_thread(installed: None) -> None:
     thread.start()
     thread.join()
     assert seen == [0]
+
+
+def test_uninstall_gives_python_its_own_handling_back(installed: None) -> None:
+    # trio, which serves the mount, guards its internals only under Python's SIGINT handler
+    interrupts.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import trio
 
+from durafs import interrupts
 from durafs.cli.output import print_json, print_table
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
@@ -78,6 +79,7 @@ def _config(home: Home, args: Args) -> MountConfig:
 
 def _run(config: MountConfig, ready: Callable[[], None]) -> None:
     """Serve until unmounted; SIGTERM, SIGINT or SIGHUP unmount cleanly."""
+    interrupts.uninstall()
     trio.run(_serve_until_signal, config, ready)
 
 
