@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
@@ -28,6 +29,7 @@ from durafs.errors import DurafsError, UsageError
 from durafs.fs.mount import (
     MountConfig,
     MountError,
+    drop_mount_record,
     prepare_mountpoint,
     read_mount_record,
     serve,
@@ -68,7 +70,10 @@ def _config(home: Home, args: Args) -> MountConfig:
     if unknown:
         raise UsageError(f"-o: unsupported mount option(s) {', '.join(sorted(unknown))} "
                          f"(supported: {', '.join(sorted(MOUNT_OPTIONS))})")
-    config = MountConfig(os.path.abspath(args.mountpoint), home, home.keys(read=True),
+    # the real path: a mount through a symlink is the same mount, and is found again
+    mountpoint = os.path.realpath(args.mountpoint)
+    _refuse_own_data(home, mountpoint)
+    config = MountConfig(mountpoint, home, home.keys(read=True),
                          policy=policy, allow_other="allow_other" in options)
     if args.staging_size is not None:
         config.staging_bytes = args.staging_size
@@ -169,13 +174,31 @@ def _detach(home: Home) -> None:
 # -- umount -------------------------------------------------------------------------------
 
 
+def _refuse_own_data(home: Home, mountpoint: str) -> None:
+    """A mount on, above or inside the catalog directory or a directory medium would hide
+    what it serves from (on the catalog directory it would wait for itself forever)."""
+    own = {os.path.realpath(home.path): "durafs's catalog directory"}
+    with home.catalog(readonly=True) as catalog:
+        for medium in catalog.media():
+            if medium.kind == "dir" and medium.path:
+                own.setdefault(os.path.realpath(medium.path),
+                               f"medium {medium.label} of pool {medium.pool}")
+    at = Path(mountpoint)
+    for path, what in own.items():
+        if at.is_relative_to(path) or Path(path).is_relative_to(at):
+            where = "is" if at == Path(path) else (
+                "is inside" if at.is_relative_to(path) else "holds")
+            raise UsageError(f"{mountpoint} {where} {what} ({path}): mount somewhere else")
+
+
 def umount(home: Home, args: Args) -> int:
-    mountpoint = os.path.abspath(args.mountpoint)
+    mountpoint = os.path.realpath(args.mountpoint)
     record = read_mount_record(home, mountpoint)
     unmount(mountpoint)
     pid = record.get("pid") if record else None
     if isinstance(pid, int) and not wait_for_exit(pid):
         raise MountError(f"unmounted {mountpoint}, but its server (pid {pid}) has not exited")
+    drop_mount_record(home, mountpoint)  # gone with its server, unless that was killed
     print(f"unmounted {mountpoint}")
     return 0
 

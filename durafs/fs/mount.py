@@ -51,7 +51,7 @@ from durafs.fs.reads import (
     Reader,
     Staging,
 )
-from durafs.fs.requests import MediaRequests
+from durafs.fs.requests import MediaRequests, process_running
 from durafs.fs.vfs import Tree
 from durafs.index.catalog import Catalog
 
@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 #: and the default (64 MiB each) would dominate the mount's memory after a big listing.
 TREE_CACHE_KIB = 16_384
 ACCESS_CACHE_KIB = 2_048
+#: The mount's subtype, and so its type in /proc/self/mountinfo: `durafs umount` and the
+#: stale-mount cleanup touch nothing else.
+SUBTYPE = "durafs"
+FSTYPE = f"fuse.{SUBTYPE}"
 #: Seconds `unmount` waits for the serving process to exit.
 EXIT_WAIT = 15.0
 #: Garbage collector thresholds while serving. Each request allocates a few dozen
@@ -94,7 +98,7 @@ class MountConfig:
         # fsname shows in mount(8) and df; a bare word would be taken for a relative path
         home = str(self.home.path)
         fsname = f"durafs:{home}" if "," not in home and "\\" not in home else "durafs:"
-        options = {"ro", "default_permissions", f"fsname={fsname}", "subtype=durafs"}
+        options = {"ro", "default_permissions", f"fsname={fsname}", f"subtype={SUBTYPE}"}
         if self.allow_other:
             options.add("allow_other")
         if self.debug:
@@ -121,10 +125,11 @@ def mount_state(path: str) -> str:
 
 
 def prepare_mountpoint(path: str) -> None:
-    """Make sure *path* can be mounted on: lazily unmount a stale mount left by a crash,
-    refuse a live one."""
+    """Make sure *path* (a real path) can be mounted on: lazily unmount a stale durafs
+    mount left by a crash, refuse a live one, leave any other file system alone."""
     state = mount_state(path)
     if state == "stale":
+        _require_ours(path, "stale ")
         log.warning("%s: cleaning up a stale mount (transport endpoint is not connected)", path)
         _lazy_unmount(path)
         state = mount_state(path)
@@ -145,11 +150,20 @@ def _lazy_unmount(path: str) -> None:
         log.debug("%s: %s", " ".join(command), result.stderr.strip())
 
 
+def _require_ours(path: str, what: str = "") -> None:
+    kind = mount_type(path)
+    if kind != FSTYPE:
+        raise UsageError(f"{path}: a {what}{kind or 'unknown'} mount, not a durafs one: "
+                         "durafs leaves it alone")
+
+
 def unmount(path: str) -> None:
-    """Unmount the tree at *path* (a stale one lazily); MountError if it stays mounted."""
+    """Unmount the durafs tree at *path*, a real path (a stale one lazily); UsageError for
+    any other file system, MountError if it stays mounted."""
     state = mount_state(path)
     if state == "free":
         raise UsageError(f"{path} is not mounted")
+    _require_ours(path)
     if state == "stale":
         _lazy_unmount(path)
     else:
@@ -181,6 +195,11 @@ def read_mount_record(home: Home, mountpoint: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def drop_mount_record(home: Home, mountpoint: str) -> None:
+    """Forget the mount on *mountpoint* (its server, killed, could not)."""
+    _record_path(home, mountpoint).unlink(missing_ok=True)
+
+
 def _write_mount_record(home: Home, mountpoint: str) -> Path:
     path = _record_path(home, mountpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,19 +214,12 @@ def wait_for_exit(pid: int, timeout: float = EXIT_WAIT) -> bool:
     """Wait until process *pid* has exited (or is a zombie); False on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _running(pid):
+        if not process_running(pid):
             return True
         time.sleep(0.05)
-    return not _running(pid)
+    return not process_running(pid)
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 # -- serving ------------------------------------------------------------------------------
@@ -275,13 +287,25 @@ async def _never_online(_medium: object) -> bool:
 def mount_device(target: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """``major:minor`` of the newest mount on *target* (a real path), from *mountinfo*
     (the mount itself is not asked: it may not serve yet)."""
+    found = _newest_mount(target, mountinfo)
+    return found[0] if found else None
+
+
+def mount_type(target: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The file system type of the newest mount on *target* (``fuse.durafs`` for ours)."""
+    found = _newest_mount(target, mountinfo)
+    return found[1] if found else None
+
+
+def _newest_mount(target: str, mountinfo: str) -> tuple[str, str] | None:
+    """(device, type) of the newest mount on *target*, from *mountinfo*."""
     found = None
     with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            fields = line.split(" ")
+            fields = line.rstrip("\n").split(" ")
             where = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
             if where == target:
-                found = fields[2]
+                found = (fields[2], fields[fields.index("-") + 1])
     return found
 
 

@@ -247,15 +247,18 @@ def read_requests(directory: Path) -> list[dict[str, Any]]:
 
 
 def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
+    return isinstance(pid, int) and pid > 0 and process_running(pid)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process *pid* exists and has not exited: a zombie (killed, not yet reaped)
+    serves nothing and waits for nothing."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state not in (b"Z", b"X")
 
 
 def _remove_stale(path: Path) -> None:

@@ -205,3 +205,63 @@ def test_umount_of_a_busy_mount_says_what_to_do(tmp_path: Path) -> None:
         result = durafs(home, "umount", mnt, check=False)
         assert result.returncode == 3 and "fusermount3 -uz" in result.stderr
         assert os.path.ismount(mnt)
+
+
+def test_umount_and_mount_leave_other_file_systems_alone(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "durafs-test", other], check=True)
+    try:
+        (other / "precious").write_text("keep\n")
+        result = durafs(home, "umount", other, check=False)
+        assert result.returncode == 2, result.stderr
+        assert "a tmpfs mount, not a durafs one" in result.stderr
+        assert (other / "precious").read_text() == "keep\n"
+    finally:
+        subprocess.run(["umount", other], check=False)
+
+
+def test_a_mount_point_named_through_a_symlink_is_the_same_mount(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)
+    (tmp_path / "mnt").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "mnt")
+    try:
+        durafs(home, "mount", link)
+        assert os.listdir(tmp_path / "mnt") == ["default"]
+        again = durafs(home, "mount", tmp_path / "mnt", check=False)
+        assert again.returncode == 2 and "already a mount point" in again.stderr
+        durafs(home, "umount", link)
+        assert not is_mounted(tmp_path / "mnt")
+    finally:
+        force_unmount(tmp_path / "mnt")
+
+
+def test_no_mount_on_above_or_inside_durafs_own_data(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)  # its pool's medium is tmp/pool
+    medium = next(p for p in tmp_path.iterdir() if (p / "DURAFS-MEDIUM.json").exists())
+    (medium / "volumes").mkdir(exist_ok=True)
+    for where, says in [(home, "is durafs's catalog directory"),
+                        (tmp_path, "holds durafs's catalog directory"),
+                        (home / "mounts", "is inside durafs's catalog directory"),
+                        (medium / "volumes", "is inside medium ")]:
+        where.mkdir(exist_ok=True)
+        result = durafs(home, "mount", where, check=False, timeout=20)
+        assert result.returncode == 2 and says in result.stderr, (where, result.stderr)
+        assert not is_mounted(where)
+
+
+def test_umount_of_a_killed_mount_forgets_it(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        durafs(home, "mount", mnt)
+        os.kill(server_pid(home, mnt), signal.SIGKILL)
+        wait_until(lambda: _stat_errno(mnt) == errno.ENOTCONN, 5, "the mount to go stale")
+        durafs(home, "umount", mnt)
+        assert not is_mounted(mnt)
+        assert list((home / "mounts").glob("*.json")) == []
+    finally:
+        force_unmount(mnt)
