@@ -25,8 +25,12 @@ log = logging.getLogger(__name__)
 
 #: A medium with less room than this takes no new volume (it is marked full).
 MIN_VOLUME = 1024 * 1024
-#: Room kept free beyond a volume's plaintext size (age overhead, tar end, rounding).
+#: Room kept free beyond what a volume takes (rounding, the file system's own needs).
 SLACK = 64 * 1024
+#: At most what a volume takes before its first chunk (tar headers, the volume header).
+FRESH_VOLUME = 64 * 1024
+#: At most what age adds before the payload (header, recipient stanzas, nonce).
+AGE_HEADER = 4096
 POLL_SECONDS = 1.0
 
 
@@ -81,9 +85,11 @@ class PoolWriter:
     ) -> dict[bytes, int]:
         """Store one new chunk; returns cid -> chunks.id of any volume committed meanwhile."""
         committed: dict[bytes, int] = {}
-        if self._writer is not None and self._writer.size + len(stored.frame) > self._limit:
+        extra = len(stored.frame) + VolumeWriter.chunk_record_bound(files)
+        if self._writer is not None and not self._fits(self._writer, extra):
             committed = self.commit()
-        writer = self._writer or self._start("data")
+        # a chunk bigger than the room left on a medium goes to one with room for it
+        writer = self._writer or self._start("data", need=self._stored(FRESH_VOLUME + extra))
         offset = writer.add_chunk(stored, files)
         self.open[stored.id] = NewChunk(stored.id, offset, len(stored.frame), stored.size,
                                         stored.raw)
@@ -139,6 +145,18 @@ class PoolWriter:
 
     # -- internals -------------------------------------------------------------------
 
+    def _fits(self, writer: VolumeWriter, extra: int) -> bool:
+        """Whether the open volume, grown by *extra* plaintext bytes, still fits its
+        limit once finished (manifest, seal) and encrypted."""
+        return self._stored(writer.size + writer.reserve + extra) <= self._limit
+
+    def _stored(self, plain: int) -> int:
+        """At most the bytes a volume of *plain* plaintext bytes takes on the medium: age
+        adds a 16-byte tag per 64 KiB and a header."""
+        if self.keys.encryption == "none":
+            return plain
+        return plain + plain // 4096 + AGE_HEADER
+
     def _record(self, stored: object, plain_size: int, kind: str) -> VolumeRow:
         assert self._medium_row is not None
         from durafs.media.base import StoredVolume
@@ -158,8 +176,8 @@ class PoolWriter:
         self.volumes_written += 1
         return volume
 
-    def _start(self, kind: str) -> VolumeWriter:
-        row, medium = self._choose_medium()
+    def _start(self, kind: str, need: int = 0) -> VolumeWriter:
+        row, medium = self._choose_medium(need)
         free = medium.free_bytes()
         limit = self.pool.volume_size if free is None else min(self.pool.volume_size, free - SLACK)
         volume_id = uuid.uuid4().hex
@@ -171,7 +189,9 @@ class PoolWriter:
         self._medium_row, self._limit = row, limit
         return self._writer
 
-    def _choose_medium(self) -> tuple[MediumRow, Medium]:
+    def _choose_medium(self, need: int) -> tuple[MediumRow, Medium]:
+        """An online medium of the pool with room for a volume (and *need* bytes), waiting
+        for an offline one if none is."""
         deadline = None if self.media_timeout is None else time.monotonic() + self.media_timeout
         told: set[int] = set()
         while True:
@@ -184,12 +204,14 @@ class PoolWriter:
                     offline.append(row)
                     continue
                 free = medium.free_bytes()
-                if free is None or free >= MIN_VOLUME + SLACK:
+                if free is None or free >= max(MIN_VOLUME, need) + SLACK:
                     return row, medium
-                self.catalog.update_medium(row.id, state="full")
+                if free < MIN_VOLUME + SLACK:
+                    self.catalog.update_medium(row.id, state="full")
             if not offline:
+                room = f"room for a volume of {need} bytes" if need > MIN_VOLUME else "room"
                 raise MediumFullError(
-                    f"pool {self.pool.name} has no medium with room left: add one with "
+                    f"pool {self.pool.name} has no medium with {room} left: add one with "
                     f"`durafs media add {self.pool.name} --path PATH`"
                 )
             for row in offline:

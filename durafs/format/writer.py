@@ -36,6 +36,9 @@ from durafs.serial import SerialWorker
 #: overhead (1 KiB at most) is noise, small enough to bound the writer's memory.
 MEMBER_TARGET = 8 * 1024 * 1024
 _COPY = 1024 * 1024
+#: At least what one manifest record takes, but for the paths in a chunk's record: the
+#: largest (a chunk's) is ~200 bytes of hex id, offsets and keys.
+RECORD_BOUND = 320
 
 
 class Sink(Protocol):
@@ -96,6 +99,8 @@ class VolumeWriter:
         self._pending_size = 0
         self._background = SerialWorker("durafs-volume")
         # Closed in finish(); a volume abandoned mid-way leaves it to the garbage collector.
+        #: At least what the manifest's records take uncompressed (see `reserve`).
+        self._manifest_bound = RECORD_BOUND
         self._manifest_file = tempfile.SpooledTemporaryFile(max_size=4 << 20)  # noqa: SIM115
         self._manifest = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
             self._manifest_file, closefd=False
@@ -112,11 +117,26 @@ class VolumeWriter:
         """Plaintext bytes the volume has so far, counting the member being filled."""
         return self.pos + (tarfmt.BLOCK + self._pending_size if self._pending else 0)
 
+    @property
+    def reserve(self) -> int:
+        """At most what `finish` adds after `size`: the manifest (bounded as if zstd saved
+        nothing), its tar header and padding, the seal member and the archive's end. A
+        medium with room for `size + reserve` takes the whole volume."""
+        bound = self._manifest_bound
+        return (bound + bound // 128 + 1024 + 4 * tarfmt.BLOCK + SEAL_SIZE
+                + len(tarfmt.END_OF_ARCHIVE))
+
+    @staticmethod
+    def chunk_record_bound(files: Sequence[tuple[bytes, int]]) -> int:
+        """At most what a chunk's manifest record takes (a path byte escapes to 6)."""
+        return RECORD_BOUND + sum(6 * len(path) + 32 for path, _ in files)
+
     def add_chunk(self, chunk: StoredChunk, files: Sequence[tuple[bytes, int]] = ()) -> int:
         """Append one stored chunk; return the plaintext offset of its frame.
 
         *files* names the file pieces the chunk is: (path, offset in that file).
         """
+        self._manifest_bound += self.chunk_record_bound(files)
         if self._pending and self._pending_size + len(chunk.frame) > self._member_target:
             self._flush_member()
         offset = self.pos + tarfmt.BLOCK + self._pending_size
@@ -127,6 +147,7 @@ class VolumeWriter:
 
     def add_member(self, name: str, data: bytes) -> MemberEntry:
         """Append a whole non-chunk member (catalog tree, index copy) held in memory."""
+        self._manifest_bound += RECORD_BOUND + 6 * len(name)
         self._sync()
         digest = blake3.blake3(data, key=self.header.id_key).digest()
         entry = MemberEntry(name, self._write_member(name, [data], len(data)), len(data), digest)
@@ -135,6 +156,7 @@ class VolumeWriter:
 
     def add_member_file(self, name: str, src: IO[bytes], size: int) -> MemberEntry:
         """Append a member copied from file *src* (*size* bytes), streaming, hashed on the way."""
+        self._manifest_bound += RECORD_BOUND + 6 * len(name)
         entry = self._copy_member(name, src, size)
         self._record(entry.to_record())
         return entry

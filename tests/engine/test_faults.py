@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -231,6 +232,31 @@ def test_full_medium_spills_onto_the_next(tmp_path: Path) -> None:
     finally:
         for mnt in mounts:
             unmount(mnt)
+
+
+@pytest.mark.parametrize("encryption", ["key", "none"])
+def test_a_chunk_bigger_than_the_room_left_goes_to_the_next_medium(
+    tmp_path: Path, encryption: str
+) -> None:
+    # volumes of 1 MiB, but the chunks of a big random file are larger: the first medium
+    # (3 MiB) is left with room for small volumes only, and a big chunk moves on
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big").write_bytes(random.Random(4).randbytes(6_000_000))
+    for i in range(300):
+        (source / f"small{i:03d}").write_text(f"small file {i}\n" * (i % 7 + 1))
+    setup_catalog(tmp_path, encryption=encryption, capacity="3M", volume_size="1M")
+    assert durafs("media", "add", "p", "--path", tmp_path / "second",
+                  "--capacity", "100M").code == 0
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    media = durafs("media", "list", "--json").json()
+    assert all(m["used"] <= m["capacity"] for m in media), media
+    assert media[0]["used"] > 0 and media[1]["used"] > 0
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
+    assert durafs("verify", "--read-data").code == 0
 
 
 def unmount(mnt: Path) -> None:

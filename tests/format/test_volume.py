@@ -275,3 +275,22 @@ def test_a_write_failing_on_the_volume_thread_reaches_the_caller(mode: str) -> N
             writer.add_chunk(codec.encode(os.urandom(50_000)), [(b"/f", i)])
         writer.finish()
     assert len(sink.data) <= 300_000
+
+
+@pytest.mark.parametrize("names", ["plain", "odd"])
+def test_finish_adds_no_more_than_the_reserve(names: str) -> None:
+    # A pool writer commits a volume while `size + reserve` fits its medium: finish must
+    # never write more, however many records the manifest holds and however their paths
+    # escape (random bytes do not compress either).
+    rng = random.Random(11)
+    out = io.BytesIO()
+    header = VolumeHeader(CATALOG, "v", "data", "p", 0, "none", ID_KEY)
+    writer = VolumeWriter(out, header)
+    codec = ChunkCodec(ID_KEY)
+    for i in range(3000):
+        name = rng.randbytes(200) if names == "odd" else b"/src/dir/file%06d" % i
+        writer.add_chunk(codec.encode(b"%d" % i), [(name, 0), (name + b"2", 4096)])
+    writer._sync()  # every member written: what follows is finish's own
+    before, reserve = out.tell(), writer.reserve
+    writer.finish()
+    assert 0 < out.tell() - before <= reserve
