@@ -46,7 +46,8 @@ from durafs.format.age import Buffer
 from durafs.format.frames import codec_for_thread
 from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
-from durafs.fs.requests import MediaRequests
+from durafs.fs.errors import Interrupted
+from durafs.fs.requests import INTERRUPT_POLL, MediaRequests
 from durafs.fs.vfs import LRU, ReadPlan
 from durafs.index.rows import ChunkRow, FilePiece, MediumRow, VolumeRow
 from durafs.media.filehandle import FileVolumeHandle
@@ -439,6 +440,7 @@ class Reader:
         self._runs: LRU[int, _Run] = LRU(RUN_VOLUMES)
         self._inflight: dict[int, _Fetch] = {}
         self._probes: dict[int, tuple[bool, float]] = {}
+        self._staging: dict[int, trio.Event] = {}  # volumes.id -> set once staged (or not)
         self._nursery: trio.Nursery | None = None
         # One limiter per kind of blocking work: readahead and staging copies never take
         # the threads foreground reads and probes need.
@@ -512,7 +514,37 @@ class Reader:
                                             give_up_after=self.policy.timeout,
                                             interrupted=interrupted)
             self._probes[medium.id] = (True, time.monotonic())
+            await self._staged(volumes, medium, plan.what, interrupted)
+
+    async def _staged(self, volumes: list[VolumeRow], medium: MediumRow, what: str,
+                      interrupted: Callable[[], bool]) -> None:
+        """Return once *volumes* are staged. The copies run in the background: an opener
+        that gets a signal meanwhile leaves with `Interrupted` (a whole volume from a slow
+        medium takes minutes) and the copies go on for the next one."""
+        if self._nursery is None:
             await self._stage(volumes, medium)
+            return
+        events = []
+        for volume in volumes:
+            done = self._staging.get(volume.id)
+            if done is None:
+                done = self._staging[volume.id] = trio.Event()
+                self._nursery.start_soon(self._stage_one, volume, medium, done)
+            events.append(done)
+        for done in events:
+            while not done.is_set():
+                with trio.move_on_after(INTERRUPT_POLL):
+                    await done.wait()
+                if not done.is_set() and interrupted():
+                    raise Interrupted(f"open of {what}: interrupted while volumes of medium "
+                                      f"{medium.label} were being staged")
+
+    async def _stage_one(self, volume: VolumeRow, medium: MediumRow, done: trio.Event) -> None:
+        try:
+            await self._stage([volume], medium)
+        finally:
+            del self._staging[volume.id]
+            done.set()
 
     async def _stage(self, volumes: list[VolumeRow], medium: MediumRow) -> None:
         for volume in volumes:

@@ -8,21 +8,27 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import trio
 
+from durafs.engine.access import VolumeAccess
+from durafs.engine.home import Home
 from durafs.errors import MediumOfflineError
 from durafs.fs.errors import Interrupted
-from durafs.fs.reads import ChunkCache, OfflinePolicy, Staging
+from durafs.fs.reads import ChunkCache, ChunkSource, OfflinePolicy, Reader, Staging
 from durafs.fs.requests import MediaRequests, read_requests, signal_pending
+from durafs.fs.vfs import Tree
 from durafs.index.catalog import open_catalog
-from durafs.index.rows import MediumRow
+from durafs.index.rows import MediumRow, VolumeRow
 from tests.fs.polling import eventually
 
+from .catalogs import make_catalog
 from .conftest import Backed
+from .test_vfs import resolve
 
 
 def test_offline_policy_parsing() -> None:
@@ -155,3 +161,55 @@ async def test_requests_time_out_and_interrupts(tmp_path: Path) -> None:
         await eventually(lambda: requests.pending() == [] and read_requests(tmp_path) == [])
         nursery.cancel_scope.cancel()
 
+
+
+class _HeldStaging(Staging):
+    """Staging whose copies wait until *go* is set: a slow medium."""
+
+    go = threading.Event()
+
+    def stage(self, volume: VolumeRow, medium: MediumRow) -> bool:
+        self.go.wait(30)
+        return super().stage(volume, medium)
+
+
+async def test_an_opener_waiting_for_staging_leaves_on_a_signal(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(b"on a slow medium\n")
+    cat = make_catalog(tmp_path, source, encryption="none")
+    checkpoint = cat.backup()
+    keys = Home(str(cat.home)).keys(read=True)
+    with open_catalog(cat.index, readonly=True) as catalog:
+        tree = Tree(catalog)
+        path = b"default/" + checkpoint.encode() + b"/" + cat.source_in_tree + b"/f"
+        plan = tree.read_plan(resolve(tree, path).ino)
+        staging = _HeldStaging(tmp_path / "staging")
+        access = VolumeAccess(catalog, keys, wait=0)
+        chunks = ChunkSource(keys, access, staging)
+        requests = MediaRequests(tmp_path / "requests", mountpoint="/mnt", probe=None)
+        reader = Reader(chunks, requests)
+        requests.probe = reader.fresh_probe
+        signalled, left = False, trio.Event()
+        cat.pool.rename(tmp_path / "away")  # unplugged
+        async with trio.open_nursery() as nursery:
+            requests.start(nursery)
+            reader.start(nursery)
+            with trio.fail_after(20):
+                async def opener() -> None:
+                    with pytest.raises(Interrupted, match="being staged"):
+                        await reader.ensure_available(plan, lambda: signalled)
+                    left.set()
+
+                nursery.start_soon(opener)
+                await eventually(lambda: requests.pending() != [])
+                (tmp_path / "away").rename(cat.pool)  # back: the copy starts, and hangs
+                await eventually(lambda: reader._staging != {})
+                signalled = True  # the opener leaves; the copy goes on
+                await left.wait()
+                assert reader._staging != {}
+                _HeldStaging.go.set()
+                await eventually(lambda: reader._staging == {})
+                assert all(staging.has(v) for v in plan.volumes.values())
+            nursery.cancel_scope.cancel()
+        chunks.close()
