@@ -139,16 +139,19 @@ class _to_errno:  # lower case: it reads as a function at its call sites
         return False  # cancellation, KeyboardInterrupt: not ours to translate
 
 
-def entry_attributes(attr: Attr, entry: EntryAttributes | None = None) -> EntryAttributes:
+def entry_attributes(attr: Attr, entry: EntryAttributes | None = None, *,
+                     named_stably: bool = True) -> EntryAttributes:
     """The kernel's view of *attr*, with cache timeouts by stability, written into *entry*
-    if given (readdir reuses one for all its entries: each reply copies it at once)."""
+    if given (readdir reuses one for all its entries: each reply copies it at once).
+    *named_stably*: the name leading to it cannot change either (a checkpoint's root is
+    stable, but its name in the plan directory goes when the checkpoint does)."""
     if entry is None:
         entry = EntryAttributes()
         entry.generation = 0
         entry.st_blksize = BLOCK_SIZE
     entry.st_ino = InodeT(attr.ino)
     timeout = STABLE_TIMEOUT if attr.stable else VOLATILE_TIMEOUT
-    entry.entry_timeout = timeout
+    entry.entry_timeout = timeout if named_stably else VOLATILE_TIMEOUT
     entry.attr_timeout = timeout
     entry.st_mode = ModeT(attr.mode)
     entry.st_nlink = attr.nlink
@@ -202,7 +205,8 @@ class Operations(pyfuse3.Operations):
                      ctx: RequestContext) -> EntryAttributes:
         with _to_errno("lookup of %r in %d", name, parent_inode):
             try:
-                return entry_attributes(self.tree.lookup(parent_inode, name))
+                return entry_attributes(self.tree.lookup(parent_inode, name),
+                                        named_stably=self.tree.is_stable(parent_inode))
             except NoSuchEntry:
                 if self.tree.is_stable(parent_inode):
                     return _negative_entry()
@@ -231,8 +235,9 @@ class Operations(pyfuse3.Operations):
             if stream is None:
                 raise BadHandle(f"no directory handle {fh}")
             entry: EntryAttributes | None = None
+            stably = self.tree.is_stable(stream.ino)
             for next_id, name, attr in stream.entries_from(start_id):
-                entry = entry_attributes(attr, entry)
+                entry = entry_attributes(attr, entry, named_stably=stably)
                 if not pyfuse3.readdir_reply(token, FileNameT(name), entry, next_id):
                     break
 

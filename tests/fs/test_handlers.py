@@ -29,7 +29,7 @@ from durafs.fs.errors import (
     NotADirectory,
     ReadOnly,
 )
-from durafs.fs.fuseops import STABLE_TIMEOUT, errno_of
+from durafs.fs.fuseops import STABLE_TIMEOUT, VOLATILE_TIMEOUT, errno_of
 from durafs.fs.mount import MountConfig, Parts, assemble
 from durafs.fs.reads import OfflinePolicy, OpenFile
 from durafs.fs.vfs import ROOT_INO, XATTR_ONLINE
@@ -374,3 +374,18 @@ async def test_interrupted_wait(small_cat: Catalog) -> None:
             with pytest.raises(pyfuse3.FUSEError) as caught:
                 await parts.ops.open(ino, os.O_RDONLY, dead)
             assert caught.value.errno == errno.EINTR
+
+
+
+async def test_a_checkpoint_is_named_for_a_short_while_and_is_stable_inside(
+    backed: Backed,
+) -> None:
+    # a checkpoint's tree never changes, but its name in the plan goes if it is deleted
+    async with served(backed.cat) as parts:
+        ops = parts.ops
+        plan = (await ops.lookup(ROOT_INO, b"default", CTX)).st_ino
+        root = await ops.lookup(plan, backed.first.encode(), CTX)
+        assert root.entry_timeout == VOLATILE_TIMEOUT and root.attr_timeout == STABLE_TIMEOUT
+        top = backed.cat.source_in_tree.split(b"/")[0]
+        inside = await ops.lookup(root.st_ino, top, CTX)
+        assert inside.entry_timeout == inside.attr_timeout == STABLE_TIMEOUT
