@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -213,9 +214,18 @@ def requests(home: Home, args: Args) -> int:
         return 0
     now = time.time_ns()
     print_table(
-        ("medium", "pool", "where", "reason", "since", "waiters", "mount", "pid"),
+        ("medium", "pool", "where", "reason", "since", "who waits", "mount", "pid"),
         [(r.get("medium"), r.get("pool"), r.get("location") or r.get("path") or "-",
           r.get("reason"), f"{r.get('since')} ({(now - r.get('since_ns', now)) // 10**9} s)",
-          r.get("waiters"), r.get("mountpoint"), r.get("pid")) for r in rows],
+          _who(r), r.get("mountpoint"), r.get("pid")) for r in rows],
     )
     return 0
+
+
+def _who(request: dict[str, Any]) -> str:
+    """``cat[4242], rsync[4250]``: the processes waiting (or the count, from an older mount)."""
+    who = request.get("who")
+    if not isinstance(who, list):
+        return str(request.get("waiters"))
+    return ", ".join(f"{w.get('command', '?')}[{w.get('pid', '?')}]" for w in who
+                     if isinstance(w, dict)) or "-"

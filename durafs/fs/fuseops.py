@@ -285,7 +285,8 @@ class Operations(pyfuse3.Operations):
             self.tree.check_open(inode, flags)
             plan = self.tree.read_plan(inode)
             # May wait for a medium; the waiting process's signals end the wait (EINTR).
-            await self.reader.ensure_available(plan, lambda: signal_pending(ctx.pid))
+            await self.reader.ensure_available(plan, lambda: signal_pending(ctx.pid),
+                                               pid=ctx.pid)
             fh = next(self._handles)
             alone = self._open_inodes[inode] == 0  # (before this open counts)
             f = self._files[fh] = OpenFile(plan)

@@ -494,7 +494,8 @@ class Reader:
                 return False
         return True
 
-    async def ensure_available(self, plan: ReadPlan, interrupted: Callable[[], bool]) -> None:
+    async def ensure_available(self, plan: ReadPlan, interrupted: Callable[[], bool],
+                               pid: int | None = None) -> None:
         """Return once every volume of *plan* is staged or on an online medium.
 
         An offline medium raises (or joins) a media request and waits per the policy;
@@ -512,7 +513,7 @@ class Reader:
                                          f"(needed for {plan.what}; mounted with --offline fail)")
             await self.requests.wait_online(medium, f"open of {plan.what}",
                                             give_up_after=self.policy.timeout,
-                                            interrupted=interrupted)
+                                            interrupted=interrupted, pid=pid)
             self._probes[medium.id] = (True, time.monotonic())
             await self._staged(volumes, medium, plan.what, interrupted)
 

@@ -61,9 +61,14 @@ class MediaRequest:
     medium: MediumRow
     reason: str
     since_ns: int
-    waiters: int = 0
+    #: Who waits: one entry per waiting open, as published.
+    who: list[dict[str, Any]] = field(default_factory=list)
     served: trio.Event = field(default_factory=trio.Event)
     poller: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    @property
+    def waiters(self) -> int:
+        return len(self.who)
 
     def record(self, mountpoint: str) -> dict[str, Any]:
         """The JSON object published for ``durafs requests``."""
@@ -80,6 +85,7 @@ class MediaRequest:
             "since_ns": self.since_ns,
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since_ns / 1e9)),
             "waiters": self.waiters,
+            "who": list(self.who),
             "mountpoint": mountpoint,
             "pid": os.getpid(),
         }
@@ -120,13 +126,16 @@ class MediaRequests:
         *,
         give_up_after: float | None,
         interrupted: Callable[[], bool] = lambda: False,
+        pid: int | None = None,
     ) -> None:
         """Raise or join the request for *medium*; return once it is online.
 
         MediumOfflineError after *give_up_after* seconds (None: never), `Interrupted` as soon as
-        *interrupted()* says the waiting process got a signal.
+        *interrupted()* says the waiting process got a signal. *pid*: the waiting thread,
+        named in the published request.
         """
-        request = self._join(medium, reason)
+        waiter = {"pid": pid, "command": _command(pid), "reason": reason}
+        request = self._join(medium, reason, waiter)
         try:
             with trio.move_on_after(float("inf") if give_up_after is None else give_up_after):
                 while not request.served.is_set():
@@ -139,9 +148,9 @@ class MediaRequests:
                 raise MediumOfflineError(f"{describe_offline(medium)} is offline "
                                          f"(needed for {reason})")
         finally:
-            self._leave(request)
+            self._leave(request, waiter)
 
-    def _join(self, medium: MediumRow, reason: str) -> MediaRequest:
+    def _join(self, medium: MediumRow, reason: str, waiter: dict[str, Any]) -> MediaRequest:
         request = self._open.get(medium.id)
         if request is None:
             if self._nursery is None:
@@ -151,12 +160,12 @@ class MediaRequests:
             self._nursery.start_soon(self._poll, request)
             log.warning("media request %s: bring %s online (for %s)", request.id,
                         describe_offline(medium), reason)
-        request.waiters += 1
+        request.who.append(waiter)
         self._publish(request)
         return request
 
-    def _leave(self, request: MediaRequest) -> None:
-        request.waiters -= 1
+    def _leave(self, request: MediaRequest, waiter: dict[str, Any]) -> None:
+        request.who.remove(waiter)
         if request.served.is_set() or self._open.get(request.medium.id) is not request:
             return
         self._publish(request)
@@ -244,6 +253,17 @@ def read_requests(directory: Path) -> list[dict[str, Any]]:
             continue
         found.append(record)
     return sorted(found, key=lambda r: (r.get("since_ns", 0), r.get("id", "")))
+
+
+def _command(pid: int | None) -> str:
+    """The command name of process (or thread) *pid*, "?" if it is gone or unknown."""
+    if pid is None:
+        return "?"
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip() or "?"
+    except OSError:
+        return "?"
 
 
 def _alive(pid: object) -> bool:

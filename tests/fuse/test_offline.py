@@ -106,8 +106,12 @@ def test_open_waits_for_the_medium_then_stages_its_volume(world: World) -> None:
         assert "open of default/" in str(request["reason"]) and str(request["reason"]).endswith(
             "/src/one")
         assert request["mountpoint"] == str(world.mnt) and isinstance(request["pid"], int)
+        [who] = request["who"]  # the reading thread, by its id and command
+        assert str(who["pid"]) in os.listdir(f"/proc/{os.getpid()}/task")
+        assert who["command"] != "?" and who["reason"] == request["reason"]
         table = durafs(world.cat.home, "requests").stdout
         assert LABEL in table and "/src/one" in table
+        assert f"{who['command']}[{who['pid']}]" in table
         # metadata never waits for the medium
         started = time.monotonic()
         assert sorted(os.listdir(one.parent))[:2] == ["big", "five"]
