@@ -53,6 +53,9 @@ MOUNT_OPTIONS = frozenset({"allow_other"})
 def mount(home: Home, args: Args) -> int:
     config = _config(home, args)
     prepare_mountpoint(config.mountpoint)  # errors now, before any fork
+    if os.listdir(config.mountpoint):
+        log.warning("%s is not empty: what is in it stays hidden while the tree is mounted",
+                    config.mountpoint)
     if args.foreground:
         _run(config, lambda: print(f"durafs: mounted on {config.mountpoint}", file=sys.stderr,
                                    flush=True))

@@ -265,3 +265,18 @@ def test_umount_of_a_killed_mount_forgets_it(tmp_path: Path) -> None:
         assert list((home / "mounts").glob("*.json")) == []
     finally:
         force_unmount(mnt)
+
+
+def test_mounting_over_files_says_they_are_hidden(tmp_path: Path) -> None:
+    home, _ = _catalog(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    (mnt / "mine").write_text("mine\n")
+    try:
+        result = durafs(home, "mount", mnt)
+        assert f"{mnt} is not empty: what is in it stays hidden" in result.stderr
+        assert os.listdir(mnt) == ["default"]
+        durafs(home, "umount", mnt)
+        assert (mnt / "mine").read_text() == "mine\n"
+    finally:
+        force_unmount(mnt)
