@@ -88,6 +88,7 @@ class MediaRequest:
             "who": list(self.who),
             "mountpoint": mountpoint,
             "pid": os.getpid(),
+            "pid_started": process_started(os.getpid()),
         }
 
 
@@ -248,7 +249,8 @@ def read_requests(directory: Path) -> list[dict[str, Any]]:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # removed meanwhile, or not ours
-        if not isinstance(record, dict) or not _alive(record.get("pid")):
+        if not isinstance(record, dict) or not _alive(record.get("pid"),
+                                                      record.get("pid_started")):
             _remove_stale(path)
             continue
         found.append(record)
@@ -266,8 +268,21 @@ def _command(pid: int | None) -> str:
         return "?"
 
 
-def _alive(pid: object) -> bool:
-    return isinstance(pid, int) and pid > 0 and process_running(pid)
+def _alive(pid: object, started: object) -> bool:
+    """Whether the mount that published a request still runs: its pid, not a zombie, and
+    not a new process that got the same pid since (its start time differs)."""
+    if not isinstance(pid, int) or pid <= 0 or not process_running(pid):
+        return False
+    return started is None or started == process_started(pid)
+
+
+def process_started(pid: int) -> int | None:
+    """When process *pid* started (clock ticks after boot), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def process_running(pid: int) -> bool:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -213,3 +214,22 @@ async def test_an_opener_waiting_for_staging_leaves_on_a_signal(tmp_path: Path) 
                 assert all(staging.has(v) for v in plan.volumes.values())
             nursery.cancel_scope.cancel()
         chunks.close()
+
+
+def test_requests_of_a_gone_mount_are_dropped(tmp_path: Path) -> None:
+    # a mount killed before it withdrew its requests: its pid is a zombie, or gone and
+    # taken by a new process (another start time); the live one stays
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    me, started = os.getpid(), Path(f"/proc/{os.getpid()}/stat").read_text()
+    started_ticks = int(started.rpartition(")")[2].split()[19])
+    for name, pid, when in [("live", me, started_ticks), ("reused", me, started_ticks - 1),
+                            ("zombie", zombie.pid, None)]:
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"id": name, "pid": pid, "pid_started": when, "since_ns": 0}))
+    assert [r["id"] for r in read_requests(tmp_path)] == ["live"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.json"]
+    zombie.wait()
