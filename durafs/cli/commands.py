@@ -13,9 +13,6 @@ from durafs.cli.output import Progress, human_size, print_json, print_table
 from durafs.engine.access import VolumeAccess
 from durafs.engine.backup import Backup, BackupOptions
 from durafs.engine.home import Home, read_passphrase
-from durafs.engine.recover import Recover
-from durafs.engine.restore import Restore, parse_spec
-from durafs.engine.verify import Verify
 from durafs.errors import UsageError
 from durafs.format import age
 from durafs.index.catalog import Catalog
@@ -231,6 +228,8 @@ def checkpoints(home: Home, args: Args) -> int:
 
 
 def ls(home: Home, args: Args) -> int:
+    from durafs.engine.restore import parse_spec
+
     with home.catalog(readonly=True) as catalog:
         checkpoint, path = parse_spec(catalog, args.spec)
         plan = catalog.plan(checkpoint.plan)
@@ -267,6 +266,8 @@ def find(home: Home, args: Args) -> int:
 
 
 def restore(home: Home, args: Args) -> int:
+    from durafs.engine.restore import Restore, parse_spec
+
     keys = home.keys(read=True)
     with home.catalog(readonly=True) as catalog:
         checkpoint, path = parse_spec(catalog, args.spec)
@@ -287,6 +288,8 @@ def restore(home: Home, args: Args) -> int:
 
 
 def verify(home: Home, args: Args) -> int:
+    from durafs.engine.verify import Verify
+
     keys = home.keys(read=True)
     fraction = 1.0 if args.read_data else (args.read_data_subset or 0) / 100
     with home.catalog(readonly=True) as catalog:
@@ -313,6 +316,8 @@ def verify(home: Home, args: Args) -> int:
 
 
 def recover(home: Home, args: Args) -> int:
+    from durafs.engine.recover import Recover
+
     identities: list[Any] = []
     if args.identity:
         with open(args.identity, "rb") as f:

@@ -6,6 +6,7 @@ Modules, top to bottom:
 * `mount` — the trio entry point `serve` (pyfuse3 session, background tasks, clean and
   crash exits, stale mounts), used by ``durafs mount`` and later by the daemon;
 * `fuseops` — the pyfuse3 ``Operations`` adapter and the only errno mapping;
+* `devpoll` — pyfuse3's request loop polls the device before sleeping;
 * `vfs` — the FUSE-free model: layout, attributes, listings, xattrs, read plans, all from
   the index (`inodes`: the arithmetic inode numbers);
 * `reads` — open-time availability, staging of whole volumes, chunk cache, readahead;

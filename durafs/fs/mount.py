@@ -42,6 +42,7 @@ from durafs.engine.collector import gc_relaxed
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
 from durafs.format.keys import CatalogKeys
+from durafs.fs import devpoll
 from durafs.fs.fuseops import Operations
 from durafs.fs.reads import (
     DEFAULT_CACHE_BYTES,
@@ -338,6 +339,7 @@ async def _session(config: MountConfig, parts: Parts, target: str, task_status: 
         raise MountError(f"cannot mount on {config.mountpoint}: {exc}{hint}") from exc
     record: Path | None = None
     crashed = True
+    poller = _start_polling()
     try:
         async with trio.open_nursery() as nursery:
             parts.start(nursery)
@@ -354,10 +356,26 @@ async def _session(config: MountConfig, parts: Parts, target: str, task_status: 
         if crashed:
             log.error("the mount of %s crashed; it is left in place (ENOTCONN) until the "
                       "next mount or: fusermount3 -uz %s", config.mountpoint, config.mountpoint)
+        if poller is not None:
+            devpoll.uninstall()
+            log.info("requests taken by polling the device: %d; waits asleep: %d",
+                     poller.polled, poller.slept)
         pyfuse3.close(unmount=not crashed)
         if record is not None:
             record.unlink(missing_ok=True)
         log.info("unmounted %s", config.mountpoint)
+
+
+def _start_polling() -> devpoll.Poller | None:
+    """Have pyfuse3 poll the device before sleeping (`durafs.fs.devpoll`); a pyfuse3
+    without the hook is served as it comes, only slower."""
+    poller = devpoll.Poller()
+    try:
+        devpoll.install(poller)
+    except RuntimeError as exc:
+        log.warning("%s", exc)
+        return None
+    return poller
 
 
 async def _main_then_stop(scope: trio.CancelScope) -> None:

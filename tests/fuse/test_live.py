@@ -7,9 +7,11 @@ import errno
 import hashlib
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -280,3 +282,32 @@ def test_mounting_over_files_says_they_are_hidden(tmp_path: Path) -> None:
         assert (mnt / "mine").read_text() == "mine\n"
     finally:
         force_unmount(mnt)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_device_is_polled_while_busy_and_never_while_idle(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(200):
+        (source / f"f{i:03d}").write_text(f"{i}\n")
+    cat = make_catalog(tmp_path, source, encryption="none")
+    cat.backup()
+    home, mnt = cat.home, tmp_path / "mnt"
+    with mounted(home, mnt):
+        pid = server_pid(home, mnt)
+        checkpoint = sorted(p for p in os.listdir(mnt / "default") if p != "latest")[-1]
+        listing = subprocess.run(["ls", "-lR", str(mnt / "default" / checkpoint)],
+                                 capture_output=True, text=True, check=True).stdout
+        assert "f199" in listing
+        before = _cpu_seconds(pid)
+        time.sleep(1.0)
+        # an idle mount sleeps in epoll: polling would have used the second
+        assert _cpu_seconds(pid) - before < 0.2
+    log = (home / "logs" / "mount.log").read_text()
+    match = re.search(r"requests taken by polling the device: (\d+); waits asleep: (\d+)", log)
+    assert match, log
+    assert int(match.group(1)) > 0  # ls's requests came within the spin
