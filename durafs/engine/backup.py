@@ -55,6 +55,7 @@ from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree, same_as_before
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
 from durafs.engine.scan import ScanItem, ScanNote, ScanProblem, scan
+from durafs.engine.switching import switch_interval
 from durafs.errors import CatalogError, UsageError
 from durafs.format.chunker import Chunker
 from durafs.format.frames import StoredChunk, codec_for_thread
@@ -176,7 +177,8 @@ class Backup:
     # -- the run ---------------------------------------------------------------------
 
     def run(self) -> BackupResult:
-        with gc_relaxed():  # the walk's objects live to its end: nothing to collect
+        # the walk's objects live to its end: nothing to collect
+        with gc_relaxed(), switch_interval():
             return self._run()
 
     def _run(self) -> BackupResult:

@@ -43,8 +43,8 @@ import trio
 SPIN = 300e-6
 #: Requests answered in a row without a scheduler pass, at most.
 MAX_STREAK = 64
-#: Polls between two looks at whether a worker thread's result is waiting.
-CHECK_EVERY = 8
+#: Seconds between two looks, while polling, at whether a worker thread's result waits.
+CHECK_INTERVAL = 50e-6
 
 
 class Poller:
@@ -100,15 +100,18 @@ class Poller:
         return bool(stats.tasks_runnable > self.woken or stats.run_sync_soon_queue_size)
 
     def _ready_within(self, seconds: float) -> bool:
-        end = time.perf_counter() + seconds
-        polls = 0
-        while time.perf_counter() < end:
+        now = time.perf_counter()
+        end, check = now + seconds, now + CHECK_INTERVAL
+        while True:
             if self._poll.poll(0):
                 return True
-            polls += 1
-            if polls % CHECK_EVERY == 0 and _results_waiting():
+            now = time.perf_counter()
+            if now >= end:
                 return False
-        return False
+            if now >= check:  # trio's statistics cost as much as a few polls
+                if _results_waiting():
+                    return False
+                check = now + CHECK_INTERVAL
 
 
 def _results_waiting() -> bool:
