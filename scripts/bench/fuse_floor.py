@@ -1,28 +1,30 @@
 #!/usr/bin/env python3
-"""The floor under ``ls -lR`` through pyfuse3: a minimal tree answered from memory.
+"""The floor under ``ls -lR`` and reading small files through FUSE on this machine.
 
-``mount_bench.py`` times ``ls -lR`` of a durafs checkpoint against restic and borg. This
-script asks what any pyfuse3 file system would need for the same listing: it serves a tree
-of the corpus's shape (by default 300 directories of 68 files: 20 400 entries) from
-constant attributes computed on the fly, with no index, no cache and no logging, and times
-``ls -lR`` of it twice in each of two modes:
+``mount_bench.py`` times ``ls -lR`` of a durafs checkpoint and a read of every file
+against restic and borg. This script asks what any FUSE server needs for the same work:
+it serves a tree of the corpus's shape (by default 300 directories of 68 files of 4 KiB:
+20 400 files) from constant attributes computed on the fly, with no index and no cache,
+and times ``ls -lR`` of it twice, then ``find -type f | xargs cat`` of every file once,
+in each of these modes:
 
-- ``xattrs``: ``getxattr`` answers "no such attribute" (ENODATA), as durafs must for a
-  file without an ACL (it serves the source's xattrs, ACLs included, and the kernel
-  enforces ACLs through ``FUSE_POSIX_ACL``). ``ls -l`` asks every inode for
-  ``system.posix_acl_access``; the kernel caches the answer per inode, but every
-  READDIRPLUS clears the cached ACLs of the entries it lists, and pyfuse3 always answers
-  READDIRPLUS, so every listing sends one GETXATTR request per entry;
-- ``no-xattrs``: ``getxattr`` answers ENOSYS once, as a file system without xattrs; the
-  kernel then never asks again, and ``ls`` gets its answer without a request.
+- ``xattrs``: pyfuse3 under trio, ``getxattr`` answering "no such attribute" (ENODATA),
+  as durafs must for a file without an ACL (it serves the source's xattrs, ACLs included,
+  and the kernel enforces ACLs through ``FUSE_POSIX_ACL``). ``ls -l`` asks every inode for
+  ``system.posix_acl_access``, and every READDIRPLUS clears the kernel's cached answers, so
+  each listing sends one GETXATTR request per entry;
+- ``polling``: the same, with durafs's `durafs.fs.devpoll` in pyfuse3's loop (it polls the
+  device before sleeping, and keeps its read lock), as durafs's mount runs;
+- ``no-xattrs``: pyfuse3, ``getxattr`` answering ENOSYS once, as a file system without
+  xattrs: the kernel then never asks again (what honest xattr support costs);
+- ``c``: the same tree in C (``fuse_floor.c``) on libfuse's own single-threaded loop, with
+  ENODATA like ``xattrs``: what any server that serves xattrs pays in the kernel and in
+  the wake-ups between requests, whatever its language.
 
-The difference between the two modes is what honest xattr support costs a listing under
-pyfuse3; the ``xattrs`` time is the floor for durafs's ``ls -lR`` on this machine.
-
-Run (as root, or with /dev/fuse usable)::
+Run (as root, or with /dev/fuse usable; the ``c`` mode needs gcc and libfuse3-dev)::
 
     .venv/bin/python scripts/bench/fuse_floor.py
-    .venv/bin/python scripts/bench/fuse_floor.py --dirs 3000 --files 68
+    .venv/bin/python scripts/bench/fuse_floor.py --modes xattrs,polling --repeat 5
 
 A script, never a timed test.
 """
@@ -32,23 +34,28 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shutil
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-MODES = ("xattrs", "no-xattrs")
+MODES = ("xattrs", "polling", "no-xattrs", "c")
 READY_TIMEOUT = 30.0
-FIRST_DIR_INODE = 10  # directories 10 .. 10 + dirs - 1; files above FILE_INODES
+FIRST_DIR_INODE = 10  # directories 10 .. 10 + dirs - 1; files from FILE_INODES
 FILE_INODES = 1_000_000
+C_SOURCE = Path(__file__).with_suffix(".c")
 
 
-def serve(mountpoint: str, mode: str, dirs: int, files: int) -> None:
+def serve(mountpoint: str, mode: str, dirs: int, files: int, size: int) -> None:
     """Serve the tree until unmounted (runs in the child process)."""
     import pyfuse3
     import trio
+
+    content = bytes(ord("a") + i % 26 for i in range(size))
 
     def attributes(inode: int) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -58,9 +65,9 @@ def serve(mountpoint: str, mode: str, dirs: int, files: int) -> None:
             entry.st_nlink, entry.st_size = 2, 4096
         else:
             entry.st_mode = pyfuse3.ModeT(stat.S_IFREG | 0o644)
-            entry.st_nlink, entry.st_size = 1, 1234
+            entry.st_nlink, entry.st_size = 1, size
         entry.st_mtime_ns = entry.st_ctime_ns = entry.st_atime_ns = 1_700_000_000 * 10**9
-        entry.st_blksize, entry.st_blocks = 4096, 8
+        entry.st_blksize, entry.st_blocks = 4096, (size + 511) // 512
         entry.attr_timeout = entry.entry_timeout = 86400.0
         return entry
 
@@ -94,12 +101,25 @@ def serve(mountpoint: str, mode: str, dirs: int, files: int) -> None:
                 if not pyfuse3.readdir_reply(token, name, attributes(inode), k + 1):
                     break
 
+        async def open(self, inode, flags, ctx):  # type: ignore[no-untyped-def]
+            return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+        async def read(self, fh, off, size):  # type: ignore[no-untyped-def]
+            return content[off : off + size]
+
+        async def release(self, fh):  # type: ignore[no-untyped-def]
+            return None
+
         async def getxattr(self, inode, name, ctx):  # type: ignore[no-untyped-def]
             raise pyfuse3.FUSEError(errno.ENOSYS if mode == "no-xattrs" else pyfuse3.ENOATTR)
 
         async def listxattr(self, inode, ctx):  # type: ignore[no-untyped-def]
             return []
 
+    if mode == "polling":
+        from durafs.fs import devpoll
+
+        devpoll.install(devpoll.Poller())
     pyfuse3.init(Floor(), mountpoint, {"ro", "default_permissions", "fsname=fuse-floor"})
     try:
         trio.run(pyfuse3.main)
@@ -107,59 +127,91 @@ def serve(mountpoint: str, mode: str, dirs: int, files: int) -> None:
         pyfuse3.close()
 
 
-def timed_ls(path: Path) -> float:
+def compile_c(workdir: Path) -> Path:
+    """The C server, built from fuse_floor.c into *workdir*."""
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    binary = workdir / "fuse_floor"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(C_SOURCE), *flags],
+                   check=True)
+    return binary
+
+
+def server(mode: str, mnt: Path, args: argparse.Namespace, c_binary: Path | None
+           ) -> subprocess.Popen[bytes]:
+    shape = [str(args.dirs), str(args.files), str(args.size)]
+    if mode == "c":
+        assert c_binary is not None
+        return subprocess.Popen([str(c_binary), str(mnt), *shape])
+    return subprocess.Popen([sys.executable, __file__, "--serve", mode, str(mnt), *shape])
+
+
+def timed(command: list[str], cwd: Path | None = None) -> float:
     started = time.perf_counter()
-    subprocess.run(["ls", "-lR", str(path)], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, check=True)
     return time.perf_counter() - started
 
 
-def measure(mode: str, dirs: int, files: int) -> tuple[float, float]:
-    """Mount the tree in *mode*, time two ``ls -lR`` of it, unmount."""
+def measure(mode: str, args: argparse.Namespace, c_binary: Path | None
+            ) -> tuple[float, float, float]:
+    """Mount the tree in *mode*; time two ``ls -lR`` and one read of every file."""
     with tempfile.TemporaryDirectory(prefix="fuse-floor-") as tmp:
         mnt = Path(tmp)
-        child = subprocess.Popen([sys.executable, __file__, "--serve", mode, str(mnt),
-                                  "--dirs", str(dirs), "--files", str(files)])
+        child = server(mode, mnt, args, c_binary)
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while not os.path.ismount(mnt):
                 if child.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the {mode} tree did not mount on {mnt}")
                 time.sleep(0.05)
-            first, second = timed_ls(mnt), timed_ls(mnt)
+            first, second = timed(["ls", "-lR", str(mnt)]), timed(["ls", "-lR", str(mnt)])
+            read_all = timed(["sh", "-c", "find . -type f -print0 | xargs -0 cat"], cwd=mnt)
         finally:
             subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
             child.wait(timeout=READY_TIMEOUT)
-    return first, second
+    return first, second, read_all
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dirs", type=int, default=300)
     parser.add_argument("--files", type=int, default=68, help="files per directory")
+    parser.add_argument("--size", type=int, default=4096, help="bytes per file")
     parser.add_argument("--repeat", type=int, default=3, help="mounts per mode, in turns")
+    parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--serve", nargs=2, metavar=("MODE", "MOUNTPOINT"),
                         help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("shape", nargs="*", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         mode, mountpoint = args.serve
-        serve(mountpoint, mode, args.dirs, args.files)
+        serve(mountpoint, mode, *args.shape)
         return 0
-    runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
-    for _ in range(args.repeat):
-        for mode in MODES:
-            runs[mode].append(measure(mode, args.dirs, args.files))
-    entries = args.dirs * (args.files + 1)
-    print(f"pyfuse3 tree from memory: {args.dirs} directories x {args.files} files "
-          f"({entries} entries); ls -lR, seconds, {args.repeat} mounts per mode in turns")
-    print("| getxattr answers | first ls -lR | second ls -lR |")
-    print("|---|---|---|")
-    for mode in MODES:
-        firsts = ", ".join(f"{a:.2f}" for a, _ in runs[mode])
-        seconds = ", ".join(f"{b:.2f}" for _, b in runs[mode])
-        label = "ENODATA (xattrs served)" if mode == "xattrs" else "ENOSYS (no xattrs)"
-        print(f"| {label} | {firsts} | {seconds} |")
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"unknown modes {sorted(unknown)} (known: {', '.join(MODES)})")
+    runs: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in modes}
+    with tempfile.TemporaryDirectory(prefix="fuse-floor-c-") as build:
+        c_binary = compile_c(Path(build)) if "c" in modes else None
+        for _ in range(args.repeat):
+            for mode in modes:
+                runs[mode].append(measure(mode, args, c_binary))
+    files = args.dirs * args.files
+    print(f"{files} files of {args.size} B in {args.dirs} directories, served from memory; "
+          f"seconds, {args.repeat} mounts per mode in turns (median, then every run)")
+    print("| mode | ls -lR, first | ls -lR, second | read every file |")
+    print("|---|---|---|---|")
+    for mode in modes:
+        cells = []
+        for k in range(3):
+            values = [r[k] for r in runs[mode]]
+            cells.append(f"{statistics.median(values):.2f} "
+                         f"({', '.join(f'{v:.2f}' for v in values)})")
+        print(f"| {mode} | " + " | ".join(cells) + " |")
     return 0
 
 
 if __name__ == "__main__":
+    if shutil.which("fusermount3") is None:
+        raise SystemExit("fusermount3 is not installed")
     sys.exit(main())
