@@ -83,6 +83,9 @@ INLINE_MAX = 256 * 1024
 MAX_STREAMS = WORKERS
 #: Chunks a streamed file's worker may have encoded ahead of the walking thread.
 STREAM_AHEAD = 3
+#: Unchanged paths walked between two looks at the streaming files' queues (a look costs
+#: more than skipping an unchanged path; a worker encodes a chunk in milliseconds).
+PUMP_EVERY = 16
 #: Seconds between looks at a streaming file's queue while waiting for another job.
 STREAM_POLL = 0.002
 #: Files handed to a worker together (one future per batch, not per file) ...
@@ -159,6 +162,7 @@ class Backup:
         # walking thread pumps them all whenever it waits), and later large files waiting
         # their turn while the walk goes on
         self._streams: list[StreamJob] = []
+        self._pump_countdown = PUMP_EVERY
         self._later_streams: collections.deque[tuple[Unit, ScanItem]] = collections.deque()
         self._units: collections.deque[Unit] = collections.deque()
         self._in_flight = 0
@@ -252,7 +256,10 @@ class Backup:
             if not self._unchanged(item):
                 self._add(item)
             elif self._streams:
-                self._pump_streams()
+                self._pump_countdown -= 1
+                if self._pump_countdown <= 0:
+                    self._pump_countdown = PUMP_EVERY
+                    self._pump_streams()
             self._report()
         self._submit_batch()
 
