@@ -202,9 +202,9 @@ def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: b
 
 def apply_fd_metadata(fd: int, path: bytes, entry: TreeEntry, *, is_root: bool,
                       inherited: bool = True) -> None:
-    """``apply_metadata`` for the regular file open as *fd* (*path* only names it in errors):
-    the same steps in the same order, through the descriptor (no path lookups). Call it once
-    all content is written and before closing; it works whatever the final mode is."""
+    """``apply_metadata`` for the file or directory open as *fd* (*path* only names it in
+    errors): the same steps in the same order, through the descriptor (no path lookups). Call
+    it once all content is written and before closing; it works whatever the final mode is."""
     failures: list[tuple[OSError, str]] = []
     _step(failures, "owner", _apply_owner, fd, entry, is_root)
     _apply_xattrs(fd, entry, is_root, failures, inherited)

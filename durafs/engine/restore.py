@@ -478,10 +478,30 @@ class Restore:
                 self._problem(dest, exc)
         for dest, entry, inherits in reversed(plan.dirs):
             try:
-                apply_metadata(dest, entry, is_root=self.is_root, inherited=inherits,
-                               at=self._at)
+                if dest == self._beneath.root:
+                    self._target_metadata(entry, inherits)
+                else:
+                    apply_metadata(dest, entry, is_root=self.is_root, inherited=inherits,
+                                   at=self._at)
             except OSError as exc:
                 self._problem(dest, exc)
+
+    def _target_metadata(self, entry: TreeEntry, inherits: bool) -> None:
+        """Give TARGET itself its directory's metadata through the descriptor held since the
+        restore began: TARGET's path may lead elsewhere by now (a directory above it
+        renamed and a symlink put in its place), the directory held is the one restored."""
+        try:
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                         dir_fd=self._beneath.fd)
+        except PermissionError:  # not root and TARGET unreadable: by its path, as before
+            apply_metadata(self._beneath.root, entry, is_root=self.is_root,
+                           inherited=inherits, at=self._at)
+            return
+        try:
+            apply_fd_metadata(fd, self._beneath.root, entry, is_root=self.is_root,
+                              inherited=inherits)
+        finally:
+            os.close(fd)
 
     def _promote_heirs(self, plan: _Plan) -> None:
         """A hard-link group whose first name was not restored (something was there, say)

@@ -116,6 +116,41 @@ def test_a_directory_swapped_for_a_symlink_during_a_restore_is_not_followed(
     assert outside.stat().st_mode & 0o777 == 0o700  # the directory's mode went nowhere
 
 
+
+def test_the_target_keeps_its_metadata_when_its_path_leads_elsewhere(tmp_path: Path) -> None:
+    """TARGET's own mode and times go to the directory the restore began in, even when a
+    directory above it was renamed and a symlink to a decoy put in its place meanwhile."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("f\n")
+    source.chmod(0o751)
+    os.utime(source, ns=(1_000_000_000_123, 1_100_000_000_456))
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    decoy = tmp_path / "decoy"
+    (decoy / "out").mkdir(parents=True, mode=0o700)
+    os.utime(decoy / "out", ns=(5, 7))
+    pool.rename(tmp_path / "unplugged")  # the restore opens TARGET, then waits for data
+    out = tmp_path / "parent" / "out"
+    out.mkdir(parents=True)
+    with durafs_process("restore", "--media-timeout", "60", f"default/latest{source}", out,
+                        stderr=subprocess.PIPE, env=os.environ) as proc:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert b"waiting for" in line, line
+        (tmp_path / "parent").rename(tmp_path / "parent-moved")
+        (tmp_path / "parent").symlink_to(decoy)
+        (tmp_path / "unplugged").rename(pool)
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 0, err
+    restored = tmp_path / "parent-moved" / "out"
+    assert (restored / "f").read_text() == "f\n"
+    st = restored.stat()
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o751, 1_100_000_000_456)
+    st = (decoy / "out").stat()
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o700, 7)  # the decoy untouched
+    assert list((decoy / "out").iterdir()) == []
+
 def test_paths_below_the_root_directory_itself() -> None:
     # a restore into / (bare metal) reaches /etc/... as "etc/...", never "//etc"
     with Beneath(b"/") as beneath:
