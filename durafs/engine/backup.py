@@ -50,7 +50,15 @@ from durafs.engine.filereader import (
 )
 from durafs.engine.known import KnownChunks
 from durafs.engine.memory import Trimmer, limit_arenas
-from durafs.engine.pipeline import BatchJob, ChunkJob, Done, Job, StreamJob, Unit
+from durafs.engine.pipeline import (
+    BatchJob,
+    ChunkJob,
+    Done,
+    InlineReads,
+    Job,
+    StreamJob,
+    Unit,
+)
 from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree, same_as_before
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
@@ -92,12 +100,6 @@ STREAM_POLL = 0.002
 BATCH_FILES = 64
 #: ... or fewer when they add up to this many bytes.
 BATCH_BYTES = 1024 * 1024
-#: A batch of files this small in all (tiny files: a KiB or less each) is read on the
-#: walking thread itself. Handing it to a worker cost more than the work: every system
-#: call of a thread gives the GIL to one that waits for it, and takes two thread switches
-#: to get it back (20 000 tiny files made 560 000 futex calls; read here, their backup
-#: takes half the CPU time).
-INLINE_BATCH_BYTES = 64 * 1024
 
 
 @dataclass
@@ -172,6 +174,7 @@ class Backup:
         self._later_streams: collections.deque[tuple[Unit, ScanItem]] = collections.deque()
         self._units: collections.deque[Unit] = collections.deque()
         self._in_flight = 0
+        self._inline = InlineReads()
         self._ids: dict[bytes, int] = {}
         # cids the pool had not when last asked (only this run adds chunks to the pool)
         self._absent: dict[bytes, bool] = {}
@@ -387,10 +390,8 @@ class Backup:
         units = [unit for unit, _ in self._batch]
         items = [item for _, item in self._batch]
         requests = [ReadRequest(item.path, item.st) for item in items]
-        future: concurrent.futures.Future[list[FileRead]]
-        if self._batch_bytes <= INLINE_BATCH_BYTES:
-            future = concurrent.futures.Future()
-            future.set_result(self._reader.read_batch(requests))
+        if self._inline.wanted(self._batch_bytes):  # tiny files (see InlineReads)
+            future = self._inline.read(self._reader.read_batch, requests)
         else:
             future = self._pool.submit(self._reader.read_batch, requests)
         self._jobs.append(BatchJob(units, items, future, self._batch_bytes))

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from durafs.engine.filereader import FileRead, StreamItem
+from durafs.engine.filereader import FileRead, ReadRequest, StreamItem
 from durafs.engine.scan import ScanItem
 from durafs.format.frames import StoredChunk
 from durafs.index.rows import Entry
@@ -86,3 +88,55 @@ class StreamJob:
 
 
 Job = ChunkJob | BatchJob | StreamJob
+
+
+#: A batch of files this small in all (tiny files: a KiB or less each) is read on the
+#: walking thread itself. Handing it to a worker cost more than the work: every system
+#: call of a thread gives the GIL to one that waits for it, and takes two thread switches
+#: to get it back (20 000 tiny files made 560 000 futex calls; read here, their backup
+#: takes half the CPU time).
+INLINE_BATCH_BYTES = 64 * 1024
+#: Seconds per file past which a batch read on the walking thread counts as slow: files in
+#: the page cache take ~25 µs, a disk seek or a network round trip milliseconds; waits for
+#: the GIL, which the volume and catalog threads hold now and then, stay well below.
+INLINE_SLOW_PER_FILE = 1e-3
+#: ... but never below this for a whole batch.
+INLINE_SLOW_MIN = 0.02
+#: Slow batches in a row that make a slow source (one is a passing stall).
+INLINE_SLOW_BATCHES = 3
+
+
+class InlineReads:
+    """Whether the walking thread reads a batch of tiny files itself. Only while that is
+    fast: from a source that makes reads wait (a cold disk, a network file system) the
+    workers read, two at a time and while the walk goes on, so after a few slow batches in
+    a row every later one goes to them."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self._slow = 0  # slow batches in a row
+
+    def wanted(self, size: int) -> bool:
+        """Whether a batch of *size* bytes in all is to be read here."""
+        return self.enabled and size <= INLINE_BATCH_BYTES
+
+    def read(self, read_batch: Callable[[list[ReadRequest]], list[FileRead]],
+             requests: list[ReadRequest]) -> concurrent.futures.Future[list[FileRead]]:
+        """*read_batch* of *requests* on this thread, as a finished future; a slow read
+        turns inline reading off for the rest of the run."""
+        started = time.perf_counter()
+        future: concurrent.futures.Future[list[FileRead]] = concurrent.futures.Future()
+        try:
+            future.set_result(read_batch(requests))
+        finally:
+            self.took(time.perf_counter() - started, len(requests))
+        return future
+
+    def took(self, seconds: float, files: int) -> None:
+        """Note that a batch of *files* took *seconds* here."""
+        if seconds <= max(INLINE_SLOW_MIN, INLINE_SLOW_PER_FILE * files):
+            self._slow = 0
+            return
+        self._slow += 1
+        if self._slow >= INLINE_SLOW_BATCHES:
+            self.enabled = False
