@@ -390,6 +390,7 @@ class Backup:
         units = [unit for unit, _ in self._batch]
         items = [item for _, item in self._batch]
         requests = [ReadRequest(item.path, item.st) for item in items]
+        future: concurrent.futures.Future[list[FileRead]] | Done[list[FileRead]]
         if self._inline.wanted(self._batch_bytes):  # tiny files (see InlineReads)
             future = self._inline.read(self._reader.read_batch, requests)
         else:
@@ -516,7 +517,7 @@ class Backup:
 
     def _submit(self, unit: Unit, data: bytes | memoryview, offset: int) -> None:
         self.stats["bytes_read"] += len(data)
-        future: concurrent.futures.Future[StoredChunk] | Done
+        future: concurrent.futures.Future[StoredChunk] | Done[StoredChunk]
         if len(data) < INLINE_MAX:
             # the tail of a sparse region: not worth a thread hop
             future = Done(codec_for_thread(self.keys.id_key).encode(data))

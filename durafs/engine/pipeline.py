@@ -8,11 +8,14 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from durafs.engine.filereader import FileRead, ReadRequest, StreamItem
 from durafs.engine.scan import ScanItem
 from durafs.format.frames import StoredChunk
 from durafs.index.rows import Entry
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -27,18 +30,18 @@ class Unit:
     pieces: list[tuple[int, bytes, int]] = field(default_factory=list)
 
 
-class Done:
+class Done(Generic[T]):
     """A result computed on the spot, with the two Future methods the queue uses."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: StoredChunk) -> None:
+    def __init__(self, value: T) -> None:
         self._value = value
 
     def done(self) -> bool:
         return True
 
-    def result(self) -> StoredChunk:
+    def result(self) -> T:
         return self._value
 
 
@@ -48,7 +51,7 @@ class ChunkJob:
 
     unit: Unit
     attempt: int
-    future: concurrent.futures.Future[StoredChunk] | Done
+    future: concurrent.futures.Future[StoredChunk] | Done[StoredChunk]
     offset: int
     size: int
 
@@ -62,7 +65,7 @@ class BatchJob:
 
     units: list[Unit]
     items: list[ScanItem]
-    future: concurrent.futures.Future[list[FileRead]]
+    future: concurrent.futures.Future[list[FileRead]] | Done[list[FileRead]]
     size: int
 
     def cids(self) -> list[bytes]:
@@ -121,16 +124,13 @@ class InlineReads:
         return self.enabled and size <= INLINE_BATCH_BYTES
 
     def read(self, read_batch: Callable[[list[ReadRequest]], list[FileRead]],
-             requests: list[ReadRequest]) -> concurrent.futures.Future[list[FileRead]]:
-        """*read_batch* of *requests* on this thread, as a finished future; a slow read
-        turns inline reading off for the rest of the run."""
+             requests: list[ReadRequest]) -> Done[list[FileRead]]:
+        """*read_batch* of *requests* on this thread, its time noted (see `took`)."""
         started = time.perf_counter()
-        future: concurrent.futures.Future[list[FileRead]] = concurrent.futures.Future()
         try:
-            future.set_result(read_batch(requests))
+            return Done(read_batch(requests))
         finally:
             self.took(time.perf_counter() - started, len(requests))
-        return future
 
     def took(self, seconds: float, files: int) -> None:
         """Note that a batch of *files* took *seconds* here."""

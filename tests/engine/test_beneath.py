@@ -116,7 +116,6 @@ def test_a_directory_swapped_for_a_symlink_during_a_restore_is_not_followed(
     assert outside.stat().st_mode & 0o777 == 0o700  # the directory's mode went nowhere
 
 
-
 def test_the_target_keeps_its_metadata_when_its_path_leads_elsewhere(tmp_path: Path) -> None:
     """TARGET's own mode and times go to the directory the restore began in, even when a
     directory above it was renamed and a symlink to a decoy put in its place meanwhile."""
@@ -150,6 +149,7 @@ def test_the_target_keeps_its_metadata_when_its_path_leads_elsewhere(tmp_path: P
     st = (decoy / "out").stat()
     assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o700, 7)  # the decoy untouched
     assert list((decoy / "out").iterdir()) == []
+
 
 def test_paths_below_the_root_directory_itself() -> None:
     # a restore into / (bare metal) reaches /etc/... as "etc/...", never "//etc"
