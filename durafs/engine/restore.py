@@ -87,7 +87,8 @@ class _File:
     #: Where its last piece ends: short of the size, the file ends in a hole.
     end: int = 0
     lock: threading.Lock | None = None
-    #: "new", "created" (by us), "failed" (creation failed: reported, left alone).
+    #: "new", "created" (by us), "failed" (not restored: creation failed, or the damaged
+    #: replacement was dropped; reported, what was there left alone).
     state: str = "new"
     damaged: bool = False
     reported: bool = False
@@ -476,6 +477,9 @@ class Restore:
                 self._replacing(dest, self._link, leader.dest, dest)
             except OSError as exc:
                 self._problem(dest, exc)
+                continue
+            if leader.damaged:  # every name of damaged content is named
+                self._problem(dest, f"a hard link to {os.fsdecode(leader.dest)}, which is damaged")
         for dest, entry, inherits in reversed(plan.dirs):
             try:
                 if dest == self._beneath.root:
@@ -553,6 +557,9 @@ class Restore:
             with self._at(temp) as (src_fd, src), self._at(file.dest) as (dst_fd, dst):
                 if file.damaged:
                     os.unlink(src, dir_fd=src_fd)
+                    # what is at its name is not the backup's file: its hard links must
+                    # not become links to that (another name takes the content over)
+                    file.state = "failed"
                     self._problem(file.dest, "left as it was (the backup's copy is damaged)")
                 else:
                     os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)

@@ -345,6 +345,35 @@ def test_a_hard_link_takes_over_when_its_first_name_is_not_restored(tmp_path: Pa
     assert os.stat(out / "b").st_nlink == 2
 
 
+@pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "new-files"])
+def test_hard_links_to_a_damaged_file_are_named_and_replace_nothing(
+    tmp_path: Path, overwrite: bool
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_bytes(random.Random(4).randbytes(300_000))
+    os.link(source / "a", source / "b")
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    _flip_byte_of(pool, (source / "a").read_bytes()[100_000:100_064])
+    out = tmp_path / "out"
+    out.mkdir()
+    if overwrite:
+        for name in ("a", "b"):
+            (out / name).write_text(f"old {name}\n")
+    run = durafs("restore", f"default/latest{source}", out, "--json",
+                 *(["--overwrite"] if overwrite else []))
+    assert run.code == 1
+    if overwrite:  # a damaged copy leaves the old one, under either name
+        assert (out / "a").read_text() == "old a\n"
+        assert (out / "b").read_text() == "old b\n"
+    else:  # the damaged copy, with holes, under both names
+        assert os.stat(out / "a").st_ino == os.stat(out / "b").st_ino
+    assert sorted(os.listdir(out)) == ["a", "b"]
+    assert {p.split(": ")[0] for p in run.json()["problems"]} == {
+        os.fspath(out / "a"), os.fspath(out / "b")}
+
+
 def test_bad_paths_and_targets_are_told_in_words(tmp_path: Path) -> None:
     source = _small_tree_backed_up(tmp_path)
     run = durafs("restore", f"default/latest{source}//sub", tmp_path / "out")
