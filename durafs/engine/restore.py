@@ -141,6 +141,8 @@ class _Plan:
     links: list[tuple[bytes, bytes]] = field(default_factory=list)
     #: The leaders' pieces, for a link that takes over when its leader is not restored.
     leader_pieces: dict[bytes, list[tuple[int, int, int]]] = field(default_factory=dict)
+    #: Links given their group's content because its first name was not restored.
+    heirs: set[bytes] = field(default_factory=set)
     #: Directories in walk order (parents first), with "may hold ACLs it did not get".
     dirs: list[tuple[bytes, TreeEntry, bool]] = field(default_factory=list)
     #: Per directory: do objects created in it inherit ACLs (has it a default ACL)?
@@ -467,9 +469,9 @@ class Restore:
     def _finish(self, plan: _Plan) -> None:
         self._promote_heirs(plan)
         for dest, leader_src in plan.links:
+            if dest in plan.heirs:
+                continue  # restored with the content, or its failure is reported already
             leader = plan.leaders.get(leader_src)
-            if leader is not None and leader.dest == dest:
-                continue  # the heir itself
             try:
                 if leader is None or leader.state != "created":
                     raise FileNotFoundError(
@@ -509,17 +511,22 @@ class Restore:
 
     def _promote_heirs(self, plan: _Plan) -> None:
         """A hard-link group whose first name was not restored (something was there, say)
-        gets its content under its first link's name instead; the other links follow it."""
-        heirs: dict[bytes, _File] = {}
-        for dest, leader_src in plan.links:
-            leader = plan.leaders.get(leader_src)
-            if leader is None or leader.state == "created" or leader_src in heirs:
-                continue
-            heir = _File(dest, leader.entry, self._inherits(plan, dest))
-            plan.files.append(heir)
-            plan.unresolved.append((heir, plan.leader_pieces[leader_src]))
-            heirs[leader_src] = heir
-        if heirs:
+        gets its content under its first link's name instead, or, if that is not restored
+        either, under the next one's; the other links follow it."""
+        while True:
+            heirs: dict[bytes, _File] = {}
+            for dest, leader_src in plan.links:
+                leader = plan.leaders.get(leader_src)
+                if (leader is None or leader.state == "created" or leader_src in heirs
+                        or dest in plan.heirs):
+                    continue
+                heir = _File(dest, leader.entry, self._inherits(plan, dest))
+                plan.files.append(heir)
+                plan.unresolved.append((heir, plan.leader_pieces[leader_src]))
+                heirs[leader_src] = heir
+                plan.heirs.add(dest)
+            if not heirs:
+                return
             self._resolve(plan)
             self._fill(plan)
             plan.leaders.update(heirs)

@@ -345,6 +345,29 @@ def test_a_hard_link_takes_over_when_its_first_name_is_not_restored(tmp_path: Pa
     assert os.stat(out / "b").st_nlink == 2
 
 
+def test_a_hard_link_group_goes_on_to_the_next_link_until_one_takes_over(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("shared content\n")
+    for name in ("b", "c", "d"):
+        os.link(source / "a", source / name)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a", "b"):
+        (out / name).write_text(f"something else {name}\n")
+    run = durafs("restore", f"default/latest{source}", out, "--json")
+    assert run.code == 1
+    assert (out / "c").read_text() == "shared content\n"
+    assert os.stat(out / "c").st_ino == os.stat(out / "d").st_ino
+    assert (out / "b").read_text() == "something else b\n"
+    assert sorted(run.json()["problems"]) == [
+        f"{out / name}: exists (use --overwrite)" for name in ("a", "b")]
+
+
 @pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "new-files"])
 def test_hard_links_to_a_damaged_file_are_named_and_replace_nothing(
     tmp_path: Path, overwrite: bool
