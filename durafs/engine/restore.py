@@ -265,7 +265,7 @@ class Restore:
             assert entry.link is not None
             plan.links.append((dest, entry.link))
         elif kind != "s":  # sockets are never recreated
-            self._replacing(dest, make_node, dest, entry, self._at)
+            self._make_node(dest, entry)
             apply_metadata(dest, entry, is_root=self.is_root,
                            inherited=self._inherits(plan, dest), at=self._at)
 
@@ -545,15 +545,36 @@ class Restore:
         with self._at(file.dest) as (dir_fd, name):
             if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                 raise IsADirectoryError(errno.EISDIR, "Is a directory")
-        parent = file.dest.rsplit(b"/", 1)[0] or b"/"
+        file.temp, fd = self._beside(file.dest, self._create)
+        return fd
+
+    def _make_node(self, dest: bytes, entry: TreeEntry) -> None:
+        """Make the symlink, FIFO or device node *entry* at *dest*. Something already there
+        is replaced only with --overwrite, by renaming the new node over it: one that
+        cannot be made (a device without CAP_MKNOD) leaves the old thing as it was."""
+        try:
+            return make_node(dest, entry, self._at)
+        except FileExistsError:
+            if not self.overwrite:
+                raise FileExistsError("exists (use --overwrite)") from None
+        temp, _ = self._beside(dest, lambda path: make_node(path, entry, self._at))
+        try:
+            with self._at(temp) as (src_fd, src), self._at(dest) as (dst_fd, dst):
+                os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        except BaseException:  # a directory is there, say, or Ctrl-C
+            with self._at(temp) as (dir_fd, name):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
+
+    def _beside(self, dest: bytes, create: Callable[[bytes], _T]) -> tuple[bytes, _T]:
+        """``create(temp)`` for a new temporary name beside *dest*: (temp, its result)."""
+        parent = dest.rsplit(b"/", 1)[0] or b"/"
         while True:
             temp = parent + b"/.durafs-restore-" + os.urandom(6).hex().encode()
             try:
-                fd = self._create(temp)
+                return temp, create(temp)
             except FileExistsError:
                 continue
-            file.temp = temp
-            return fd
 
     def _put_in_place(self, file: _File) -> None:
         """Rename a replacement over the file it replaces; a damaged one is dropped and

@@ -12,6 +12,7 @@ import random
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -206,6 +207,30 @@ def test_acls_a_target_would_pass_on_are_removed(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     assert compare_trees(source, out) == []  # no ACL anywhere below, as in the source
     assert stat.S_IMODE(os.lstat(out / "sub" / "data.bin").st_mode) == 0o600
+
+
+def test_overwrite_keeps_what_is_there_when_a_node_cannot_be_made(tmp_path: Path) -> None:
+    require_root("a device node in the backup, and a restore without CAP_MKNOD")
+    source = tmp_path / "src"
+    source.mkdir()
+    os.mknod(source / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mkfifo(source / "fifo")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "null").write_text("precious\n")
+    (out / "fifo").write_text("old\n")
+    # root without CAP_MKNOD, as in many containers: the device node cannot be made
+    run = subprocess.run(
+        ["setpriv", "--bounding-set=-mknod", "--inh-caps=-mknod", "--", sys.executable, "-m",
+         "durafs.cli.main", "restore", f"default/latest{source}", out, "--overwrite"],
+        capture_output=True, text=True)
+    assert run.returncode == 1
+    assert (out / "null").read_text() == "precious\n"
+    assert f"{out / 'null'}: creating a character device node needs root" in run.stderr
+    assert stat.S_ISFIFO(os.lstat(out / "fifo").st_mode)
+    assert sorted(os.listdir(out)) == ["fifo", "null"]  # no temporary name left behind
 
 
 def test_a_single_file_lands_in_the_target_under_its_name(tmp_path: Path) -> None:
