@@ -87,7 +87,8 @@ class _File:
     #: Where its last piece ends: short of the size, the file ends in a hole.
     end: int = 0
     lock: threading.Lock | None = None
-    #: "new", "created" (by us), "failed" (creation failed: reported, left alone).
+    #: "new", "created" (by us), "failed" (not restored: creation failed, or the damaged
+    #: replacement was dropped; reported, what was there left alone).
     state: str = "new"
     damaged: bool = False
     reported: bool = False
@@ -140,6 +141,8 @@ class _Plan:
     links: list[tuple[bytes, bytes]] = field(default_factory=list)
     #: The leaders' pieces, for a link that takes over when its leader is not restored.
     leader_pieces: dict[bytes, list[tuple[int, int, int]]] = field(default_factory=dict)
+    #: Links given their group's content because its first name was not restored.
+    heirs: set[bytes] = field(default_factory=set)
     #: Directories in walk order (parents first), with "may hold ACLs it did not get".
     dirs: list[tuple[bytes, TreeEntry, bool]] = field(default_factory=list)
     #: Per directory: do objects created in it inherit ACLs (has it a default ACL)?
@@ -262,7 +265,7 @@ class Restore:
             assert entry.link is not None
             plan.links.append((dest, entry.link))
         elif kind != "s":  # sockets are never recreated
-            self._replacing(dest, make_node, dest, entry, self._at)
+            self._make_node(dest, entry)
             apply_metadata(dest, entry, is_root=self.is_root,
                            inherited=self._inherits(plan, dest), at=self._at)
 
@@ -466,9 +469,9 @@ class Restore:
     def _finish(self, plan: _Plan) -> None:
         self._promote_heirs(plan)
         for dest, leader_src in plan.links:
+            if dest in plan.heirs:
+                continue  # restored with the content, or its failure is reported already
             leader = plan.leaders.get(leader_src)
-            if leader is not None and leader.dest == dest:
-                continue  # the heir itself
             try:
                 if leader is None or leader.state != "created":
                     raise FileNotFoundError(
@@ -476,6 +479,9 @@ class Restore:
                 self._replacing(dest, self._link, leader.dest, dest)
             except OSError as exc:
                 self._problem(dest, exc)
+                continue
+            if leader.damaged:  # every name of damaged content is named
+                self._problem(dest, f"a hard link to {os.fsdecode(leader.dest)}, which is damaged")
         for dest, entry, inherits in reversed(plan.dirs):
             try:
                 if dest == self._beneath.root:
@@ -505,17 +511,22 @@ class Restore:
 
     def _promote_heirs(self, plan: _Plan) -> None:
         """A hard-link group whose first name was not restored (something was there, say)
-        gets its content under its first link's name instead; the other links follow it."""
-        heirs: dict[bytes, _File] = {}
-        for dest, leader_src in plan.links:
-            leader = plan.leaders.get(leader_src)
-            if leader is None or leader.state == "created" or leader_src in heirs:
-                continue
-            heir = _File(dest, leader.entry, self._inherits(plan, dest))
-            plan.files.append(heir)
-            plan.unresolved.append((heir, plan.leader_pieces[leader_src]))
-            heirs[leader_src] = heir
-        if heirs:
+        gets its content under its first link's name instead, or, if that is not restored
+        either, under the next one's; the other links follow it."""
+        while True:
+            heirs: dict[bytes, _File] = {}
+            for dest, leader_src in plan.links:
+                leader = plan.leaders.get(leader_src)
+                if (leader is None or leader.state == "created" or leader_src in heirs
+                        or dest in plan.heirs):
+                    continue
+                heir = _File(dest, leader.entry, self._inherits(plan, dest))
+                plan.files.append(heir)
+                plan.unresolved.append((heir, plan.leader_pieces[leader_src]))
+                heirs[leader_src] = heir
+                plan.heirs.add(dest)
+            if not heirs:
+                return
             self._resolve(plan)
             self._fill(plan)
             plan.leaders.update(heirs)
@@ -534,15 +545,36 @@ class Restore:
         with self._at(file.dest) as (dir_fd, name):
             if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                 raise IsADirectoryError(errno.EISDIR, "Is a directory")
-        parent = file.dest.rsplit(b"/", 1)[0] or b"/"
+        file.temp, fd = self._beside(file.dest, self._create)
+        return fd
+
+    def _make_node(self, dest: bytes, entry: TreeEntry) -> None:
+        """Make the symlink, FIFO or device node *entry* at *dest*. Something already there
+        is replaced only with --overwrite, by renaming the new node over it: one that
+        cannot be made (a device without CAP_MKNOD) leaves the old thing as it was."""
+        try:
+            return make_node(dest, entry, self._at)
+        except FileExistsError:
+            if not self.overwrite:
+                raise FileExistsError("exists (use --overwrite)") from None
+        temp, _ = self._beside(dest, lambda path: make_node(path, entry, self._at))
+        try:
+            with self._at(temp) as (src_fd, src), self._at(dest) as (dst_fd, dst):
+                os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        except BaseException:  # a directory is there, say, or Ctrl-C
+            with self._at(temp) as (dir_fd, name):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
+
+    def _beside(self, dest: bytes, create: Callable[[bytes], _T]) -> tuple[bytes, _T]:
+        """``create(temp)`` for a new temporary name beside *dest*: (temp, its result)."""
+        parent = dest.rsplit(b"/", 1)[0] or b"/"
         while True:
             temp = parent + b"/.durafs-restore-" + os.urandom(6).hex().encode()
             try:
-                fd = self._create(temp)
+                return temp, create(temp)
             except FileExistsError:
                 continue
-            file.temp = temp
-            return fd
 
     def _put_in_place(self, file: _File) -> None:
         """Rename a replacement over the file it replaces; a damaged one is dropped and
@@ -553,6 +585,9 @@ class Restore:
             with self._at(temp) as (src_fd, src), self._at(file.dest) as (dst_fd, dst):
                 if file.damaged:
                     os.unlink(src, dir_fd=src_fd)
+                    # what is at its name is not the backup's file: its hard links must
+                    # not become links to that (another name takes the content over)
+                    file.state = "failed"
                     self._problem(file.dest, "left as it was (the backup's copy is damaged)")
                 else:
                     os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)

@@ -12,6 +12,7 @@ import random
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -208,6 +209,30 @@ def test_acls_a_target_would_pass_on_are_removed(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.lstat(out / "sub" / "data.bin").st_mode) == 0o600
 
 
+def test_overwrite_keeps_what_is_there_when_a_node_cannot_be_made(tmp_path: Path) -> None:
+    require_root("a device node in the backup, and a restore without CAP_MKNOD")
+    source = tmp_path / "src"
+    source.mkdir()
+    os.mknod(source / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mkfifo(source / "fifo")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "null").write_text("precious\n")
+    (out / "fifo").write_text("old\n")
+    # root without CAP_MKNOD, as in many containers: the device node cannot be made
+    run = subprocess.run(
+        ["setpriv", "--bounding-set=-mknod", "--inh-caps=-mknod", "--", sys.executable, "-m",
+         "durafs.cli.main", "restore", f"default/latest{source}", out, "--overwrite"],
+        capture_output=True, text=True)
+    assert run.returncode == 1
+    assert (out / "null").read_text() == "precious\n"
+    assert f"{out / 'null'}: creating a character device node needs root" in run.stderr
+    assert stat.S_ISFIFO(os.lstat(out / "fifo").st_mode)
+    assert sorted(os.listdir(out)) == ["fifo", "null"]  # no temporary name left behind
+
+
 def test_a_single_file_lands_in_the_target_under_its_name(tmp_path: Path) -> None:
     source = _small_tree_backed_up(tmp_path)
     out = tmp_path / "out"
@@ -343,6 +368,58 @@ def test_a_hard_link_takes_over_when_its_first_name_is_not_restored(tmp_path: Pa
     assert (out / "b").read_text() == "shared content\n"
     assert os.stat(out / "b").st_ino == os.stat(out / "c").st_ino
     assert os.stat(out / "b").st_nlink == 2
+
+
+def test_a_hard_link_group_goes_on_to_the_next_link_until_one_takes_over(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("shared content\n")
+    for name in ("b", "c", "d"):
+        os.link(source / "a", source / name)
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a", "b"):
+        (out / name).write_text(f"something else {name}\n")
+    run = durafs("restore", f"default/latest{source}", out, "--json")
+    assert run.code == 1
+    assert (out / "c").read_text() == "shared content\n"
+    assert os.stat(out / "c").st_ino == os.stat(out / "d").st_ino
+    assert (out / "b").read_text() == "something else b\n"
+    assert sorted(run.json()["problems"]) == [
+        f"{out / name}: exists (use --overwrite)" for name in ("a", "b")]
+
+
+@pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "new-files"])
+def test_hard_links_to_a_damaged_file_are_named_and_replace_nothing(
+    tmp_path: Path, overwrite: bool
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_bytes(random.Random(4).randbytes(300_000))
+    os.link(source / "a", source / "b")
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    _flip_byte_of(pool, (source / "a").read_bytes()[100_000:100_064])
+    out = tmp_path / "out"
+    out.mkdir()
+    if overwrite:
+        for name in ("a", "b"):
+            (out / name).write_text(f"old {name}\n")
+    run = durafs("restore", f"default/latest{source}", out, "--json",
+                 *(["--overwrite"] if overwrite else []))
+    assert run.code == 1
+    if overwrite:  # a damaged copy leaves the old one, under either name
+        assert (out / "a").read_text() == "old a\n"
+        assert (out / "b").read_text() == "old b\n"
+    else:  # the damaged copy, with holes, under both names
+        assert os.stat(out / "a").st_ino == os.stat(out / "b").st_ino
+    assert sorted(os.listdir(out)) == ["a", "b"]
+    assert {p.split(": ")[0] for p in run.json()["problems"]} == {
+        os.fspath(out / "a"), os.fspath(out / "b")}
 
 
 def test_bad_paths_and_targets_are_told_in_words(tmp_path: Path) -> None:
