@@ -190,6 +190,43 @@ def test_recover_rebuilds_the_index_from_the_medium(
     assert stats.get("bytes_new", 0) == 0
 
 
+def test_recover_names_files_whose_data_volume_is_lost(tmp_path: Path) -> None:
+    """A file whose chunks no volume on the media holds must not come back as zeros: it is
+    named and left out (so the next backup stores it again), the rest is recovered."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "lost").write_bytes(os.urandom(200_000))
+    (source / "linked").write_bytes(os.urandom(1000))
+    os.link(source / "lost", source / "lost-too")
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    first = {p.name for p in (pool / "volumes").iterdir()}
+    (source / "kept").write_bytes(os.urandom(200_000))
+    assert durafs("backup", source, "--pool", "p").code == 0
+    names = checkpoint_names()
+    # the first run's data volume goes missing; the second holds only "kept"
+    (data,) = [n for n in first if "-data-" in n]
+    (pool / "volumes" / data).unlink()
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool)
+    assert run.code == 1, run.err
+    for name in names:
+        for lost in ("lost", "lost-too", "linked"):
+            assert f"default/{name}{source}/{lost}: " in run.err, run.err
+    assert checkpoint_names() == names
+    listed = {e["name"] for e in durafs("ls", f"default/latest{source}", "--json").json()}
+    assert listed == {"kept"}
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert (out / "kept").read_bytes() == (source / "kept").read_bytes()
+    assert durafs("verify", "--read-data").code == 0
+    # the next backup stores what was lost again
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "again"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
+
+
 def test_backup_waits_for_an_offline_medium_and_names_it(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
