@@ -296,6 +296,36 @@ def test_a_chunk_bigger_than_the_room_left_goes_to_the_next_medium(
     assert durafs("verify", "--read-data").code == 0
 
 
+def test_a_catalog_volume_bigger_than_the_room_left_goes_to_the_next_medium(
+    tmp_path: Path,
+) -> None:
+    # little data, but a tree made large by incompressible xattrs: the first medium has
+    # room for the data volume and more, not for the catalog volume
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = random.Random(5)
+    for i in range(600):
+        path = source / f"f{i:03d}"
+        path.write_text(str(i))
+        os.setxattr(path, "user.blob", rng.randbytes(4000))
+    pool = setup_catalog(tmp_path, encryption="none", capacity="2M")
+    second = tmp_path / "second"
+    assert durafs("media", "add", "p", "--path", second, "--capacity", "100M").code == 0
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    assert [p.name for p in (pool / "volumes").iterdir() if "-catalog-" in p.name] == []
+    assert [p.name for p in (second / "volumes").iterdir() if "-catalog-" in p.name]
+    assert durafs("verify").code == 0
+    # and the next run neither fails nor writes it again
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    shutil.rmtree(Home().path)
+    assert durafs("recover", "--path", pool, "--path", second).code == 0
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
+
+
 def unmount(mnt: Path) -> None:
     """Unmount, retrying while something (udev probing a new loop device) keeps it busy."""
     for _ in range(50):
