@@ -417,6 +417,21 @@ def test_verify_finds_a_damaged_index_and_says_how_to_rebuild_it(tmp_path: Path)
     assert structure[0].startswith(named + "is damaged: ") and "recover" in structure[-1]
 
 
+def test_verify_of_an_offline_medium_is_not_a_success(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("a\n")
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    pool.rename(tmp_path / "unplugged")
+    for args in ([], ["--read-data"]):
+        run = durafs("verify", *args)
+        assert run.code == 1, (args, run.out)
+        assert "P-001" in run.out
+    (tmp_path / "unplugged").rename(pool)
+    assert durafs("verify", "--read-data").code == 0
+
+
 def test_a_command_meeting_a_damaged_index_names_it_and_says_how_to_rebuild(
     tmp_path: Path,
 ) -> None:
