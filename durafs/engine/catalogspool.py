@@ -102,6 +102,7 @@ class CatalogSpool:
             self._file, closefd=False)
         self._batch: list[tuple[Entry, bytes | None, list[ChunkPiece] | None]] = []
         self._lines = SerialWorker("durafs-catalog")
+        self._size: int | None = None  # of the spooled tree, once complete
 
     @property
     def needs_kept(self) -> bool:
@@ -153,11 +154,13 @@ class CatalogSpool:
               deleted: Iterable[bytes] = ()) -> None:
         """Add the checkpoint record, for a delta the *deleted* paths, and the spooled tree
         to a catalog volume."""
-        if self._batch:
-            self._flush()
-        self._lines.close()
-        self._out.flush(zstandard.FLUSH_FRAME)
-        size = self._file.tell()
+        if self._size is None:  # a second call writes the same tree to another volume
+            if self._batch:
+                self._flush()
+            self._lines.close()
+            self._out.flush(zstandard.FLUSH_FRAME)
+            self._size = self._file.tell()
+        size = self._size
         self._file.seek(0)
         volume.add_member(CHECKPOINT_MEMBER, record.to_json())
         if record.base is not None:

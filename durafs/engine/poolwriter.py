@@ -127,17 +127,26 @@ class PoolWriter:
     # -- whole volumes (catalog, index copies) ---------------------------------------
 
     def write_volume(self, kind: str, fill: Callable[[VolumeWriter], None]) -> VolumeRow:
-        """Write a non-data volume whose members *fill* adds; record and return it."""
+        """Write a non-data volume whose members *fill* adds; record and return it.
+
+        Its size is not known before it is written: one that outgrows the room left on a
+        medium is written again on another medium of the pool (*fill* runs once per try)."""
         self.commit()
-        writer = self._start(kind)
-        assert self._sink is not None
-        try:
-            fill(writer)
-            summary = writer.finish()
-            stored = self._sink.commit()
-        except BaseException:
-            self.abort()
-            raise
+        tried: set[int] = set()
+        while True:
+            writer = self._start(kind, skip=tried)
+            assert self._sink is not None and self._medium_row is not None
+            try:
+                fill(writer)
+                summary = writer.finish()
+                stored = self._sink.commit()
+                break
+            except MediumFullError:
+                tried.add(self._medium_row.id)
+                self.abort()
+            except BaseException:
+                self.abort()
+                raise
         with self.catalog.db.transaction():
             volume = self._record(stored, summary.plain_size, kind)
         self._writer = self._sink = None
@@ -176,8 +185,8 @@ class PoolWriter:
         self.volumes_written += 1
         return volume
 
-    def _start(self, kind: str, need: int = 0) -> VolumeWriter:
-        row, medium = self._choose_medium(need)
+    def _start(self, kind: str, need: int = 0, skip: set[int] | None = None) -> VolumeWriter:
+        row, medium = self._choose_medium(need, skip or set())
         free = medium.free_bytes()
         limit = self.pool.volume_size if free is None else min(self.pool.volume_size, free - SLACK)
         volume_id = uuid.uuid4().hex
@@ -189,15 +198,15 @@ class PoolWriter:
         self._medium_row, self._limit = row, limit
         return self._writer
 
-    def _choose_medium(self, need: int) -> tuple[MediumRow, Medium]:
-        """An online medium of the pool with room for a volume (and *need* bytes), waiting
-        for an offline one if none is."""
+    def _choose_medium(self, need: int, skip: set[int]) -> tuple[MediumRow, Medium]:
+        """An online medium of the pool with room for a volume (and *need* bytes), not one
+        of *skip* (media ids), waiting for an offline one if none is."""
         deadline = None if self.media_timeout is None else time.monotonic() + self.media_timeout
         told: set[int] = set()
         while True:
             offline = []
             for row in self.catalog.media(self.pool.id):
-                if row.state != "active":
+                if row.state != "active" or row.id in skip:
                     continue
                 medium = open_medium(row)
                 if not medium.is_online():

@@ -79,6 +79,9 @@ class Recover:
         self.keys: CatalogKeys | None = None
         self._catalogs: dict[str, _CatalogVolume] = {}
         self._leaders: dict[bytes, tuple[bytes | None, bytes | None]] = {}
+        #: Hard-link groups' "f" paths left out of the checkpoint being replayed, their
+        #: content not on the media.
+        self._lost: set[bytes] = set()
 
     def run(self, paths: list[str]) -> RecoverResult:
         media = [DirectoryMedium(p) for p in paths]
@@ -204,12 +207,13 @@ class Recover:
         pool_row = catalog.pool(cat.pool)
         assert pool_row is not None
         links = tree.links()
-        self._leaders = {}
+        self._leaders, self._lost = {}, set()
+        where = f"{record.plan}/{record.name}"
         with catalog.tree_writer(plan.id, catalog.next_seq(plan.id), record.name,
                                  created_ns=record.created_ns,
                                  sources=[os.fsdecode(s) for s in record.sources]) as writer:
             for tree_entry in tree.entries():
-                entry = self._entry(catalog, pool_row.id, tree_entry, links)
+                entry = self._entry(catalog, pool_row.id, tree_entry, links, where)
                 if entry is not None:
                     writer.add(entry)
             checkpoint = writer.finish(stats={**record.stats, "pool": cat.pool},
@@ -222,17 +226,33 @@ class Recover:
             catalog.set_meta(DEPTH_KEY.format(volume=cat.volume_id), record.depth)
 
     def _entry(self, catalog: Catalog, pool_id: int, e: TreeEntry,
-               links: set[bytes]) -> Entry | None:
-        """The index entry for tree entry *e*; hard-link members come after their group's
-        "f" entry (`ChainedTree.entries`). None (and a problem) for a member without one."""
+               links: set[bytes], where: str) -> Entry | None:
+        """The index entry for tree entry *e* of checkpoint *where*; hard-link members
+        come after their group's "f" entry (`ChainedTree.entries`). None (and a problem)
+        for a file whose chunks are not all on the media, and for a member without its
+        group's file."""
         chunks = None
         key = e.path if e.type == "f" and e.path in links else None
         if e.type == "f":
             found = catalog.lookup_chunks(pool_id, [c for _, c, _ in e.chunks])
-            chunks = pack_pieces((off, found[cid].id, size) for off, cid, size in e.chunks
-                                 if cid in found)
+            missing = sum(cid not in found for _, cid, _ in e.chunks)
+            if missing:
+                # recorded without them, its bytes would read back as a hole of zeros, and
+                # the next backup would take the file as unchanged and never store it again
+                self.result.problems.append(
+                    f"{where}{os.fsdecode(e.path)}: {missing} of its {len(e.chunks)} chunks "
+                    "are in no volume on the media given: left out")
+                if key is not None:
+                    self._lost.add(e.path)
+                return None
+            chunks = pack_pieces((off, found[cid].id, size) for off, cid, size in e.chunks)
             if key is not None:
                 self._leaders[e.path] = (chunks, e.blake3)
+        elif e.type == "h" and e.link in self._lost:
+            self.result.problems.append(
+                f"{where}{os.fsdecode(e.path)}: hard link to {os.fsdecode(e.link)}, whose "
+                "chunks are in no volume on the media given: left out")
+            return None
         elif e.type == "h":
             if e.link is None or e.link not in self._leaders:
                 self.result.problems.append(

@@ -190,6 +190,43 @@ def test_recover_rebuilds_the_index_from_the_medium(
     assert stats.get("bytes_new", 0) == 0
 
 
+def test_recover_names_files_whose_data_volume_is_lost(tmp_path: Path) -> None:
+    """A file whose chunks no volume on the media holds must not come back as zeros: it is
+    named and left out (so the next backup stores it again), the rest is recovered."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "lost").write_bytes(os.urandom(200_000))
+    (source / "linked").write_bytes(os.urandom(1000))
+    os.link(source / "lost", source / "lost-too")
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    first = {p.name for p in (pool / "volumes").iterdir()}
+    (source / "kept").write_bytes(os.urandom(200_000))
+    assert durafs("backup", source, "--pool", "p").code == 0
+    names = checkpoint_names()
+    # the first run's data volume goes missing; the second holds only "kept"
+    (data,) = [n for n in first if "-data-" in n]
+    (pool / "volumes" / data).unlink()
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool)
+    assert run.code == 1, run.err
+    for name in names:
+        for lost in ("lost", "lost-too", "linked"):
+            assert f"default/{name}{source}/{lost}: " in run.err, run.err
+    assert checkpoint_names() == names
+    listed = {e["name"] for e in durafs("ls", f"default/latest{source}", "--json").json()}
+    assert listed == {"kept"}
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert (out / "kept").read_bytes() == (source / "kept").read_bytes()
+    assert durafs("verify", "--read-data").code == 0
+    # the next backup stores what was lost again
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "again"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
+
+
 def test_backup_waits_for_an_offline_medium_and_names_it(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
@@ -257,6 +294,36 @@ def test_a_chunk_bigger_than_the_room_left_goes_to_the_next_medium(
     assert durafs("restore", f"default/latest{source}", out).code == 0
     assert compare_trees(source, out) == []
     assert durafs("verify", "--read-data").code == 0
+
+
+def test_a_catalog_volume_bigger_than_the_room_left_goes_to_the_next_medium(
+    tmp_path: Path,
+) -> None:
+    # little data, but a tree made large by incompressible xattrs: the first medium has
+    # room for the data volume and more, not for the catalog volume
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = random.Random(5)
+    for i in range(600):
+        path = source / f"f{i:03d}"
+        path.write_text(str(i))
+        os.setxattr(path, "user.blob", rng.randbytes(4000))
+    pool = setup_catalog(tmp_path, encryption="none", capacity="2M")
+    second = tmp_path / "second"
+    assert durafs("media", "add", "p", "--path", second, "--capacity", "100M").code == 0
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    assert [p.name for p in (pool / "volumes").iterdir() if "-catalog-" in p.name] == []
+    assert [p.name for p in (second / "volumes").iterdir() if "-catalog-" in p.name]
+    assert durafs("verify").code == 0
+    # and the next run neither fails nor writes it again
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    shutil.rmtree(Home().path)
+    assert durafs("recover", "--path", pool, "--path", second).code == 0
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
 
 
 def unmount(mnt: Path) -> None:
@@ -348,6 +415,21 @@ def test_verify_finds_a_damaged_index_and_says_how_to_rebuild_it(tmp_path: Path)
     structure = run.json()["structure"]
     named = f"the index {Home().index_path} "
     assert structure[0].startswith(named + "is damaged: ") and "recover" in structure[-1]
+
+
+def test_verify_of_an_offline_medium_is_not_a_success(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("a\n")
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    pool.rename(tmp_path / "unplugged")
+    for args in ([], ["--read-data"]):
+        run = durafs("verify", *args)
+        assert run.code == 1, (args, run.out)
+        assert "P-001" in run.out
+    (tmp_path / "unplugged").rename(pool)
+    assert durafs("verify", "--read-data").code == 0
 
 
 def test_a_command_meeting_a_damaged_index_names_it_and_says_how_to_rebuild(
