@@ -86,6 +86,8 @@ def write_catalog_volume(
     def fill(volume: VolumeWriter) -> None:
         medium = writer.medium
         assert medium is not None
+        # each try starts as a full tree: a try on another medium may not be a delta
+        record.base, record.depth = None, 0
         base = spool.delta_base(checkpoint, medium.id) if spool is not None else None
         if spool is not None and base is not None:
             record.base = BaseRef(base.checkpoint.name, base.volume.uuid)

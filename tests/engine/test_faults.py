@@ -326,6 +326,37 @@ def test_a_catalog_volume_bigger_than_the_room_left_goes_to_the_next_medium(
     assert compare_trees(source, out) == []
 
 
+def test_a_delta_that_moves_to_another_medium_is_written_as_a_full_tree(
+    tmp_path: Path,
+) -> None:
+    # the first checkpoint's catalog volume fits on the first medium; the second's delta,
+    # made large by incompressible xattrs, does not, and a delta must lie on its base's
+    # medium: on the second medium it has to be a full tree
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "first").write_text("first")
+    pool = setup_catalog(tmp_path, encryption="none", capacity="2M")
+    second = tmp_path / "second"
+    assert durafs("media", "add", "p", "--path", second, "--capacity", "100M").code == 0
+    assert durafs("backup", source, "--pool", "p").code == 0
+    assert len([p for p in (pool / "volumes").iterdir() if "-catalog-" in p.name]) == 1
+    rng = random.Random(6)
+    for i in range(600):
+        path = source / f"f{i:03d}"
+        path.write_text(str(i))
+        os.setxattr(path, "user.blob", rng.randbytes(4000))
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    assert [p.name for p in (second / "volumes").iterdir() if "-catalog-" in p.name]
+    run = durafs("verify")
+    assert run.code == 0, run.out + run.err
+    # the full tree alone rebuilds the checkpoint's tree, whatever became of the first medium
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", second)
+    assert "default/" in run.out + run.err
+    assert durafs("checkpoints").out.count("default") == 1
+
+
 def unmount(mnt: Path) -> None:
     """Unmount, retrying while something (udev probing a new loop device) keeps it busy."""
     for _ in range(50):
