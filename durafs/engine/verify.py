@@ -78,10 +78,10 @@ class Verify:
         return self.result
 
     def _volume(self, volume: VolumeRow) -> None:
-        self.result.volumes += 1
         name = volume.name or volume.uuid
         try:
             reader = self.access.reader(volume)
+            self.result.volumes += 1  # reached: checked, whatever is found
             if reader.plain_size != volume.plain_size:
                 self.result.structure.append(f"{name}: size differs from the index")
             reader.read_manifest()
