@@ -95,7 +95,7 @@ class Home:
         if self.exists():
             raise UsageError(f"{self.path} already holds a durafs catalog")
         self.path.mkdir(parents=True, exist_ok=True)
-        with self.catalog() as catalog:
+        with open_catalog(self.index_path) as catalog:
             catalog.set_meta("encryption", encryption)
             config = HomeConfig(catalog.catalog_id, encryption)
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -149,11 +149,14 @@ class Home:
             os.close(fd)
 
     def catalog(self, *, readonly: bool = False) -> Catalog:
+        # without config.json this is no catalog: say `durafs init`, and leave no index behind
+        self.config()
         return open_catalog(self.index_path, readonly=readonly)
 
     def recipient(self) -> str:
         path = self.keys_dir / "recipient.txt"
         if not path.exists():
+            self.config()  # no catalog at all is another error than a catalog without one
             raise UsageError("this catalog has no age recipient (encryption is not 'key')")
         return path.read_text().strip()
 

@@ -259,3 +259,17 @@ def test_an_unencrypted_catalog_has_no_identity_to_export(tmp_path: Path) -> Non
     run = durafs("key", "export-identity", tmp_path / "id")
     assert run.code == 2 and "encryption is 'none': it has no age identity" in run.err
     assert not (tmp_path / "id").exists()
+
+
+def test_every_command_without_a_catalog_is_a_usage_error(tmp_path: Path) -> None:
+    home = Home().path
+    for args in (["pool", "list"], ["media", "list", "--json"], ["checkpoints"],
+                 ["ls", "default/latest"], ["find", "x"], ["key", "recipient"],
+                 ["media", "add", "p", "--path", tmp_path / "m"], ["requests"]):
+        run = durafs(*args)
+        assert run.code == 2, (args, run.err)
+        assert run.err == f"durafs: no durafs catalog in {home}: run `durafs init` first\n"
+        assert run.out == ""
+    home.mkdir(parents=True)  # an empty directory is not a catalog either, and stays empty
+    assert durafs("media", "add", "p", "--path", tmp_path / "m").code == 2
+    assert list(home.iterdir()) == []
