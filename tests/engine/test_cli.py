@@ -273,3 +273,16 @@ def test_every_command_without_a_catalog_is_a_usage_error(tmp_path: Path) -> Non
     home.mkdir(parents=True)  # an empty directory is not a catalog either, and stays empty
     assert durafs("media", "add", "p", "--path", tmp_path / "m").code == 2
     assert list(home.iterdir()) == []
+
+
+def test_a_pool_whose_first_medium_fails_is_not_added(tmp_path: Path) -> None:
+    setup_catalog(tmp_path)
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    run = durafs("pool", "add", "q", "--kind", "dir", "--path", not_a_directory)
+    assert run.code == 3 and f"{not_a_directory} is not a directory" in run.err
+    assert [p["name"] for p in durafs("pool", "list", "--json").json()] == ["p"]
+    run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "q")
+    assert run.code == 0, run.err
+    assert [(m["pool"], m["label"]) for m in durafs("media", "list", "--json").json()] == [
+        ("p", "P-001"), ("q", "Q-001")]
