@@ -99,6 +99,15 @@ def _add_medium(catalog: Catalog, keys: CatalogKeys, pool_name: str, args: Args)
         raise UsageError(f"no pool named {pool_name!r}")
     count = len(catalog.media(pool.id)) + 1
     label = args.label or f"{pool_name.upper()}-{count:03d}"
+    while args.label is None and catalog.medium_by_label(label) is not None:
+        count += 1  # pools 'a' and 'A' would both start at A-001
+        label = f"{pool_name.upper()}-{count:03d}"
+    # checked before the medium is written: a marker naming a medium the index then refuses
+    # would make the directory unusable for any other
+    taken = catalog.medium_by_label(label)
+    if taken is not None:
+        raise UsageError(f"label {label!r} is taken (medium of pool {taken.pool} at "
+                         f"{taken.path or taken.location or '?'}): choose another with --label")
     marker = MediumMarker(uuid.uuid4().hex, label, pool_name, keys.catalog_id, "dir",
                           time.time_ns(), {})
     path = os.path.abspath(args.path)

@@ -286,3 +286,18 @@ def test_a_pool_whose_first_medium_fails_is_not_added(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     assert [(m["pool"], m["label"]) for m in durafs("media", "list", "--json").json()] == [
         ("p", "P-001"), ("q", "Q-001")]
+
+
+def test_a_label_in_use_is_refused_before_the_medium_is_written(tmp_path: Path) -> None:
+    setup_catalog(tmp_path)
+    second = tmp_path / "second"
+    run = durafs("media", "add", "p", "--path", second, "--label", "P-001")
+    assert run.code == 2 and "label 'P-001' is taken" in run.err
+    assert not second.exists()
+    run = durafs("media", "add", "p", "--path", second)
+    assert run.code == 0, run.err
+    assert [m["label"] for m in durafs("media", "list", "--json").json()] == ["P-001", "P-002"]
+    # a default label goes on to the next free one (pools 'p' and 'P' share the prefix)
+    assert durafs("pool", "add", "P", "--kind", "dir", "--path", tmp_path / "third").code == 0
+    assert [(m["pool"], m["label"]) for m in durafs("media", "list", "--json").json()] == [
+        ("P", "P-003"), ("p", "P-001"), ("p", "P-002")]
