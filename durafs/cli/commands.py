@@ -61,9 +61,10 @@ def _say(message: str) -> None:
 
 
 def init(home: Home, args: Args) -> int:
+    passphrase = None
     if args.encryption == "password":
-        read_passphrase("new passphrase: ", confirm=True)
-    config = home.init(args.encryption, work_factor=args.work_factor)
+        passphrase = read_passphrase("new passphrase: ", confirm=True)
+    config = home.init(args.encryption, work_factor=args.work_factor, passphrase=passphrase)
     print(f"initialised catalog {config.catalog_id} in {home.path} (encryption: "
           f"{args.encryption})")
     if args.encryption == "key":

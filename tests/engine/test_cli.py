@@ -301,3 +301,32 @@ def test_a_label_in_use_is_refused_before_the_medium_is_written(tmp_path: Path) 
     assert durafs("pool", "add", "P", "--kind", "dir", "--path", tmp_path / "third").code == 0
     assert [(m["pool"], m["label"]) for m in durafs("media", "list", "--json").json()] == [
         ("P", "P-003"), ("p", "P-001"), ("p", "P-002")]
+
+
+def test_a_wrong_passphrase_is_refused_before_anything_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "")
+    run = durafs("init", "--encryption", "password")
+    assert run.code == 2 and "DURAFS_PASSPHRASE is set but empty" in run.err
+    assert not Home().path.exists()
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "right")
+    setup_catalog(tmp_path, encryption="password")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    (source / "g").write_text("y")
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "wrong")
+    out, second = tmp_path / "out", tmp_path / "second"
+    for args in (["backup", source, "--pool", "p"], ["restore", "default/latest", out],
+                 ["verify", "--read-data"], ["media", "add", "p", "--path", second]):
+        run = durafs(*args)
+        assert run.code == 2, (args, run.err)
+        assert run.err == ("durafs: wrong passphrase: it does not open this catalog's keys "
+                           f"({Home().keys_dir / 'durafs-keys.age'})\n")
+    assert len(checkpoint_names()) == 1 and not out.exists() and not second.exists()
+    # what the right one wrote, the right one reads
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "right")
+    assert durafs("verify", "--read-data").code == 0
+    assert durafs("restore", "default/latest", out).code == 0
