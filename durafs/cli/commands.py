@@ -15,6 +15,7 @@ from durafs.engine.backup import Backup, BackupOptions
 from durafs.engine.home import Home, read_passphrase
 from durafs.errors import UsageError
 from durafs.format import age
+from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
 from durafs.media.base import MediumMarker
 from durafs.media.directory import DirectoryMedium
@@ -60,9 +61,10 @@ def _say(message: str) -> None:
 
 
 def init(home: Home, args: Args) -> int:
+    passphrase = None
     if args.encryption == "password":
-        read_passphrase("new passphrase: ", confirm=True)
-    config = home.init(args.encryption, work_factor=args.work_factor)
+        passphrase = read_passphrase("new passphrase: ", confirm=True)
+    config = home.init(args.encryption, work_factor=args.work_factor, passphrase=passphrase)
     print(f"initialised catalog {config.catalog_id} in {home.path} (encryption: "
           f"{args.encryption})")
     if args.encryption == "key":
@@ -92,35 +94,46 @@ def key_export(home: Home, args: Args) -> int:
     return 0
 
 
-def _add_medium(home: Home, pool_name: str, args: Args) -> str:
-    with home.catalog() as catalog:
-        pool = catalog.pool(pool_name)
-        if pool is None:
-            raise UsageError(f"no pool named {pool_name!r}")
-        keys = home.keys(read=False)
-        count = len(catalog.media(pool.id)) + 1
-        label = args.label or f"{pool_name.upper()}-{count:03d}"
-        marker = MediumMarker(uuid.uuid4().hex, label, pool_name, keys.catalog_id, "dir",
-                              time.time_ns(), {})
-        path = os.path.abspath(args.path)
-        medium = DirectoryMedium(path, args.capacity)
-        medium.initialize(marker, keys.keys_file_name, keys.keys_file())
-        catalog.add_medium(pool.id, uuid=marker.medium_id, label=label, path=path,
-                           location=args.location, capacity=args.capacity)
+def _add_medium(catalog: Catalog, keys: CatalogKeys, pool_name: str, args: Args) -> str:
+    pool = catalog.pool(pool_name)
+    if pool is None:
+        raise UsageError(f"no pool named {pool_name!r}")
+    count = len(catalog.media(pool.id)) + 1
+    label = args.label or f"{pool_name.upper()}-{count:03d}"
+    while args.label is None and catalog.medium_by_label(label) is not None:
+        count += 1  # pools 'a' and 'A' would both start at A-001
+        label = f"{pool_name.upper()}-{count:03d}"
+    # checked before the medium is written: a marker naming a medium the index then refuses
+    # would make the directory unusable for any other
+    taken = catalog.medium_by_label(label)
+    if taken is not None:
+        raise UsageError(f"label {label!r} is taken (medium of pool {taken.pool} at "
+                         f"{taken.path or taken.location or '?'}): choose another with --label")
+    marker = MediumMarker(uuid.uuid4().hex, label, pool_name, keys.catalog_id, "dir",
+                          time.time_ns(), {})
+    path = os.path.abspath(args.path)
+    medium = DirectoryMedium(path, args.capacity)
+    medium.initialize(marker, keys.keys_file_name, keys.keys_file())
+    catalog.add_medium(pool.id, uuid=marker.medium_id, label=label, path=path,
+                       location=args.location, capacity=args.capacity)
     return label
 
 
 def pool_add(home: Home, args: Args) -> int:
-    home.config()
-    with home.catalog() as catalog:
+    keys = home.keys(read=False)  # asked before the write lock is taken (password mode)
+    # one transaction: a pool whose first medium cannot be set up is not left behind empty
+    # (its name taken, every backup to it refused for want of a medium)
+    with home.catalog() as catalog, catalog.db.transaction():
         catalog.add_pool(args.name, args.kind, volume_size=args.volume_size)
-    label = _add_medium(home, args.name, args)
+        label = _add_medium(catalog, keys, args.name, args)
     print(f"pool {args.name}: medium {label} at {os.path.abspath(args.path)}")
     return 0
 
 
 def media_add(home: Home, args: Args) -> int:
-    label = _add_medium(home, args.pool, args)
+    keys = home.keys(read=False)
+    with home.catalog() as catalog:
+        label = _add_medium(catalog, keys, args.pool, args)
     print(f"pool {args.pool}: medium {label} at {os.path.abspath(args.path)}")
     return 0
 

@@ -211,6 +211,7 @@ def umount(home: Home, args: Args) -> int:
 
 
 def requests(home: Home, args: Args) -> int:
+    home.config()  # a clear error if there is no catalog
     rows = read_requests(home.path / "requests")
     if args.json:
         print_json(rows)

@@ -9,6 +9,8 @@ Layout of ``$DURAFS_HOME`` (default ``/var/lib/durafs`` as root, else
     keys/recipient.txt   the age recipient (mode key) - needed to write
     keys/identity.txt    the age identity (mode key, 0600) - needed to read; may be
                          removed from a write-only host after `durafs key export-identity`
+    keys/durafs-keys.age the keys file every medium carries (mode password): a passphrase
+                         that does not open it is wrong, and is refused before any use
     staging/             whole volumes staged from media that had to be waited for
     requests/            open media requests (one JSON file each; `durafs requests`)
     mounts/, logs/       what `durafs mount` serves, and its log in background mode
@@ -26,9 +28,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from durafs.errors import BusyError, CatalogError, UsageError
+from durafs.errors import BusyError, CatalogError, NoIdentityError, UsageError
 from durafs.format import age
-from durafs.format.keys import CatalogKeys
+from durafs.format.keys import KEYS_FILE_ENCRYPTED, CatalogKeys, read_keys_file
 from durafs.index.catalog import Catalog, open_catalog
 
 CONFIG_FORMAT = 1
@@ -49,10 +51,14 @@ def read_passphrase(prompt: str, *, env: str = "DURAFS_PASSPHRASE", confirm: boo
     """The passphrase from *env*, or asked on the terminal; never logged."""
     value = os.environ.get(env)
     if value is not None:
+        if not value:
+            raise UsageError(f"{env} is set but empty: a passphrase cannot be empty")
         return value.encode()
     if not os.isatty(0):
         raise UsageError(f"a passphrase is needed: set {env} or run on a terminal")
     first = getpass.getpass(prompt)
+    if not first:
+        raise UsageError("a passphrase cannot be empty")
     if confirm and getpass.getpass("again: ") != first:
         raise UsageError("the passphrases do not match")
     return first.encode()
@@ -79,6 +85,10 @@ class Home:
     def config_path(self) -> Path:
         return self.path / "config.json"
 
+    @property
+    def passphrase_check(self) -> Path:
+        return self.keys_dir / KEYS_FILE_ENCRYPTED
+
     def exists(self) -> bool:
         return self.config_path.exists()
 
@@ -90,16 +100,19 @@ class Home:
         except (ValueError, TypeError) as exc:
             raise CatalogError(f"{self.config_path}: damaged configuration ({exc})") from exc
 
-    def init(self, encryption: str, *, work_factor: int = DEFAULT_WORK_FACTOR) -> HomeConfig:
-        """Create a new catalog: config, keys and an empty index."""
+    def init(self, encryption: str, *, work_factor: int = DEFAULT_WORK_FACTOR,
+             passphrase: bytes | None = None) -> HomeConfig:
+        """Create a new catalog: config, keys and an empty index; *passphrase* (mode
+        password) is the one every later command is checked against."""
         if self.exists():
             raise UsageError(f"{self.path} already holds a durafs catalog")
         self.path.mkdir(parents=True, exist_ok=True)
-        with self.catalog() as catalog:
+        with open_catalog(self.index_path) as catalog:
             catalog.set_meta("encryption", encryption)
             config = HomeConfig(catalog.catalog_id, encryption)
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(self.keys_dir / "id-key", secrets.token_bytes(32).hex() + "\n")
+        id_key = secrets.token_bytes(32)
+        _write_private(self.keys_dir / "id-key", id_key.hex() + "\n")
         if encryption == "key":
             identity = age.X25519Identity.generate()
             _write_private(self.keys_dir / "identity.txt", identity.to_str() + "\n")
@@ -107,13 +120,21 @@ class Home:
         elif encryption == "password":
             config.scrypt_salt = secrets.token_bytes(16).hex()
             config.scrypt_work_factor = work_factor
+            if passphrase is not None:
+                keys = CatalogKeys(config.catalog_id, encryption, id_key,
+                                   recipients=[_scrypt_recipient(config, passphrase)])
+                _write_private(self.passphrase_check, keys.keys_file())
         self._save(config)
         return config
 
-    def adopt(self, config: HomeConfig, id_key: bytes, identity: str | None) -> None:
-        """Set up an empty catalog directory for an existing catalog (recover)."""
+    def adopt(self, config: HomeConfig, id_key: bytes, identity: str | None,
+              keys_file: bytes | None = None) -> None:
+        """Set up an empty catalog directory for an existing catalog (recover); *keys_file*
+        is a medium's, opened with the passphrase (mode password)."""
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(self.keys_dir / "id-key", id_key.hex() + "\n")
+        if config.encryption == "password" and keys_file is not None:
+            _write_private(self.passphrase_check, keys_file)
         if identity is not None:
             ident = age.X25519Identity.parse(identity)
             _write_private(self.keys_dir / "identity.txt", ident.to_str() + "\n")
@@ -149,11 +170,14 @@ class Home:
             os.close(fd)
 
     def catalog(self, *, readonly: bool = False) -> Catalog:
+        # without config.json this is no catalog: say `durafs init`, and leave no index behind
+        self.config()
         return open_catalog(self.index_path, readonly=readonly)
 
     def recipient(self) -> str:
         path = self.keys_dir / "recipient.txt"
         if not path.exists():
+            self.config()  # no catalog at all is another error than a catalog without one
             raise UsageError("this catalog has no age recipient (encryption is not 'key')")
         return path.read_text().strip()
 
@@ -181,14 +205,33 @@ class Home:
                 keys.identities = [self.identity()]
         elif config.encryption == "password":
             passphrase = read_passphrase("durafs passphrase: ")
-            keys.recipients = [age.ScryptRecipient(
-                passphrase, work_factor=config.scrypt_work_factor,
-                salt=bytes.fromhex(config.scrypt_salt))]
+            keys.recipients = [_scrypt_recipient(config, passphrase)]
             keys.identities = [age.ScryptIdentity(passphrase)]
+            self._check_passphrase(keys)
         return keys
 
+    def _check_passphrase(self, keys: CatalogKeys) -> None:
+        """A wrong passphrase would make a backup write volumes the right one cannot read,
+        and make a restore or verify report every file as damaged. The check costs nothing
+        more: the scrypt key it derives (the catalog's salt) is the one volumes use.
+        Catalogs made before the check was kept have nothing to check against."""
+        try:
+            data = self.passphrase_check.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            read_keys_file(data, keys.identities, name=str(self.passphrase_check))
+        except NoIdentityError:
+            raise UsageError(f"wrong passphrase: it does not open this catalog's keys "
+                             f"({self.passphrase_check})") from None
 
-def _write_private(path: Path, text: str) -> None:
+
+def _scrypt_recipient(config: HomeConfig, passphrase: bytes) -> age.ScryptRecipient:
+    return age.ScryptRecipient(passphrase, work_factor=config.scrypt_work_factor,
+                               salt=bytes.fromhex(config.scrypt_salt))
+
+
+def _write_private(path: Path, content: str | bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)

@@ -107,7 +107,7 @@ class Recover:
             config.scrypt_salt, config.scrypt_work_factor = _scrypt_params(data)
         identity = next((i.to_str() for i in self.identities
                          if isinstance(i, age.X25519Identity)), None)
-        self.home.adopt(config, keys.id_key, identity)
+        self.home.adopt(config, keys.id_key, identity, data)
         self.keys = keys
         catalog = self.home.catalog()
         # The fresh index was given a new catalog id; it must be the media's. Nothing refers

@@ -259,3 +259,74 @@ def test_an_unencrypted_catalog_has_no_identity_to_export(tmp_path: Path) -> Non
     run = durafs("key", "export-identity", tmp_path / "id")
     assert run.code == 2 and "encryption is 'none': it has no age identity" in run.err
     assert not (tmp_path / "id").exists()
+
+
+def test_every_command_without_a_catalog_is_a_usage_error(tmp_path: Path) -> None:
+    home = Home().path
+    for args in (["pool", "list"], ["media", "list", "--json"], ["checkpoints"],
+                 ["ls", "default/latest"], ["find", "x"], ["key", "recipient"],
+                 ["media", "add", "p", "--path", tmp_path / "m"], ["requests"]):
+        run = durafs(*args)
+        assert run.code == 2, (args, run.err)
+        assert run.err == f"durafs: no durafs catalog in {home}: run `durafs init` first\n"
+        assert run.out == ""
+    home.mkdir(parents=True)  # an empty directory is not a catalog either, and stays empty
+    assert durafs("media", "add", "p", "--path", tmp_path / "m").code == 2
+    assert list(home.iterdir()) == []
+
+
+def test_a_pool_whose_first_medium_fails_is_not_added(tmp_path: Path) -> None:
+    setup_catalog(tmp_path)
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("x")
+    run = durafs("pool", "add", "q", "--kind", "dir", "--path", not_a_directory)
+    assert run.code == 3 and f"{not_a_directory} is not a directory" in run.err
+    assert [p["name"] for p in durafs("pool", "list", "--json").json()] == ["p"]
+    run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "q")
+    assert run.code == 0, run.err
+    assert [(m["pool"], m["label"]) for m in durafs("media", "list", "--json").json()] == [
+        ("p", "P-001"), ("q", "Q-001")]
+
+
+def test_a_label_in_use_is_refused_before_the_medium_is_written(tmp_path: Path) -> None:
+    setup_catalog(tmp_path)
+    second = tmp_path / "second"
+    run = durafs("media", "add", "p", "--path", second, "--label", "P-001")
+    assert run.code == 2 and "label 'P-001' is taken" in run.err
+    assert not second.exists()
+    run = durafs("media", "add", "p", "--path", second)
+    assert run.code == 0, run.err
+    assert [m["label"] for m in durafs("media", "list", "--json").json()] == ["P-001", "P-002"]
+    # a default label goes on to the next free one (pools 'p' and 'P' share the prefix)
+    assert durafs("pool", "add", "P", "--kind", "dir", "--path", tmp_path / "third").code == 0
+    assert [(m["pool"], m["label"]) for m in durafs("media", "list", "--json").json()] == [
+        ("P", "P-003"), ("p", "P-001"), ("p", "P-002")]
+
+
+def test_a_wrong_passphrase_is_refused_before_anything_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "")
+    run = durafs("init", "--encryption", "password")
+    assert run.code == 2 and "DURAFS_PASSPHRASE is set but empty" in run.err
+    assert not Home().path.exists()
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "right")
+    setup_catalog(tmp_path, encryption="password")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    (source / "g").write_text("y")
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "wrong")
+    out, second = tmp_path / "out", tmp_path / "second"
+    for args in (["backup", source, "--pool", "p"], ["restore", "default/latest", out],
+                 ["verify", "--read-data"], ["media", "add", "p", "--path", second]):
+        run = durafs(*args)
+        assert run.code == 2, (args, run.err)
+        assert run.err == ("durafs: wrong passphrase: it does not open this catalog's keys "
+                           f"({Home().keys_dir / 'durafs-keys.age'})\n")
+    assert len(checkpoint_names()) == 1 and not out.exists() and not second.exists()
+    # what the right one wrote, the right one reads
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "right")
+    assert durafs("verify", "--read-data").code == 0
+    assert durafs("restore", "default/latest", out).code == 0
