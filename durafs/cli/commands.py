@@ -199,8 +199,10 @@ def backup(home: Home, args: Args) -> int:
     options = BackupOptions(sources, args.pool, args.plan, args.exclude, args.one_file_system,
                             args.follow_symlinks, args.dry_run, args.media_timeout)
     keys = home.keys(read=None)
-    progress = Progress()
     with home.plan_lock(args.plan), home.catalog() as catalog:
+        # the plan's last checkpoint is the estimate of the whole (the walk counts as it goes)
+        last = catalog.checkpoint(args.plan, "latest")
+        progress = Progress(last.stats.get("bytes", 0) if last is not None else 0)
         result = Backup(catalog, keys, options, progress=progress, on_wait=_say).run()
     progress.done()
     for problem in (*result.notes, *result.problems):
@@ -285,11 +287,14 @@ def restore(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
         checkpoint, path = parse_spec(catalog, args.spec)
         access = VolumeAccess(catalog, keys, wait=args.media_timeout, on_wait=_say)
+        progress = Progress()
         try:
-            result = Restore(catalog, access, overwrite=args.overwrite).run(
+            result = Restore(catalog, access, overwrite=args.overwrite,
+                             progress=progress).run(
                 checkpoint, path, os.fsencode(os.path.abspath(args.target)))
         finally:
             access.close()
+            progress.done()
     for problem in result.problems:
         _say(problem)
     if args.json:
@@ -307,10 +312,12 @@ def verify(home: Home, args: Args) -> int:
     fraction = 1.0 if args.read_data else (args.read_data_subset or 0) / 100
     with home.catalog(readonly=True) as catalog:
         access = VolumeAccess(catalog, keys, wait=0)
+        progress = Progress(what="volumes")
         try:
-            result = Verify(catalog, access, fraction=fraction).run(args.pool)
+            result = Verify(catalog, access, fraction=fraction, progress=progress).run(args.pool)
         finally:
             access.close()
+            progress.done()
     if args.json:
         print_json({"ok": result.ok, "volumes": result.volumes, "chunks_read": result.chunks_read,
                     "offline": result.offline, "structure": result.structure,

@@ -43,26 +43,45 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 class Progress:
-    """A one-line progress display on a terminal (stderr); silent otherwise."""
+    """A one-line progress display on a terminal (stderr); silent otherwise.
 
-    def __init__(self, expected_bytes: int = 0) -> None:
+    Engines report a stats dict: *what* (a count, "files" by default), ``bytes`` done,
+    ``bytes_read`` (the rate), and, when they know the whole, ``expected_bytes`` or
+    ``expected_count``; *expected_bytes* given here (a backup's estimate from the plan's
+    previous checkpoint) stands in for the former. With a whole, a bar and an ETA."""
+
+    WIDTH = 20
+
+    def __init__(self, expected_bytes: int = 0, *, what: str = "files") -> None:
         self.enabled = sys.stderr.isatty()
         self.start = time.monotonic()
         self.expected = expected_bytes
+        self.what = what
 
     def __call__(self, stats: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        done = stats.get("bytes", 0)
-        rate = stats.get("bytes_read", 0) / elapsed
-        line = (f"{stats.get('files', 0)} files  {human_size(done)}  "
-                f"{human_size(rate)}/s")
-        if self.expected and done < self.expected and done:
-            eta = elapsed * (self.expected - done) / done
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K" + self.line(stats, time.monotonic() - self.start))
+            sys.stderr.flush()
+
+    def line(self, stats: dict[str, Any], elapsed: float) -> str:
+        """The display for *stats* after *elapsed* seconds."""
+        elapsed = max(elapsed, 1e-6)
+        count, done = stats.get(self.what, 0), stats.get("bytes", 0)
+        line = (f"{count} {self.what}  {human_size(done)}  "
+                f"{human_size(stats.get('bytes_read', 0) / elapsed)}/s")
+        if stats.get("expected_bytes") or self.expected:
+            whole, part = stats.get("expected_bytes") or self.expected, done
+        elif stats.get("expected_count"):
+            whole, part = stats["expected_count"], count
+        else:
+            return line
+        fraction = min(part / whole, 1.0)
+        filled = int(fraction * self.WIDTH)
+        line += f"  [{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:4.0%}"
+        if 0 < part < whole:
+            eta = elapsed * (whole - part) / part
             line += f"  ETA {int(eta) // 60}:{int(eta) % 60:02d}"
-        sys.stderr.write("\r\x1b[K" + line)
-        sys.stderr.flush()
+        return line
 
     def done(self) -> None:
         if self.enabled:

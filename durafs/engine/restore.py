@@ -41,6 +41,7 @@ from durafs.engine.fsmeta import (
     make_node,
     pwrite_all,
 )
+from durafs.engine.progress import Reporter
 from durafs.errors import CatalogError, DurafsError, MediumOfflineError, UsageError
 from durafs.format.catalog import TreeEntry
 from durafs.format.frames import codec_for_thread
@@ -329,16 +330,27 @@ class Restore:
         tasks: list[tuple[Callable[[Any], None], Any]] = [
             (self._finish_empty, plan.empty[i : i + EMPTY_BATCH])
             for i in range(0, len(plan.empty), EMPTY_BATCH)]
-        tasks += [(self._run_batch, batch) for batch in _batches(plan.jobs)]
+        batches = _batches(plan.jobs)
+        tasks += [(self._run_batch, batch) for batch in batches]
+        # what each task completes, for the progress report: its files whose last chunk
+        # it writes (`_batches` notes each file's last batch), and its bytes
+        weights = [(len(files), 0) for _, files in tasks[: len(tasks) - len(batches)]]
+        weights += [(len({j.file for j in batch.jobs if j.file.batch == k}),
+                     sum(j.size for j in batch.jobs)) for k, batch in enumerate(batches, 1)]
+        reporter = Reporter(self.progress, expected_bytes=sum(w[1] for w in weights),
+                            expected_count=sum(w[0] for w in weights))
         plan.jobs, plan.empty = [], []
         pool = concurrent.futures.ThreadPoolExecutor(WORKERS, "durafs-restore")
         try:
-            for future in [pool.submit(func, arg) for func, arg in tasks]:
+            for future, (files, size) in zip([pool.submit(func, arg) for func, arg in tasks],
+                                             weights, strict=True):
                 future.result()
+                reporter.add(files=files, bytes=size, bytes_read=size)
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
         pool.shutdown()
+        reporter.report(force=True)
 
     def _finish_empty(self, files: list[_File]) -> None:
         for file in files:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from durafs.engine.access import VolumeAccess
+from durafs.engine.progress import Reporter
 from durafs.errors import DurafsError, MediumOfflineError, UsageError
 from durafs.format.catalog import read_checkpoint
 from durafs.format.reader import VolumeReader
@@ -56,6 +57,7 @@ class Verify:
         self.fraction = fraction
         self.progress = progress
         self.result = VerifyResult()
+        self._reporter = Reporter(None)
         self._bad: dict[int, Damage] = {}
 
     def run(self, pool: str | None) -> VerifyResult:
@@ -71,8 +73,12 @@ class Verify:
             self.result.structure += [f"the index {where} is damaged: {d}" for d in damage]
             self.result.structure.append(f"the index {where}: {REBUILD}")
             return self.result
-        for volume in self.catalog.volumes(pool_id=pool_id):
+        volumes = self.catalog.volumes(pool_id=pool_id)
+        self._reporter = Reporter(self.progress, expected_count=len(volumes))
+        for volume in volumes:
             self._volume(volume)
+            self._reporter.add(volumes=1)
+        self._reporter.report(force=True)
         if self._bad:
             self._name_paths()
         return self.result
@@ -124,6 +130,7 @@ class Verify:
             return
         for chunk in chunks:
             self.result.chunks_read += 1
+            self._reporter.add(bytes=chunk.size, bytes_read=chunk.size)
             try:
                 reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
             except (OSError, DurafsError) as exc:

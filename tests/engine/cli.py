@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import pty
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -37,6 +38,25 @@ def durafs_process(*args: str | os.PathLike[str], **kwargs: Any) -> subprocess.P
     """`durafs ARGS…` as a child process (for kill -9 tests)."""
     command = [sys.executable, "-m", "durafs.cli.main", *map(os.fspath, args)]
     return subprocess.Popen(command, **kwargs)
+
+
+def on_a_terminal(*args: str | os.PathLike[str]) -> tuple[int, str]:
+    """`durafs ARGS…` as a child process whose stderr is a terminal (where progress is
+    shown): its exit status and everything it wrote there."""
+    primary, secondary = pty.openpty()
+    process = durafs_process(*args, stdout=subprocess.DEVNULL, stderr=secondary)
+    os.close(secondary)
+    shown = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the child is gone and the terminal closed
+            break
+        if not data:
+            break
+        shown.append(data)
+    os.close(primary)
+    return process.wait(), b"".join(shown).decode(errors="replace")
 
 
 def setup_catalog(tmp: Path, encryption: str = "key", **pool: str) -> Path:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from durafs.cli.output import Progress
 from durafs.engine.home import Home
-from tests.engine.cli import checkpoint_names, durafs, setup_catalog
+from tests.engine.cli import checkpoint_names, durafs, on_a_terminal, setup_catalog
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
@@ -330,3 +331,34 @@ def test_a_wrong_passphrase_is_refused_before_anything_is_done(
     monkeypatch.setenv("DURAFS_PASSPHRASE", "right")
     assert durafs("verify", "--read-data").code == 0
     assert durafs("restore", "default/latest", out).code == 0
+
+
+def test_backup_restore_and_verify_show_progress_on_a_terminal(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(20):
+        (source / f"f{i:02d}").write_bytes(os.urandom(50_000))
+    setup_catalog(tmp_path, encryption="none")
+    code, shown = on_a_terminal("backup", source, "--pool", "p")
+    assert code == 0
+    assert "20 files" in shown and "/s" in shown
+    assert "%" not in shown  # a first backup has no estimate of the whole
+    # a later one takes the last checkpoint's size as the whole
+    code, shown = on_a_terminal("backup", source, "--pool", "p")
+    assert (code, "20 files" in shown, "[####################] 100%" in shown) == (0, True, True)
+    code, shown = on_a_terminal("restore", f"default/latest{source}", tmp_path / "out")
+    assert (code, "20 files" in shown, "100%" in shown) == (0, True, True)
+    assert "976.6 KiB" in shown  # the bytes written, 20 x 50 000
+    code, shown = on_a_terminal("verify", "--read-data")
+    assert (code, "volumes" in shown, "100%" in shown) == (0, True, True)
+    # without a terminal, nothing of it
+    assert "%" not in durafs("verify").err
+
+
+def test_progress_shows_a_bar_and_the_time_left() -> None:
+    progress = Progress(1000)
+    line = progress.line({"files": 3, "bytes": 250, "bytes_read": 500}, 2.0)
+    assert line == "3 files  250 B  250 B/s  [#####...............]  25%  ETA 0:06"
+    # a whole known only as a count (verify: volumes)
+    line = Progress(what="volumes").line({"volumes": 1, "expected_count": 4}, 1.0)
+    assert line.endswith("[#####...............]  25%  ETA 0:03")
