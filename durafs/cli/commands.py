@@ -87,7 +87,12 @@ def key_export(home: Home, args: Args) -> int:
         passphrase = read_passphrase("identity passphrase: ", env="DURAFS_IDENTITY_PASSPHRASE",
                                      confirm=True)
     data = age.write_identity_file(home.identity(), passphrase)
-    fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{args.file}: exists already (not overwritten)") from None
+    except OSError as exc:
+        raise UsageError(f"{args.file}: cannot be written ({exc.strerror})") from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     print(f"wrote {args.file}")

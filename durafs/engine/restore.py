@@ -195,6 +195,8 @@ class Restore:
             os.makedirs(target, exist_ok=True)
         except FileExistsError:
             raise UsageError(f"{os.fsdecode(target)}: exists and is not a directory") from None
+        except OSError as exc:
+            raise UsageError(f"{os.fsdecode(target)}: cannot be made ({exc.strerror})") from None
         # A TARGET that is a symlink means the directory it points to; inside TARGET no
         # symlink is ever followed, not even one put there while the restore runs (see
         # _walk and `Beneath`).

@@ -362,3 +362,20 @@ def test_progress_shows_a_bar_and_the_time_left() -> None:
     # a whole known only as a count (verify: volumes)
     line = Progress(what="volumes").line({"volumes": 1, "expected_count": 4}, 1.0)
     assert line.endswith("[#####...............]  25%  ETA 0:03")
+
+
+def test_a_target_or_identity_file_that_cannot_be_written_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("a")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    run = durafs("restore", "default/latest", "/proc/nope/out")
+    assert (run.code, run.err.strip()) == (2, "durafs: /proc/nope/out: cannot be made "
+                                               "(No such file or directory)")
+    (tmp_path / "id.txt").write_text("precious")
+    run = durafs("key", "export-identity", tmp_path / "id.txt")
+    assert (run.code, "exists already (not overwritten)" in run.err) == (2, True)
+    assert (tmp_path / "id.txt").read_text() == "precious"
