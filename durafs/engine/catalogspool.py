@@ -180,7 +180,7 @@ def _record(e: Entry, link: bytes | None, cids: dict[int, bytes],
         "path": os.fsdecode(e.path), "type": "h" if link is not None else e.type,
         "mode": e.mode, "uid": e.uid, "gid": e.gid, "user": e.uname or "",
         "group": e.gname or "", "mtime_ns": e.mtime_ns, "atime_ns": e.atime_ns,
-        "ctime_ns": e.ctime_ns, "size": e.size if e.type == "f" else 0,
+        "ctime_ns": e.ctime_ns, "size": e.size,
     }
     if e.target is not None:
         rec["target"] = os.fsdecode(e.target)

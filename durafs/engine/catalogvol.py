@@ -46,7 +46,7 @@ def to_tree_entry(
     entry = TreeEntry(
         path=path, type=v.type, mode=v.mode, uid=v.uid, gid=v.gid, user=v.uname or "",
         group=v.gname or "", mtime_ns=v.mtime_ns, atime_ns=v.atime_ns, ctime_ns=v.ctime_ns,
-        size=v.size if v.type == "f" else 0, target=v.target, rdev=v.rdev,
+        size=v.size, target=v.target, rdev=v.rdev,
         xattrs=v.xattr_dict(), ino=v.ino, dev=v.dev, nlink=v.nlink, blake3=v.blake3,
     )
     if v.type != "f":

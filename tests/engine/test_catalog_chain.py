@@ -14,6 +14,7 @@ import pytest
 from durafs.engine import catalogspool
 from durafs.engine.backup import Backup, BackupOptions
 from durafs.engine.catalogchain import ChainedTree
+from durafs.engine.catalogvol import tree_entries
 from durafs.engine.home import Home
 from durafs.errors import FormatError
 from durafs.format import catalog as fmt
@@ -139,6 +140,62 @@ def test_chain_of_deltas_recovers_every_checkpoint(tmp_path: Path) -> None:
     # the recovered index knows the chain: the next catalog volume is its next delta
     backup(src)
     assert depths(pool) == [0, 1, 2, 3, 4, 5]
+
+
+def listings(name: str) -> dict[str, object]:
+    """`durafs ls --json` of every directory of checkpoint *name*, by path."""
+    found: dict[str, object] = {}
+    todo = ["/"]
+    while todo:
+        path = todo.pop()
+        run = durafs("ls", f"default/{name}{path}", "--json")
+        assert run.code == 0, run.err
+        found[path] = rows = run.json()
+        todo += [path.rstrip("/") + "/" + r["name"] for r in rows if r["type"] == "d"]
+    return found
+
+
+def test_recover_rebuilds_the_listings_the_index_had(tmp_path: Path) -> None:
+    # a directory's and a symlink's st_size are in the index like a file's: the catalog
+    # volumes must carry them too, or recover changes what `ls` shows and the next backup
+    # takes every directory and symlink for changed
+    src = tmp_path / "data" / "src"
+    write(src / "d" / "f", "f\n")
+    (src / "d" / "long-enough-symlink-target").symlink_to("d/f" * 20)
+    for n in range(40):  # a directory bigger than an empty one
+        write(src / "big" / f"file-with-a-long-name-{n:03}", "")
+    pool = setup_catalog(tmp_path, encryption="none")
+    backup(src)  # a full catalog volume
+    write(src / "big" / "one-more", "")
+    (src / "d" / "f").unlink()
+    backup(src)  # a delta
+    names = checkpoint_names()
+    before = {name: listings(name) for name in names}
+    sizes = {r["name"]: r["size"] for r in before[names[0]][f"{src}/d"]}  # type: ignore[attr-defined]
+    assert sizes["long-enough-symlink-target"] == 60
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool)
+    assert run.code == 0, run.err
+    assert {name: listings(name) for name in names} == before
+    backup(src)
+    _, _, lines, _ = catalog_volumes(pool)[-1]
+    inside = [line for line in lines if os.fsencode(src) in line]
+    assert inside == [], "after recover, an unchanged tree is unchanged"
+
+
+def test_a_full_tree_from_the_index_keeps_every_size(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "d" / "f", "f\n")
+    (src / "link").symlink_to("d/f")
+    setup_catalog(tmp_path, encryption="none")
+    backup(src)
+    with open_catalog(Home().index_path) as catalog:
+        plan = catalog.plan("default")
+        assert plan is not None
+        written = {e.path: e.size for e in tree_entries(catalog, plan.id, 1)}
+        indexed = {path: v.size for path, v in catalog.walk(plan.id, 1, plan.root_id)}
+    assert written == indexed
+    assert written[os.fsencode(src / "link")] == 3
 
 
 def test_a_full_catalog_volume_every_max_deltas(
