@@ -34,6 +34,7 @@ from durafs.index.rows import (
     FilePiece,
     PlanRow,
     VersionRow,
+    name_text,
     unpack_pieces,
 )
 from durafs.index.store import chunks_by_id
@@ -384,6 +385,9 @@ class TreeCatalog:
         a matching path is in gives one result, by plan, checkpoint and path id. Names
         are matched as text (see `durafs.index.rows.name_text`).
         """
+        # a pattern from the command line holds a name's undecodable bytes as lone
+        # surrogates: made text the way names are, it can match them (and be bound)
+        pattern = name_text(os.fsencode(pattern))
         if not _GLOB_CHARS.search(pattern):
             pattern = f"*{pattern}*"
         rows = self.db.query(_FIND, {"pattern": pattern, "plan": plan})

@@ -197,6 +197,17 @@ def test_find(catalog: Catalog) -> None:
     assert names("a.txt", "empty") == []
 
 
+def test_find_a_name_that_is_not_utf8(catalog: Catalog) -> None:
+    # what a user types for such a name reaches durafs as os.fsdecode() of its bytes (lone
+    # surrogates, which SQLite cannot take), and must find it as name_text() indexed it
+    plan = catalog.ensure_plan("home")
+    entries = [make_entry(b"/", "d"), make_entry(b"/r\xe9sum\xe9.txt"), make_entry(b"/plain")]
+    commit(catalog, plan, 1, entries)
+    found = [("home", "c1", b"/r\xe9sum\xe9.txt")]
+    assert list(catalog.find(os.fsdecode(b"r\xe9sum\xe9"))) == found
+    assert list(catalog.find(os.fsdecode(b"*\xe9.txt"))) == found
+
+
 def test_paging_through_a_directory(catalog: Catalog) -> None:
     plan = catalog.ensure_plan("p")
     files = [make_entry(b"/d/f%02d" % i) for i in range(25)]
