@@ -232,7 +232,9 @@ class Recover:
         for a file whose chunks are not all on the media, and for a member without its
         group's file."""
         chunks = None
-        key = e.path if e.type == "f" and e.path in links else None
+        # a group as the backup forms it (scan: a file with nlink > 1), even one whose other
+        # names are all outside the checkpoint, so it has no "h" line naming it
+        key = e.path if e.type == "f" and (e.path in links or e.nlink > 1) else None
         if e.type == "f":
             found = catalog.lookup_chunks(pool_id, [c for _, c, _ in e.chunks])
             missing = sum(cid not in found for _, cid, _ in e.chunks)

@@ -183,6 +183,32 @@ def test_recover_rebuilds_the_listings_the_index_had(tmp_path: Path) -> None:
     assert inside == [], "after recover, an unchanged tree is unchanged"
 
 
+def test_recover_keeps_a_file_linked_from_outside_the_source_linked(tmp_path: Path) -> None:
+    # nlink 2 with the other name outside the source: a hard-link group of one member,
+    # which the index records as linked to itself, with no "h" line in the catalog volume
+    src, outside = tmp_path / "data" / "src", tmp_path / "data" / "outside"
+    write(outside, "shared\n")
+    src.mkdir()
+    os.link(outside, src / "solo")
+    pool = setup_catalog(tmp_path, encryption="none")
+    backup(src)
+
+    def linked() -> list[tuple[int, int, bool]]:
+        with open_catalog(Home().index_path) as catalog:
+            rows = catalog.db.query(
+                "SELECT v.first_seq, v.last_seq, v.hardlink_id = v.id FROM versions v"
+                " JOIN paths p ON p.id = v.path_id WHERE p.name = ?", (b"solo",))
+        return [(first, last, bool(self_linked)) for first, last, self_linked in rows]
+
+    assert linked() == [(1, None, True)]
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool)
+    assert run.code == 0, run.err
+    assert linked() == [(1, None, True)]
+    backup(src)
+    assert linked() == [(1, None, True)], "after recover, the unchanged file stays unchanged"
+
+
 def test_a_full_tree_from_the_index_keeps_every_size(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src / "d" / "f", "f\n")
