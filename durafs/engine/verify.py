@@ -3,9 +3,11 @@
 Structure (always): the index file itself is sound (SQLite's quick_check and foreign key
 check); every volume the index records is on its medium with the recorded
 size, and its manifest and seal read back; a delta catalog volume's base is recorded too,
-on the same medium. Data (``--read-data``, or a random sample): every chunk is read at its
-recorded offset and checked against its id, so damage is named chunk by chunk, with every
-plan/checkpoint/path it hurts; everything else stays restorable.
+on the same medium. Data (``--read-data``): every byte of every volume is read front to
+back and checked (docs/FORMAT.md §3.4), and a chunk the scan did not find sound is read at
+its recorded offset and checked against its id, so damage is named chunk by chunk, with
+every plan/checkpoint/path it hurts; everything else stays restorable. A random sample
+(``--read-data-subset``) reads only the chunks drawn.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from durafs.engine.progress import Reporter
 from durafs.errors import DurafsError, MediumOfflineError, UsageError
 from durafs.format.catalog import read_checkpoint
 from durafs.format.reader import VolumeReader
+from durafs.format.scanner import ScanDamage, ScannedChunk, scan_reader
 from durafs.index.catalog import Catalog
 from durafs.index.db import REBUILD
 from durafs.index.rows import ChunkRow, VolumeRow, unpack_pieces
@@ -100,8 +103,10 @@ class Verify:
             self.result.structure.append(f"{name}: {exc}")
             if not self.fraction:
                 return
+            self._read_chunks(volume, name, scan_damage=False)  # the damage is named
+            return
         if self.fraction:
-            self._read_chunks(volume, name)
+            self._read_chunks(volume, name, scan_damage=True)
 
     def _catalog_base(self, volume: VolumeRow, name: str, reader: VolumeReader) -> None:
         """A delta catalog volume is read together with its base (docs/FORMAT.md §4): the
@@ -118,7 +123,7 @@ class Verify:
             self.result.structure.append(
                 f"{name}: its base catalog volume {base.name or base.uuid} is on another medium")
 
-    def _read_chunks(self, volume: VolumeRow, name: str) -> None:
+    def _read_chunks(self, volume: VolumeRow, name: str, *, scan_damage: bool) -> None:
         chunks = self._chunks_of(volume)
         if self.fraction < 1:
             chunks = [c for c in chunks if random.random() < self.fraction]
@@ -128,13 +133,33 @@ class Verify:
             for chunk in chunks:
                 self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
             return
+        sound = self._scan(reader, name, scan_damage) if self.fraction >= 1 else {}
         for chunk in chunks:
             self.result.chunks_read += 1
+            if sound.get(chunk.offset) == (chunk.cid, chunk.length):
+                continue  # the scan read and checked it
             self._reporter.add(bytes=chunk.size, bytes_read=chunk.size)
             try:
                 reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
             except (OSError, DurafsError) as exc:
                 self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
+
+    def _scan(
+        self, reader: VolumeReader, name: str, report: bool
+    ) -> dict[int, tuple[bytes, int]]:
+        """Every byte of the volume, front to back (docs/FORMAT.md §3.4): tar headers,
+        padding, end blocks, every member against its manifest hash, the manifest against
+        the seal, every frame against the id of what it holds. Returns (id, length) of each
+        chunk found sound, by offset; a scan stops at the first damage (reported if
+        *report*), and the chunks it did not reach are then read one by one."""
+        sound: dict[int, tuple[bytes, int]] = {}
+        for event in scan_reader(reader):
+            if isinstance(event, ScannedChunk):
+                sound[event.offset] = (event.id, event.length)
+                self._reporter.add(bytes=event.size, bytes_read=event.size)
+            elif isinstance(event, ScanDamage) and report:
+                self.result.structure.append(f"{name}: {event.message}")
+        return sound
 
     def _chunks_of(self, volume: VolumeRow) -> list[ChunkRow]:
         ids = [r[0] for r in self.catalog.db.query(

@@ -81,6 +81,13 @@ def scan_volume(
         read_at, identities=identities, size=size, name=name, catalog_id=catalog_id
     )
     yield reader.header
+    yield from scan_reader(reader)
+
+
+def scan_reader(
+    reader: VolumeReader,
+) -> Iterator[ScannedChunk | ScannedMember | Manifest | ScanDamage]:
+    """Like scan_volume, through a volume already opened (its header read and checked)."""
     walker = _Walker(reader)
     try:
         yield from walker.walk()
