@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any, TypedDict
 
-from durafs.cli.output import Progress, human_size, print_json, print_table
+from durafs.cli.output import Progress, human_size, print_json, print_table, shown
 from durafs.engine.access import VolumeAccess
 from durafs.engine.backup import Backup, BackupOptions
 from durafs.engine.home import Home, read_passphrase
@@ -57,7 +57,7 @@ class _EntryListing(TypedDict):
 
 
 def _say(message: str) -> None:
-    print(f"durafs: {message}", file=sys.stderr, flush=True)
+    print(f"durafs: {shown(message)}", file=sys.stderr, flush=True)
 
 
 def init(home: Home, args: Args) -> int:
@@ -268,7 +268,7 @@ def ls(home: Home, args: Args) -> int:
         for r in rows:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["mtime_ns"] / 1e9))
             print(f"{r['type']} {r['mode']:>7} {r['uid']:>6} {r['gid']:>6} {r['size']:>12} "
-                  f"{when} {r['name']}")
+                  f"{when} {shown(r['name'])}")
     return 0
 
 
@@ -281,7 +281,7 @@ def find(home: Home, args: Args) -> int:
         print_json(hits)
     else:
         for h in hits:
-            print(f"{h['plan']}/{h['checkpoint']}{h['path']}")
+            print(shown(f"{h['plan']}/{h['checkpoint']}{h['path']}"))
     return 0
 
 
@@ -330,13 +330,13 @@ def verify(home: Home, args: Args) -> int:
     else:
         print(f"{result.volumes} volumes checked, {result.chunks_read} chunks read")
         for line in result.offline:
-            print(f"not checked: {line}")
+            print(f"not checked: {shown(line)}")
         for line in result.structure:
-            print(f"DAMAGE: {line}")
+            print(f"DAMAGE: {shown(line)}")
         for d in result.damage:
             print(f"DAMAGE: {d.volume} chunk {d.chunk[:16]}: {d.reason}")
             for p in d.paths:
-                print(f"  affects {p}")
+                print(f"  affects {shown(p)}")
     # volumes on offline media were not checked: done, but not all of it (exit 1)
     return 0 if result.ok and not result.offline else 1
 

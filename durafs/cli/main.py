@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from durafs import interrupts
 from durafs.cli import commands
-from durafs.cli.output import parse_size
+from durafs.cli.output import parse_size, shown
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         home = Home(args.home and os.path.abspath(args.home))
         return int(args.func(home, args))
     except DurafsError as exc:
-        print(f"durafs: {exc}", file=sys.stderr)
+        print(f"durafs: {shown(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("durafs: interrupted", file=sys.stderr)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 3
     except OSError as exc:
-        print(f"durafs: {exc}", file=sys.stderr)
+        print(f"durafs: {shown(str(exc))}", file=sys.stderr)
         return 3
 
 

@@ -30,13 +30,28 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+#: What a terminal would act on rather than show (C0 and C1 controls, DEL), and the
+#: backslash that introduces the escapes put in their place.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\\\\]")
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+
+
+def shown(text: str) -> str:
+    """*text* (a name, or a message naming one) made safe for a terminal: a name may hold
+    any byte but / and NUL, and written as it is an ESC could recolour the screen or move
+    the cursor, and a newline forge a line of output. Controls become escapes (\\n,
+    \\x1b), a backslash is doubled so the escapes are unambiguous. Bytes that are not
+    UTF-8 pass through as they are (stdout writes them back with surrogateescape)."""
+    return _CONTROLS.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=1, default=str)
     sys.stdout.write("\n")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    cells = [[str(c) for c in headers]] + [[shown(str(c)) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -379,3 +379,23 @@ def test_a_target_or_identity_file_that_cannot_be_written_is_a_usage_error(
     run = durafs("key", "export-identity", tmp_path / "id.txt")
     assert (run.code, "exists already (not overwritten)" in run.err) == (2, True)
     assert (tmp_path / "id.txt").read_text() == "precious"
+
+
+def test_names_shown_to_people_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    # a name may hold any byte but / and NUL: an ESC sequence, a newline, a backslash
+    source = tmp_path / "src"
+    source.mkdir()
+    name = "esc\x1b[31mred\nline\\x"
+    (source / name).write_text("x")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    escaped = "esc\\x1b[31mred\\nline\\\\x"
+    listing = durafs("ls", f"default/latest{source}").out
+    assert listing.rstrip("\n").endswith(" " + escaped) and listing.count("\n") == 1
+    checkpoint = checkpoint_names()[0]
+    assert durafs("find", "red").out == f"default/{checkpoint}{source}/{escaped}\n"
+    # scripts get the name itself
+    assert [e["name"] for e in durafs("ls", f"default/latest{source}", "--json").json()] == [name]
+    run = durafs("backup", source / "gone\x1b]0;title\x07", "--pool", "p")
+    assert run.code == 2
+    assert "gone\\x1b]0;title\\x07: no such file" in run.err and "\x1b" not in run.err
