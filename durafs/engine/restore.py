@@ -92,6 +92,9 @@ class _File:
     #: replacement was dropped; reported, what was there left alone).
     state: str = "new"
     damaged: bool = False
+    #: A write to it failed (the target is full, say): unlike a file whose chunks could
+    #: not be read, what a rerun would restore whole, so it is removed, not kept.
+    unwritten: bool = False
     reported: bool = False
     #: With --overwrite, the name it is written under until it is complete (then renamed
     #: over *dest*, so a replacement that fails leaves the old file as it was).
@@ -446,7 +449,7 @@ class Restore:
         try:
             pwrite_all(fd, data, offset)
         except OSError as exc:
-            file.damaged = True
+            file.damaged = file.unwritten = True
             self._report(file, exc)
 
     def _done(self, file: _File, fd: int, batch_jobs: int) -> None:
@@ -466,7 +469,11 @@ class Restore:
                 return
         try:
             if file.damaged or file.end < file.entry.size:
-                os.ftruncate(fd, file.entry.size)  # a trailing hole, or holes for damage
+                try:
+                    os.ftruncate(fd, file.entry.size)  # a trailing hole, or holes for damage
+                except OSError:
+                    file.damaged = file.unwritten = True
+                    raise
             if not file.damaged:  # a damaged file keeps today's time, so no tool trusts it
                 apply_fd_metadata(fd, file.dest, file.entry, is_root=self.is_root,
                                   inherited=file.inherits)
@@ -476,6 +483,8 @@ class Restore:
             os.close(fd)
         if file.temp is not None:
             self._put_in_place(file)
+        elif file.unwritten:
+            self._drop(file)
         file.finished = True
 
     # -- pass 3: hard links and directories ---------------------------------------------
@@ -602,12 +611,23 @@ class Restore:
                     # what is at its name is not the backup's file: its hard links must
                     # not become links to that (another name takes the content over)
                     file.state = "failed"
-                    self._problem(file.dest, "left as it was (the backup's copy is damaged)")
+                    why = "could not be written" if file.unwritten else "is damaged"
+                    self._problem(file.dest, f"left as it was (the backup's copy {why})")
                 else:
                     os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
         except OSError as exc:
             file.damaged = True
             self._report(file, exc)
+
+    def _drop(self, file: _File) -> None:
+        """Remove the new file *file*, written only in part (its failure is reported): its
+        hard links then take the content over, as when it could not be created."""
+        file.state = "failed"
+        try:
+            with self._at(file.dest) as (dir_fd, name):
+                os.unlink(name, dir_fd=dir_fd)
+        except OSError as exc:
+            self._problem(file.dest, exc, "; this copy is incomplete")
 
     def _drop_unfinished(self, plan: _Plan) -> None:
         """Remove the files this run created but did not finish writing (batches not run,

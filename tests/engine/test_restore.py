@@ -22,7 +22,14 @@ from durafs.engine import fsmeta, restore
 from durafs.engine.home import Home
 from durafs.index.catalog import open_catalog
 from tests.engine.cli import durafs, durafs_process, setup_catalog
-from tests.support.oddtree import MiB, acl_xattr, compare_trees, make_small_tree, require_root
+from tests.support.oddtree import (
+    MiB,
+    acl_xattr,
+    compare_trees,
+    make_small_tree,
+    require_root,
+    tmpfs,
+)
 
 #: age's payload: 64 KiB plaintext chunks, each sealed with a 16-byte tag (docs/FORMAT.md).
 AGE_CHUNK, AGE_TAG, AGE_NONCE = 64 * 1024, 16, 16
@@ -463,3 +470,33 @@ def test_an_interrupted_restore_leaves_no_half_written_file(
         assert (out / "big").read_text() == "the old content\n"
     else:
         assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "new-file"])
+def test_a_file_the_full_target_cannot_hold_is_named_and_not_left_half_written(
+    tmp_path: Path, overwrite: bool
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    _write(source / "big", random.Random(6).randbytes(3 * MiB))
+    setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    with tmpfs(tmp_path / "full", size="1m") as out:
+        if overwrite:
+            (out / "big").write_text("the old content\n")
+        run = durafs("restore", f"default/latest{source}", out, "--json",
+                     *(["--overwrite"] if overwrite else []))
+        assert run.code == 1
+        full = f"{out / 'big'}: No space left on device"
+        if overwrite:  # the old file stays, and the backup is not blamed
+            assert run.json()["problems"] == [
+                full, f"{out / 'big'}: left as it was (the backup's copy could not be written)"]
+            assert os.listdir(out) == ["big"]
+            assert (out / "big").read_text() == "the old content\n"
+        else:
+            # what could not be written whole is gone, as after an interrupted restore:
+            # no file of the right size with zeros where the data did not fit takes its
+            # place (or the room a rerun needs), and no rerun takes it for the file
+            assert run.json()["problems"] == [full]
+            assert os.listdir(out) == []
+        assert run.json()["files"] == 0
