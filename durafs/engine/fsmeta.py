@@ -142,6 +142,18 @@ def _mkdir(name: bytes, dir_fd: int | None) -> bool:
     return True
 
 
+def let_owner_in(path: bytes, at: AtPath = at_path) -> None:
+    """Give the directory *path*, if it is ours, its owner's write and search permission
+    (its own mode is given back by ``apply_metadata``, after its children): without
+    CAP_DAC_OVERRIDE nothing could be made in one of mode 0555, say, as restored before.
+    A symlink put in its place is not followed."""
+    with at(path) as (dir_fd, name):
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+                and st.st_mode & 0o300 != 0o300):
+            _chmod_nofollow(name, stat.S_IMODE(st.st_mode) | 0o300, dir_fd)
+
+
 def has_default_acl(path: bytes, at: AtPath = at_path) -> bool:
     """Whether objects created in the directory *path* inherit ACLs from it (it has a
     default ACL). When that cannot be told, True: the caller then looks at each object."""

@@ -37,6 +37,7 @@ from durafs.engine.fsmeta import (
     apply_fd_metadata,
     apply_metadata,
     has_default_acl,
+    let_owner_in,
     make_dir,
     make_node,
     pwrite_all,
@@ -281,6 +282,11 @@ class Restore:
             inherits = self._inherits(plan, dest)
             plan.passes_acls[dest] = inherits
         else:  # it was there before: it may hold anything
+            if not self.is_root:
+                try:
+                    let_owner_in(dest, self._at)
+                except OSError:
+                    pass  # what cannot be made in it is named, with the reason
             inherits = True
             plan.passes_acls[dest] = has_default_acl(dest, self._at)
         plan.dirs.append((dest, entry, inherits))

@@ -7,6 +7,7 @@ how the restore gets there.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import random
 import signal
@@ -29,6 +30,7 @@ from tests.support.oddtree import (
     make_small_tree,
     require_root,
     tmpfs,
+    world_dir,
 )
 
 #: age's payload: 64 KiB plaintext chunks, each sealed with a 16-byte tag (docs/FORMAT.md).
@@ -500,3 +502,58 @@ def test_a_file_the_full_target_cannot_hold_is_named_and_not_left_half_written(
             assert run.json()["problems"] == [full]
             assert os.listdir(out) == []
         assert run.json()["files"] == 0
+
+
+def _restore_as_nobody(*args: str | os.PathLike[str]) -> tuple[int, str]:
+    """`durafs ARGS…` as nobody, in a child process: (status, stderr). Every module it
+    needs must be imported already (the interpreter's own may be out of nobody's reach)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become nobody and run it
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            run = durafs(*args)
+            with os.fdopen(write_end, "w") as pipe:
+                json.dump([run.code, run.err], pipe)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    code, err = json.loads(text)
+    return code, err
+
+
+def test_an_unprivileged_restore_over_its_own_read_only_directories(tmp_path: Path) -> None:
+    require_root("switching to another user (root may write in any directory)")
+    with world_dir() as world:
+        home, source, out = world / "home", world / "src", world / "out"
+        (source / "ro" / "sub").mkdir(parents=True)
+        _write(source / "ro" / "file", b"in a read-only directory\n")
+        _write(source / "ro" / "sub" / "deeper", b"deeper\n")
+        for directory in (source / "ro" / "sub", source / "ro"):
+            directory.chmod(0o555)
+        subprocess.run(["chown", "-R", "65534:65534", source], check=True)
+        assert durafs("--home", home, "init", "--encryption", "none").code == 0
+        assert durafs("--home", home, "pool", "add", "p", "--kind", "dir", "--path",
+                      world / "pool").code == 0
+        assert durafs("--home", home, "backup", source, "--pool", "p").code == 0
+        subprocess.run(["chown", "-R", "65534:65534", home, world / "pool"], check=True)
+        # nobody's earlier restore (made by root with nobody's files: the same tree, and
+        # every module the restore needs is loaded for the child)
+        assert durafs("--home", home, "restore", f"default/latest{source}", out).code == 0
+        assert os.stat(out / "ro").st_uid == 65534
+        (out / "ro" / "file").chmod(0o600)
+        (out / "ro" / "file").write_text("changed since\n")
+        # the directories have mode 0555: a user may not create in them as they are (root
+        # may), so each is opened to its owner until its own mode is given back, as rsync
+        # does
+        run = _restore_as_nobody("--home", home, "restore", f"default/latest{source}", out,
+                                 "--overwrite")
+        assert run == (0, "")
+        assert compare_trees(source, out) == []
+        assert stat.S_IMODE(os.stat(out / "ro").st_mode) == 0o555
