@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -533,3 +534,48 @@ def test_a_command_meeting_a_damaged_index_names_it_and_says_how_to_rebuild(
     assert run.code == 3
     assert f"the index {Home().index_path} is damaged" in run.err
     assert "durafs recover --path" in run.err
+
+
+def _killed_after_rename(pool: Path, *args: str | os.PathLike[str]) -> None:
+    """Run `durafs ARGS…` under strace, which holds every rename(2) on its way back; kill -9
+    it once a new catalog volume has its name, before the index can record it."""
+    if shutil.which("strace") is None:
+        pytest.skip("needs strace to stop a process right after a rename")
+    before = set((pool / "volumes").glob("*-catalog-*"))
+    command = ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=rename",
+               "-e", "inject=rename:delay_exit=60000000",
+               sys.executable, "-m", "durafs.cli.main", *map(os.fspath, args)]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 60
+        while set((pool / "volumes").glob("*-catalog-*")) == before:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), signal.SIGKILL)
+        proc.kill()  # strace would sit out its delay before it saw its child die
+        proc.wait(timeout=60)
+        for child in children:  # gone (a tracee's kill -9 needs no tracer to act)
+            while Path(f"/proc/{child}").exists():
+                time.sleep(0.01)
+
+
+def test_a_catalog_volume_left_unrecorded_by_a_kill_is_adopted(tmp_path: Path) -> None:
+    """kill -9 between a catalog volume's rename and its record: the next backup records
+    that volume for its checkpoint, rather than writing the tree again and leaving the
+    first copy on the medium, in no index, for ever."""
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    _killed_after_rename(pool, "backup", source, "--pool", "p")
+    names = checkpoint_names()
+    assert len(names) == 2  # the checkpoint was committed; its catalog volume not recorded
+    on_medium = {p.name for p in (pool / "volumes").iterdir()}
+    assert durafs("backup", source, "--pool", "p").code == 0
+    added = {p.name for p in (pool / "volumes").iterdir()} - on_medium
+    assert len(added) == 1, added  # the third checkpoint's catalog volume, nothing more
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["volumes"] == len(on_medium) + 1  # every volume is in the index
