@@ -17,7 +17,7 @@ from durafs.engine.poolwriter import PoolWriter
 from durafs.format.catalog import BaseRef, CheckpointRecord, TreeEntry, write_catalog
 from durafs.format.writer import VolumeWriter
 from durafs.index.catalog import Catalog
-from durafs.index.rows import CheckpointRow, VersionRow
+from durafs.index.rows import CheckpointRow, VersionRow, VolumeRow
 
 __all__ = ["DEPTH_KEY", "META_KEY", "to_tree_entry", "tree_entries", "write_catalog_volume"]
 
@@ -99,8 +99,11 @@ def write_catalog_volume(
         else:
             write_catalog(volume, record, tree_entries(catalog, plan.id, checkpoint.seq))
 
-    row = writer.write_volume("catalog", fill)
-    with catalog.db.transaction():
+    def recorded(row: VolumeRow) -> None:
+        # with the volume's own record: a volume recorded without these would be written
+        # again by the next backup (write_missing_catalogs), and kept for ever
         catalog.set_meta(META_KEY.format(pool=writer.pool.name, checkpoint=checkpoint.id),
                          row.uuid)
         catalog.set_meta(DEPTH_KEY.format(volume=row.uuid), record.depth)
+
+    writer.write_volume("catalog", fill, recorded)

@@ -32,6 +32,7 @@ from durafs.errors import BusyError, CatalogError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import KEYS_FILE_ENCRYPTED, CatalogKeys, read_keys_file
 from durafs.index.catalog import Catalog, open_catalog
+from durafs.media.fsutil import fsync_dir
 
 CONFIG_FORMAT = 1
 DEFAULT_WORK_FACTOR = 18
@@ -80,6 +81,9 @@ class Home:
         self.keys_dir = self.path / "keys"
         self.index_path = self.path / "index.sqlite"
         self.staging = self.path / "staging"
+        #: Present while `durafs recover` builds this catalog (see begin_recover).
+        self.recovering = self.path / "recover-incomplete"
+        self._recovering = False
 
     @property
     def config_path(self) -> Path:
@@ -90,9 +94,15 @@ class Home:
         return self.keys_dir / KEYS_FILE_ENCRYPTED
 
     def exists(self) -> bool:
-        return self.config_path.exists()
+        return self.config_path.exists() or self.recovering.exists()
 
     def config(self) -> HomeConfig:
+        if self.recovering.exists() and not self._recovering:
+            # its index holds some volumes and checkpoints, not all: trusted, it would have
+            # verify pass and backups go on with the rest of the catalog out of sight
+            raise CatalogError(
+                f"{self.path}: `durafs recover` was interrupted while it rebuilt this "
+                "catalog: run `durafs recover` again (it starts afresh)")
         if not self.exists():
             raise UsageError(f"no durafs catalog in {self.path}: run `durafs init` first")
         try:
@@ -126,6 +136,26 @@ class Home:
                 _write_private(self.passphrase_check, keys.keys_file())
         self._save(config)
         return config
+
+    def begin_recover(self) -> None:
+        """Mark this directory as being rebuilt by `durafs recover` until `end_recover`,
+        so no other command trusts what a recover cut short left here; clears what one
+        left (a recover starts afresh)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._recovering = True
+        fd = os.open(self.recovering, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.fsync(fd)
+        os.close(fd)
+        fsync_dir(os.fspath(self.path))  # the mark is on the disk before anything it guards
+        for leftover in (self.config_path, self.index_path,
+                         self.index_path.with_name(self.index_path.name + "-wal"),
+                         self.index_path.with_name(self.index_path.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+    def end_recover(self) -> None:
+        self.recovering.unlink()
+        fsync_dir(os.fspath(self.path))
+        self._recovering = False
 
     def adopt(self, config: HomeConfig, id_key: bytes, identity: str | None,
               keys_file: bytes | None = None) -> None:

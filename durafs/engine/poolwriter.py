@@ -126,8 +126,13 @@ class PoolWriter:
 
     # -- whole volumes (catalog, index copies) ---------------------------------------
 
-    def write_volume(self, kind: str, fill: Callable[[VolumeWriter], None]) -> VolumeRow:
+    def write_volume(
+        self, kind: str, fill: Callable[[VolumeWriter], None],
+        recorded: Callable[[VolumeRow], None] = lambda volume: None,
+    ) -> VolumeRow:
         """Write a non-data volume whose members *fill* adds; record and return it.
+        *recorded* runs in the transaction that records it (what refers to the volume is
+        recorded with it, or neither is).
 
         Its size is not known before it is written: one that outgrows the room left on a
         medium is written again on another medium of the pool (*fill* runs once per try)."""
@@ -149,6 +154,7 @@ class PoolWriter:
                 raise
         with self.catalog.db.transaction():
             volume = self._record(stored, summary.plain_size, kind)
+            recorded(volume)
         self._writer = self._sink = None
         return volume
 

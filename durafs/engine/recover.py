@@ -70,7 +70,7 @@ class Recover:
         self, home: Home, identities: list[Any],
         progress: Callable[[str], None] = lambda message: None,
     ) -> None:
-        if home.exists():
+        if home.exists() and not home.recovering.exists():
             raise UsageError(f"{home.path} already holds a catalog: recover into an empty one")
         self.home = home
         self.identities = identities
@@ -97,6 +97,7 @@ class Recover:
         assert catalog is not None
         self._replay(catalog)
         catalog.close()
+        self.home.end_recover()
         return self.result
 
     def _adopt(self, medium: DirectoryMedium) -> Catalog:
@@ -107,6 +108,7 @@ class Recover:
             config.scrypt_salt, config.scrypt_work_factor = _scrypt_params(data)
         identity = next((i.to_str() for i in self.identities
                          if isinstance(i, age.X25519Identity)), None)
+        self.home.begin_recover()
         self.home.adopt(config, keys.id_key, identity, data)
         self.keys = keys
         catalog = self.home.catalog()

@@ -1,28 +1,31 @@
 """Picking up after a crash: what a killed run left on the media, the next run adopts.
 
 Two windows exist between "safely on the medium" and "recorded in the index": a volume
-renamed into place but not yet recorded, and a checkpoint committed whose catalog volume
-was not yet written. Both are closed at the start of the next backup, so nothing stored is
-stored again and every checkpoint gets its catalog volume.
+(data or catalog) renamed into place but not yet recorded, and a checkpoint committed whose
+catalog volume was not yet written. Both are closed at the start of the next backup, so
+nothing stored is stored again and every checkpoint gets its catalog volume.
 """
 
 from __future__ import annotations
 
 import logging
 
-from durafs.engine.catalogvol import META_KEY, write_catalog_volume
+from durafs.engine.catalogvol import DEPTH_KEY, META_KEY, write_catalog_volume
 from durafs.engine.poolwriter import PoolWriter, open_medium
 from durafs.errors import DurafsError
+from durafs.format.catalog import read_checkpoint
 from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
-from durafs.index.rows import NewChunk, PoolRow
+from durafs.index.rows import MediumRow, NewChunk, PoolRow
+from durafs.media.base import StoredVolume
 
 log = logging.getLogger(__name__)
 
 
 def adopt_orphan_volumes(catalog: Catalog, keys: CatalogKeys, pool: PoolRow) -> int:
-    """Record data volumes on the pool's online media that the index does not know.
+    """Record volumes on the pool's online media that the index does not know: data
+    volumes, and catalog volumes of checkpoints that have none recorded.
 
     Needs to read their manifests, so encrypted volumes are adopted only when the
     identity is at hand; otherwise they are left (their chunks are stored again).
@@ -38,7 +41,7 @@ def adopt_orphan_volumes(catalog: Catalog, keys: CatalogKeys, pool: PoolRow) -> 
         medium.cleanup_temp()
         known = {v.name for v in catalog.volumes(medium_id=row.id)}
         for stored in medium.list_volumes():
-            if stored.name in known or stored.kind != "data":
+            if stored.name in known or stored.kind not in ("data", "catalog"):
                 continue
             try:
                 with medium.open_volume(stored.name) as handle:
@@ -47,6 +50,10 @@ def adopt_orphan_volumes(catalog: Catalog, keys: CatalogKeys, pool: PoolRow) -> 
                                           catalog_id=keys.catalog_id)
                     manifest = reader.read_manifest()
                     plain = reader.plain_size or 0
+                    if stored.kind == "catalog":
+                        adopted += _adopt_catalog_volume(catalog, pool, row, stored, reader,
+                                                         plain)
+                        continue
             except DurafsError as exc:
                 log.warning("not adopting %s: %s", stored.name, exc)
                 continue
@@ -58,6 +65,35 @@ def adopt_orphan_volumes(catalog: Catalog, keys: CatalogKeys, pool: PoolRow) -> 
                     NewChunk(c.id, c.offset, c.length, c.size, c.raw) for c in manifest.chunks])
             adopted += 1
     return adopted
+
+
+def _adopt_catalog_volume(
+    catalog: Catalog, pool: PoolRow, medium: MediumRow, stored: StoredVolume,
+    reader: VolumeReader, plain_size: int,
+) -> int:
+    """Record a catalog volume a run killed after its rename left unrecorded, if it is the
+    one its checkpoint lacks (else `write_missing_catalogs` would write it again, and this
+    one would lie on the medium for ever). Returns 1 if adopted."""
+    record = read_checkpoint(reader)
+    checkpoint = catalog.checkpoint(record.plan, record.name)
+    if checkpoint is None or checkpoint.created_ns != record.created_ns \
+            or checkpoint.stats.get("pool") != pool.name:
+        return 0
+    key = META_KEY.format(pool=pool.name, checkpoint=checkpoint.id)
+    if catalog.get_meta(key) is not None:
+        return 0
+    if record.base is not None:
+        # a delta is read with its base, which must be recorded on the same medium
+        base = catalog.volume_by_uuid(record.base.volume_id)
+        if base is None or base.medium_id != medium.id:
+            return 0
+    with catalog.db.transaction():
+        catalog.add_volume(
+            medium.id, uuid=stored.volume_id, kind="catalog", seq=stored.seq,
+            name=stored.name, plain_size=plain_size, stored_size=stored.stored_size)
+        catalog.set_meta(key, stored.volume_id)
+        catalog.set_meta(DEPTH_KEY.format(volume=stored.volume_id), record.depth)
+    return 1
 
 
 def write_missing_catalogs(catalog: Catalog, writer: PoolWriter, plan: str) -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -533,3 +535,99 @@ def test_a_command_meeting_a_damaged_index_names_it_and_says_how_to_rebuild(
     assert run.code == 3
     assert f"the index {Home().index_path} is damaged" in run.err
     assert "durafs recover --path" in run.err
+
+
+#: strace options that hold a process right after each rename(2), and right after it
+#: opens *path*.
+AFTER_RENAME = ["-e", "trace=rename", "-e", "inject=rename:delay_exit=60000000"]
+
+
+def after_opening(path: Path) -> list[str]:
+    return ["-P", os.fspath(path), "-e", "trace=openat",
+            "-e", "inject=openat:delay_exit=60000000"]
+
+
+def _killed_when(
+    held: list[str], reached: Callable[[int], bool], *args: str | os.PathLike[str]
+) -> None:
+    """Run `durafs ARGS…` under strace, which holds it after the system calls *held* says;
+    kill -9 it once *reached* (given its pid) says it is held at the moment wanted."""
+    if shutil.which("strace") is None:
+        pytest.skip("needs strace to stop a process at a chosen system call")
+    command = ["strace", "-f", "-qq", "-o", os.devnull, *held,
+               sys.executable, "-m", "durafs.cli.main", *map(os.fspath, args)]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 60
+        children: list[str] = []
+        while not children or not reached(int(children[0])):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), signal.SIGKILL)
+        proc.kill()  # strace would sit out its delay before it saw its child die
+        proc.wait(timeout=60)
+        for child in children:  # gone (a tracee's kill -9 needs no tracer to act)
+            while Path(f"/proc/{child}").exists():
+                time.sleep(0.01)
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    try:
+        return any(fd.readlink() == path for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:  # an fd closed meanwhile
+        return False
+
+
+def test_a_catalog_volume_left_unrecorded_by_a_kill_is_adopted(tmp_path: Path) -> None:
+    """kill -9 between a catalog volume's rename and its record: the next backup records
+    that volume for its checkpoint, rather than writing the tree again and leaving the
+    first copy on the medium, in no index, for ever."""
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    catalogs = set((pool / "volumes").glob("*-catalog-*"))
+    _killed_when(AFTER_RENAME,
+                 lambda pid: set((pool / "volumes").glob("*-catalog-*")) != catalogs,
+                 "backup", source, "--pool", "p")
+    names = checkpoint_names()
+    assert len(names) == 2  # the checkpoint was committed; its catalog volume not recorded
+    on_medium = {p.name for p in (pool / "volumes").iterdir()}
+    assert durafs("backup", source, "--pool", "p").code == 0
+    added = {p.name for p in (pool / "volumes").iterdir()} - on_medium
+    assert len(added) == 1, added  # the third checkpoint's catalog volume, nothing more
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["volumes"] == len(on_medium) + 1  # every volume is in the index
+
+
+def test_a_killed_recover_is_run_again_and_its_half_index_is_trusted_by_nothing(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    make_small_tree(source)
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    (source / "later.txt").write_text("second checkpoint")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    names = checkpoint_names()
+    identity = tmp_path / "identity.txt"
+    assert durafs("key", "export-identity", identity).code == 0
+    shutil.rmtree(Home().path)
+    # killed while it reads the last volume: the others are in its index, no checkpoint is
+    last = sorted((pool / "volumes").iterdir())[-1]
+    _killed_when(after_opening(last), lambda pid: _holds_open(pid, last),
+                 "recover", "--path", pool, "--identity", identity)
+    for command in (["checkpoints"], ["verify"], ["backup", source, "--pool", "p"]):
+        run = durafs(*command)
+        assert run.code == 3 and "run `durafs recover` again" in run.err, (command, run)
+    run = durafs("recover", "--path", pool, "--identity", identity)
+    assert run.code == 0, run.err
+    assert checkpoint_names() == names
+    assert durafs("verify", "--read-data").code == 0
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
