@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config age zstd acl attr rsync udev util-linux e2fsprogs
-              libarchive-tools
+              libarchive-tools strace
               restic borgbackup python3-venv python3-dev gcc)
 
 missing=()
