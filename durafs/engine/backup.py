@@ -434,11 +434,13 @@ class Backup:
             self._fail(unit, item.path, read.error)
             return False
         assert read.st is not None
+        counted = unit.entry.size
         if not same_content_stat(read.st, item.st):  # it changed, then held still
             item.st = read.st
             unit.entry = self._entry(item)
         if read.size is not None:  # a pseudo-file's status may not tell its size
             unit.entry.size = read.size
+        self.stats["bytes"] += unit.entry.size - counted  # the size the checkpoint records
         unit.entry.blake3 = read.blake3
         return True
 
@@ -516,9 +518,11 @@ class Backup:
                 self._fail(unit, item.path, exc.strerror or str(exc))
                 return
             if same_content_stat(st, item.st):
+                self.stats["bytes"] += size - unit.entry.size  # the size the checkpoint records
                 unit.entry.size = size
                 unit.reading = False
                 return
+            self.stats["bytes"] += st.st_size - unit.entry.size
             item.st = st
             unit.entry = self._entry(item)
         self._fail(unit, item.path, f"changed while being read ({READ_ATTEMPTS} attempts)")

@@ -498,6 +498,17 @@ def test_pseudo_files_are_stored_with_the_size_they_read(tmp_path: Path) -> None
     assert (out / "boot_id").read_bytes() == boot_id
 
 
+def test_a_checkpoint_of_pseudo_files_counts_the_bytes_it_holds(tmp_path: Path) -> None:
+    boot_id, enabled = Path("/proc/sys/kernel/random/boot_id"), Path(
+        "/sys/kernel/mm/transparent_hugepage/enabled")
+    size = len(boot_id.read_bytes()) + len(enabled.read_bytes())
+    setup_catalog(tmp_path)
+    run = durafs("backup", boot_id, enabled, "--pool", "p", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["stats"]["bytes"] == size  # not 0 + 4096, what their status tells
+    assert durafs("checkpoints", "--json").json()[-1]["bytes"] == size
+
+
 def _raw_index() -> apsw.Connection:
     """The index as SQLite sees it, foreign keys unenforced, its WAL folded in."""
     conn = apsw.Connection(str(Home().index_path))
