@@ -28,7 +28,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -678,7 +678,10 @@ class Backup:
                 if leader.skip:
                     self.problems.append(Problem(entry.path, "hard link to a file not backed up"))
                     return
-                entry.chunks, entry.blake3 = leader.entry.chunks, leader.entry.blake3
+                # One inode: the name takes the status the group's content was read with
+                # (its own lstat may be from before or after a change the read saw).
+                self.stats["bytes"] += leader.entry.size - entry.size
+                entry = unit.entry = replace(leader.entry, path=entry.path)
             else:
                 entry.chunks = pack_pieces((o, self._ids[c], s) for o, c, s in unit.pieces)
                 pieces = unit.pieces  # read now: the spool needs no look-up of their ids

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
+import select
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -75,6 +78,49 @@ def test_growing_file_is_retried_then_reported(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert durafs("restore", f"default/latest{source}", out).code == 0
     assert (out / "calm").read_text() == "calm"
+
+
+def _once_read(path: Path, action: Callable[[], None]) -> threading.Thread:
+    """A thread that runs *action* as soon as a reader of *path* has closed it (inotify's
+    IN_CLOSE_NOWRITE), or gives up after 60 s."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    assert fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(path), 0x10) >= 0
+
+    def wait() -> None:
+        try:
+            if select.select([fd], [], [], 60)[0]:
+                action()
+        finally:
+            os.close(fd)
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread
+
+
+def test_a_hard_link_has_the_status_its_content_was_read_with(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    first = source / "a"
+    first.write_bytes(os.urandom(2 << 20))
+    os.link(first, source / "z")
+    between = source / "m"  # walked between the two names: z is met well after a's read
+    between.mkdir()
+    for n in range(5000):
+        (between / str(n)).touch()
+    setup_catalog(tmp_path)
+
+    def append() -> None:
+        with open(first, "ab") as f:
+            f.write(b"written after the read")
+    thread = _once_read(first, append)
+    run = durafs("backup", source, "--pool", "p")
+    thread.join()
+    assert run.code == 0, run.err
+    entries = {e["name"]: e for e in durafs("ls", f"default/latest{source}", "--json").json()}
+    # both names stand for the content read, 2 MiB: z's lstat saw the appended bytes
+    assert entries["a"]["size"] == entries["z"]["size"] == 2 << 20
+    assert entries["a"]["mtime_ns"] == entries["z"]["mtime_ns"]
 
 
 def test_unreadable_paths_are_named_and_the_rest_is_kept(tmp_path: Path) -> None:
