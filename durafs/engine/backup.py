@@ -677,6 +677,8 @@ class Backup:
             if leader is not None and leader is not unit:
                 if leader.skip:
                     self.problems.append(Problem(entry.path, "hard link to a file not backed up"))
+                    self.stats["files"] -= 1  # not in the checkpoint, so not in its counts
+                    self.stats["bytes"] -= entry.size
                     return
                 # One inode: the name takes the status the group's content was read with
                 # (its own lstat may be from before or after a change the read saw).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import random
 import select
@@ -198,6 +199,35 @@ def test_xattrs_that_could_not_be_read_are_read_again_by_the_next_backup(
         result = run("restore", f"default/latest{source}", os.fspath(out), user=[])
         assert result.returncode == 0, result.stderr
         assert os.getxattr(out / "locked", "user.origin") == b"kept"
+
+
+def test_hard_links_to_an_unreadable_file_are_not_counted(tmp_path: Path) -> None:
+    require_root("the backup runs as an unprivileged user against a root-only file")
+    with world_dir() as world:
+        source = world / "src"
+        source.mkdir()
+        (source / "secret").write_text("root only")
+        os.chmod(source / "secret", 0o600)
+        os.link(source / "secret", source / "secret-too")
+        (source / "open").write_text("anyone")
+        home = world / "home"
+        home.mkdir()
+        os.chown(home, 65534, 65534)
+        env = {**os.environ, "DURAFS_HOME": os.fspath(home / "cat"), "HOME": os.fspath(home)}
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                   sys.executable, "-m", "durafs.cli.main"]
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*command, *args], env=env, capture_output=True, text=True)
+        assert run("init", "--encryption", "none").returncode == 0
+        pool = os.fspath(home / "pool")
+        assert run("pool", "add", "p", "--kind", "dir", "--path", pool).returncode == 0
+        result = run("backup", os.fspath(source), "--pool", "p", "--json")
+        assert result.returncode == 1
+        assert {p["path"] for p in json.loads(result.stdout)["problems"]} == {
+            os.fspath(source / "secret"), os.fspath(source / "secret-too")}
+        listed = json.loads(run("checkpoints", "--json").stdout)[-1]
+        assert (listed["files"], listed["bytes"]) == (1, len("anyone"))
 
 
 def test_damaged_volume_names_exactly_the_hurt_chunks_and_paths(tmp_path: Path) -> None:
