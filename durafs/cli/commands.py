@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import time
 import uuid
@@ -12,6 +13,7 @@ from typing import Any, TypedDict
 from durafs.cli.output import Progress, human_size, print_json, print_table, shown
 from durafs.engine.access import VolumeAccess
 from durafs.engine.backup import Backup, BackupOptions
+from durafs.engine.fsmeta import at_path
 from durafs.engine.home import Home, read_passphrase
 from durafs.errors import UsageError
 from durafs.format import age
@@ -189,17 +191,33 @@ def _save_hooks(home: Home, args: Args) -> None:
         catalog.ensure_plan(args.plan, config)  # stores a config that differs
 
 
+def _backup_source(src: str) -> bytes:
+    """*src* as an absolute path; a missing one, or a symlink to something not a directory,
+    is a usage error. A source that exists but cannot be looked at (a directory above it
+    unreadable, a loop) is the scan's to report, by name and reason, while the other
+    sources are backed up: only ENOENT means a typo. Any length works, as in the scan."""
+    path = os.fsencode(os.path.abspath(src))
+    try:
+        with at_path(path) as (dir_fd, name):
+            if not stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                return path
+            try:
+                linked_dir = stat.S_ISDIR(os.stat(name, dir_fd=dir_fd).st_mode)
+            except OSError:
+                linked_dir = False
+    except FileNotFoundError:
+        raise UsageError(f"{src}: no such file or directory") from None
+    except OSError:
+        return path
+    if not linked_dir:
+        # a linked directory is walked under the name given; a linked file is not
+        raise UsageError(f"{src}: a symlink to something not a directory (name the "
+                         "file itself)")
+    return path
+
+
 def backup(home: Home, args: Args) -> int:
-    sources = []
-    for src in args.sources:
-        path = os.path.abspath(src)
-        if not os.path.lexists(path):
-            raise UsageError(f"{src}: no such file or directory")
-        if os.path.islink(path) and not os.path.isdir(path):
-            # a linked directory is walked under the name given; a linked file is not
-            raise UsageError(f"{src}: a symlink to something not a directory (name the "
-                             "file itself)")
-        sources.append(os.fsencode(path))
+    sources = [_backup_source(src) for src in args.sources]
     _save_hooks(home, args)
     options = BackupOptions(sources, args.pool, args.plan, args.exclude, args.one_file_system,
                             args.follow_symlinks, args.dry_run, args.media_timeout)

@@ -28,7 +28,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,8 @@ STREAM_AHEAD = 3
 PUMP_EVERY = 16
 #: Seconds between looks at a streaming file's queue while waiting for another job.
 STREAM_POLL = 0.002
+#: Checkpoint stats key: the paths recorded without some of their (unreadable) xattrs.
+XATTRS_UNREAD = "xattrs_unread"
 #: Files handed to a worker together (one future per batch, not per file) ...
 BATCH_FILES = 64
 #: ... or fewer when they add up to this many bytes.
@@ -179,6 +181,11 @@ class Backup:
         # cids the pool had not when last asked (only this run adds chunks to the pool)
         self._absent: dict[bytes, bool] = {}
         self._links: dict[Any, Unit] = {}
+        # paths recorded without some of their xattrs (unreadable): this run's, kept in its
+        # checkpoint, and the previous checkpoint's, whose xattrs are read again rather
+        # than taken from it (the next run may be allowed to read them all)
+        self._xattrs_unread: list[bytes] = []
+        self._reread_xattrs: set[bytes] = set()
         self._spool = CatalogSpool(catalog, options.plan, pool.name)
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key)
         self._tree: TreeWriter
@@ -212,6 +219,8 @@ class Backup:
         self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
+        if prev:
+            self._reread_xattrs = {os.fsencode(p) for p in prev[-1].stats.get(XATTRS_UNREAD, ())}
         name = self._checkpoint_name(plan.name)
         created = time.time_ns()
         try:
@@ -236,7 +245,10 @@ class Backup:
                                         self.notes)
                 self.stats["pool"] = self.pool.name
                 self.stats["problems"] = len(self.problems)
-                checkpoint = tree.finish(stats=dict(self.stats))
+                stats = dict(self.stats)
+                if self._xattrs_unread:
+                    stats[XATTRS_UNREAD] = [os.fsdecode(p) for p in self._xattrs_unread]
+                checkpoint = tree.finish(stats=stats)
         finally:
             self._known.close()
         try:
@@ -257,6 +269,8 @@ class Backup:
         for item in items:
             if isinstance(item, ScanProblem):
                 self.problems.append(Problem(item.path, item.reason))
+                if item.incomplete:
+                    self._xattrs_unread.append(item.path)
                 continue
             if isinstance(item, ScanNote):
                 self.notes.append(Problem(item.path, item.reason))
@@ -294,7 +308,10 @@ class Backup:
         self, path: bytes, st: os.stat_result,
     ) -> tuple[dict[bytes, bytes], bytes | None] | None:
         """The xattrs and symlink target of *path* if it is the very object of the previous
-        checkpoint with the same ctime (so the scan need not read them again)."""
+        checkpoint with the same ctime (so the scan need not read them again), and that
+        checkpoint has them all."""
+        if path in self._reread_xattrs:
+            return None
         prev = self._prev.version(path)
         if prev is None or (prev.ino, prev.dev, prev.ctime_ns, prev.mode) != (
                 st.st_ino, st.st_dev, st.st_ctime_ns, stat.S_IMODE(st.st_mode)):
@@ -417,11 +434,13 @@ class Backup:
             self._fail(unit, item.path, read.error)
             return False
         assert read.st is not None
+        counted = unit.entry.size
         if not same_content_stat(read.st, item.st):  # it changed, then held still
             item.st = read.st
             unit.entry = self._entry(item)
         if read.size is not None:  # a pseudo-file's status may not tell its size
             unit.entry.size = read.size
+        self.stats["bytes"] += unit.entry.size - counted  # the size the checkpoint records
         unit.entry.blake3 = read.blake3
         return True
 
@@ -499,9 +518,11 @@ class Backup:
                 self._fail(unit, item.path, exc.strerror or str(exc))
                 return
             if same_content_stat(st, item.st):
+                self.stats["bytes"] += size - unit.entry.size  # the size the checkpoint records
                 unit.entry.size = size
                 unit.reading = False
                 return
+            self.stats["bytes"] += st.st_size - unit.entry.size
             item.st = st
             unit.entry = self._entry(item)
         self._fail(unit, item.path, f"changed while being read ({READ_ATTEMPTS} attempts)")
@@ -656,8 +677,13 @@ class Backup:
             if leader is not None and leader is not unit:
                 if leader.skip:
                     self.problems.append(Problem(entry.path, "hard link to a file not backed up"))
+                    self.stats["files"] -= 1  # not in the checkpoint, so not in its counts
+                    self.stats["bytes"] -= entry.size
                     return
-                entry.chunks, entry.blake3 = leader.entry.chunks, leader.entry.blake3
+                # One inode: the name takes the status the group's content was read with
+                # (its own lstat may be from before or after a change the read saw).
+                self.stats["bytes"] += leader.entry.size - entry.size
+                entry = unit.entry = replace(leader.entry, path=entry.path)
             else:
                 entry.chunks = pack_pieces((o, self._ids[c], s) for o, c, s in unit.pieces)
                 pieces = unit.pieces  # read now: the spool needs no look-up of their ids

@@ -81,10 +81,15 @@ class ScanItem:
 
 @dataclass(slots=True)
 class ScanProblem:
-    """A path that is not (fully) backed up, and why, e.g. "permission denied"."""
+    """A path that is not (fully) backed up, and why, e.g. "permission denied".
+
+    *incomplete*: the path's item was yielded all the same, without some of its extended
+    attributes; whoever records it must not offer them to a later scan as `known`.
+    """
 
     path: bytes
     reason: str
+    incomplete: bool = False
 
 
 @dataclass(slots=True)
@@ -454,7 +459,8 @@ class _Walker:
         item = self._item(path, st, target, xattrs)
         if denied is None:
             return [item]
-        return [item, ScanProblem(path, f"extended attributes not read: {_reason(denied)}")]
+        return [item, ScanProblem(path, f"extended attributes not read: {_reason(denied)}",
+                                  incomplete=True)]
 
     def _item(
         self, path: bytes, st: os.stat_result, target: bytes | None, xattrs: dict[bytes, bytes],

@@ -218,6 +218,28 @@ def test_a_single_file_can_be_a_source(tmp_path: Path) -> None:
     assert run.code == 2 and f"{source / 'missing'}: no such file or directory" in run.err
 
 
+def test_a_source_that_exists_is_not_called_missing(tmp_path: Path) -> None:
+    # Past PATH_MAX lstat fails with ENAMETOOLONG, but the scan reaches any length: only
+    # a source that is not there is a usage error.
+    path, fd = os.fsencode(tmp_path), os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    while len(path) <= 4200:
+        name = b"n" * 200
+        os.mkdir(name, dir_fd=fd)
+        new = os.open(name, os.O_PATH | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd, path = new, path + b"/" + name
+    leaf = os.open(b"leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(leaf, b"far down")
+    os.close(leaf)
+    os.close(fd)
+    setup_catalog(tmp_path)
+    run = durafs("backup", os.fsdecode(path), "--pool", "p")
+    assert run.code == 0, run.err
+    names = [e["name"] for e in durafs("ls", f"default/latest{os.fsdecode(path)}",
+                                       "--json").json()]
+    assert names == ["leaf"]
+
+
 def test_durafs_own_data_inside_a_source_is_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -79,6 +82,49 @@ def test_growing_file_is_retried_then_reported(tmp_path: Path) -> None:
     assert (out / "calm").read_text() == "calm"
 
 
+def _once_read(path: Path, action: Callable[[], None]) -> threading.Thread:
+    """A thread that runs *action* as soon as a reader of *path* has closed it (inotify's
+    IN_CLOSE_NOWRITE), or gives up after 60 s."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    assert fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(path), 0x10) >= 0
+
+    def wait() -> None:
+        try:
+            if select.select([fd], [], [], 60)[0]:
+                action()
+        finally:
+            os.close(fd)
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread
+
+
+def test_a_hard_link_has_the_status_its_content_was_read_with(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    first = source / "a"
+    first.write_bytes(os.urandom(2 << 20))
+    os.link(first, source / "z")
+    between = source / "m"  # walked between the two names: z is met well after a's read
+    between.mkdir()
+    for n in range(5000):
+        (between / str(n)).touch()
+    setup_catalog(tmp_path)
+
+    def append() -> None:
+        with open(first, "ab") as f:
+            f.write(b"written after the read")
+    thread = _once_read(first, append)
+    run = durafs("backup", source, "--pool", "p")
+    thread.join()
+    assert run.code == 0, run.err
+    entries = {e["name"]: e for e in durafs("ls", f"default/latest{source}", "--json").json()}
+    # both names stand for the content read, 2 MiB: z's lstat saw the appended bytes
+    assert entries["a"]["size"] == entries["z"]["size"] == 2 << 20
+    assert entries["a"]["mtime_ns"] == entries["z"]["mtime_ns"]
+
+
 def test_unreadable_paths_are_named_and_the_rest_is_kept(tmp_path: Path) -> None:
     require_root("the backup runs as an unprivileged user against root-only files")
     with world_dir() as world:
@@ -116,6 +162,73 @@ def test_unreadable_paths_are_named_and_the_rest_is_kept(tmp_path: Path) -> None
         assert (out / "a.txt").exists() if (source / "a.txt").exists() else True
         restored = {p.name for p in out.rglob("*")}
         assert "secret.txt" not in restored and "closed" in restored
+
+
+def test_xattrs_that_could_not_be_read_are_read_again_by_the_next_backup(
+    tmp_path: Path,
+) -> None:
+    require_root("the first backup runs as an unprivileged user, the second as root")
+    with world_dir() as world:
+        source = world / "src"
+        locked = source / "locked"
+        locked.mkdir(parents=True)
+        os.setxattr(locked, "user.origin", b"kept")
+        os.chmod(locked, 0o111)  # its owner may enter it, but not read its user.* xattrs
+        for path in (source, locked):
+            os.chown(path, 65534, 65534)
+        home = world / "home"
+        home.mkdir()
+        os.chown(home, 65534, 65534)
+        env = {**os.environ, "DURAFS_HOME": os.fspath(home / "cat"), "HOME": os.fspath(home)}
+        command = [sys.executable, "-m", "durafs.cli.main"]
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+        def run(*args: str, user: list[str] = as_nobody) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*user, *command, *args], env=env, capture_output=True,
+                                  text=True)
+        assert run("init", "--encryption", "none").returncode == 0
+        pool = os.fspath(home / "pool")
+        assert run("pool", "add", "p", "--kind", "dir", "--path", pool).returncode == 0
+        result = run("backup", os.fspath(source), "--pool", "p")
+        assert result.returncode == 1
+        assert f"{locked}: extended attributes not read" in result.stderr
+        # Nothing about the directory changed, but root can read what nobody could: the
+        # first checkpoint's (incomplete) xattrs must not be taken as the whole.
+        result = run("backup", os.fspath(source), "--pool", "p", user=[])
+        assert result.returncode == 0, result.stderr
+        out = home / "out"
+        result = run("restore", f"default/latest{source}", os.fspath(out), user=[])
+        assert result.returncode == 0, result.stderr
+        assert os.getxattr(out / "locked", "user.origin") == b"kept"
+
+
+def test_hard_links_to_an_unreadable_file_are_not_counted(tmp_path: Path) -> None:
+    require_root("the backup runs as an unprivileged user against a root-only file")
+    with world_dir() as world:
+        source = world / "src"
+        source.mkdir()
+        (source / "secret").write_text("root only")
+        os.chmod(source / "secret", 0o600)
+        os.link(source / "secret", source / "secret-too")
+        (source / "open").write_text("anyone")
+        home = world / "home"
+        home.mkdir()
+        os.chown(home, 65534, 65534)
+        env = {**os.environ, "DURAFS_HOME": os.fspath(home / "cat"), "HOME": os.fspath(home)}
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                   sys.executable, "-m", "durafs.cli.main"]
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*command, *args], env=env, capture_output=True, text=True)
+        assert run("init", "--encryption", "none").returncode == 0
+        pool = os.fspath(home / "pool")
+        assert run("pool", "add", "p", "--kind", "dir", "--path", pool).returncode == 0
+        result = run("backup", os.fspath(source), "--pool", "p", "--json")
+        assert result.returncode == 1
+        assert {p["path"] for p in json.loads(result.stdout)["problems"]} == {
+            os.fspath(source / "secret"), os.fspath(source / "secret-too")}
+        listed = json.loads(run("checkpoints", "--json").stdout)[-1]
+        assert (listed["files"], listed["bytes"]) == (1, len("anyone"))
 
 
 def test_damaged_volume_names_exactly_the_hurt_chunks_and_paths(tmp_path: Path) -> None:
@@ -460,6 +573,17 @@ def test_pseudo_files_are_stored_with_the_size_they_read(tmp_path: Path) -> None
     assert (out / "enabled").read_bytes() == enabled
     durafs("restore", f"default/latest{proc}/boot_id", out)
     assert (out / "boot_id").read_bytes() == boot_id
+
+
+def test_a_checkpoint_of_pseudo_files_counts_the_bytes_it_holds(tmp_path: Path) -> None:
+    boot_id, enabled = Path("/proc/sys/kernel/random/boot_id"), Path(
+        "/sys/kernel/mm/transparent_hugepage/enabled")
+    size = len(boot_id.read_bytes()) + len(enabled.read_bytes())
+    setup_catalog(tmp_path)
+    run = durafs("backup", boot_id, enabled, "--pool", "p", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["stats"]["bytes"] == size  # not 0 + 4096, what their status tells
+    assert durafs("checkpoints", "--json").json()[-1]["bytes"] == size
 
 
 def _raw_index() -> apsw.Connection:
