@@ -25,6 +25,7 @@ from durafs.engine.fsmeta import (
 )
 from durafs.engine.scan import ScanItem, scan
 from durafs.format.catalog import TreeEntry
+from tests.support.nobody import as_nobody
 from tests.support.oddtree import (
     BIG_XATTR,
     SPARSE_DATA,
@@ -264,27 +265,15 @@ def test_make_node_device_without_root_is_a_clear_error() -> None:
 
 
 def _make_device_as_nobody(target: bytes) -> str:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: become nobody and try
+    def attempt() -> str:
         try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                make_node(target, TreeEntry(b"", "b", rdev=os.makedev(7, 200)))
-                message = "created"
-            except PermissionError as exc:
-                message = f"{exc.errno} {exc.strerror}"
-            os.write(write_end, message.encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        message = pipe.read().decode()
-    os.waitpid(pid, 0)
-    return message
+            make_node(target, TreeEntry(b"", "b", rdev=os.makedev(7, 200)))
+        except PermissionError as exc:
+            return f"{exc.errno} {exc.strerror}"
+        return "created"
+
+    result: str = as_nobody(attempt)
+    return result
 
 
 def test_apply_metadata_order_keeps_setuid_and_acl_mask(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ how the restore gets there.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import random
 import signal
@@ -23,6 +22,7 @@ from durafs.engine import fsmeta, restore
 from durafs.engine.home import Home
 from durafs.index.catalog import open_catalog
 from tests.engine.cli import durafs, durafs_process, setup_catalog
+from tests.support.nobody import as_nobody
 from tests.support.oddtree import (
     MiB,
     acl_xattr,
@@ -505,26 +505,12 @@ def test_a_file_the_full_target_cannot_hold_is_named_and_not_left_half_written(
 
 
 def _restore_as_nobody(*args: str | os.PathLike[str]) -> tuple[int, str]:
-    """`durafs ARGS…` as nobody, in a child process: (status, stderr). Every module it
-    needs must be imported already (the interpreter's own may be out of nobody's reach)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: become nobody and run it
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            run = durafs(*args)
-            with os.fdopen(write_end, "w") as pipe:
-                json.dump([run.code, run.err], pipe)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        text = pipe.read()
-    os.waitpid(pid, 0)
-    code, err = json.loads(text)
+    """`durafs ARGS…` as nobody: (status, stderr)."""
+    def restore() -> tuple[int, str]:
+        run = durafs(*args)
+        return run.code, run.err
+
+    code, err = as_nobody(restore)
     return code, err
 
 

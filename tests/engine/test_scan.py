@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
@@ -31,6 +30,7 @@ from durafs.engine.scan import (
     normalize_sources,
     scan,
 )
+from tests.support.nobody import as_nobody
 from tests.support.oddtree import (
     BAD_UTF8_NAME,
     BIG_XATTR,
@@ -314,26 +314,11 @@ def test_bind_mount_loop_is_reported(tmp_path: Path) -> None:
 
 
 def _scan_as_nobody(source: Path) -> list[tuple[str, str, str]]:
-    """Scan in a child process running as nobody; (kind, path, type-or-reason) per result."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            rows = [("item", os.fsdecode(r.path), r.type) if isinstance(r, ScanItem)
-                    else ("problem", os.fsdecode(r.path), r.reason) for r in scan([source])]
-            with os.fdopen(write_end, "w") as pipe:
-                json.dump(rows, pipe)
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        text = pipe.read()
-    os.waitpid(pid, 0)
-    return [tuple(row) for row in json.loads(text)]
+    """Scan as nobody; (kind, path, type-or-reason) per result."""
+    rows = as_nobody(lambda: [
+        ("item", os.fsdecode(r.path), r.type) if isinstance(r, ScanItem)
+        else ("problem", os.fsdecode(r.path), r.reason) for r in scan([source])])
+    return [tuple(row) for row in rows]
 
 
 def test_unreadable_directory_and_file_as_an_unprivileged_user() -> None:
