@@ -81,6 +81,23 @@ def test_hooks_run_around_the_backup_and_failures_are_reported(tmp_path: Path) -
     assert checkpoint_names() == before
 
 
+def test_a_refused_backup_keeps_neither_its_hooks_nor_a_new_plan(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    log = tmp_path / "log"
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "typo", "--plan", "new", "--pre-hook",
+                 f"echo refused >> {log}")
+    assert run.code == 2 and "no pool named 'typo'" in run.err
+    assert [p.name for p in Home().catalog(readonly=True).plans()] == []
+    with Home().plan_lock("default"):  # as a running backup holds it
+        run = durafs("backup", source, "--pool", "p", "--post-hook", f"echo refused >> {log}")
+        assert run.code == 3 and "another backup of plan default is running" in run.err
+    assert durafs("backup", source, "--pool", "p").code == 0
+    assert durafs("backup", source, "--pool", "p", "--plan", "new").code == 0
+    assert not log.exists()
+
+
 def test_listings_and_keys(tmp_path: Path) -> None:
     setup_catalog(tmp_path, location="shelf 2")
     pools = durafs("pool", "list", "--json").json()
