@@ -15,7 +15,7 @@ from durafs.engine.access import VolumeAccess
 from durafs.engine.backup import Backup, BackupOptions
 from durafs.engine.fsmeta import at_path
 from durafs.engine.home import Home, read_passphrase
-from durafs.errors import UsageError
+from durafs.errors import NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
@@ -373,7 +373,14 @@ def recover(home: Home, args: Args) -> int:
         identities = list(age.read_identity_file(data, passphrase))
     elif os.environ.get("DURAFS_PASSPHRASE") is not None or os.isatty(0):
         identities = [age.ScryptIdentity(read_passphrase("durafs passphrase: "))]
-    result = Recover(home, identities, progress=lambda m: None).run(args.path)
+    try:
+        result = Recover(home, identities, progress=lambda m: None).run(args.path)
+    except NoIdentityError as exc:
+        if identities:
+            raise  # the key given does not open the media: said as it is
+        raise UsageError(f"{exc}: give the identity file (--identity FILE, written by "
+                         "`durafs key export-identity`) or, for a 'password' catalog, the "
+                         "passphrase (DURAFS_PASSPHRASE)") from exc
     if args.json:
         print_json(result.__dict__)
     else:

@@ -14,7 +14,13 @@ import pytest
 
 from durafs.cli.output import Progress
 from durafs.engine.home import Home
-from tests.engine.cli import checkpoint_names, durafs, on_a_terminal, setup_catalog
+from tests.engine.cli import (
+    checkpoint_names,
+    durafs,
+    durafs_process,
+    on_a_terminal,
+    setup_catalog,
+)
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
@@ -133,6 +139,22 @@ def test_wrong_identity_on_recover_is_a_clear_error(
     run = durafs("recover", "--path", pool, "--identity", wrong)
     assert run.code == 3
     assert "no identity" in run.err.lower() and "Traceback" not in run.err
+
+
+def test_recover_of_encrypted_media_without_a_key_says_what_to_give(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    shutil.rmtree(Home().path)
+    # not on a terminal, so not asked for a passphrase
+    with durafs_process("recover", "--path", pool, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        _, err = proc.communicate()
+    assert proc.returncode == 2, err
+    assert b"--identity FILE" in err and b"DURAFS_PASSPHRASE" in err
+    assert not Home().path.exists()
 
 
 @pytest.mark.parametrize("protect", [False, True])
