@@ -32,12 +32,13 @@ echo "== checkpoints"
 durafs checkpoints
 first=$(durafs checkpoints --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["name"])')
 echo "== ls default/$first$DEMO/source/docs (first 5)"
-durafs ls "default/$first$DEMO/source/docs" | head -5
+durafs ls "default/$first$DEMO/source/docs" | sed -n 1,5p
 echo "== restore the first checkpoint's source tree to $DEMO/restored"
 durafs restore "default/$first$DEMO/source" "$DEMO/restored"
+echo "== how the first checkpoint differs from the source now (note-7 changed, note-9 removed):"
 diff -r "$DEMO/restored/docs" "$DEMO/source/docs" || true
 echo "== the pool holds plain files that age and tar read without durafs:"
 ls -l "$DEMO/pool/volumes"
 first_volume=$(ls "$DEMO"/pool/volumes/*-data-*.tar.age | head -1)
-age -d -i "$DEMO/identity.txt" "$first_volume" | tar -tv | head -4
+age -d -i "$DEMO/identity.txt" "$first_volume" | tar -tv | sed -n 1,4p
 echo "demo done: everything is in $DEMO"

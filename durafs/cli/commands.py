@@ -15,7 +15,7 @@ from durafs.engine.access import VolumeAccess
 from durafs.engine.backup import Backup, BackupOptions
 from durafs.engine.fsmeta import at_path
 from durafs.engine.home import Home, read_passphrase
-from durafs.errors import UsageError
+from durafs.errors import NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
@@ -179,16 +179,15 @@ def media_list(home: Home, args: Args) -> int:
     return 0
 
 
-def _save_hooks(home: Home, args: Args) -> None:
+def _save_hooks(catalog: Catalog, args: Args) -> None:
     if (args.pre_hook is None and args.post_hook is None) or args.dry_run:
         return
-    with home.catalog() as catalog:
-        plan = catalog.ensure_plan(args.plan)
-        config = dict(plan.config)
-        for key in ("pre_hook", "post_hook"):
-            if getattr(args, key) is not None:
-                config[key] = getattr(args, key)
-        catalog.ensure_plan(args.plan, config)  # stores a config that differs
+    plan = catalog.ensure_plan(args.plan)
+    config = dict(plan.config)
+    for key in ("pre_hook", "post_hook"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    catalog.ensure_plan(args.plan, config)  # stores a config that differs
 
 
 def _backup_source(src: str) -> bytes:
@@ -218,7 +217,6 @@ def _backup_source(src: str) -> bytes:
 
 def backup(home: Home, args: Args) -> int:
     sources = [_backup_source(src) for src in args.sources]
-    _save_hooks(home, args)
     options = BackupOptions(sources, args.pool, args.plan, args.exclude, args.one_file_system,
                             args.follow_symlinks, args.dry_run, args.media_timeout)
     keys = home.keys(read=None)
@@ -226,7 +224,10 @@ def backup(home: Home, args: Args) -> int:
         # the plan's last checkpoint is the estimate of the whole (the walk counts as it goes)
         last = catalog.checkpoint(args.plan, "latest")
         progress = Progress(last.stats.get("bytes", 0) if last is not None else 0)
-        result = Backup(catalog, keys, options, progress=progress, on_wait=_say).run()
+        job = Backup(catalog, keys, options, progress=progress, on_wait=_say)
+        # only a backup that goes ahead (its pool known, its plan not busy) keeps its hooks
+        _save_hooks(catalog, args)
+        result = job.run()
     progress.done()
     for problem in (*result.notes, *result.problems):
         _say(str(problem))
@@ -372,7 +373,14 @@ def recover(home: Home, args: Args) -> int:
         identities = list(age.read_identity_file(data, passphrase))
     elif os.environ.get("DURAFS_PASSPHRASE") is not None or os.isatty(0):
         identities = [age.ScryptIdentity(read_passphrase("durafs passphrase: "))]
-    result = Recover(home, identities, progress=lambda m: None).run(args.path)
+    try:
+        result = Recover(home, identities, progress=lambda m: None).run(args.path)
+    except NoIdentityError as exc:
+        if identities:
+            raise  # the key given does not open the media: said as it is
+        raise UsageError(f"{exc}: give the identity file (--identity FILE, written by "
+                         "`durafs key export-identity`) or, for a 'password' catalog, the "
+                         "passphrase (DURAFS_PASSPHRASE)") from exc
     if args.json:
         print_json(result.__dict__)
     else:

@@ -97,7 +97,7 @@ class Verify:
             if volume.kind == "catalog":
                 self._catalog_base(volume, name, reader)
         except MediumOfflineError as exc:
-            self.result.offline.append(str(exc))
+            self.result.offline.append(f"{name}: {exc}")
             return
         except (OSError, DurafsError) as exc:
             self.result.structure.append(f"{name}: {exc}")

@@ -14,7 +14,13 @@ import pytest
 
 from durafs.cli.output import Progress
 from durafs.engine.home import Home
-from tests.engine.cli import checkpoint_names, durafs, on_a_terminal, setup_catalog
+from tests.engine.cli import (
+    checkpoint_names,
+    durafs,
+    durafs_process,
+    on_a_terminal,
+    setup_catalog,
+)
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
@@ -81,6 +87,23 @@ def test_hooks_run_around_the_backup_and_failures_are_reported(tmp_path: Path) -
     assert checkpoint_names() == before
 
 
+def test_a_refused_backup_keeps_neither_its_hooks_nor_a_new_plan(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    log = tmp_path / "log"
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "typo", "--plan", "new", "--pre-hook",
+                 f"echo refused >> {log}")
+    assert run.code == 2 and "no pool named 'typo'" in run.err
+    assert [p.name for p in Home().catalog(readonly=True).plans()] == []
+    with Home().plan_lock("default"):  # as a running backup holds it
+        run = durafs("backup", source, "--pool", "p", "--post-hook", f"echo refused >> {log}")
+        assert run.code == 3 and "another backup of plan default is running" in run.err
+    assert durafs("backup", source, "--pool", "p").code == 0
+    assert durafs("backup", source, "--pool", "p", "--plan", "new").code == 0
+    assert not log.exists()
+
+
 def test_listings_and_keys(tmp_path: Path) -> None:
     setup_catalog(tmp_path, location="shelf 2")
     pools = durafs("pool", "list", "--json").json()
@@ -116,6 +139,22 @@ def test_wrong_identity_on_recover_is_a_clear_error(
     run = durafs("recover", "--path", pool, "--identity", wrong)
     assert run.code == 3
     assert "no identity" in run.err.lower() and "Traceback" not in run.err
+
+
+def test_recover_of_encrypted_media_without_a_key_says_what_to_give(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    shutil.rmtree(Home().path)
+    # not on a terminal, so not asked for a passphrase
+    with durafs_process("recover", "--path", pool, stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        _, err = proc.communicate()
+    assert proc.returncode == 2, err
+    assert b"--identity FILE" in err and b"DURAFS_PASSPHRASE" in err
+    assert not Home().path.exists()
 
 
 @pytest.mark.parametrize("protect", [False, True])

@@ -641,6 +641,10 @@ def test_verify_of_an_offline_medium_is_not_a_success(tmp_path: Path) -> None:
         assert run.code == 1, (args, run.out)
         assert "P-001" in run.out
         assert run.out.startswith("0 volumes checked")  # none was reachable
+        # each volume not checked is named, once
+        volumes = sorted(p.name for p in (tmp_path / "unplugged" / "volumes").iterdir())
+        not_checked = [line for line in run.out.splitlines() if line.startswith("not checked")]
+        assert sorted(line.split()[2].rstrip(":") for line in not_checked) == volumes
     (tmp_path / "unplugged").rename(pool)
     assert durafs("verify", "--read-data").code == 0
 
