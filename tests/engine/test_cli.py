@@ -6,15 +6,23 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from durafs.cli.output import Progress
 from durafs.engine.home import Home
-from tests.engine.cli import checkpoint_names, durafs, on_a_terminal, setup_catalog
+from tests.engine.cli import (
+    checkpoint_names,
+    durafs,
+    durafs_process,
+    on_a_terminal,
+    setup_catalog,
+)
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
@@ -79,6 +87,47 @@ def test_hooks_run_around_the_backup_and_failures_are_reported(tmp_path: Path) -
     run = durafs("backup", source, "--pool", "p", "--pre-hook", "false")
     assert run.code == 2 and "pre-backup hook" in run.err
     assert checkpoint_names() == before
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_an_interrupted_backup_ends_its_hook_and_what_the_hook_started(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A signal sent to durafs alone (`kill PID`, a supervisor, `timeout`) while a hook
+    runs ends the hook's commands too: none goes on working after durafs has said it
+    was interrupted."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    setup_catalog(tmp_path)
+    pids = tmp_path / "pids"
+    hook = f"sleep 600 & echo $! > {pids}.tmp && mv {pids}.tmp {pids}; wait"
+    with durafs_process("backup", source, "--pool", "p", "--pre-hook", hook,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 30
+        while not pids.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        started = int(pids.read_text())
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, err
+    deadline = time.monotonic() + 10
+    while not _gone(started) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if left := not _gone(started):
+        os.kill(started, signal.SIGKILL)
+    assert not left, "the hook's command still runs"
+    assert checkpoint_names() == []
+    assert durafs("backup", source, "--pool", "p", "--pre-hook", "true").code == 0
+    assert len(checkpoint_names()) == 1
 
 
 def test_listings_and_keys(tmp_path: Path) -> None:
