@@ -710,9 +710,10 @@ class Backup:
         if not command or self.opts.dry_run:  # a dry run changes nothing, hooks neither
             return
         # A session of its own, so that an interrupted backup can end the hook with all
-        # it started (a signal sent to durafs alone reaches none of them).
-        with subprocess.Popen(command, shell=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
+        # it started (a signal sent to durafs alone reaches none of them). No input: its
+        # output is captured, so nobody would see what it asks.
+        with subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True) as hook:
             try:
                 _, stderr = hook.communicate()

@@ -130,6 +130,29 @@ def test_an_interrupted_backup_ends_its_hook_and_what_the_hook_started(
     assert len(checkpoint_names()) == 1
 
 
+def test_a_hook_that_reads_its_input_gets_none(tmp_path: Path) -> None:
+    """A hook asking a question (`apt-get install`, a script's `read`) gets end of file:
+    its prompt is captured, so nobody would see it, and the backup would wait for an
+    answer for ever."""
+    source = tmp_path / "src"
+    source.mkdir()
+    setup_catalog(tmp_path)
+    answer = tmp_path / "answer"
+    # stdin a pipe nobody writes to or closes, as a terminal nobody types into
+    with durafs_process("backup", source, "--pool", "p", "--pre-hook", f"cat > {answer}",
+                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE) as proc:
+        try:
+            assert proc.stderr is not None
+            proc.wait(30)
+        finally:
+            proc.kill()
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 0, err
+    assert answer.read_text() == ""
+    assert len(checkpoint_names()) == 1
+
+
 def test_listings_and_keys(tmp_path: Path) -> None:
     setup_catalog(tmp_path, location="shelf 2")
     pools = durafs("pool", "list", "--json").json()
