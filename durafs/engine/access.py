@@ -25,6 +25,11 @@ OPEN_VOLUMES = 16
 POLL_SECONDS = 1.0
 
 
+class WaitStopped(Exception):
+    """A wait for a medium ended by `VolumeAccess.stop_waiting` (the run is being
+    interrupted): not a failure of the medium, so nothing is reported as unreadable."""
+
+
 class VolumeAccess:
     """Opens volumes by index row, caching up to OPEN_VOLUMES readers (thread-safe).
 
@@ -46,6 +51,7 @@ class VolumeAccess:
         self._lock = threading.Lock()
         self._open: OrderedDict[int, tuple[VolumeHandle, VolumeReader]] = OrderedDict()
         self._media: dict[int, MediumRow] = {m.id: m for m in catalog.media()}
+        self._stopped = threading.Event()
 
     def medium_row(self, medium_id: int) -> MediumRow:
         """The medium's row; all rows are read at once (a small table), again only when an
@@ -72,7 +78,13 @@ class VolumeAccess:
             if not told:
                 self.on_wait(f"waiting for {describe_offline(row)}: bring it online")
                 told = True
-            time.sleep(POLL_SECONDS)
+            if self._stopped.wait(POLL_SECONDS):
+                raise WaitStopped(describe_offline(row))
+
+    def stop_waiting(self) -> None:
+        """End every wait for a medium, now and later, with WaitStopped: a run being
+        interrupted joins its worker threads, which may be waiting for ever."""
+        self._stopped.set()
 
     def reader(self, volume: VolumeRow) -> VolumeReader:
         """An open reader for *volume* (cached)."""

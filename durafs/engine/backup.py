@@ -23,6 +23,7 @@ import concurrent.futures
 import logging
 import os
 import queue
+import signal
 import socket
 import stat
 import subprocess
@@ -98,6 +99,8 @@ PUMP_EVERY = 16
 STREAM_POLL = 0.002
 #: Checkpoint stats key: the paths recorded without some of their (unreadable) xattrs.
 XATTRS_UNREAD = "xattrs_unread"
+#: Seconds an interrupted hook gets to end on SIGTERM before its process group is killed.
+HOOK_GRACE = 5.0
 #: Files handed to a worker together (one future per batch, not per file) ...
 BATCH_FILES = 64
 #: ... or fewer when they add up to this many bytes.
@@ -706,10 +709,20 @@ class Backup:
     def _run_hook(self, command: str | None, what: str, *, fatal: bool) -> None:
         if not command or self.opts.dry_run:  # a dry run changes nothing, hooks neither
             return
-        result = subprocess.run(command, shell=True, capture_output=True, text=True)
-        if result.returncode == 0:
+        # A session of its own, so that an interrupted backup can end the hook with all
+        # it started (a signal sent to durafs alone reaches none of them). No input: its
+        # output is captured, so nobody would see what it asks.
+        with subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) as hook:
+            try:
+                _, stderr = hook.communicate()
+            except BaseException:
+                _end_hook(hook)
+                raise
+        if hook.returncode == 0:
             return
-        message = f"{what} `{command}` failed (exit {result.returncode}): {result.stderr.strip()}"
+        message = f"{what} `{command}` failed (exit {hook.returncode}): {stderr.strip()}"
         if fatal:
             raise UsageError(message)
         self.problems.append(Problem(b"(" + socket.gethostname().encode() + b")", message))
@@ -719,3 +732,22 @@ class Backup:
         if self.progress is not None and (force or now - self._last_progress > 0.2):
             self._last_progress = now
             self.progress(dict(self.stats))
+
+
+def _end_hook(hook: subprocess.Popen[str]) -> None:
+    """End the hook's process group: SIGTERM (its traps may clean up), then SIGKILL for
+    whatever is left once its shell has ended or HOOK_GRACE has passed (the shell is left
+    unreaped meanwhile, so the group's id stays its own)."""
+    try:
+        os.killpg(hook.pid, signal.SIGTERM)
+        deadline = time.monotonic() + HOOK_GRACE
+        while (time.monotonic() < deadline and os.waitid(
+                os.P_PID, hook.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None):
+            time.sleep(0.02)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    finally:
+        try:
+            os.killpg(hook.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

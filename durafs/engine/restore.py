@@ -358,6 +358,9 @@ class Restore:
                 future.result()
                 reporter.add(files=files, bytes=size, bytes_read=size)
         except BaseException:
+            # the workers must end before their unfinished files are removed: none may
+            # wait on for an offline medium
+            self.access.stop_waiting()
             pool.shutdown(cancel_futures=True)
             raise
         pool.shutdown()

@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,70 @@ def test_a_refused_backup_keeps_neither_its_hooks_nor_a_new_plan(tmp_path: Path)
     assert durafs("backup", source, "--pool", "p").code == 0
     assert durafs("backup", source, "--pool", "p", "--plan", "new").code == 0
     assert not log.exists()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_an_interrupted_backup_ends_its_hook_and_what_the_hook_started(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A signal sent to durafs alone (`kill PID`, a supervisor, `timeout`) while a hook
+    runs ends the hook's commands too: none goes on working after durafs has said it
+    was interrupted."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    setup_catalog(tmp_path)
+    pids = tmp_path / "pids"
+    hook = f"sleep 600 & echo $! > {pids}.tmp && mv {pids}.tmp {pids}; wait"
+    with durafs_process("backup", source, "--pool", "p", "--pre-hook", hook,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 30
+        while not pids.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        started = int(pids.read_text())
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, err
+    deadline = time.monotonic() + 10
+    while not _gone(started) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if left := not _gone(started):
+        os.kill(started, signal.SIGKILL)
+    assert not left, "the hook's command still runs"
+    assert checkpoint_names() == []
+    assert durafs("backup", source, "--pool", "p", "--pre-hook", "true").code == 0
+    assert len(checkpoint_names()) == 1
+
+
+def test_a_hook_that_reads_its_input_gets_none(tmp_path: Path) -> None:
+    """A hook asking a question (`apt-get install`, a script's `read`) gets end of file:
+    its prompt is captured, so nobody would see it, and the backup would wait for an
+    answer for ever."""
+    source = tmp_path / "src"
+    source.mkdir()
+    setup_catalog(tmp_path)
+    answer = tmp_path / "answer"
+    # stdin a pipe nobody writes to or closes, as a terminal nobody types into
+    with durafs_process("backup", source, "--pool", "p", "--pre-hook", f"cat > {answer}",
+                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE) as proc:
+        try:
+            assert proc.stderr is not None
+            proc.wait(30)
+        finally:
+            proc.kill()
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 0, err
+    assert answer.read_text() == ""
+    assert len(checkpoint_names()) == 1
 
 
 def test_listings_and_keys(tmp_path: Path) -> None:

@@ -543,3 +543,35 @@ def test_an_unprivileged_restore_over_its_own_read_only_directories(tmp_path: Pa
         assert run == (0, "")
         assert compare_trees(source, out) == []
         assert stat.S_IMODE(os.stat(out / "ro").st_mode) == 0o555
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_restore_waiting_for_an_offline_medium_ends_at_a_signal(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C or SIGTERM while the workers wait for a medium (no --media-timeout: for
+    ever) ends the restore at once, not when the medium comes back."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("a", "b", "c"):
+        _write(source / name, random.Random(name).randbytes(64 * 1024))
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    pool.rename(tmp_path / "unplugged")
+    out = tmp_path / "out"
+    with durafs_process("restore", f"default/latest{source}", out,
+                        stderr=subprocess.PIPE) as proc:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert b"waiting for medium P-001" in line, line
+        proc.send_signal(signum)
+        try:
+            proc.wait(10)
+        finally:
+            proc.kill()
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 128 + signum, err
+    assert list(out.iterdir()) == []  # nothing taken for a restored (or damaged) file
+    (tmp_path / "unplugged").rename(pool)
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
