@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from durafs.engine.catalogspool import CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
@@ -62,6 +62,7 @@ from durafs.engine.pipeline import (
 )
 from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree, same_as_before
+from durafs.engine.progress import Reporter
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
 from durafs.engine.scan import ScanItem, ScanNote, ScanProblem, scan
 from durafs.engine.switching import switch_interval
@@ -193,7 +194,8 @@ class Backup:
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key)
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
-        self._last_progress = 0.0
+        # the stats are counts but for a few facts added at the end (the pool's name)
+        self._reporter = Reporter(progress, cast("collections.Counter[str]", self.stats))
         self._trimmer = Trimmer()
         limit_arenas()
 
@@ -728,10 +730,7 @@ class Backup:
         self.problems.append(Problem(b"(" + socket.gethostname().encode() + b")", message))
 
     def _report(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.progress is not None and (force or now - self._last_progress > 0.2):
-            self._last_progress = now
-            self.progress(dict(self.stats))
+        self._reporter.report(force=force)
 
 
 def _end_hook(hook: subprocess.Popen[str]) -> None:

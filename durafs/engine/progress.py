@@ -19,11 +19,14 @@ Callback = Callable[[dict[str, Any]], None]
 
 class Reporter:
     """Counts for *callback* (None: nothing is reported), with the whole (*expected*,
-    e.g. ``expected_bytes``) known from the start."""
+    e.g. ``expected_bytes``) known from the start. An engine that keeps its own counts
+    passes them as *counts* and only calls `report`."""
 
-    def __init__(self, callback: Callback | None, **expected: int) -> None:
+    def __init__(self, callback: Callback | None, counts: Counter[str] | None = None,
+                 **expected: int) -> None:
         self.callback = callback
-        self.counts: Counter[str] = Counter(expected)
+        self.counts: Counter[str] = Counter() if counts is None else counts
+        self.counts.update(expected)
         self._last = 0.0
 
     def add(self, **counts: int) -> None:
