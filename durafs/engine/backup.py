@@ -191,7 +191,8 @@ class Backup:
         self._xattrs_unread: list[bytes] = []
         self._reread_xattrs: set[bytes] = set()
         self._spool = CatalogSpool(catalog, options.plan, pool.name)
-        self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key)
+        self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key,
+                                  empty=not catalog.has_chunks(pool.id))
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
         # the stats are counts but for a few facts added at the end (the pool's name)

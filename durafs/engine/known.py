@@ -4,6 +4,12 @@ A worker hashes a chunk first; if the pool already stores it (a file rewritten i
 middle re-reads every unchanged chunk), compressing it would be wasted work. Each worker
 thread gets its own read-only connection to the index, so the engine's connection stays
 on its own thread.
+
+Into a pool that was empty when the run began (a first backup) nothing is asked: only
+this run adds chunks, and the walking thread finds those itself, so the answer would be
+"no" for nearly every chunk, at the price of a query each (~8 µs, plus the GIL handed
+over and taken back around it, on the corpus's 21 000 chunks ~0.2 CPU-s). A chunk the
+run stores twice is then compressed twice; the walking thread keeps one copy.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from durafs.index.catalog import Catalog, open_catalog
 class KnownChunks:
     """Hash-then-compress for one pool: `encode` skips compression of stored chunks."""
 
-    def __init__(self, index_path: Path, pool_id: int, id_key: bytes) -> None:
+    def __init__(self, index_path: Path, pool_id: int, id_key: bytes, *, empty: bool) -> None:
+        """*empty*: the pool stored no chunk when the run began (nothing is looked up)."""
         self.index_path = index_path
         self.pool_id = pool_id
         self.id_key = id_key
+        self.empty = empty
         self._local = threading.local()
         self._all: list[Catalog] = []
         self._lock = threading.Lock()
@@ -36,6 +44,8 @@ class KnownChunks:
         written: the caller finds the chunk in the index and only refers to it)."""
         codec = codec_for_thread(self.id_key)
         cid = codec.chunk_id(data)
+        if self.empty:
+            return codec.encode(data, cid)
         found = self._catalog().lookup_chunks(self.pool_id, [cid]).get(cid)
         if found is not None:
             self._found[cid] = found.id

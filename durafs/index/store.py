@@ -295,6 +295,11 @@ class StoreCatalog:
 
     # -- chunks ---------------------------------------------------------------------
 
+    def has_chunks(self, pool_id: int) -> bool:
+        """Whether pool *pool_id* stores any chunk at all."""
+        row = self.db.get_row("SELECT 1 FROM chunks WHERE pool_id = ? LIMIT 1", (pool_id,))
+        return row is not None
+
     def lookup_chunks(self, pool_id: int, cids: Sequence[bytes]) -> dict[bytes, ChunkRow]:
         """The chunks of *cids* already stored in pool *pool_id* (the dedup check).
 

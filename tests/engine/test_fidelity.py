@@ -250,3 +250,22 @@ def test_later_backup_records_unchanged_entries_while_changed_files_are_read(
         out = tmp_path / f"out-{name}"
         assert durafs("restore", f"default/{name}{source}", out).code == 0
         assert compare_trees(expected, out) == []
+
+
+def test_a_first_backup_stores_repeated_content_once(tmp_path: Path) -> None:
+    """Into an empty pool the workers ask the index nothing (engine/known.py): dedup
+    within the run is the walking thread's alone, for small files and large ones."""
+    source = tmp_path / "src"
+    source.mkdir()
+    small, large = os.urandom(3000), os.urandom(6 << 20)
+    for n in range(5):
+        (source / f"small-{n}").write_bytes(small)
+        (source / f"large-{n}.bin").write_bytes(large)
+    setup_catalog(tmp_path)
+    stats = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
+    large_chunks = stats["chunks_new"] - 1
+    assert 2 <= large_chunks <= 24  # 6 MiB cut into chunks of 256 KiB to 4 MiB
+    assert stats["bytes_new"] == len(small) + len(large)
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert all((out / f"large-{n}.bin").read_bytes() == large for n in range(5))

@@ -111,7 +111,9 @@ def test_chunks_dedup_within_a_pool(catalog: Catalog) -> None:
     disk = catalog.add_medium(pool.id, uuid="u-1", label="HDD-001")
     volume = add_volume(catalog, disk.id, 1)
     chunks = new_chunks(50)
+    assert not catalog.has_chunks(pool.id)
     ids = catalog.add_chunks(pool.id, volume.id, chunks)
+    assert catalog.has_chunks(pool.id)
     assert sorted(ids.values()) == list(range(min(ids.values()), min(ids.values()) + 50))
     found = catalog.lookup_chunks(pool.id, [c.cid for c in chunks] + [os.urandom(32)])
     assert set(found) == {c.cid for c in chunks}
@@ -145,6 +147,7 @@ def test_chunks_are_per_pool(catalog: Catalog) -> None:
     chunks = new_chunks(3)
     catalog.add_chunks(pools[0].id, volumes[0].id, chunks)
     assert catalog.lookup_chunks(pools[1].id, [c.cid for c in chunks]) == {}
+    assert not catalog.has_chunks(pools[1].id)
     catalog.add_chunks(pools[1].id, volumes[1].id, chunks)
     assert len(catalog.lookup_chunks(pools[1].id, [c.cid for c in chunks])) == 3
     with pytest.raises(CatalogError, match="not in pool"):
