@@ -191,8 +191,8 @@ class Backup:
         self._xattrs_unread: list[bytes] = []
         self._reread_xattrs: set[bytes] = set()
         self._spool = CatalogSpool(catalog, options.plan, pool.name)
-        self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key,
-                                  empty=not catalog.has_chunks(pool.id))
+        # whether the pool is empty is known once orphan volumes are adopted (_run_plan)
+        self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key, empty=False)
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
         # the stats are counts but for a few facts added at the end (the pool's name)
@@ -222,6 +222,7 @@ class Backup:
         if not self.opts.dry_run:
             adopt_orphan_volumes(self.catalog, self.keys, self.pool)
             write_missing_catalogs(self.catalog, self.writer, plan.name)
+        self._known.empty = not self.catalog.has_chunks(self.pool.id)
         self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
@@ -611,10 +612,17 @@ class Backup:
                 self.stats["bytes_new"] += size
         unit.pieces.append((offset, cid, size))
 
+    def _index_empty(self) -> bool:
+        """Whether the pool has no chunk in the index: it had none when the run began and
+        the run has committed no volume since (a first backup, until its first volume is
+        on its medium: with 1 GiB volumes, all of most first backups), so asking is
+        needless."""
+        return self._known.empty and self.writer.volumes_written == 0
+
     def _find(self, cid: bytes) -> int | None:
         """The row id of *cid* in the pool's index, or None (a batch query may have
         told already: only this run adds chunks to the pool)."""
-        if self._absent.pop(cid, False):
+        if self._absent.pop(cid, False) or self._index_empty():
             return None
         row = self.catalog.lookup_chunks(self.pool.id, [cid]).get(cid)
         return None if row is None else row.id
@@ -622,6 +630,8 @@ class Backup:
     def _prefetch(self) -> None:
         """One dedup query for the finished chunks at the queue's head (one per chunk costs
         more than hashing a small file)."""
+        if self._index_empty():
+            return
         cids: list[bytes] = []
         for job in self._jobs:
             if not job.future.done() or len(cids) >= PREFETCH:
