@@ -7,9 +7,9 @@ on its own thread.
 
 Into a pool that was empty when the run began (a first backup) nothing is asked: only
 this run adds chunks, and the walking thread finds those itself, so the answer would be
-"no" for nearly every chunk, at the price of a query each (~8 µs, plus the GIL handed
-over and taken back around it, on the corpus's 21 000 chunks ~0.2 CPU-s). A chunk the
-run stores twice is then compressed twice; the walking thread keeps one copy.
+"no" for nearly every chunk, at the price of a query each (~8 µs, and the GIL handed
+over and taken back around it). A chunk the run stores twice is then compressed twice;
+the walking thread keeps one copy.
 """
 
 from __future__ import annotations
