@@ -365,8 +365,11 @@ def recover(home: Home, args: Args) -> int:
 
     identities: list[Any] = []
     if args.identity:
-        with open(args.identity, "rb") as f:
-            data = f.read()
+        try:
+            with open(args.identity, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise UsageError(f"identity file {args.identity}: {exc.strerror}") from exc
         passphrase = None
         if data.startswith(b"age-encryption.org/v1"):
             passphrase = read_passphrase("identity passphrase: ", env="DURAFS_IDENTITY_PASSPHRASE")
@@ -376,8 +379,10 @@ def recover(home: Home, args: Args) -> int:
     try:
         result = Recover(home, identities, progress=lambda m: None).run(args.path)
     except NoIdentityError as exc:
-        if identities:
-            raise  # the key given does not open the media: said as it is
+        if identities:  # a configuration error too: another key is needed
+            given = (f"the identity file {args.identity}" if args.identity
+                     else "the passphrase given")
+            raise UsageError(f"{exc}: {given} does not open the media at {args.path}") from exc
         raise UsageError(f"{exc}: give the identity file (--identity FILE, written by "
                          "`durafs key export-identity`) or, for a 'password' catalog, the "
                          "passphrase (DURAFS_PASSPHRASE)") from exc

@@ -203,8 +203,14 @@ def test_wrong_identity_on_recover_is_a_clear_error(
     assert durafs("key", "export-identity", wrong).code == 0
     monkeypatch.setenv("DURAFS_HOME", os.fspath(tmp_path / "fresh"))
     run = durafs("recover", "--path", pool, "--identity", wrong)
-    assert run.code == 3
+    assert run.code == 2  # a configuration error: another key is needed
     assert "no identity" in run.err.lower() and "Traceback" not in run.err
+    assert os.fspath(wrong) in run.err and os.fspath(pool) in run.err
+    missing = durafs("recover", "--path", pool, "--identity", tmp_path / "nowhere.txt")
+    assert missing.code == 2 and "nowhere.txt" in missing.err, missing
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "not the key")
+    run = durafs("recover", "--path", pool)
+    assert run.code == 2 and "the passphrase given does not open" in run.err, run
 
 
 def test_recover_of_encrypted_media_without_a_key_says_what_to_give(tmp_path: Path) -> None:
