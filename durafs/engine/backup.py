@@ -67,6 +67,7 @@ from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
 from durafs.engine.scan import ScanItem, ScanNote, ScanProblem, scan
 from durafs.engine.switching import switch_interval
 from durafs.errors import CatalogError, UsageError
+from durafs.format.catalog import XATTRS_UNREAD
 from durafs.format.chunker import Chunker
 from durafs.format.frames import StoredChunk, codec_for_thread
 from durafs.format.keys import CatalogKeys
@@ -98,8 +99,6 @@ STREAM_AHEAD = 3
 PUMP_EVERY = 16
 #: Seconds between looks at a streaming file's queue while waiting for another job.
 STREAM_POLL = 0.002
-#: Checkpoint stats key: the paths recorded without some of their (unreadable) xattrs.
-XATTRS_UNREAD = "xattrs_unread"
 #: Seconds an interrupted hook gets to end on SIGTERM before its process group is killed.
 HOOK_GRACE = 5.0
 #: Files handed to a worker together (one future per batch, not per file) ...

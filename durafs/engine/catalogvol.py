@@ -14,7 +14,13 @@ from collections.abc import Iterator
 
 from durafs.engine.catalogspool import DEPTH_KEY, META_KEY, CatalogSpool
 from durafs.engine.poolwriter import PoolWriter
-from durafs.format.catalog import BaseRef, CheckpointRecord, TreeEntry, write_catalog
+from durafs.format.catalog import (
+    XATTRS_UNREAD,
+    BaseRef,
+    CheckpointRecord,
+    TreeEntry,
+    write_catalog,
+)
 from durafs.format.writer import VolumeWriter
 from durafs.index.catalog import Catalog
 from durafs.index.rows import CheckpointRow, VersionRow, VolumeRow
@@ -80,7 +86,10 @@ def write_catalog_volume(
         finished_ns=checkpoint.finished_ns,
         sources=[os.fsencode(s) for s in checkpoint.sources or []],
         host=os.uname().nodename,
+        # the counts, not the pool's name (recover knows it from the medium)
         stats={k: v for k, v in checkpoint.stats.items() if isinstance(v, int)},
+        # so that after a recover the next backup still reads these paths' xattrs again
+        xattrs_unread=[os.fsencode(p) for p in checkpoint.stats.get(XATTRS_UNREAD, ())],
     )
 
     def fill(volume: VolumeWriter) -> None:

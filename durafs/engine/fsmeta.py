@@ -142,16 +142,30 @@ def _mkdir(name: bytes, dir_fd: int | None) -> bool:
     return True
 
 
-def let_owner_in(path: bytes, at: AtPath = at_path) -> None:
+def let_owner_in(path: bytes, at: AtPath = at_path) -> int | None:
     """Give the directory *path*, if it is ours, its owner's write and search permission
     (its own mode is given back by ``apply_metadata``, after its children): without
     CAP_DAC_OVERRIDE nothing could be made in one of mode 0555, say, as restored before.
+    Returns the mode it had if it was changed (for ``put_mode_back``), else None.
     A symlink put in its place is not followed."""
     with at(path) as (dir_fd, name):
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
                 and st.st_mode & 0o300 != 0o300):
             _chmod_nofollow(name, stat.S_IMODE(st.st_mode) | 0o300, dir_fd)
+            return stat.S_IMODE(st.st_mode)
+    return None
+
+
+def put_mode_back(path: bytes, mode: int, at: AtPath = at_path) -> None:
+    """Give the directory *path* the *mode* ``let_owner_in`` found, when it will not get
+    its checkpoint's (the restore was cut short). Something other than a directory put
+    in its place is left alone, a symlink not followed."""
+    with at(path) as (dir_fd, name):
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, "no longer a directory", path)
+        _chmod_nofollow(name, mode, dir_fd)
 
 
 def has_default_acl(path: bytes, at: AtPath = at_path) -> bool:

@@ -21,6 +21,7 @@ from durafs.engine.home import Home, HomeConfig
 from durafs.errors import DurafsError, FormatError, UsageError
 from durafs.format import age
 from durafs.format.catalog import (
+    XATTRS_UNREAD,
     CheckpointRecord,
     TreeEntry,
     read_catalog_lines,
@@ -218,8 +219,10 @@ class Recover:
                 entry = self._entry(catalog, pool_row.id, tree_entry, links, where)
                 if entry is not None:
                     writer.add(entry)
-            checkpoint = writer.finish(stats={**record.stats, "pool": cat.pool},
-                                       finished_ns=record.finished_ns)
+            stats: dict[str, Any] = {**record.stats, "pool": cat.pool}
+            if record.xattrs_unread:  # as the backup that made it notes them
+                stats[XATTRS_UNREAD] = [os.fsdecode(p) for p in record.xattrs_unread]
+            checkpoint = writer.finish(stats=stats, finished_ns=record.finished_ns)
         # Which catalog volume holds it, as the backup notes it: so the next backup does
         # not write it again, and its catalog volume can be a delta of this one.
         with catalog.db.transaction():

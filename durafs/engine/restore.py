@@ -5,7 +5,9 @@ metadata), and collect every regular file's chunks; (2) read the chunks in mediu
 and offset order — one sequential pass over each volume, each chunk checked against its
 id — in batches (a run of nearby chunks of one volume, decrypted with one read) that two
 worker threads decode and write; (3) hard links, then directory metadata, deepest first so
-their times survive their children.
+their times survive their children. Without root, directories already there are opened to
+their owner for the passes (`let_owner_in`); however the run ends, those not given their
+own mode by pass 3 get the one they had back.
 
 A regular file is opened once per batch holding its chunks — for most files that is once:
 created (``O_EXCL``, so nothing is overwritten without ``--overwrite``) when its first chunk
@@ -20,6 +22,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import errno
+import logging
 import os
 import stat
 import threading
@@ -40,6 +43,7 @@ from durafs.engine.fsmeta import (
     let_owner_in,
     make_dir,
     make_node,
+    put_mode_back,
     pwrite_all,
 )
 from durafs.engine.progress import Reporter
@@ -49,6 +53,9 @@ from durafs.format.frames import codec_for_thread
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
 from durafs.index.rows import CheckpointRow, ChunkRow, VersionRow, VolumeRow
+from durafs.interrupts import held
+
+log = logging.getLogger(__name__)
 
 #: Worker threads decoding and writing (the machine this is tuned on has two cores).
 WORKERS = 2
@@ -183,6 +190,9 @@ class Restore:
         #: Media that stayed offline past the wait, by id: the rest of the run does not
         #: wait for them again, batch after batch.
         self._offline: dict[int, str] = {}
+        #: Directories opened to their owner (`let_owner_in`) whose own mode is not given
+        #: yet, with the mode they had, parents first: an interrupted run puts those back.
+        self._opened: dict[bytes, int] = {}
         #: How every path under TARGET is reached: never through a symlink (`Beneath`).
         self._beneath: Beneath
         self._at: AtPath
@@ -212,15 +222,18 @@ class Restore:
         plan = _Plan()
         with Beneath(target) as beneath:
             self._beneath, self._at = beneath, beneath.at
-            with gc_paused():
-                self._walk(plan, plan_row.id, checkpoint.seq, top.path_id, target, strip)
-            with gc_frozen():
-                try:
-                    self._fill(plan)
-                    self._finish(plan)
-                except BaseException:  # Ctrl-C, or a failure: no half-written file stays
-                    self._drop_unfinished(plan)
-                    raise
+            try:
+                with gc_paused():
+                    self._walk(plan, plan_row.id, checkpoint.seq, top.path_id, target, strip)
+                with gc_frozen():
+                    try:
+                        self._fill(plan)
+                        self._finish(plan)
+                    except BaseException:  # Ctrl-C, or a failure: no half-written file stays
+                        self._drop_unfinished(plan)  # (while its directory is still open)
+                        raise
+            finally:  # whatever ended the run, no directory keeps the permission it lent
+                self._put_modes_back()
         done = [f for f in plan.files
                 if f.state == "created" and not f.damaged and not f.reported]
         self.result.files = len(done)
@@ -284,7 +297,11 @@ class Restore:
         else:  # it was there before: it may hold anything
             if not self.is_root:
                 try:
-                    let_owner_in(dest, self._at)
+                    # opened and noted as one step: a signal between would lose its mode
+                    with held():
+                        before = let_owner_in(dest, self._at)
+                        if before is not None:
+                            self._opened[dest] = before
                 except OSError:
                     pass  # what cannot be made in it is named, with the reason
             inherits = True
@@ -516,13 +533,22 @@ class Restore:
                 self._problem(dest, f"a hard link to {os.fsdecode(leader.dest)}, which is damaged")
         for dest, entry, inherits in reversed(plan.dirs):
             try:
+                self._dir_metadata(dest, entry, inherits)
+            except OSError as exc:
+                self._problem(dest, exc)
+
+    def _dir_metadata(self, dest: bytes, entry: TreeEntry, inherits: bool) -> None:
+        """Give the directory *dest* its metadata, and so its own mode: it is no longer
+        one to put back. One step: a signal between would put back its old mode."""
+        with held():
+            try:
                 if dest == self._beneath.root:
                     self._target_metadata(entry, inherits)
                 else:
                     apply_metadata(dest, entry, is_root=self.is_root, inherited=inherits,
                                    at=self._at)
-            except OSError as exc:
-                self._problem(dest, exc)
+            finally:
+                self._opened.pop(dest, None)
 
     def _target_metadata(self, entry: TreeEntry, inherits: bool) -> None:
         """Give TARGET itself its directory's metadata through the descriptor held since the
@@ -540,6 +566,20 @@ class Restore:
                               inherited=inherits)
         finally:
             os.close(fd)
+
+    def _put_modes_back(self) -> None:
+        """Give the directories still opened to their owner (a run that did not get to
+        their own modes) the modes they had, deepest first: a parent of mode 0600, say,
+        would bar the way to its children. Not cut by a second signal: a directory left
+        open would stay open (SIGKILL alone can leave that)."""
+        with held():
+            for dest, mode in reversed(self._opened.items()):
+                try:
+                    put_mode_back(dest, mode, self._at)
+                except OSError as exc:  # the run is ending on an error: say it all the same
+                    log.warning("%s: mode %04o not put back (%s)", os.fsdecode(dest), mode,
+                                exc.strerror or exc)
+            self._opened.clear()
 
     def _promote_heirs(self, plan: _Plan) -> None:
         """A hard-link group whose first name was not restored (something was there, say)

@@ -41,6 +41,9 @@ TYPES = ("d", "f", "l", "c", "b", "p", "s", "h")
 #: record is a full tree, exactly like a version 2 record without a base.
 CATALOG_FORMAT = 2
 CATALOG_VERSIONS = (1, 2)
+#: The checkpoint record's stats key listing the paths recorded without some of their
+#: xattrs (unreadable), which the next backup reads again (docs/FORMAT.md §4).
+XATTRS_UNREAD = "xattrs_unread"
 
 
 @dataclass
@@ -131,6 +134,8 @@ class CheckpointRecord:
 
     *base* is None for a full tree; for a delta it names the base catalog volume, and
     *depth* counts the deltas from the last full tree (0 for a full tree itself).
+    *xattrs_unread* are the paths recorded without some of their xattrs; on the medium
+    they are a list in the stats (`XATTRS_UNREAD`), absent when empty.
     """
 
     plan: str
@@ -142,15 +147,19 @@ class CheckpointRecord:
     stats: dict[str, int] = field(default_factory=dict)
     base: BaseRef | None = None
     depth: int = 0
+    xattrs_unread: list[bytes] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         base = self.base and {"checkpoint": self.base.checkpoint,
                               "volume_id": self.base.volume_id}
+        stats: dict[str, Any] = dict(self.stats)
+        if self.xattrs_unread:
+            stats[XATTRS_UNREAD] = [encode_path(p) for p in self.xattrs_unread]
         return dumps({
             "format": CATALOG_FORMAT, "plan": self.plan, "name": self.name,
             "created_ns": self.created_ns, "finished_ns": self.finished_ns,
             "sources": [encode_path(s) for s in self.sources], "host": self.host,
-            "stats": self.stats, "base": base, "depth": self.depth,
+            "stats": stats, "base": base, "depth": self.depth,
         })
 
     @classmethod
@@ -162,8 +171,8 @@ class CheckpointRecord:
                 plan=str(r["plan"]), name=str(r["name"]), created_ns=int(r["created_ns"]),
                 finished_ns=int(r["finished_ns"]),
                 sources=[decode_path(s) for s in r["sources"]], host=str(r.get("host", "")),
-                stats=dict(r.get("stats") or {}),
             )
+            record.stats, record.xattrs_unread = _read_stats(r.get("stats") or {})
             if version >= 2:  # version 1 records are full trees
                 base = r.get("base")
                 if base is not None:
@@ -174,6 +183,19 @@ class CheckpointRecord:
         if (record.base is None) != (record.depth == 0) or record.depth < 0:
             raise FormatError(f"{what}: depth {record.depth} does not fit base {record.base}")
         return record
+
+
+def _read_stats(stats: object) -> tuple[dict[str, int], list[bytes]]:
+    """A record's counts, and its `XATTRS_UNREAD` paths. Other keys a reader does not
+    know are left out: stats are counts, and only a count is safe to show unknown."""
+    if not isinstance(stats, dict):
+        raise TypeError("stats is not an object")
+    unread = stats.get(XATTRS_UNREAD, [])
+    if not isinstance(unread, list) or not all(isinstance(p, str) for p in unread):
+        raise TypeError(f"stats {XATTRS_UNREAD!r} is not a list of paths")
+    counts = {k: v for k, v in stats.items()
+              if isinstance(v, int) and not isinstance(v, bool)}
+    return counts, [decode_path(p) for p in unread]
 
 
 def write_catalog(

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from durafs.engine import fsmeta, restore
+from durafs.engine.access import VolumeAccess
 from durafs.engine.home import Home
 from durafs.index.catalog import open_catalog
 from tests.engine.cli import durafs, durafs_process, setup_catalog
@@ -543,6 +544,92 @@ def test_an_unprivileged_restore_over_its_own_read_only_directories(tmp_path: Pa
         assert run == (0, "")
         assert compare_trees(source, out) == []
         assert stat.S_IMODE(os.stat(out / "ro").st_mode) == 0o555
+
+
+def _read_only_dirs_restored(world: Path) -> tuple[Path, Path, Path, dict[Path, int]]:
+    """A backup of nobody's tree with read-only directories, restored by root into a
+    TARGET nobody owns, whose medium is then offline: (home, source, TARGET, the modes
+    of TARGET's directories). A restore by nobody over it opens each directory."""
+    home, source, out = world / "home", world / "src", world / "out"
+    (source / "ro" / "sub").mkdir(parents=True)
+    _write(source / "ro" / "file", b"in a read-only directory\n")
+    _write(source / "ro" / "sub" / "deeper", b"deeper\n")
+    for directory in (source / "ro" / "sub", source / "ro"):
+        directory.chmod(0o555)
+    subprocess.run(["chown", "-R", "65534:65534", source], check=True)
+    assert durafs("--home", home, "init", "--encryption", "none").code == 0
+    assert durafs("--home", home, "pool", "add", "p", "--kind", "dir", "--path",
+                  world / "pool").code == 0
+    assert durafs("--home", home, "backup", source, "--pool", "p").code == 0
+    assert durafs("--home", home, "restore", f"default/latest{source}", out).code == 0
+    subprocess.run(["chown", "-R", "65534:65534", home, world / "pool", out], check=True)
+    out.chmod(0o500)  # TARGET itself is opened too
+    (world / "pool").rename(world / "unplugged")
+    dirs = (out, out / "ro", out / "ro" / "sub")
+    return home, source, out, {d: stat.S_IMODE(os.stat(d).st_mode) for d in dirs}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_an_interrupted_unprivileged_restore_gives_opened_directories_their_modes_back(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """The read-only directories an unprivileged restore opens to their owner (to write
+    in them) get their own modes back even when it is interrupted before it gives them
+    the checkpoint's: here while it waits for an offline medium, after the walk opened
+    every one."""
+    require_root("switching to another user (root may write in any directory)")
+    with world_dir() as world:
+        home, source, out, modes = _read_only_dirs_restored(world)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                   sys.executable, "-m", "durafs.cli.main", "--home", os.fspath(home),
+                   "restore", "--overwrite", f"default/latest{source}", os.fspath(out)]
+        with subprocess.Popen(command, stderr=subprocess.PIPE) as proc:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            assert b"waiting for medium P-001" in line, line
+            assert stat.S_IMODE(os.stat(out / "ro").st_mode) == 0o755  # opened meanwhile
+            proc.send_signal(signum)
+            try:
+                proc.wait(10)
+            finally:
+                proc.kill()
+            err = proc.stderr.read().decode()
+        assert proc.returncode == 128 + signum, err
+        assert {d: stat.S_IMODE(os.stat(d).st_mode) for d in modes} == modes
+        assert sorted(os.listdir(out / "ro")) == ["file", "sub"]  # no temporary left
+
+
+class _Unexpected(Exception):
+    """What the test's wait callback raises: a failure the restore does not expect."""
+
+
+def test_an_unprivileged_restore_ended_by_an_error_gives_directories_their_modes_back(
+    tmp_path: Path,
+) -> None:
+    require_root("switching to another user (root may write in any directory)")
+    with world_dir() as world:
+        home, source, out, modes = _read_only_dirs_restored(world)
+
+        def fail(message: str) -> None:
+            raise _Unexpected(message)
+
+        def run() -> str:
+            catalog_home = Home(os.fspath(home))
+            keys = catalog_home.keys(read=True)
+            with catalog_home.catalog(readonly=True) as catalog:
+                checkpoint, path = restore.parse_spec(catalog, f"default/latest{source}")
+                access = VolumeAccess(catalog, keys, wait=None, on_wait=fail)
+                try:
+                    restore.Restore(catalog, access, overwrite=True).run(
+                        checkpoint, path, os.fsencode(out))
+                except _Unexpected as exc:
+                    return str(exc)
+                finally:
+                    access.close()
+            return "restored"
+
+        assert "waiting for medium P-001" in as_nobody(run)
+        assert {d: stat.S_IMODE(os.stat(d).st_mode) for d in modes} == modes
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])

@@ -10,6 +10,7 @@ import pytest
 from durafs.errors import FormatError, UnsupportedVersionError
 from durafs.format.catalog import (
     DELETED_MEMBER,
+    XATTRS_UNREAD,
     BaseRef,
     CheckpointRecord,
     TreeEntry,
@@ -82,3 +83,27 @@ def test_base_and_depth_must_agree(change: dict[str, object]) -> None:
                    "r")
     with pytest.raises(FormatError, match="depth"):
         CheckpointRecord.from_json(dumps(record | change), "r")
+
+
+def test_paths_whose_xattrs_were_not_read_round_trip_in_the_stats() -> None:
+    record = CheckpointRecord("default", "n", 1, 2, [b"/src"], stats={"files": 3},
+                              xattrs_unread=[b"/src/locked", b"/src/\xff odd"])
+    stats = loads(record.to_json(), "r")["stats"]
+    assert stats == {"files": 3, XATTRS_UNREAD: ["/src/locked", "/src/\udcff odd"]}
+    assert CheckpointRecord.from_json(record.to_json(), "r") == record
+    # none unread: no key at all, as records written before had
+    assert loads(CheckpointRecord("default", "n", 1, 2, []).to_json(), "r")["stats"] == {}
+
+
+def test_stats_a_reader_does_not_know_are_left_out_unless_counts() -> None:
+    data = loads(CheckpointRecord("default", "n", 1, 2, []).to_json(), "r")
+    data["stats"] = {"files": 1, "later_count": 2, "later_fact": "x", "flag": True}
+    assert CheckpointRecord.from_json(dumps(data), "r").stats == {"files": 1, "later_count": 2}
+
+
+@pytest.mark.parametrize("unread", ["/src/a", [1], {"/src/a": 1}])
+def test_a_malformed_unread_list_is_refused(unread: object) -> None:
+    data = loads(CheckpointRecord("default", "n", 1, 2, []).to_json(), "r")
+    data["stats"] = {XATTRS_UNREAD: unread}
+    with pytest.raises(FormatError, match=XATTRS_UNREAD):
+        CheckpointRecord.from_json(dumps(data), "r")
