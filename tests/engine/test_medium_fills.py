@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from durafs.media import directory
-from tests.engine.cli import checkpoint_names, durafs, setup_catalog
+from tests.engine.cli import Run, checkpoint_names, durafs, durafs_process, setup_catalog
 from tests.support.oddtree import compare_trees, tmpfs
 
 #: The filler starts once the volume being written on the first medium has this much.
@@ -38,36 +38,43 @@ def _fill(where: Path) -> None:
         os.close(fd)
 
 
-@contextmanager
-def filled_mid_volume(
-    monkeypatch: pytest.MonkeyPatch, medium: Path, filler: Path, after_volumes: int = 0
-) -> Iterator[Callable[[], bool]]:
-    """Fill *medium*'s file system (writing *filler*) at one exact moment: when the data
-    volume being written there already has FILL_AFTER bytes, and *after_volumes* volumes
-    are committed on it. Yields whether that moment came.
-
-    The hook only picks the moment, deterministically; the ENOSPC the backup then meets
-    comes from the real file system."""
-    real_write_all = directory.write_all
-    done: list[bool] = []
+def backup_filled_mid_volume(
+    medium: Path, filler: Path, *args: str | os.PathLike[str], after_volumes: int = 0
+) -> tuple[Run, bool]:
+    """`durafs backup ARGS…` as a child process, with *medium*'s file system filled
+    (writing *filler*) at one moment: when the data volume being written there already
+    has FILL_AFTER bytes and *after_volumes* volumes are committed on it. The child is
+    stopped (SIGSTOP) while the file system fills, so the volume is caught mid-way;
+    the ENOSPC it meets then comes from the real file system. Returns the run and
+    whether that moment came (the volume may end before the poll sees it)."""
     volumes = medium / "volumes"
+    with durafs_process("backup", *args, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE) as proc:
+        filled = False
+        while not filled and proc.poll() is None:
+            if _mid_volume(volumes, after_volumes):
+                proc.send_signal(signal.SIGSTOP)
+                try:
+                    _fill(filler)
+                finally:
+                    proc.send_signal(signal.SIGCONT)
+                filled = True
+            time.sleep(0.0005)
+        out, err = proc.communicate(timeout=120)
+    return Run(proc.returncode, out.decode(), err.decode()), filled
 
-    def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-        if not done and _is_temp_volume_in(fd, volumes) and os.fstat(fd).st_size >= FILL_AFTER:
-            committed = [n for n in os.listdir(volumes) if not n.startswith(".")]
-            if len(committed) >= after_volumes:
-                done.append(True)
-                _fill(filler)
-        real_write_all(fd, data)
 
-    monkeypatch.setattr(directory, "write_all", write_all)
-    yield lambda: bool(done)
-    monkeypatch.setattr(directory, "write_all", real_write_all)
-
-
-def _is_temp_volume_in(fd: int, volumes: Path) -> bool:
-    path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-    return path.parent == volumes and path.name.startswith(".tmp-")
+def _mid_volume(volumes: Path, after_volumes: int) -> bool:
+    """Whether a volume is being written in *volumes* with FILL_AFTER bytes in it already,
+    after *after_volumes* committed ones."""
+    try:
+        names = os.listdir(volumes)
+        temps = [n for n in names if n.startswith(".tmp-")]
+        committed = len(names) - len([n for n in names if n.startswith(".")])
+        return committed >= after_volumes and any(
+            os.stat(volumes / n).st_size >= FILL_AFTER for n in temps)
+    except FileNotFoundError:  # not made yet, or a temp file renamed meanwhile
+        return False
 
 
 def _temp_files(*media: Path) -> list[str]:
@@ -87,7 +94,7 @@ def _random_tree(source: Path, files: int) -> None:
 
 @pytest.mark.parametrize("encryption", ["key", "none"])
 def test_a_medium_filled_by_another_program_mid_volume_moves_the_volume_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encryption: str
+    tmp_path: Path, encryption: str
 ) -> None:
     source = tmp_path / "src"
     _random_tree(source, 4)
@@ -96,9 +103,9 @@ def test_a_medium_filled_by_another_program_mid_volume_moves_the_volume_on(
         assert durafs("init", "--encryption", encryption).code == 0
         assert durafs("pool", "add", "p", "--kind", "dir", "--path", first).code == 0
         assert durafs("media", "add", "p", "--path", second).code == 0
-        with filled_mid_volume(monkeypatch, first, small / "filler") as filled:
-            run = durafs("backup", source, "--pool", "p", "--json")
-        assert filled()
+        run, filled = backup_filled_mid_volume(first, small / "filler",
+                                               source, "--pool", "p", "--json")
+        assert filled
         assert run.code == 0, run.err
         assert run.json()["stats"]["bytes_read"] == 20 << 20  # each file read once
         media = durafs("media", "list", "--json").json()
@@ -113,7 +120,7 @@ def test_a_medium_filled_by_another_program_mid_volume_moves_the_volume_on(
 
 
 def test_with_no_medium_to_move_to_the_run_stops_and_the_next_completes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path
 ) -> None:
     source = tmp_path / "src"
     _random_tree(source, 6)
@@ -124,9 +131,9 @@ def test_with_no_medium_to_move_to_the_run_stops_and_the_next_completes(
         pool = small / "pool"
         setup_catalog(small, volume_size="4M")
         assert durafs("backup", early, "--pool", "p").code == 0
-        with filled_mid_volume(monkeypatch, pool, small / "filler", after_volumes=4) as filled:
-            run = durafs("backup", source, "--pool", "p", "--json")
-        assert filled()
+        run, filled = backup_filled_mid_volume(pool, small / "filler", source, "--pool", "p",
+                                               "--json", after_volumes=4)
+        assert filled
         assert run.code == 3, run.err
         assert "P-001" in run.err and "full" in run.err, run.err
         assert _temp_files(pool) == []
@@ -150,7 +157,7 @@ def test_with_no_medium_to_move_to_the_run_stops_and_the_next_completes(
 
 
 def test_with_the_other_medium_offline_the_run_stops_naming_both(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path
 ) -> None:
     # a volume never waits for a medium mid-way (nothing could interrupt that wait)
     source = tmp_path / "src"
@@ -160,9 +167,9 @@ def test_with_the_other_medium_offline_the_run_stops_naming_both(
         setup_catalog(small)
         assert durafs("media", "add", "p", "--path", second).code == 0
         second.rename(tmp_path / "unplugged")
-        with filled_mid_volume(monkeypatch, first, small / "filler") as filled:
-            run = durafs("backup", source, "--pool", "p")
-        assert filled()
+        run, filled = backup_filled_mid_volume(first, small / "filler",
+                                               source, "--pool", "p")
+        assert filled
         assert run.code == 3, run.err
         assert "P-001" in run.err and "the medium is full" in run.err, run.err
         assert "P-002 offline" in run.err, run.err
