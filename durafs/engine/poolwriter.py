@@ -3,6 +3,9 @@
 A volume's chunks enter the index only after the volume is committed (fsynced and renamed
 on its medium): a run killed at any moment leaves the index describing only what is safely
 stored, and the next run stores just what is missing.
+
+A data volume is started with the room its medium has then; if something else fills the
+medium meanwhile, the volume moves on to another medium of the pool (`MovingSink`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from durafs.format.keys import CatalogKeys
 from durafs.format.writer import VolumeWriter, new_header
 from durafs.index.catalog import Catalog
 from durafs.index.rows import MediumRow, NewChunk, PoolRow, VolumeRow
-from durafs.media.base import Medium, VolumeSink
+from durafs.media.base import Medium, StoredVolume, VolumeSink
 from durafs.media.directory import DirectoryMedium
 
 log = logging.getLogger(__name__)
@@ -101,9 +104,14 @@ class PoolWriter:
             return {}
         summary = self._writer.finish()
         stored = self._sink.commit()
+        left: list[MediumRow] = []
+        if isinstance(self._sink, MovingSink):  # it may have moved on from a full medium
+            self._medium_row, left = self._sink.row, self._sink.left
+            self._tell_moved(stored, left)
         with self.catalog.db.transaction():
             volume = self._record(stored, summary.plain_size, "data")
             ids = self.catalog.add_chunks(self.pool.id, volume.id, self.open.values())
+            self._mark_full(left)
         self.bytes_stored += stored.stored_size
         self._writer = self._sink = None
         self.open = {}
@@ -172,11 +180,8 @@ class PoolWriter:
             return plain
         return plain + plain // 4096 + AGE_HEADER
 
-    def _record(self, stored: object, plain_size: int, kind: str) -> VolumeRow:
+    def _record(self, stored: StoredVolume, plain_size: int, kind: str) -> VolumeRow:
         assert self._medium_row is not None
-        from durafs.media.base import StoredVolume
-
-        assert isinstance(stored, StoredVolume)
         medium = open_medium(self._medium_row)
         volume = self.catalog.add_volume(
             self._medium_row.id, uuid=stored.volume_id, kind=kind, seq=stored.seq,
@@ -191,6 +196,20 @@ class PoolWriter:
         self.volumes_written += 1
         return volume
 
+    def _tell_moved(self, stored: StoredVolume, left: list[MediumRow]) -> None:
+        assert self._medium_row is not None
+        if left:
+            full = ", ".join(row.label for row in left)
+            log.warning("medium %s filled while volume %s was written to it (something else "
+                        "took its room): the volume went on on medium %s", full,
+                        stored.volume_id, self._medium_row.label)
+
+    def _mark_full(self, rows: list[MediumRow]) -> None:
+        """Media a volume left because they filled take no new volume: what the moved
+        volume had there is gone again, but whatever filled them may well go on."""
+        for row in rows:
+            self.catalog.update_medium(row.id, state="full")
+
     def _start(self, kind: str, need: int = 0, skip: set[int] | None = None) -> VolumeWriter:
         row, medium = self._choose_medium(need, skip or set())
         free = medium.free_bytes()
@@ -198,6 +217,14 @@ class PoolWriter:
         volume_id = uuid.uuid4().hex
         encrypted = self.keys.encryption != "none"
         self._sink = medium.create_volume(kind, volume_id, encrypted)
+        if kind == "data":
+            # it can move on if the medium fills under it; a non-data volume is written
+            # again elsewhere instead (write_volume). Another medium needs room for all of
+            # it: the limit, or its one chunk bigger than that (add_chunk)
+            self._sink = MovingSink(
+                self._sink, row, media=self.catalog.media(self.pool.id), need=max(limit, need),
+                pool=self.pool.name,
+                create=lambda other: other.create_volume(kind, volume_id, encrypted))
         header = new_header(self.keys.catalog_id, volume_id, kind, self.pool.name,
                             self.keys.encryption, self.keys.id_key)
         self._writer = VolumeWriter(self._sink, header, self.keys.recipients)
@@ -238,3 +265,111 @@ class PoolWriter:
                 raise MediumOfflineError(
                     f"no writable medium online in pool {self.pool.name}: {names}")
             time.sleep(POLL_SECONDS)
+
+
+class MovingSink(VolumeSink):
+    """A data volume's sink that moves on to another medium of the pool when its medium
+    fills under it: what was written so far is copied from the full medium (nothing is
+    read from the sources again) and the volume goes on, and is committed, on the other.
+
+    The volume's bytes name no medium (docs/FORMAT.md: the header has the catalog, the
+    pool, the volume), so they are the same wherever they land. This runs on the volume's
+    own thread, so it never touches the catalog: *media* are the pool's media as the volume
+    started; the PoolWriter records `left` (the media it filled) and `row` (where it is).
+    A driver that cannot keep what it wrote (`VolumeSink.keep_if_full`) fails as before.
+    """
+
+    def __init__(
+        self, sink: VolumeSink, row: MediumRow, *, media: Sequence[MediumRow], need: int,
+        pool: str, create: Callable[[Medium], VolumeSink],
+    ) -> None:
+        """*sink* is the volume's on medium *row*; another medium needs *need* bytes free
+        for it; *create* starts the same volume on another medium."""
+        self.sink, self.row = sink, row
+        self.left: list[MediumRow] = []
+        self._media, self._need, self._pool, self._create = media, need, pool, create
+        sink.keep_if_full()
+
+    @property
+    def committed(self) -> bool:
+        return self.sink.committed
+
+    @property
+    def written(self) -> int:
+        return self.sink.written
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        while True:
+            try:
+                self.sink.write(data)
+                return
+            except MediumFullError as exc:
+                self._move(exc)  # then the same data again, on the next medium
+
+    def commit(self) -> StoredVolume:
+        while True:
+            try:
+                return self.sink.commit()
+            except MediumFullError as exc:
+                self._move(exc)
+
+    def abort(self) -> None:
+        self.sink.abort()
+
+    def _move(self, full: MediumFullError) -> None:
+        """Carry the volume from the full medium to another one with room, or raise *full*
+        (with why it could not move) with nothing of the volume left on either."""
+        old = self.sink
+        if not old.kept:
+            raise full  # the driver dropped it (or could not trust what it holds)
+        self.left.append(self.row)
+        try:
+            self.sink, self.row = self._copy_elsewhere(old, full)
+        finally:
+            old.abort()  # copied, or given up: either way nothing of it stays there
+
+    def _copy_elsewhere(
+        self, old: VolumeSink, full: MediumFullError
+    ) -> tuple[VolumeSink, MediumRow]:
+        tried = {row.id for row in self.left}
+        while True:
+            row, medium = self._medium_with_room(tried, full)
+            tried.add(row.id)
+            new = self._create(medium)
+            new.keep_if_full()
+            try:
+                old.copy_to(new)
+                return new, row
+            except MediumFullError:
+                self.left.append(row)  # it filled as well: on to the next
+                new.abort()
+            except BaseException:
+                new.abort()
+                raise
+
+    def _medium_with_room(
+        self, tried: set[int], full: MediumFullError
+    ) -> tuple[MediumRow, Medium]:
+        """An online medium of the pool, not one of *tried*, with room for the volume.
+        It does not wait for an offline one: the run would hang on this thread, where an
+        interrupt never arrives."""
+        offline = []
+        for row in self._media:
+            if row.state != "active" or row.id in tried:
+                continue
+            medium = open_medium(row)
+            try:
+                if medium.is_online():
+                    free = medium.free_bytes()
+                    if free is None or free >= self._need + SLACK:
+                        return row, medium
+                    continue
+            except MediumOfflineError:
+                pass
+            offline.append(row.label)
+        also = f" ({', '.join(offline)} offline)" if offline else ""
+        raise MediumFullError(
+            f"{full}; no other medium of pool {self._pool} online has room for the volume "
+            f"({self._need} bytes){also}: add one with "
+            f"`durafs media add {self._pool} --path PATH`"
+        ) from full

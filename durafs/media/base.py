@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar
 
-from durafs.errors import ForeignCatalogError, FormatError, UsageError
+from durafs.errors import ForeignCatalogError, FormatError, MediumError, UsageError
 from durafs.format.header import FORMAT_VERSION, check_version, dumps, loads
 from durafs.format.keys import KEYS_FILE_ENCRYPTED, KEYS_FILE_PLAIN
 
@@ -112,6 +112,10 @@ class VolumeSink(ABC):
     is durable and listed) or ``abort`` (nothing of it stays). Leaving a ``with`` block
     without having committed aborts. A failed ``write`` or ``commit`` has already
     aborted: the data is gone and the sink is closed.
+
+    One exception, asked for with ``keep_if_full``: when the medium fills, a sink that can
+    keeps what it accepted (``kept``), so that ``copy_to`` can carry the volume on to a
+    sink on another medium; it must then still be aborted.
     """
 
     @abstractmethod
@@ -135,6 +139,25 @@ class VolumeSink(ABC):
     @abstractmethod
     def written(self) -> int:
         """Bytes accepted by ``write`` so far."""
+
+    def keep_if_full(self) -> bool:
+        """From now on, a MediumFullError from ``write`` or ``commit`` leaves what the sink
+        accepted on the medium, for ``copy_to``, instead of aborting. False if this driver
+        cannot read back what it wrote (a tape, an upload): it aborts as before."""
+        return False
+
+    @property
+    def kept(self) -> bool:
+        """True after a MediumFullError that left what the sink accepted (``keep_if_full``);
+        neither ``write`` nor ``commit`` works any more, ``copy_to`` and ``abort`` do."""
+        return False
+
+    def copy_to(self, other: VolumeSink) -> None:
+        """Write everything this ``kept`` sink accepted into *other* (a sink of the same
+        volume on another medium), which then goes on from there. Errors of *other* pass
+        through as they are; any other failure is a MediumError (never MediumFullError),
+        and this sink still holds its bytes either way."""
+        raise MediumError(f"{self!r}: this sink holds nothing to copy")
 
     def __enter__(self) -> VolumeSink:
         return self

@@ -11,6 +11,8 @@ Invariants:
 - ``initialize`` writes the marker last, so a marker implies a complete keys file.
 - A file has a volume's name only once it is complete and fsynced: a volume is written as
   ``volumes/.tmp-<volume_id>`` (flock-ed by its writer while open) and renamed at commit.
+  A sink told to ``keep_if_full`` keeps that file when the disk fills, until its volume has
+  been copied to another medium (``copy_to``) and it is aborted.
 - Sequence numbers are assigned at commit, under a lock on ``volumes/``, from a fresh scan
   of it: concurrent sinks and writers in other processes never share a number, and the
   numbers order volumes by completion.
@@ -302,7 +304,8 @@ class DirectoryMedium(Medium):
     def _open_temp(self, tmp_path: str, volume_id: str) -> int:
         """Open and lock the temporary file, replacing a stale one a crash left behind."""
         for _ in range(3):
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _DATA_MODE)
+            # read and write: a sink whose medium fills reads its bytes back (copy_to)
+            fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _DATA_MODE)
             try:
                 if not try_lock(fd):
                     raise MediumError(
@@ -458,6 +461,10 @@ class DirectorySink(VolumeSink):
 
     Used by one thread at a time. The temporary file stays open and flock-ed until the
     sink ends, which is how ``cleanup_temp`` tells a live writer from a dead one.
+
+    What it accepted is always the file's first ``_flushed`` bytes and the buffer's
+    ``_fill``: a write that fails leaves both as they were (what it wrote of its piece
+    is past ``_flushed``), so a sink kept when the disk filled knows what to copy.
     """
 
     def __init__(
@@ -480,7 +487,8 @@ class DirectorySink(VolumeSink):
         self._written = 0
         self._flushed = 0  # bytes handed to the kernel
         self._writeback_from = 0
-        self._state = "open"  # -> "committed" | "aborted"
+        self._keep_if_full = False
+        self._state = "open"  # -> "committed" | "aborted" | "full" (kept, see keep_if_full)
         self._stored: StoredVolume | None = None
 
     @property
@@ -495,12 +503,20 @@ class DirectorySink(VolumeSink):
     def written(self) -> int:
         return self._written
 
+    def keep_if_full(self) -> bool:
+        self._keep_if_full = True
+        return True
+
+    @property
+    def kept(self) -> bool:
+        return self._state == "full"
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._check_open()
         view = memoryview(data).cast("B")
         n = len(view)
         if self._limit is not None and self._written + n > self._limit:
-            self.abort()
+            self._stop_full()
             raise MediumFullError(
                 f"{self._medium.describe()}: volume {self.volume_id} does not fit in the "
                 f"capacity left ({self._limit} bytes)"
@@ -520,14 +536,21 @@ class DirectorySink(VolumeSink):
         self._check_open()
         self._flush()
         try:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                # after a failed fsync the kernel may have dropped pages it could not
+                # write: what the file reads back is not known to be what was written,
+                # so it is never copied elsewhere
+                self._fail(exc, "committing", keep=False)
             stored = self._medium._commit_temp(
                 self._fd, self._tmp_path, self._volume, self._written
             )
         except OSError as exc:
             self._fail(exc, "committing")
         except BaseException:
-            self.abort()
+            if self._state == "open":
+                self.abort()
             raise
         self._state = "committed"
         self._stored = stored
@@ -535,7 +558,7 @@ class DirectorySink(VolumeSink):
         return stored
 
     def abort(self) -> None:
-        if self._state != "open":
+        if self._state not in ("open", "full"):
             return
         self._state = "aborted"
         try:
@@ -549,7 +572,7 @@ class DirectorySink(VolumeSink):
     def __del__(self) -> None:
         # a sink dropped without commit or abort would keep its temp file locked (so
         # cleanup_temp spares it) until the process ends
-        if getattr(self, "_state", None) == "open":
+        if getattr(self, "_state", None) in ("open", "full"):
             try:
                 self.abort()
             except Exception:
@@ -578,10 +601,54 @@ class DirectorySink(VolumeSink):
                              self._flushed - self._writeback_from, os.POSIX_FADV_DONTNEED)
             self._writeback_from = self._flushed
 
-    def _fail(self, exc: OSError, doing: str) -> NoReturn:
+    def _fail(self, exc: OSError, doing: str, *, keep: bool = True) -> NoReturn:
         error = self._medium._error(exc, f"{doing} volume {self.volume_id}")
-        self.abort()
+        if isinstance(error, MediumFullError) and keep:
+            self._stop_full()
+        else:
+            self.abort()
         raise error from exc
+
+    def _stop_full(self) -> None:
+        """The medium is full: keep what was accepted if asked to, else drop it."""
+        if self._keep_if_full:
+            self._state = "full"
+        else:
+            self.abort()
+
+    # -- moving a volume whose medium filled ----------------------------------------------
+
+    def copy_to(self, other: VolumeSink) -> None:
+        if self._state != "full":
+            raise MediumError(f"volume {self.volume_id}: sink is {self._state}, not kept")
+        try:
+            # drop what a failed write left past the accepted bytes; then an fsync reports
+            # any write-back error on those bytes: once it succeeds, what the file reads
+            # back is what was written, from the page cache or the disk
+            os.ftruncate(self._fd, self._flushed)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise self._cannot_move(exc) from exc
+        pos = 0
+        while pos < self._flushed:
+            try:
+                piece = os.pread(self._fd, min(WRITE_BUFFER, self._flushed - pos), pos)
+            except OSError as exc:
+                raise self._cannot_move(exc) from exc
+            if not piece:
+                raise MediumError(f"{self._medium.describe()}: the temporary file of volume "
+                                  f"{self.volume_id} ends at {pos} bytes, not {self._flushed}")
+            other.write(piece)
+            pos += len(piece)
+        if self._fill:
+            other.write(self._buf[: self._fill])
+
+    def _cannot_move(self, exc: OSError) -> MediumError:
+        # a plain MediumError whatever the errno: MediumFullError would say *other* filled
+        return MediumError(
+            f"{self._medium.describe()}: volume {self.volume_id} cannot be moved off the "
+            f"full medium: what it holds cannot be read back safely ({exc.strerror or exc})"
+        )
 
     def __repr__(self) -> str:
         return f"<DirectorySink {self.volume_id} {self._state} {self._written} bytes>"

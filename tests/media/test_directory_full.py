@@ -76,3 +76,27 @@ def test_a_full_disk_raises_medium_full_and_keeps_earlier_volumes(small_ext4: Pa
     # the medium now says it has no room for another volume like the one that failed
     assert medium.free_bytes() < 3 * 1024 * 1024
     assert medium.cleanup_temp() == []
+
+
+def test_a_sink_kept_when_the_disk_fills_carries_its_volume_to_another_medium(
+    small_ext4: Path, tmp_path: Path
+) -> None:
+    full = new_medium(small_ext4, "HDD-LOOP")
+    other = new_medium(tmp_path / "other", "HDD-002")
+    data = os.urandom(3 * full.free_bytes() // 2)  # more than the disk has room for
+    sink = full.create_volume("data", "moving", True)
+    assert sink.keep_if_full()
+    with pytest.raises(MediumFullError, match="HDD-LOOP"):
+        write_pieces(sink, data, largest=300_000)
+    assert sink.kept and temp_files(full) == [".tmp-moving"]
+    accepted = sink.written
+    assert 0 < accepted < len(data)
+
+    moved = other.create_volume("data", "moving", True)
+    sink.copy_to(moved)
+    assert moved.written == accepted
+    write_pieces(moved, data[accepted:], largest=300_000)  # the rest, as if never stopped
+    stored = moved.commit()
+    sink.abort()
+    assert temp_files(full) == [] and full.list_volumes() == []
+    assert read_all(other, stored.name) == data

@@ -24,6 +24,7 @@ from durafs.errors import (
     UsageError,
 )
 from durafs.format.keys import KEYS_FILE_ENCRYPTED, KEYS_FILE_PLAIN
+from durafs.media import directory
 from durafs.media.base import MediumMarker
 from durafs.media.directory import MARKER_NAME, DirectoryMedium
 
@@ -552,6 +553,76 @@ def test_write_errors_abort_and_are_named(
         sink.commit()
     assert type(info.value) is error  # EIO on a present medium is not "offline"
     assert temp_files(medium) == [] and medium.list_volumes() == []
+
+
+def test_a_sink_asked_to_keep_if_full_keeps_what_it_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    medium = new_medium(tmp_path / "d", "HDD-009")
+    other = new_medium(tmp_path / "e", "HDD-010")
+    sink = medium.create_volume("data", "v1", True)
+    assert sink.keep_if_full()
+    written = os.urandom(3 * 1024 * 1024 + 5)
+    write_pieces(sink, written, largest=100_000)
+    real_write_all = directory.write_all
+
+    def full_after_a_little(fd: int, data: bytes | memoryview) -> None:
+        real_write_all(fd, memoryview(data)[:1000])  # a partial write, then no room
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("durafs.media.directory.write_all", full_after_a_little)
+    with pytest.raises(MediumFullError, match=r"HDD-009.*full"):
+        sink.write(os.urandom(2 * 1024 * 1024))  # not accepted
+    assert sink.kept and sink.written == len(written)
+    with pytest.raises(MediumError, match="full"):
+        sink.write(b"x")
+    monkeypatch.setattr("durafs.media.directory.write_all", real_write_all)
+    moved = other.create_volume("data", "v1", True)
+    sink.copy_to(moved)
+    assert sink.kept  # still holds it until aborted
+    sink.abort()
+    assert not sink.kept and temp_files(medium) == []
+    assert read_all(other, moved.commit().name) == written
+
+
+def test_a_kept_sink_whose_fsync_failed_drops_its_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # after a failed fsync the file may not read back what was written: never copied
+    medium = new_medium(tmp_path / "d", "HDD-009")
+    sink = medium.create_volume("data", "v1", True)
+    sink.keep_if_full()
+    sink.write(b"written, then the fsync finds no room")
+
+    def no_room(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", no_room)
+    with pytest.raises(MediumFullError, match=r"HDD-009.*full"):
+        sink.commit()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert not sink.kept and temp_files(medium) == []
+    with medium.create_volume("data", "v2", True) as other, pytest.raises(
+        MediumError, match="not kept"
+    ):
+        sink.copy_to(other)
+
+
+def test_a_sink_kept_beyond_its_capacity_can_be_copied(tmp_path: Path) -> None:
+    medium = new_medium(tmp_path / "d", "HDD-001", capacity=2 * 1024 * 1024)
+    other = new_medium(tmp_path / "e", "HDD-002")
+    data = os.urandom(3 * 1024 * 1024)
+    sink = medium.create_volume("data", "v1", True)
+    sink.keep_if_full()
+    with pytest.raises(MediumFullError, match="capacity"):
+        write_pieces(sink, data, largest=100_000)
+    moved = other.create_volume("data", "v1", True)
+    sink.copy_to(moved)
+    sink.abort()
+    write_pieces(moved, data[moved.written :])
+    assert read_all(other, moved.commit().name) == data
+    assert temp_files(medium) == []
 
 
 def test_an_error_while_the_medium_vanished_means_offline(
