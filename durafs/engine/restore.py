@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import errno
 import logging
 import os
@@ -299,7 +300,7 @@ class Restore:
                 try:
                     # opened and noted as one step: a signal between would lose its mode
                     with held():
-                        before = let_owner_in(dest, self._at)
+                        before = let_owner_in(dest, self._at_held)
                         if before is not None:
                             self._opened[dest] = before
                 except OSError:
@@ -575,11 +576,22 @@ class Restore:
         with held():
             for dest, mode in reversed(self._opened.items()):
                 try:
-                    put_mode_back(dest, mode, self._at)
+                    put_mode_back(dest, mode, self._at_held)
                 except OSError as exc:  # the run is ending on an error: say it all the same
                     log.warning("%s: mode %04o not put back (%s)", os.fsdecode(dest), mode,
                                 exc.strerror or exc)
             self._opened.clear()
+
+    @contextlib.contextmanager
+    def _at_held(self, path: bytes) -> Iterator[tuple[int | None, bytes]]:
+        """As `self._at`, but TARGET itself is the directory held since the restore began
+        (as for its metadata, `_target_metadata`), not whatever its path leads to now: the
+        mode lent to TARGET is given back to TARGET."""
+        if path == self._beneath.root:
+            yield self._beneath.fd, b"."
+        else:
+            with self._at(path) as pair:
+                yield pair
 
     def _promote_heirs(self, plan: _Plan) -> None:
         """A hard-link group whose first name was not restored (something was there, say)
