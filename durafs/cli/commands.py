@@ -15,7 +15,7 @@ from durafs.engine.access import VolumeAccess
 from durafs.engine.backup import Backup, BackupOptions
 from durafs.engine.fsmeta import at_path
 from durafs.engine.home import Home, read_passphrase
-from durafs.errors import NoIdentityError, UsageError
+from durafs.errors import CryptoError, FormatError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
@@ -373,7 +373,10 @@ def recover(home: Home, args: Args) -> int:
         passphrase = None
         if data.startswith(b"age-encryption.org/v1"):
             passphrase = read_passphrase("identity passphrase: ", env="DURAFS_IDENTITY_PASSPHRASE")
-        identities = list(age.read_identity_file(data, passphrase))
+        try:
+            identities = list(age.read_identity_file(data, passphrase))
+        except (CryptoError, FormatError) as exc:  # a wrong passphrase, not an identity file
+            raise UsageError(f"identity file {args.identity}: {exc}") from exc
     elif os.environ.get("DURAFS_PASSPHRASE") is not None or os.isatty(0):
         identities = [age.ScryptIdentity(read_passphrase("durafs passphrase: "))]
     try:

@@ -1,0 +1,55 @@
+"""`durafs recover --identity FILE` with an identity file that cannot be used: a
+configuration error (exit 2) naming the file, as a missing or unreadable one is."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from durafs.engine.home import Home
+from tests.engine.cli import durafs, setup_catalog
+
+
+def _lost_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A backed-up pool whose catalog is gone, and its identity exported with a
+    passphrase (`--protect`): (pool, identity file)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    identity = tmp_path / "identity.age"
+    monkeypatch.setenv("DURAFS_IDENTITY_PASSPHRASE", "the right one")
+    assert durafs("key", "export-identity", identity, "--protect").code == 0
+    shutil.rmtree(Home().path)
+    monkeypatch.setenv("DURAFS_HOME", os.fspath(tmp_path / "fresh"))
+    return pool, identity
+
+
+def test_a_protected_identity_file_with_the_wrong_passphrase_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool, identity = _lost_catalog(tmp_path, monkeypatch)
+    monkeypatch.setenv("DURAFS_IDENTITY_PASSPHRASE", "not the one")
+    run = durafs("recover", "--path", pool, "--identity", identity)
+    assert run.code == 2, run
+    assert os.fspath(identity) in run.err and "passphrase" in run.err, run
+    assert "Traceback" not in run.err
+    assert not Home().path.exists()
+    monkeypatch.setenv("DURAFS_IDENTITY_PASSPHRASE", "the right one")
+    assert durafs("recover", "--path", pool, "--identity", identity).code == 0
+
+
+def test_a_file_that_is_no_identity_file_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool, _ = _lost_catalog(tmp_path, monkeypatch)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a key\n")
+    run = durafs("recover", "--path", pool, "--identity", notes)
+    assert run.code == 2, run
+    assert os.fspath(notes) in run.err and "AGE-SECRET-KEY-1" in run.err, run
+    assert not Home().path.exists()
