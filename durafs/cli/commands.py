@@ -385,7 +385,8 @@ def recover(home: Home, args: Args) -> int:
         if identities:  # a configuration error too: another key is needed
             given = (f"the identity file {args.identity}" if args.identity
                      else "the passphrase given")
-            raise UsageError(f"{exc}: {given} does not open the media at {args.path}") from exc
+            media = ", ".join(args.path)  # as given, not a Python list
+            raise UsageError(f"{exc}: {given} does not open the media at {media}") from exc
         raise UsageError(f"{exc}: give the identity file (--identity FILE, written by "
                          "`durafs key export-identity`) or, for a 'password' catalog, the "
                          "passphrase (DURAFS_PASSPHRASE)") from exc

@@ -53,3 +53,14 @@ def test_a_file_that_is_no_identity_file_is_a_configuration_error(
     assert run.code == 2, run
     assert os.fspath(notes) in run.err and "AGE-SECRET-KEY-1" in run.err, run
     assert not Home().path.exists()
+
+
+def test_a_key_that_does_not_open_the_media_names_them_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool, _ = _lost_catalog(tmp_path, monkeypatch)
+    monkeypatch.setenv("DURAFS_PASSPHRASE", "not the key")
+    run = durafs("recover", "--path", pool, "--path", tmp_path / "second")
+    assert run.code == 2, run
+    # the paths as the user wrote them, not a Python list
+    assert f"does not open the media at {pool}, {tmp_path / 'second'}" in run.err, run
