@@ -335,7 +335,12 @@ class MovingSink(VolumeSink):
         while True:
             row, medium = self._medium_with_room(tried, full)
             tried.add(row.id)
-            new = self._create(medium)
+            try:
+                # full already for a file (no inode left, an inode quota): on to the next
+                new = self._create(medium)
+            except MediumFullError:
+                self.left.append(row)
+                continue
             new.keep_if_full()
             try:
                 old.copy_to(new)
