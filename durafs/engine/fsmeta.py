@@ -152,7 +152,7 @@ def let_owner_in(path: bytes, at: AtPath = at_path) -> int | None:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
                 and st.st_mode & 0o300 != 0o300):
-            _chmod_nofollow(name, stat.S_IMODE(st.st_mode) | 0o300, dir_fd)
+            _chmod_nofollow(name, stat.S_IMODE(st.st_mode) | 0o300, dir_fd, directory=True)
             return stat.S_IMODE(st.st_mode)
     return None
 
@@ -162,10 +162,7 @@ def put_mode_back(path: bytes, mode: int, at: AtPath = at_path) -> None:
     its checkpoint's (the restore was cut short). Something other than a directory put
     in its place is left alone, a symlink not followed."""
     with at(path) as (dir_fd, name):
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, "no longer a directory", path)
-        _chmod_nofollow(name, mode, dir_fd)
+        _chmod_nofollow(name, mode, dir_fd, directory=True)
 
 
 def has_default_acl(path: bytes, at: AtPath = at_path) -> bool:
@@ -239,13 +236,20 @@ def apply_fd_metadata(fd: int, path: bytes, entry: TreeEntry, *, is_root: bool,
     _raise_failures(failures, path)
 
 
-def _chmod_nofollow(name: bytes, mode: int, dir_fd: int | None) -> None:
+def _chmod_nofollow(name: bytes, mode: int, dir_fd: int | None, *,
+                    directory: bool = False) -> None:
+    """chmod *name*, never through a symlink; with *directory*, only if it is a directory
+    (a file swapped in since it was looked at is refused, not changed)."""
     # chmod has no working "do not follow" with a dir_fd in CPython 3.11: change the
-    # object held by an O_PATH descriptor through its /proc link, as glibc's lchmod does.
+    # object held by an O_PATH descriptor through its /proc link, as glibc's lchmod does;
+    # the descriptor's own type is checked, so no swap can come between check and chmod
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        if stat.S_ISLNK(os.fstat(fd).st_mode):
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind == stat.S_IFLNK:
             raise OSError(errno.ELOOP, "replaced by a symlink (not followed)", name)
+        if directory and kind != stat.S_IFDIR:
+            raise NotADirectoryError(errno.ENOTDIR, "no longer a directory", name)
         os.chmod(b"/proc/self/fd/%d" % fd, mode)
     finally:
         os.close(fd)

@@ -21,6 +21,7 @@ from durafs.engine.fsmeta import (
     data_regions,
     make_node,
     open_dir_path,
+    put_mode_back,
     write_sparse,
 )
 from durafs.engine.scan import ScanItem, scan
@@ -365,3 +366,21 @@ def test_paths_longer_than_path_max(tmp_path: Path) -> None:
         assert os.getxattr(b"/proc/self/fd/%d/dir" % fd, b"user.x") == b"1"
     finally:
         os.close(fd)
+
+
+def test_a_mode_is_put_back_only_on_a_directory_never_through_a_symlink(tmp_path: Path) -> None:
+    directory, file, target = tmp_path / "d", tmp_path / "f", tmp_path / "target"
+    directory.mkdir(mode=0o755)
+    file.write_text("swapped in")
+    file.chmod(0o644)
+    target.mkdir(mode=0o755)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    put_mode_back(os.fsencode(directory), 0o555)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o555
+    with pytest.raises(NotADirectoryError):
+        put_mode_back(os.fsencode(file), 0o555)
+    with pytest.raises(OSError, match="symlink"):
+        put_mode_back(os.fsencode(link), 0o555)
+    assert stat.S_IMODE(file.stat().st_mode) == 0o644
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
