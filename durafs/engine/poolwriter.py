@@ -211,12 +211,10 @@ class PoolWriter:
             self.catalog.update_medium(row.id, state="full")
 
     def _start(self, kind: str, need: int = 0, skip: set[int] | None = None) -> VolumeWriter:
-        row, medium = self._choose_medium(need, skip or set())
-        free = medium.free_bytes()
-        limit = self.pool.volume_size if free is None else min(self.pool.volume_size, free - SLACK)
         volume_id = uuid.uuid4().hex
         encrypted = self.keys.encryption != "none"
-        self._sink = medium.create_volume(kind, volume_id, encrypted)
+        row, limit = self._created(kind, volume_id, need, set(skip or ()))
+        assert self._sink is not None
         if kind == "data":
             # it can move on if the medium fills under it; a non-data volume is written
             # again elsewhere instead (write_volume). Another medium needs room for all of
@@ -230,6 +228,26 @@ class PoolWriter:
         self._writer = VolumeWriter(self._sink, header, self.keys.recipients)
         self._medium_row, self._limit = row, limit
         return self._writer
+
+    def _created(
+        self, kind: str, volume_id: str, need: int, skip: set[int]
+    ) -> tuple[MediumRow, int]:
+        """Start volume *volume_id* (its sink in ``self._sink``) on a medium of the pool
+        with room for it: its row and the volume's size limit there. A medium
+        whose free bytes looked enough but where the volume's file cannot even be made (no
+        inode left, a quota) takes no new volume, as a full one; the next one is tried."""
+        while True:
+            row, medium = self._choose_medium(need, skip)
+            free = medium.free_bytes()
+            limit = (self.pool.volume_size if free is None
+                     else min(self.pool.volume_size, free - SLACK))
+            try:
+                self._sink = medium.create_volume(kind, volume_id, self.keys.encryption != "none")
+                return row, limit
+            except MediumFullError as exc:
+                log.warning("%s: trying another medium of pool %s", exc, self.pool.name)
+                self.catalog.update_medium(row.id, state="full")
+                skip.add(row.id)
 
     def _choose_medium(self, need: int, skip: set[int]) -> tuple[MediumRow, Medium]:
         """An online medium of the pool with room for a volume (and *need* bytes), not one

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.engine.cli import durafs
 from tests.engine.test_medium_fills import (
     _random_tree,
@@ -67,6 +69,32 @@ def test_a_medium_that_cannot_even_start_the_volume_is_passed_over(tmp_path: Pat
         # filled it would be: it takes no new volume (the catalog volume went on)
         media = durafs("media", "list", "--json").json()
         assert [m["state"] for m in media] == ["full", "full", "active"]
+        out = tmp_path / "out"
+        assert durafs("restore", f"default/latest{source}", out).code == 0
+        assert compare_trees(source, out) == []
+
+
+def test_a_medium_where_no_volume_can_be_started_is_passed_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pool's first medium has bytes to spare but no inode left: a volume's file
+    cannot be made there. The backup starts its volumes on the next medium (data and
+    catalog volumes alike) instead of failing, and the first takes no new volume."""
+    source = tmp_path / "src"
+    _random_tree(source, 1)
+    with _few_inodes(tmp_path / "inodes", 64) as inodes:
+        first, second = inodes / "pool", tmp_path / "second"
+        assert durafs("init", "--encryption", "none").code == 0
+        assert durafs("pool", "add", "p", "--kind", "dir", "--path", first).code == 0
+        assert durafs("media", "add", "p", "--path", second).code == 0
+        _use_every_inode(inodes / "others")
+        run = durafs("backup", source, "--pool", "p")
+        assert run.code == 0, run.err
+        assert "P-001" in caplog.text and "trying another medium" in caplog.text
+        assert _volumes(first) == [] and _temp_files(first, second) == []
+        assert [v.split("-")[1] for v in _volumes(second)] == ["data", "catalog"]
+        media = durafs("media", "list", "--json").json()
+        assert [m["state"] for m in media] == ["full", "active"]
         out = tmp_path / "out"
         assert durafs("restore", f"default/latest{source}", out).code == 0
         assert compare_trees(source, out) == []
