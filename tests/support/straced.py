@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,16 @@ def require_strace(why: str) -> None:
     """Skip the calling test where strace is not installed (scripts/setup.sh installs it)."""
     if shutil.which("strace") is None:
         pytest.skip(f"needs strace: {why}")
+
+
+#: The checkout under test: a child run from another directory still imports it.
+REPO = Path(__file__).resolve().parents[2]
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment, with the checkout first on the child's PYTHONPATH."""
+    path = [os.fspath(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def python_command(*args: str | os.PathLike[str]) -> list[str]:
@@ -61,3 +72,21 @@ def calls(log: Path, name: str) -> int:
     """How many times the log shows system call *name* started."""
     return len(re.findall(rb"^\d+ +%s\(" % re.escape(name.encode()), log.read_bytes(),
                           re.MULTILINE))
+
+
+def wait_in_log(proc: subprocess.Popen[bytes], log: Path, text: bytes,
+                timeout: float = 60.0) -> None:
+    """Wait until *log* shows *text*: strace writes a call's start before it holds it
+    (``delay_enter``), so a held call is in the log while the process waits."""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and text in log.read_bytes()):
+        assert proc.poll() is None, f"strace ended before {text!r} was logged"
+        assert time.monotonic() < deadline, f"{text!r} never logged"
+        time.sleep(0.002)
+
+
+def let_go(proc: subprocess.Popen[bytes]) -> None:
+    """End the tracing, letting the call strace (*proc*) holds go on at once: strace is
+    killed, since on SIGTERM it would sit out the delay before it detached; the kernel
+    detaches its tracees as it dies, and they run on, untraced."""
+    proc.kill()
