@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
-from durafs.engine.catalogspool import CatalogSpool
+from durafs.engine.catalogspool import MAX_DELTAS, CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
 from durafs.engine.collector import gc_relaxed
 from durafs.engine.filereader import (
@@ -109,6 +109,13 @@ BATCH_BYTES = 1024 * 1024
 
 @dataclass
 class BackupOptions:
+    """What one run backs up, and how.
+
+    *max_deltas*: at most this many delta catalog volumes follow a full one (default
+    `catalogspool.MAX_DELTAS`); a smaller chain costs more catalog bytes per checkpoint but
+    loses fewer checkpoints to one lost catalog volume.
+    """
+
     sources: list[bytes]
     pool: str
     plan: str = "default"
@@ -117,6 +124,7 @@ class BackupOptions:
     follow_symlinks: bool = False
     dry_run: bool = False
     media_timeout: float | None = None
+    max_deltas: int = MAX_DELTAS
 
 
 @dataclass
@@ -189,7 +197,8 @@ class Backup:
         # than taken from it (the next run may be allowed to read them all)
         self._xattrs_unread: list[bytes] = []
         self._reread_xattrs: set[bytes] = set()
-        self._spool = CatalogSpool(catalog, options.plan, pool.name)
+        self._spool = CatalogSpool(catalog, options.plan, pool.name,
+                                   max_deltas=options.max_deltas)
         # whether the pool is empty is known once orphan volumes are adopted (_run_plan)
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key, empty=False)
         self._tree: TreeWriter

@@ -63,12 +63,15 @@ class Base:
     depth: int
 
 
-def find_base(catalog: Catalog, plan: str, pool: str) -> Base | None:
+def find_base(
+    catalog: Catalog, plan: str, pool: str, max_deltas: int = MAX_DELTAS
+) -> Base | None:
     """The catalog volume the next checkpoint of *plan* in *pool* may be a delta of, or
     None when it must be a full tree: no previous checkpoint, or it was made to another
     pool, or its catalog volume is unknown (not written yet, or written before deltas
-    existed), or the chain is MAX_DELTAS long, or the base's medium takes no new volumes
-    (every medium must stay readable on its own, so a delta lands next to its base)."""
+    existed), or the chain is *max_deltas* long (default `MAX_DELTAS`), or the base's
+    medium takes no new volumes (every medium must stay readable on its own, so a delta
+    lands next to its base)."""
     checkpoints = catalog.checkpoints(plan)
     if not checkpoints or checkpoints[-1].stats.get("pool") != pool:
         return None
@@ -78,7 +81,7 @@ def find_base(catalog: Catalog, plan: str, pool: str) -> Base | None:
     if volume is None:
         return None
     depth = catalog.get_meta(DEPTH_KEY.format(volume=volume.uuid))
-    if depth is None or int(depth) + 1 > MAX_DELTAS:
+    if depth is None or int(depth) + 1 > max_deltas:
         return None
     medium = catalog.medium(volume.medium_id)
     if medium is None or medium.state != "active":
@@ -90,13 +93,14 @@ class CatalogSpool:
     """Collects a checkpoint's tree as compressed JSON lines in a temporary file.
 
     With *plan* and *pool* it is a delta of the previous checkpoint's catalog volume when
-    `find_base` finds one (`base`); without, or when there is none, it holds the full tree.
+    `find_base` finds one (`base`, at most *max_deltas* after a full volume); without, or
+    when there is none, it holds the full tree.
     """
 
     def __init__(self, catalog: Catalog, plan: str | None = None,
-                 pool: str | None = None) -> None:
+                 pool: str | None = None, *, max_deltas: int = MAX_DELTAS) -> None:
         self.catalog = catalog
-        self.base = find_base(catalog, plan, pool) if plan and pool else None
+        self.base = find_base(catalog, plan, pool, max_deltas) if plan and pool else None
         self._file: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self._out = zstandard.ZstdCompressor(level=3, write_checksum=True).stream_writer(
             self._file, closefd=False)

@@ -175,16 +175,22 @@ def parse_spec(catalog: Catalog, spec: str) -> tuple[CheckpointRow, bytes]:
 
 
 class Restore:
-    """Restores one subtree of one checkpoint to *target*."""
+    """Restores one subtree of one checkpoint to *target*.
+
+    *batch_chunks* caps the chunks of one batch (default `BATCH_CHUNKS`); smaller batches
+    spread a file's chunks over more batches, which two workers may then write at once.
+    """
 
     def __init__(
         self, catalog: Catalog, access: VolumeAccess, *, overwrite: bool = False,
         progress: Callable[[dict[str, Any]], None] | None = None,
+        batch_chunks: int = BATCH_CHUNKS,
     ) -> None:
         self.catalog = catalog
         self.access = access
         self.overwrite = overwrite
         self.progress = progress
+        self.batch_chunks = batch_chunks
         self.result = RestoreResult()
         self.is_root = os.geteuid() == 0
         self._volumes: dict[int, VolumeRow] = {}
@@ -359,7 +365,7 @@ class Restore:
         tasks: list[tuple[Callable[[Any], None], Any]] = [
             (self._finish_empty, plan.empty[i : i + EMPTY_BATCH])
             for i in range(0, len(plan.empty), EMPTY_BATCH)]
-        batches = _batches(plan.jobs)
+        batches = _batches(plan.jobs, self.batch_chunks)
         tasks += [(self._run_batch, batch) for batch in batches]
         # what each task completes, for the progress report: its files whose last chunk
         # it writes (`_batches` notes each file's last batch), and its bytes
@@ -739,15 +745,15 @@ class Restore:
         self.result.problems.append(f"{os.fsdecode(path)}: {reason}{more}")  # atomic: threads
 
 
-def _batches(jobs: list[_Job]) -> list[_Batch]:
+def _batches(jobs: list[_Job], max_chunks: int = BATCH_CHUNKS) -> list[_Batch]:
     """Sorted jobs cut into batches: runs of one volume at most BATCH_SPAN long and
-    BATCH_CHUNKS chunks, without gaps over BATCH_GAP. A file met in a second batch gets a
+    *max_chunks* chunks, without gaps over BATCH_GAP. A file met in a second batch gets a
     lock: two workers may then write it at once."""
     batches: list[_Batch] = []
     batch: _Batch | None = None
     for job in jobs:
         end = job.offset + job.length
-        if (batch is None or job.volume is not batch.volume or len(batch.jobs) >= BATCH_CHUNKS
+        if (batch is None or job.volume is not batch.volume or len(batch.jobs) >= max_chunks
                 or job.offset > batch.end + BATCH_GAP or end - batch.start > BATCH_SPAN):
             batch = _Batch(job.volume, job.offset, end)
             batches.append(batch)

@@ -174,16 +174,23 @@ def _negative_entry() -> EntryAttributes:
 
 
 class Operations(pyfuse3.Operations):
-    """Serves a `Tree` (metadata) and a `Reader` (data) to the kernel, read-only."""
+    """Serves a `Tree` (metadata) and a `Reader` (data) to the kernel, read-only.
+
+    *notify_store* is how a small file's bytes reach the kernel's page cache at open
+    (`_store`): pyfuse3's, unless a caller without a kernel session (a test calling the
+    handlers directly) wants to see what would be stored.
+    """
 
     supports_dot_lookup = False  # no NFS export: ".." of an arbitrary inode is not kept
     enable_writeback_cache = False
     enable_acl = True  # the kernel enforces the source's POSIX ACLs (it asks getxattr)
 
-    def __init__(self, tree: Tree, reader: Reader) -> None:
+    def __init__(self, tree: Tree, reader: Reader, *,
+                 notify_store: _NotifyStore | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.reader = reader
+        self._notify_store = notify_store or cast(_NotifyStore, pyfuse3.notify_store)
         #: Inodes whose bytes were put in the kernel's page cache lately (see `_store`).
         self._stored: LRU[int, bool] = LRU(STORED_INODES)
         self._open_inodes: Counter[int] = Counter()  # open file handles by inode
@@ -314,7 +321,7 @@ class Operations(pyfuse3.Operations):
         the read that would follow is served there, without a request (one round trip
         through pyfuse3 costs more than the copy)."""
         try:
-            cast(_NotifyStore, pyfuse3.notify_store)(InodeT(inode), 0, data)
+            self._notify_store(InodeT(inode), 0, data)
         except OSError as exc:  # the kernel then asks with read requests, as usual
             log.debug("notify_store of inode %d: %s", inode, exc)
         self._stored.put(inode, True)

@@ -47,6 +47,7 @@ from durafs.fs.fuseops import Operations
 from durafs.fs.reads import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_STAGING_BYTES,
+    RUN_WINDOW,
     ChunkSource,
     OfflinePolicy,
     Reader,
@@ -84,7 +85,8 @@ class MountError(DurafsError):
 
 @dataclass
 class MountConfig:
-    """Everything a mount needs; *keys* must be able to read (identities loaded)."""
+    """Everything a mount needs; *keys* must be able to read (identities loaded).
+    *run_window* is the reader's (`Reader`: how far it fetches ahead in a volume)."""
 
     mountpoint: str
     home: Home
@@ -94,6 +96,7 @@ class MountConfig:
     cache_bytes: int = DEFAULT_CACHE_BYTES
     staging_bytes: int = DEFAULT_STAGING_BYTES
     debug: bool = False
+    run_window: int = RUN_WINDOW
 
     def fuse_options(self) -> set[str]:
         # fsname shows in mount(8) and df; a bare word would be taken for a relative path
@@ -261,7 +264,7 @@ def assemble(config: MountConfig) -> Iterator[Parts]:
                                  probe=_never_online)
         stack.callback(requests.close)
         reader = Reader(source, requests, policy=config.policy, cache_bytes=config.cache_bytes,
-                        neighbours=tree.chunks_after)
+                        neighbours=tree.chunks_after, run_window=config.run_window)
         requests.probe = reader.fresh_probe
         yield Parts(tree, reader, requests, Operations(tree, reader))
 

@@ -419,6 +419,8 @@ class Reader:
     """Availability checks at open and the reads of open files (see the module docstring).
 
     *requests* raises and joins media requests; *policy* says how long an open waits.
+    *run_window*: how far past a reader's chunk the chunks stored after it are fetched
+    ahead (default `RUN_WINDOW`).
     """
 
     def __init__(
@@ -430,8 +432,10 @@ class Reader:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         readahead: int = READAHEAD_BYTES,
         neighbours: Neighbours | None = None,
+        run_window: int = RUN_WINDOW,
     ) -> None:
         self.source = source
+        self.run_window = run_window
         self.requests = requests
         self.policy = policy
         self.cache = ChunkCache(cache_bytes)
@@ -648,7 +652,7 @@ class Reader:
 
     def follow(self, plan: ReadPlan, chunk: ChunkRow, *, any_size: bool = False) -> None:
         """Note a read of *chunk*: when chunks of its volume are being read in order and
-        less than half of `RUN_WINDOW` is fetched ahead of the reader, fetch more.
+        less than half of `run_window` is fetched ahead of the reader, fetch more.
 
         Only small chunks count (a big one is its file's readahead's business) unless
         *any_size*: the readahead of a file that reached the file's last chunk says so, and
@@ -672,14 +676,14 @@ class Reader:
         run.end = max(run.end, end)
         if any_size:
             run.big_until = max(run.big_until, end + RUN_BIG_SPAN)
-        if run.ahead - run.end >= RUN_WINDOW // 2:
+        if run.ahead - run.end >= self.run_window // 2:
             return
         if run.ahead < run.end:  # the reader went past the runs: go on from here
             run.ahead, run.last_id = run.end, chunk.id
         self._start_run(plan.volumes[chunk.volume_id], run)
 
     def _start_run(self, volume: VolumeRow, run: _Run) -> None:
-        """Fetch the chunks stored after *run*'s position up to `RUN_WINDOW` past where its
+        """Fetch the chunks stored after *run*'s position up to `run_window` past where its
         reader is, in worker threads: small ones a group at a time (`_fetch_run`), big ones
         (before `_Run.big_until`) each on its own, so both workers decode. Readers of them
         wait for that instead of fetching."""
@@ -691,7 +695,7 @@ class Reader:
         group: list[ChunkRow] = []
         stored = plain = 0
         for c in rows:
-            if c.offset >= run.end + RUN_WINDOW:
+            if c.offset >= run.end + self.run_window:
                 break
             run.ahead, run.last_id = c.offset + c.length, c.id
             if c.id in self.cache or c.id in self._inflight:

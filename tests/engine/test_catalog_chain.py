@@ -4,6 +4,7 @@ of a chain (docs/FORMAT.md §4)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,16 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from durafs.engine import catalogspool
 from durafs.engine.backup import Backup, BackupOptions
 from durafs.engine.catalogchain import ChainedTree
 from durafs.engine.catalogvol import tree_entries
 from durafs.engine.home import Home
 from durafs.errors import FormatError
-from durafs.format import catalog as fmt
-from durafs.format.catalog import CheckpointRecord, TreeEntry, read_catalog_lines, read_deleted
-from durafs.format.header import dumps
+from durafs.format.catalog import (
+    CATALOG_FORMAT,
+    CHECKPOINT_MEMBER,
+    TREE_MEMBER,
+    CheckpointRecord,
+    TreeEntry,
+    read_catalog_lines,
+    read_deleted,
+)
+from durafs.format.header import HEADER_MEMBER, VolumeHeader, dumps
 from durafs.format.reader import VolumeReader
+from durafs.format.writer import VolumeWriter
 from durafs.index.catalog import open_catalog
 from durafs.media.directory import DirectoryMedium
 from tests.engine.cli import checkpoint_names, durafs, setup_catalog
@@ -49,6 +57,16 @@ def depths(pool: Path) -> list[int]:
 def backup(source: Path, pool: str = "p") -> None:
     run = durafs("backup", source, "--pool", pool)
     assert run.code == 0, run.err
+
+
+def backup_in_chains_of(source: Path, max_deltas: int) -> None:
+    """A backup of *source* to pool p through the engine (as `durafs backup` runs it),
+    with at most *max_deltas* delta catalog volumes after a full one."""
+    home = Home()
+    with home.catalog() as catalog:
+        options = BackupOptions([os.fsencode(source)], "p", max_deltas=max_deltas)
+        result = Backup(catalog, home.keys(read=False), options).run()
+    assert result.checkpoint is not None and result.problems == []
 
 
 def snapshot(source: Path, dest: Path) -> None:
@@ -225,16 +243,13 @@ def test_a_full_tree_from_the_index_keeps_every_size(tmp_path: Path) -> None:
     assert written[os.fsencode(src / "link")] == 3
 
 
-def test_a_full_catalog_volume_every_max_deltas(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(catalogspool, "MAX_DELTAS", 2)
+def test_a_full_catalog_volume_every_max_deltas(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src / "f", "0")
     pool = setup_catalog(tmp_path, encryption="none")
     for i in range(6):
         write(src / "f", str(i))
-        backup(src)
+        backup_in_chains_of(src, max_deltas=2)
     assert depths(pool) == [0, 1, 2, 0, 1, 2]
 
 
@@ -297,15 +312,12 @@ def test_medium_change_during_the_run_falls_back_to_the_full_tree(tmp_path: Path
     assert depths(pool) == [0]
 
 
-def test_a_missing_base_is_named_and_the_rest_recovered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(catalogspool, "MAX_DELTAS", 2)
+def test_a_missing_base_is_named_and_the_rest_recovered(tmp_path: Path) -> None:
     src = tmp_path / "src"
     pool = setup_catalog(tmp_path, encryption="none")
     for i in range(5):
         write(src / f"f{i}", str(i))
-        backup(src)
+        backup_in_chains_of(src, max_deltas=2)
     names = checkpoint_names()
     volumes = catalog_volumes(pool)
     assert [r.depth for _, r, _, _ in volumes] == [0, 1, 2, 0, 1]
@@ -336,18 +348,39 @@ def test_verify_names_a_delta_whose_base_the_index_lost(tmp_path: Path) -> None:
     assert any(delta_name in p and "base catalog volume" in p for p in problems), problems
 
 
-def test_recover_refuses_an_unknown_catalog_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _rewrite_with_record_version(pool: Path, version: int) -> str:
+    """Write the pool's one catalog volume again, the same in all but its checkpoint
+    record's format version (as a later durafs would write it, docs/FORMAT.md §4, §8);
+    returns the new volume's name. The volume is whole: manifest and seal are made for
+    the new bytes by the real writer."""
+    medium = DirectoryMedium(pool)
+    (stored,) = [v for v in medium.list_volumes() if v.kind == "catalog"]
+    with medium.open_volume(stored.name) as handle:
+        reader = VolumeReader(handle.read_at, size=handle.size, name=stored.name)
+        members = {m.name: reader.read_member(m) for m in reader.read_manifest().members}
+    header = VolumeHeader.from_json(members[HEADER_MEMBER], stored.name)
+    record = {**json.loads(members[CHECKPOINT_MEMBER]), "format": version}
+    (pool / "volumes" / stored.name).unlink()
+    sink = medium.create_volume("catalog", header.volume_id, False)
+    writer = VolumeWriter(sink, header)
+    writer.add_member(CHECKPOINT_MEMBER, dumps(record))
+    writer.add_member(TREE_MEMBER, members[TREE_MEMBER])
+    writer.finish()
+    return sink.commit().name
+
+
+def test_recover_refuses_an_unknown_catalog_version(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src / "f", "x")
     pool = setup_catalog(tmp_path, encryption="none")
     backup(src)
+    unknown = CATALOG_FORMAT + 1  # a record only a later durafs can read
+    name = _rewrite_with_record_version(pool, unknown)
     shutil.rmtree(Home().path)
-    monkeypatch.setattr(fmt, "CATALOG_VERSIONS", (1,))  # a durafs that knows only version 1
     run = durafs("recover", "--path", pool)
     assert run.code == 1
-    assert "catalog" in run.err and "format version 2 is not supported" in run.err
+    assert name in run.err and "catalog" in run.err
+    assert f"format version {unknown} is not supported" in run.err
 
 
 def test_chained_tree_applies_deltas_in_place_and_puts_links_last() -> None:

@@ -5,7 +5,6 @@ next one stores what is missing."""
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -15,27 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.engine.cli import Run, checkpoint_names, durafs, durafs_process, setup_catalog
-from tests.support.oddtree import compare_trees, tmpfs
+from tests.support.oddtree import compare_trees, fill, tmpfs
 
 #: The filler starts once the volume being written on the first medium has this much.
 FILL_AFTER = 2 << 20
-
-
-def _fill(where: Path) -> None:
-    """Take every free byte of *where*'s file system, as another program would."""
-    fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        for size in (1 << 20, 4096):
-            block = bytes(size)
-            while True:
-                try:
-                    os.write(fd, block)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
 
 
 def backup_filled_mid_volume(
@@ -55,7 +37,7 @@ def backup_filled_mid_volume(
             if _mid_volume(volumes, after_volumes):
                 proc.send_signal(signal.SIGSTOP)
                 try:
-                    _fill(filler)
+                    fill(filler)
                 finally:
                     proc.send_signal(signal.SIGCONT)
                 filled = True

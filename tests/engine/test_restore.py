@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from durafs.engine import fsmeta, restore
+from durafs.engine import restore
 from durafs.engine.access import VolumeAccess
 from durafs.engine.home import Home
+from durafs.engine.restore import Restore, RestoreResult, parse_spec
 from durafs.index.catalog import open_catalog
 from tests.engine.cli import durafs, durafs_process, setup_catalog
 from tests.support.nobody import as_nobody
@@ -33,6 +35,7 @@ from tests.support.oddtree import (
     tmpfs,
     world_dir,
 )
+from tests.support.straced import calls, opens, python_command, require_strace, run_traced
 
 #: age's payload: 64 KiB plaintext chunks, each sealed with a 16-byte tag (docs/FORMAT.md).
 AGE_CHUNK, AGE_TAG, AGE_NONCE = 64 * 1024, 16, 16
@@ -66,51 +69,59 @@ def _content_tree(source: Path) -> None:
         os.utime(source / name, ns=(1_600_000_000_000_000_001, 1_600_000_000_000_000_002))
 
 
+def _restore_in_batches_of(spec: str, target: Path, batch_chunks: int) -> RestoreResult:
+    """`durafs restore SPEC TARGET` through the engine, as the command runs it, with at
+    most *batch_chunks* chunks in a batch."""
+    home = Home()
+    keys = home.keys(read=True)
+    with home.catalog(readonly=True) as catalog:
+        checkpoint, path = parse_spec(catalog, spec)
+        access = VolumeAccess(catalog, keys)
+        try:
+            return Restore(catalog, access, batch_chunks=batch_chunks).run(
+                checkpoint, path, os.fsencode(target))
+        finally:
+            access.close()
+
+
 @pytest.mark.parametrize("batch_chunks", [restore.BATCH_CHUNKS, 1, 3])
-def test_content_round_trips_whatever_the_batches(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_chunks: int
-) -> None:
+def test_content_round_trips_whatever_the_batches(tmp_path: Path, batch_chunks: int) -> None:
     # Batches of 1 or 3 chunks put most files' chunks into several batches (locked, reopened).
-    monkeypatch.setattr(restore, "BATCH_CHUNKS", batch_chunks)
     source = tmp_path / "src"
     _content_tree(source)
     setup_catalog(tmp_path)
     assert durafs("backup", source, "--pool", "p").code == 0
     out = tmp_path / "out"
-    run = durafs("restore", f"default/latest{source}", out, "--json")
-    assert run.code == 0, run.err
-    assert run.json()["files"] == 47
+    result = _restore_in_batches_of(f"default/latest{source}", out, batch_chunks)
+    assert result.problems == []
+    assert result.files == 47
     assert compare_trees(source, out) == []
     assert os.lstat(out / "holes-only").st_blocks == 0
     assert gc.isenabled() and gc.get_freeze_count() == 0  # paused and frozen only meanwhile
 
 
-def test_each_file_is_created_once_and_opened_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_each_file_is_created_once_and_opened_once(tmp_path: Path) -> None:
+    """The restore as a child process under strace: every open it makes of a restored
+    file, and every listing of xattrs, as the kernel saw them."""
+    require_strace("counting the restore's opens and xattr listings")
     source = tmp_path / "src"
     source.mkdir()
     for i in range(300):
         (source / f"f{i}").write_text(f"file {i}\n" * (i + 1))
     setup_catalog(tmp_path)
     assert durafs("backup", source, "--pool", "p").code == 0
-    calls: dict[str, list[bytes]] = {"create": [], "reopen": []}
-    for name in calls:
-        real = getattr(restore.Restore, f"_{name}")
-        monkeypatch.setattr(restore.Restore, f"_{name}",
-                            lambda self, path, real=real, name=name: calls[name].append(path)
-                            or real(self, path))
-    listed: list[object] = []
-    real_list = os.listxattr
-    monkeypatch.setattr(fsmeta.os, "listxattr", lambda *a, **k: listed.append(a) or
-                        real_list(*a, **k))
-    out = tmp_path / "out"
-    assert durafs("restore", f"default/latest{source}", out).code == 0
-    assert len(calls["create"]) == len(set(calls["create"])) == 300
-    assert calls["reopen"] == []
+    out, log = tmp_path / "out", tmp_path / "strace.log"
+    run = run_traced(log, ["-e", "trace=open,openat,openat2,listxattr,llistxattr,flistxattr"],
+                     python_command("-m", "durafs.cli.main", "restore",
+                                    f"default/latest{source}", out))
+    assert run.returncode == 0, run.stderr
+    restored = [(path, flags) for path, flags in opens(log) if re.fullmatch(rb"f\d+", path)]
+    # each file opened once, and that open created it (O_EXCL): never reopened
+    assert len(restored) == len({path for path, _ in restored}) == 300
+    assert all({b"O_CREAT", b"O_EXCL"} <= flags for _, flags in restored), restored
     # Nothing to set and nothing inherited: only the target, which was there before, is
     # listed (it might hold ACLs of its own).
-    assert len(listed) == 1
+    assert sum(calls(log, name) for name in ("listxattr", "llistxattr", "flistxattr")) == 1
     assert compare_trees(source, out) == []
 
 

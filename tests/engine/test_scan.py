@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -13,7 +14,6 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -42,6 +42,14 @@ from tests.support.oddtree import (
     require_root,
     tmpfs,
     world_dir,
+)
+from tests.support.straced import (
+    child_env,
+    let_go,
+    python_command,
+    require_strace,
+    strace_command,
+    wait_in_log,
 )
 
 
@@ -403,21 +411,35 @@ def test_directory_replaced_by_a_symlink_is_not_followed(tmp_path: Path) -> None
     assert [i.type for i in _items(results) if i.path == _b(tmp_path / "d")] == ["l"]
 
 
-def test_changed_between_stat_and_open_is_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "d").mkdir()
-    real_open = os.open
+#: A scan in a child process, printing its problems as JSON [[path, reason], …].
+SCAN_PROBLEMS = """
+import json, os, sys
+from durafs.engine.scan import ScanProblem, scan
+print(json.dumps([[os.fsdecode(r.path), r.reason] for r in scan([sys.argv[1]])
+                  if isinstance(r, ScanProblem)]))
+"""
 
-    def swapping_open(path: bytes, flags: int, *args: Any, **kwargs: Any) -> int:
-        if path == b"d":  # between the lstat and the open, d becomes another directory
+
+def test_changed_between_stat_and_open_is_reported(tmp_path: Path) -> None:
+    """The scan runs under strace, which holds it as it opens d (after its lstat of d):
+    meanwhile d is renamed away and another directory made in its place, a real race
+    made wide, not a stand-in for os.open."""
+    require_strace("holding the scan between its lstat and its open of a directory")
+    (tmp_path / "d").mkdir()
+    log = tmp_path / "strace.log"
+    # -P d: only calls naming "d" itself (relative to their parent's descriptor); run from
+    # / so that strace finds no other d to watch
+    hold = ["-P", "d", "-e", "trace=openat", "-e", "inject=openat:delay_enter=60000000"]
+    command = strace_command(log, hold, python_command("-c", SCAN_PROBLEMS, tmp_path))
+    with subprocess.Popen(command, cwd="/", env=child_env(), stdout=subprocess.PIPE) as proc:
+        try:
+            wait_in_log(proc, log, b'"d", ')
             os.rename(tmp_path / "d", tmp_path / "old")
             os.mkdir(tmp_path / "d")
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", swapping_open)
-    results = list(scan([tmp_path]))
-    assert (_b(tmp_path / "d"), CHANGED) in _problems(results)
+        finally:
+            let_go(proc)
+        out, _ = proc.communicate(timeout=60)
+    assert [os.fspath(tmp_path / "d"), CHANGED] in json.loads(out)
 
 
 def test_symlinks_followed_with_loops_and_dangling_links(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,6 @@ import trio
 
 from durafs.engine.home import Home
 from durafs.errors import IntegrityError, MediumOfflineError
-from durafs.fs import reads
 from durafs.fs.errors import (
     BadHandle,
     Interrupted,
@@ -29,7 +29,7 @@ from durafs.fs.errors import (
     NotADirectory,
     ReadOnly,
 )
-from durafs.fs.fuseops import STABLE_TIMEOUT, VOLATILE_TIMEOUT, errno_of
+from durafs.fs.fuseops import STABLE_TIMEOUT, VOLATILE_TIMEOUT, Operations, errno_of
 from durafs.fs.mount import MountConfig, Parts, assemble
 from durafs.fs.reads import OfflinePolicy, OpenFile
 from durafs.fs.vfs import ROOT_INO, XATTR_ONLINE
@@ -204,11 +204,10 @@ async def test_small_files_in_backup_order_are_fetched_in_runs(
 
 
 async def test_reading_a_big_file_to_its_end_fetches_the_next_file(
-        small_files: tuple[Catalog, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+        small_files: tuple[Catalog, dict[str, bytes]]) -> None:
     cat, contents = small_files
     # runs of small files reach no further than the big file's first chunk
-    monkeypatch.setattr(reads, "RUN_WINDOW", 64 * 1024)
-    async with served(cat) as parts:
+    async with served(cat, run_window=64 * 1024) as parts:
         for name in ("f149", "f150", "f150-big"):  # backup order: the volume is followed
             assert await read_all(parts, await file_ino(parts, cat, name)) == contents[name]
         following = parts.tree.read_plan(await file_ino(parts, cat, "f151"))
@@ -243,13 +242,14 @@ async def test_preload_gives_small_files_in_memory_whole(
 
 
 async def test_open_stores_small_files_only_when_no_other_handle_is_open(
-        small_files: tuple[Catalog, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+        small_files: tuple[Catalog, dict[str, bytes]]) -> None:
     cat, contents = small_files
     stored: list[tuple[int, bytes]] = []
-    monkeypatch.setattr(pyfuse3, "notify_store",
-                        lambda ino, off, data: stored.append((ino, bytes(data))))
-    async with served(cat) as parts:
-        ops = parts.ops
+    async with served(cat) as served_parts:
+        # what open puts in the page cache, seen through the hook in the kernel's place
+        ops = Operations(served_parts.tree, served_parts.reader,
+                         notify_store=lambda ino, off, data: stored.append((ino, bytes(data))))
+        parts = replace(served_parts, ops=ops)
         a, b = await file_ino(parts, cat, "f010"), await file_ino(parts, cat, "f011")
         for ino in (a, b):
             await read_all(parts, ino)  # chunks in memory; no kernel session yet: no store

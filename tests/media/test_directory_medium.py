@@ -12,6 +12,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,9 +25,10 @@ from durafs.errors import (
     UsageError,
 )
 from durafs.format.keys import KEYS_FILE_ENCRYPTED, KEYS_FILE_PLAIN
-from durafs.media import directory
 from durafs.media.base import MediumMarker
 from durafs.media.directory import MARKER_NAME, DirectoryMedium
+from tests.support.oddtree import fill, tmpfs
+from tests.support.straced import child_env, python_command, require_strace, run_traced
 
 from .helpers import KEYS_BYTES, new_marker, new_medium, read_all, store, temp_files, write_pieces
 
@@ -529,6 +531,21 @@ def test_close_waits_for_reads_in_flight(tmp_path: Path) -> None:
 # -- errors from the file system ----------------------------------------------------------
 
 
+def _sink_under_strace(
+    tmp_path: Path, fail: str, on: Path, *args: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """`tests.media.sinkchild ARGS…` in a child under strace, every *fail* system call
+    (``write:error=EIO``, say) on the file *on* failing as told; what the child printed."""
+    require_strace("failing a sink's writes or fsyncs with a chosen errno")
+    call = fail.split(":", 1)[0]
+    run = run_traced(tmp_path / "strace.log",
+                     ["-P", os.fspath(on), "-e", f"trace={call}", "-e", f"inject={fail}"],
+                     python_command("-m", "tests.media.sinkchild", *args), env=child_env())
+    assert run.returncode == 0, run.stderr
+    found: dict[str, Any] = json.loads(run.stdout)
+    return found
+
+
 @pytest.mark.parametrize(
     ("code", "error", "text"),
     [
@@ -539,74 +556,54 @@ def test_close_waits_for_reads_in_flight(tmp_path: Path) -> None:
     ],
 )
 def test_write_errors_abort_and_are_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: type, text: str
+    tmp_path: Path, code: int, error: type, text: str
 ) -> None:
     medium = new_medium(tmp_path / "d", "HDD-009")
-
-    def failing_write(fd: int, data: object) -> None:
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr("durafs.media.directory.write_all", failing_write)
-    sink = medium.create_volume("data", "v1", True)
-    sink.write(b"buffered, written at commit")
-    with pytest.raises(error, match=f"HDD-009.*{text}") as info:
-        sink.commit()
-    assert type(info.value) is error  # EIO on a present medium is not "offline"
+    fail = f"write:error={errno.errorcode[code]}"
+    found = _sink_under_strace(tmp_path, fail, Path(medium.volumes_path, ".tmp-v1"),
+                               "commit", medium.path)
+    # the child's commit met the errno in its write of what it had buffered
+    name, message = found["error"]
+    assert name == error.__name__  # EIO on a present medium is not "offline"
+    assert re.search(f"HDD-009.*{text}", message), message
     assert temp_files(medium) == [] and medium.list_volumes() == []
 
 
-def test_a_sink_asked_to_keep_if_full_keeps_what_it_accepted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    medium = new_medium(tmp_path / "d", "HDD-009")
-    other = new_medium(tmp_path / "e", "HDD-010")
-    sink = medium.create_volume("data", "v1", True)
-    assert sink.keep_if_full()
-    written = os.urandom(3 * 1024 * 1024 + 5)
-    write_pieces(sink, written, largest=100_000)
-    real_write_all = directory.write_all
-
-    def full_after_a_little(fd: int, data: bytes | memoryview) -> None:
-        real_write_all(fd, memoryview(data)[:1000])  # a partial write, then no room
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr("durafs.media.directory.write_all", full_after_a_little)
-    with pytest.raises(MediumFullError, match=r"HDD-009.*full"):
-        sink.write(os.urandom(2 * 1024 * 1024))  # not accepted
-    assert sink.kept and sink.written == len(written)
-    with pytest.raises(MediumError, match="full"):
-        sink.write(b"x")
-    monkeypatch.setattr("durafs.media.directory.write_all", real_write_all)
-    moved = other.create_volume("data", "v1", True)
-    sink.copy_to(moved)
-    assert sink.kept  # still holds it until aborted
-    sink.abort()
-    assert not sink.kept and temp_files(medium) == []
-    assert read_all(other, moved.commit().name) == written
+def test_a_sink_asked_to_keep_if_full_keeps_what_it_accepted(tmp_path: Path) -> None:
+    # a real ENOSPC: the medium is on a small tmpfs that another file fills meanwhile,
+    # all but 64 KiB, so the write that meets it first writes a part (as a disk would)
+    with tmpfs(tmp_path / "small", size="16m") as small:
+        medium = new_medium(small / "d", "HDD-009")
+        other = new_medium(tmp_path / "e", "HDD-010")
+        sink = medium.create_volume("data", "v1", True)
+        assert sink.keep_if_full()
+        written = os.urandom(3 * 1024 * 1024 + 5)
+        write_pieces(sink, written, largest=100_000)
+        fill(small / "filler")
+        os.truncate(small / "filler", (small / "filler").stat().st_size - 64 * 1024)
+        with pytest.raises(MediumFullError, match=r"HDD-009.*full"):
+            sink.write(os.urandom(2 * 1024 * 1024))  # not accepted
+        assert sink.kept and sink.written == len(written)
+        with pytest.raises(MediumError, match="full"):
+            sink.write(b"x")
+        moved = other.create_volume("data", "v1", True)
+        sink.copy_to(moved)  # on the full file system: reading it back needs no room
+        assert sink.kept  # still holds it until aborted
+        sink.abort()
+        assert not sink.kept and temp_files(medium) == []
+        assert read_all(other, moved.commit().name) == written
 
 
-def test_a_kept_sink_whose_fsync_failed_drops_its_volume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_kept_sink_whose_fsync_failed_drops_its_volume(tmp_path: Path) -> None:
     # after a failed fsync the file may not read back what was written: never copied
     medium = new_medium(tmp_path / "d", "HDD-009")
-    sink = medium.create_volume("data", "v1", True)
-    sink.keep_if_full()
-    sink.write(b"written, then the fsync finds no room")
-
-    def no_room(fd: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", no_room)
-    with pytest.raises(MediumFullError, match=r"HDD-009.*full"):
-        sink.commit()
-    monkeypatch.setattr(os, "fsync", real_fsync)
-    assert not sink.kept and temp_files(medium) == []
-    with medium.create_volume("data", "v2", True) as other, pytest.raises(
-        MediumError, match="not kept"
-    ):
-        sink.copy_to(other)
+    new_medium(tmp_path / "e", "HDD-010")
+    found = _sink_under_strace(tmp_path, "fsync:error=ENOSPC", Path(medium.volumes_path, ".tmp-v1"),
+                               "keep-commit", medium.path, tmp_path / "e")
+    name, message = found["error"]
+    assert name == "MediumFullError" and re.search(r"HDD-009.*full", message), message
+    assert not found["kept"] and temp_files(medium) == []
+    assert "not kept" in found["copy_error"]
 
 
 def test_a_sink_kept_beyond_its_capacity_can_be_copied(tmp_path: Path) -> None:
@@ -625,21 +622,16 @@ def test_a_sink_kept_beyond_its_capacity_can_be_copied(tmp_path: Path) -> None:
     assert temp_files(medium) == []
 
 
-def test_an_error_while_the_medium_vanished_means_offline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_error_while_the_medium_vanished_means_offline(tmp_path: Path) -> None:
     medium = new_medium(tmp_path / "d", "HDD-010")
-    sink = medium.create_volume("data", "v1", True)
-
-    def unplugged(fd: int, data: object) -> None:
-        os.rename(tmp_path / "d", tmp_path / "gone")
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    monkeypatch.setattr("durafs.media.directory.write_all", unplugged)
-    with pytest.raises(MediumOfflineError, match="HDD-010"):
-        sink.write(b"x" * (2 * 1024 * 1024))
+    gone = tmp_path / "d-gone"
+    # the child renames the medium away (unplugged), then its write fails with EIO
+    found = _sink_under_strace(tmp_path, "write:error=EIO", gone / "volumes" / ".tmp-v1",
+                               "unplugged", medium.path)
+    name, message = found["error"]
+    assert name == "MediumOfflineError" and "HDD-010" in message, message
     # abort could not reach the medium; the leftover goes at the next cleanup_temp
-    os.rename(tmp_path / "gone", tmp_path / "d")
+    os.rename(gone, tmp_path / "d")
     assert medium.cleanup_temp() == [".tmp-v1"]
 
 

@@ -69,6 +69,24 @@ def tmpfs(path: Path, size: str = "512m") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=True, capture_output=True)
 
 
+def fill(where: Path) -> None:
+    """Take every free byte of *where*'s file system (writing the new file *where*), as
+    another program would."""
+    fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for size in (1 << 20, 4096):
+            block = bytes(size)
+            while True:
+                try:
+                    os.write(fd, block)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def world_dir() -> Iterator[Path]:
     """A fresh directory every user can reach and write (pytest's tmp_path is root-only),
