@@ -78,6 +78,8 @@ class PoolWriter:
         self._writer: VolumeWriter | None = None
         self._medium_row: MediumRow | None = None
         self._limit = 0
+        #: media this run found full: not taken again before the next run
+        self._filled: set[int] = set()
         self.volumes_written = 0
         self.bytes_stored = 0
 
@@ -189,10 +191,13 @@ class PoolWriter:
             tape_file=stored.tape_file, tape_block=stored.tape_block,
         )
         free = medium.free_bytes()
+        full = free is not None and free < MIN_VOLUME
         self.catalog.update_medium(
             self._medium_row.id, used=medium.used_bytes(), last_seen_ns=time.time_ns(),
-            **({"state": "full"} if free is not None and free < MIN_VOLUME else {}),
+            **({"state": "full"} if full else {}),
         )
+        if full:
+            self._filled.add(self._medium_row.id)
         self.volumes_written += 1
         return volume
 
@@ -208,7 +213,7 @@ class PoolWriter:
         """Media a volume left because they filled take no new volume: what the moved
         volume had there is gone again, but whatever filled them may well go on."""
         for row in rows:
-            self.catalog.update_medium(row.id, state="full")
+            self._set_full(row)
 
     def _start(self, kind: str, need: int = 0, skip: set[int] | None = None) -> VolumeWriter:
         volume_id = uuid.uuid4().hex
@@ -246,8 +251,26 @@ class PoolWriter:
                 return row, limit
             except MediumFullError as exc:
                 log.warning("%s: trying another medium of pool %s", exc, self.pool.name)
-                self.catalog.update_medium(row.id, state="full")
+                self._set_full(row)
                 skip.add(row.id)
+
+    def _takes_volumes(self, row: MediumRow) -> bool:
+        """Whether new volumes may go to *row*: an active medium, or a disk found full by
+        an earlier run that may have room again (its files deleted, or what filled it
+        while a volume was written gone: its free bytes tell)."""
+        if row.id in self._filled:
+            return False
+        return row.state == "active" or (row.state == "full" and row.kind == "dir")
+
+    def _set_full(self, row: MediumRow) -> None:
+        self._filled.add(row.id)
+        if row.state != "full":
+            self.catalog.update_medium(row.id, state="full")
+
+    def _reopen(self, row: MediumRow) -> None:
+        if row.state == "full":
+            log.warning("medium %s has room again: it takes new volumes", row.label)
+            self.catalog.update_medium(row.id, state="active")
 
     def _choose_medium(self, need: int, skip: set[int]) -> tuple[MediumRow, Medium]:
         """An online medium of the pool with room for a volume (and *need* bytes), not one
@@ -257,7 +280,7 @@ class PoolWriter:
         while True:
             offline = []
             for row in self.catalog.media(self.pool.id):
-                if row.state != "active" or row.id in skip:
+                if row.id in skip or not self._takes_volumes(row):
                     continue
                 medium = open_medium(row)
                 if not medium.is_online():
@@ -265,9 +288,10 @@ class PoolWriter:
                     continue
                 free = medium.free_bytes()
                 if free is None or free >= max(MIN_VOLUME, need) + SLACK:
+                    self._reopen(row)
                     return row, medium
                 if free < MIN_VOLUME + SLACK:
-                    self.catalog.update_medium(row.id, state="full")
+                    self._set_full(row)
             if not offline:
                 room = f"room for a volume of {need} bytes" if need > MIN_VOLUME else "room"
                 raise MediumFullError(

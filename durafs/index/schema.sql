@@ -65,7 +65,9 @@ CREATE TABLE media (
                                          -- NULL = unknown or unbounded (s3)
     used         INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0),  -- bytes durafs has written
                                          -- to it (set by the engine; labels included)
-    state        TEXT NOT NULL DEFAULT 'active'  -- 'active': writable; 'full': read only;
+    state        TEXT NOT NULL DEFAULT 'active'  -- 'active': writable; 'full': no room
+                                         -- for a volume when last tried (a dir medium
+                                         -- becomes active again once it has room);
                  CHECK (state IN ('active', 'full', 'retired')),  -- 'retired': never again
     last_seen_ns INTEGER,                -- last time it was online; NULL = not since added
     created_ns   INTEGER NOT NULL        -- when durafs labelled it

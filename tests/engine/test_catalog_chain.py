@@ -33,7 +33,7 @@ from durafs.format.writer import VolumeWriter
 from durafs.index.catalog import open_catalog
 from durafs.media.directory import DirectoryMedium
 from tests.engine.cli import checkpoint_names, durafs, setup_catalog
-from tests.support.oddtree import compare_trees, require_root, world_dir
+from tests.support.oddtree import compare_trees, fill, require_root, tmpfs, world_dir
 
 
 def catalog_volumes(pool: Path) -> list[tuple[str, CheckpointRecord, list[bytes], list[bytes]]]:
@@ -267,49 +267,55 @@ def test_a_delta_never_spans_pools(tmp_path: Path) -> None:
     assert depths(other) == [0]
 
 
-def _fill_medium_one() -> None:
-    with open_catalog(Home().index_path) as catalog:
-        first = catalog.media()[0]
-        catalog.update_medium(first.id, state="full")
+def _medium_one_full(small: Path, *, known: bool) -> None:
+    """Medium one's small file system is filled by something else; *known*: the catalog
+    says so already (as a run that looked at it since would have written)."""
+    fill(small / "filler")
+    if known:
+        with open_catalog(Home().index_path) as catalog:
+            catalog.update_medium(catalog.media()[0].id, state="full")
 
 
 def test_base_on_another_medium_gives_a_full_volume(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src / "f", "x")
-    pool = setup_catalog(tmp_path, encryption="none")
-    second = tmp_path / "second"
-    assert durafs("media", "add", "p", "--path", second).code == 0
-    backup(src)
-    backup(src)
-    _fill_medium_one()  # known before the run: the spool is full from the start
-    write(src / "f", "y")
-    backup(src)
-    backup(src)
-    assert depths(pool) == [0, 1]
-    assert depths(second) == [0, 1]
+    with tmpfs(tmp_path / "small", size="16m") as small:
+        pool = setup_catalog(small, encryption="none")
+        second = tmp_path / "second"
+        assert durafs("media", "add", "p", "--path", second).code == 0
+        backup(src)
+        backup(src)
+        _medium_one_full(small, known=True)  # known before the run: a full spool
+        write(src / "f", "y")
+        backup(src)
+        backup(src)
+        assert depths(pool) == [0, 1]
+        assert depths(second) == [0, 1]
 
 
 def test_medium_change_during_the_run_falls_back_to_the_full_tree(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src / "a", "a")
     write(src / "d" / "b", "b")
-    pool = setup_catalog(tmp_path, encryption="none")
-    second = tmp_path / "second"
-    assert durafs("media", "add", "p", "--path", second).code == 0
-    backup(src)
-    write(src / "a", "changed")
-    home = Home()
-    with home.catalog() as catalog:
-        run = Backup(catalog, home.keys(read=False), BackupOptions([os.fsencode(src)], "p"))
-        assert run._spool.base is not None  # planned as a delta ...
-        _fill_medium_one()  # ... but the volume lands on the second medium
-        assert run.run().checkpoint is not None
-    (_, record, lines, _), = catalog_volumes(second)
-    assert record.base is None and len(lines) == len(src.parts) + 3  # and a, d, d/b
-    out = tmp_path / "out"
-    assert durafs("restore", f"default/latest{src}", out).code == 0
-    assert compare_trees(src, out) == []
-    assert depths(pool) == [0]
+    with tmpfs(tmp_path / "small", size="16m") as small:
+        pool = setup_catalog(small, encryption="none")
+        second = tmp_path / "second"
+        assert durafs("media", "add", "p", "--path", second).code == 0
+        backup(src)
+        write(src / "a", "changed")
+        home = Home()
+        with home.catalog() as catalog:
+            run = Backup(catalog, home.keys(read=False),
+                         BackupOptions([os.fsencode(src)], "p"))
+            assert run._spool.base is not None  # planned as a delta ...
+            _medium_one_full(small, known=False)  # ... but it lands on the second medium
+            assert run.run().checkpoint is not None
+        (_, record, lines, _), = catalog_volumes(second)
+        assert record.base is None and len(lines) == len(src.parts) + 3  # and a, d, d/b
+        out = tmp_path / "out"
+        assert durafs("restore", f"default/latest{src}", out).code == 0
+        assert compare_trees(src, out) == []
+        assert depths(pool) == [0]
 
 
 def test_a_missing_base_is_named_and_the_rest_recovered(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ first medium it tries cannot take it either."""
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from tests.engine.test_medium_fills import (
     _volumes,
     backup_filled_mid_volume,
 )
-from tests.support.oddtree import compare_trees, require_root, tmpfs
+from tests.support.oddtree import compare_trees, fill, require_root, tmpfs
 
 
 @contextmanager
@@ -95,6 +96,36 @@ def test_a_medium_where_no_volume_can_be_started_is_passed_over(
         assert [v.split("-")[1] for v in _volumes(second)] == ["data", "catalog"]
         media = durafs("media", "list", "--json").json()
         assert [m["state"] for m in media] == ["full", "active"]
+        out = tmp_path / "out"
+        assert durafs("restore", f"default/latest{source}", out).code == 0
+        assert compare_trees(source, out) == []
+
+
+def test_a_full_disk_with_room_again_takes_volumes_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk marked full (another program had taken its room) is not retired for good:
+    once that room is freed, the next backup writes to it again."""
+    source = tmp_path / "src"
+    _random_tree(source, 1)
+    with tmpfs(tmp_path / "small", size="32m") as small:
+        first, second = small / "pool", tmp_path / "second"
+        assert durafs("init", "--encryption", "none").code == 0
+        assert durafs("pool", "add", "p", "--kind", "dir", "--path", first).code == 0
+        assert durafs("media", "add", "p", "--path", second).code == 0
+        fill(small / "filler")
+        assert durafs("backup", source, "--pool", "p").code == 0
+        assert [m["state"] for m in durafs("media", "list", "--json").json()] == [
+            "full", "active"]
+        assert _volumes(first) == []
+        (small / "filler").unlink()
+        (source / "later").write_bytes(os.urandom(1 << 20))
+        run = durafs("backup", source, "--pool", "p")
+        assert run.code == 0, run.err
+        assert "P-001 has room again" in caplog.text
+        assert [m["state"] for m in durafs("media", "list", "--json").json()] == [
+            "active", "active"]
+        assert [v.split("-")[1] for v in _volumes(first)] == ["data", "catalog"]
         out = tmp_path / "out"
         assert durafs("restore", f"default/latest{source}", out).code == 0
         assert compare_trees(source, out) == []
