@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,8 @@ from durafs.format.writer import VolumeWriter
 from durafs.index.catalog import open_catalog
 from durafs.media.directory import DirectoryMedium
 from tests.engine.cli import checkpoint_names, durafs, setup_catalog
-from tests.support.oddtree import compare_trees, fill, require_root, tmpfs, world_dir
+from tests.support.lockedxattr import locked_xattrs
+from tests.support.oddtree import compare_trees, fill, require_root, tmpfs
 
 
 def catalog_volumes(pool: Path) -> list[tuple[str, CheckpointRecord, list[bytes], list[bytes]]]:
@@ -419,43 +419,25 @@ def test_xattrs_not_read_are_read_again_after_the_catalog_is_recovered(
     (here in a delta), so after `recover` the next backup still reads them again rather
     than keeping the incomplete set for ever."""
     require_root("the first backups run as an unprivileged user, the last as root")
-    with world_dir() as world:
-        source = world / "src"
-        locked = source / "locked"
-        locked.mkdir(parents=True)
-        os.setxattr(locked, "user.origin", b"kept")
-        for path in (source, locked):
-            os.chown(path, 65534, 65534)
-        home = world / "home"
-        home.mkdir()
-        os.chown(home, 65534, 65534)
-        env = {**os.environ, "DURAFS_HOME": os.fspath(home / "cat"), "HOME": os.fspath(home)}
-        command = [sys.executable, "-m", "durafs.cli.main"]
-        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-
-        def run(*args: str, user: list[str] = as_nobody) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([*user, *command, *args], env=env, capture_output=True,
-                                  text=True)
-        assert run("init", "--encryption", "none").returncode == 0
-        pool = os.fspath(home / "pool")
-        assert run("pool", "add", "p", "--kind", "dir", "--path", pool).returncode == 0
+    with locked_xattrs() as world:
+        source, locked, pool = world.source, world.locked, world.pool
         # a complete first checkpoint, so the next one's catalog volume is a delta of it
-        result = run("backup", os.fspath(source), "--pool", "p")
+        result = world.run("backup", os.fspath(source), "--pool", "p")
         assert result.returncode == 0, result.stderr
-        os.chmod(locked, 0o111)  # its owner may enter it, but not read its user.* xattrs
-        result = run("backup", os.fspath(source), "--pool", "p")
+        world.lock()
+        result = world.run("backup", os.fspath(source), "--pool", "p")
         assert result.returncode == 1
         assert f"{locked}: extended attributes not read" in result.stderr
         records = [record for _, record, _, _ in catalog_volumes(Path(pool))]
         assert [r.xattrs_unread for r in records] == [[], [os.fsencode(locked)]]
         assert records[-1].base is not None  # the list goes into deltas too
-        shutil.rmtree(home / "cat")
-        result = run("recover", "--path", pool)
+        shutil.rmtree(world.home / "cat")
+        result = world.run("recover", "--path", pool)
         assert result.returncode == 0, result.stderr
         # Nothing about the directory changed since, but root can read what nobody could
-        result = run("backup", os.fspath(source), "--pool", "p", user=[])
+        result = world.run("backup", os.fspath(source), "--pool", "p", root=True)
         assert result.returncode == 0, result.stderr
-        out = home / "out"
-        result = run("restore", f"default/latest{source}", os.fspath(out), user=[])
+        out = world.home / "out"
+        result = world.run("restore", f"default/latest{source}", os.fspath(out), root=True)
         assert result.returncode == 0, result.stderr
         assert os.getxattr(out / "locked", "user.origin") == b"kept"

@@ -21,6 +21,7 @@ import pytest
 
 from durafs.engine.home import Home
 from tests.engine.cli import checkpoint_names, durafs, setup_catalog
+from tests.support.lockedxattr import locked_xattrs
 from tests.support.oddtree import (
     compare_trees,
     make_small_tree,
@@ -168,36 +169,18 @@ def test_xattrs_that_could_not_be_read_are_read_again_by_the_next_backup(
     tmp_path: Path,
 ) -> None:
     require_root("the first backup runs as an unprivileged user, the second as root")
-    with world_dir() as world:
-        source = world / "src"
-        locked = source / "locked"
-        locked.mkdir(parents=True)
-        os.setxattr(locked, "user.origin", b"kept")
-        os.chmod(locked, 0o111)  # its owner may enter it, but not read its user.* xattrs
-        for path in (source, locked):
-            os.chown(path, 65534, 65534)
-        home = world / "home"
-        home.mkdir()
-        os.chown(home, 65534, 65534)
-        env = {**os.environ, "DURAFS_HOME": os.fspath(home / "cat"), "HOME": os.fspath(home)}
-        command = [sys.executable, "-m", "durafs.cli.main"]
-        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-
-        def run(*args: str, user: list[str] = as_nobody) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([*user, *command, *args], env=env, capture_output=True,
-                                  text=True)
-        assert run("init", "--encryption", "none").returncode == 0
-        pool = os.fspath(home / "pool")
-        assert run("pool", "add", "p", "--kind", "dir", "--path", pool).returncode == 0
-        result = run("backup", os.fspath(source), "--pool", "p")
+    with locked_xattrs() as world:
+        world.lock()
+        result = world.run("backup", os.fspath(world.source), "--pool", "p")
         assert result.returncode == 1
-        assert f"{locked}: extended attributes not read" in result.stderr
+        assert f"{world.locked}: extended attributes not read" in result.stderr
         # Nothing about the directory changed, but root can read what nobody could: the
         # first checkpoint's (incomplete) xattrs must not be taken as the whole.
-        result = run("backup", os.fspath(source), "--pool", "p", user=[])
+        result = world.run("backup", os.fspath(world.source), "--pool", "p", root=True)
         assert result.returncode == 0, result.stderr
-        out = home / "out"
-        result = run("restore", f"default/latest{source}", os.fspath(out), user=[])
+        out = world.home / "out"
+        result = world.run("restore", f"default/latest{world.source}", os.fspath(out),
+                           root=True)
         assert result.returncode == 0, result.stderr
         assert os.getxattr(out / "locked", "user.origin") == b"kept"
 

@@ -59,6 +59,14 @@ def _mid_volume(volumes: Path, after_volumes: int) -> bool:
         return False
 
 
+def restores_whole(source: Path, out: Path) -> None:
+    """The latest checkpoint of *source* restores byte for byte into *out*, and every
+    volume reads back whole."""
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
+    assert durafs("verify", "--read-data").code == 0
+
+
 def _temp_files(*media: Path) -> list[str]:
     return [os.fspath(m / "volumes" / n) for m in media if (m / "volumes").is_dir()
             for n in os.listdir(m / "volumes") if n.startswith(".tmp-")]
@@ -95,10 +103,7 @@ def test_a_medium_filled_by_another_program_mid_volume_moves_the_volume_on(
         # nothing of the volume was left on the full medium, nothing half-written anywhere
         assert _volumes(first) == [] and _temp_files(first, second) == []
         assert [v.split("-")[1] for v in _volumes(second)] == ["data", "catalog"]
-        out = tmp_path / "out"
-        assert durafs("restore", f"default/latest{source}", out).code == 0
-        assert compare_trees(source, out) == []
-        assert durafs("verify", "--read-data").code == 0
+        restores_whole(source, tmp_path / "out")
 
 
 def test_with_no_medium_to_move_to_the_run_stops_and_the_next_completes(
@@ -132,10 +137,7 @@ def test_with_no_medium_to_move_to_the_run_stops_and_the_next_completes(
         assert 0 < run.json()["stats"]["bytes_new"] < 30 << 20
         assert durafs("media", "list", "--json").json()[0]["state"] == "active"
         assert _temp_files(pool) == []
-        out = tmp_path / "out"
-        assert durafs("restore", f"default/latest{source}", out).code == 0
-        assert compare_trees(source, out) == []
-        assert durafs("verify", "--read-data").code == 0
+        restores_whole(source, tmp_path / "out")
 
 
 def test_with_the_other_medium_offline_the_run_stops_naming_both(

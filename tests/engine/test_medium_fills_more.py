@@ -18,8 +18,9 @@ from tests.engine.test_medium_fills import (
     _temp_files,
     _volumes,
     backup_filled_mid_volume,
+    restores_whole,
 )
-from tests.support.oddtree import compare_trees, fill, require_root, tmpfs
+from tests.support.oddtree import fill, require_root, tmpfs
 
 
 @contextmanager
@@ -70,9 +71,7 @@ def test_a_medium_that_cannot_even_start_the_volume_is_passed_over(tmp_path: Pat
         # filled it would be: it takes no new volume (the catalog volume went on)
         media = durafs("media", "list", "--json").json()
         assert [m["state"] for m in media] == ["full", "full", "active"]
-        out = tmp_path / "out"
-        assert durafs("restore", f"default/latest{source}", out).code == 0
-        assert compare_trees(source, out) == []
+        restores_whole(source, tmp_path / "out")
 
 
 def test_a_medium_where_no_volume_can_be_started_is_passed_over(
@@ -96,9 +95,7 @@ def test_a_medium_where_no_volume_can_be_started_is_passed_over(
         assert [v.split("-")[1] for v in _volumes(second)] == ["data", "catalog"]
         media = durafs("media", "list", "--json").json()
         assert [m["state"] for m in media] == ["full", "active"]
-        out = tmp_path / "out"
-        assert durafs("restore", f"default/latest{source}", out).code == 0
-        assert compare_trees(source, out) == []
+        restores_whole(source, tmp_path / "out")
 
 
 def test_a_full_disk_with_room_again_takes_volumes_again(
@@ -126,6 +123,4 @@ def test_a_full_disk_with_room_again_takes_volumes_again(
         assert [m["state"] for m in durafs("media", "list", "--json").json()] == [
             "active", "active"]
         assert [v.split("-")[1] for v in _volumes(first)] == ["data", "catalog"]
-        out = tmp_path / "out"
-        assert durafs("restore", f"default/latest{source}", out).code == 0
-        assert compare_trees(source, out) == []
+        restores_whole(source, tmp_path / "out")

@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -529,17 +530,7 @@ def _restore_as_nobody(*args: str | os.PathLike[str]) -> tuple[int, str]:
 def test_an_unprivileged_restore_over_its_own_read_only_directories(tmp_path: Path) -> None:
     require_root("switching to another user (root may write in any directory)")
     with world_dir() as world:
-        home, source, out = world / "home", world / "src", world / "out"
-        (source / "ro" / "sub").mkdir(parents=True)
-        _write(source / "ro" / "file", b"in a read-only directory\n")
-        _write(source / "ro" / "sub" / "deeper", b"deeper\n")
-        for directory in (source / "ro" / "sub", source / "ro"):
-            directory.chmod(0o555)
-        subprocess.run(["chown", "-R", "65534:65534", source], check=True)
-        assert durafs("--home", home, "init", "--encryption", "none").code == 0
-        assert durafs("--home", home, "pool", "add", "p", "--kind", "dir", "--path",
-                      world / "pool").code == 0
-        assert durafs("--home", home, "backup", source, "--pool", "p").code == 0
+        home, source, out = _read_only_tree_backed_up(world)
         subprocess.run(["chown", "-R", "65534:65534", home, world / "pool"], check=True)
         # nobody's earlier restore (made by root with nobody's files: the same tree, and
         # every module the restore needs is loaded for the child)
@@ -557,10 +548,10 @@ def test_an_unprivileged_restore_over_its_own_read_only_directories(tmp_path: Pa
         assert stat.S_IMODE(os.stat(out / "ro").st_mode) == 0o555
 
 
-def _read_only_dirs_restored(world: Path) -> tuple[Path, Path, Path, dict[Path, int]]:
-    """A backup of nobody's tree with read-only directories, restored by root into a
-    TARGET nobody owns, whose medium is then offline: (home, source, TARGET, the modes
-    of TARGET's directories). A restore by nobody over it opens each directory."""
+def _read_only_tree_backed_up(world: Path) -> tuple[Path, Path, Path]:
+    """nobody's tree with read-only directories (src/ro 0555, src/ro/sub 0555) backed up
+    by root into a catalog at world/home, pool `p` at world/pool: (home, source, the
+    TARGET to restore to)."""
     home, source, out = world / "home", world / "src", world / "out"
     (source / "ro" / "sub").mkdir(parents=True)
     _write(source / "ro" / "file", b"in a read-only directory\n")
@@ -572,6 +563,14 @@ def _read_only_dirs_restored(world: Path) -> tuple[Path, Path, Path, dict[Path, 
     assert durafs("--home", home, "pool", "add", "p", "--kind", "dir", "--path",
                   world / "pool").code == 0
     assert durafs("--home", home, "backup", source, "--pool", "p").code == 0
+    return home, source, out
+
+
+def read_only_dirs_restored(world: Path) -> tuple[Path, Path, Path, dict[Path, int]]:
+    """A backup of nobody's tree with read-only directories, restored by root into a
+    TARGET nobody owns, whose medium is then offline: (home, source, TARGET, the modes
+    of TARGET's directories). A restore by nobody over it opens each directory."""
+    home, source, out = _read_only_tree_backed_up(world)
     assert durafs("--home", home, "restore", f"default/latest{source}", out).code == 0
     subprocess.run(["chown", "-R", "65534:65534", home, world / "pool", out], check=True)
     out.chmod(0o500)  # TARGET itself is opened too
@@ -590,24 +589,41 @@ def test_an_interrupted_unprivileged_restore_gives_opened_directories_their_mode
     every one."""
     require_root("switching to another user (root may write in any directory)")
     with world_dir() as world:
-        home, source, out, modes = _read_only_dirs_restored(world)
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
-                   sys.executable, "-m", "durafs.cli.main", "--home", os.fspath(home),
-                   "restore", "--overwrite", f"default/latest{source}", os.fspath(out)]
-        with subprocess.Popen(command, stderr=subprocess.PIPE) as proc:
-            assert proc.stderr is not None
-            line = proc.stderr.readline()
-            assert b"waiting for medium P-001" in line, line
-            assert stat.S_IMODE(os.stat(out / "ro").st_mode) == 0o755  # opened meanwhile
-            proc.send_signal(signum)
-            try:
-                proc.wait(10)
-            finally:
-                proc.kill()
-            err = proc.stderr.read().decode()
+        home, source, out, modes = read_only_dirs_restored(world)
+        with nobody_restoring(home, source, out) as proc:
+            def opened() -> None:
+                assert stat.S_IMODE(os.stat(out / "ro").st_mode) == 0o755
+
+            err = interrupted_while_waiting(proc, signum, meanwhile=opened)
         assert proc.returncode == 128 + signum, err
         assert {d: stat.S_IMODE(os.stat(d).st_mode) for d in modes} == modes
         assert sorted(os.listdir(out / "ro")) == ["file", "sub"]  # no temporary left
+
+
+def nobody_restoring(home: Path, source: Path, out: Path) -> subprocess.Popen[bytes]:
+    """`durafs restore --overwrite default/latest/SOURCE TARGET` by nobody, started; its
+    stderr is a pipe."""
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+               sys.executable, "-m", "durafs.cli.main", "--home", os.fspath(home),
+               "restore", "--overwrite", f"default/latest{source}", os.fspath(out)]
+    return subprocess.Popen(command, stderr=subprocess.PIPE)
+
+
+def interrupted_while_waiting(
+    proc: subprocess.Popen[bytes], signum: int, meanwhile: Callable[[], None] = lambda: None
+) -> str:
+    """Send *signum* to the restore *proc* once it says it waits for medium P-001 (and
+    *meanwhile* ran); its stderr, once it ended."""
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert b"waiting for medium P-001" in line, line
+    meanwhile()
+    proc.send_signal(signum)
+    try:
+        proc.wait(10)
+    finally:
+        proc.kill()
+    return proc.stderr.read().decode()
 
 
 class _Unexpected(Exception):
@@ -619,7 +635,7 @@ def test_an_unprivileged_restore_ended_by_an_error_gives_directories_their_modes
 ) -> None:
     require_root("switching to another user (root may write in any directory)")
     with world_dir() as world:
-        home, source, out, modes = _read_only_dirs_restored(world)
+        home, source, out, modes = read_only_dirs_restored(world)
 
         def fail(message: str) -> None:
             raise _Unexpected(message)
@@ -659,15 +675,7 @@ def test_a_restore_waiting_for_an_offline_medium_ends_at_a_signal(
     out = tmp_path / "out"
     with durafs_process("restore", f"default/latest{source}", out,
                         stderr=subprocess.PIPE) as proc:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert b"waiting for medium P-001" in line, line
-        proc.send_signal(signum)
-        try:
-            proc.wait(10)
-        finally:
-            proc.kill()
-        err = proc.stderr.read().decode()
+        err = interrupted_while_waiting(proc, signum)
     assert proc.returncode == 128 + signum, err
     assert list(out.iterdir()) == []  # nothing taken for a restored (or damaged) file
     (tmp_path / "unplugged").rename(pool)
