@@ -113,13 +113,14 @@ def _gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["INT", "TERM", "KILL"])
 def test_an_interrupted_backup_ends_its_hook_and_what_the_hook_started(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
     """A signal sent to durafs alone (`kill PID`, a supervisor, `timeout`) while a hook
     runs ends the hook's commands too: none goes on working after durafs has said it
-    was interrupted."""
+    was interrupted, nor after durafs was killed (kill -9, the OOM killer)."""
     source = tmp_path / "src"
     source.mkdir()
     (source / "f").write_text("x")
@@ -135,7 +136,7 @@ def test_an_interrupted_backup_ends_its_hook_and_what_the_hook_started(
         started = int(pids.read_text())
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signum, err
+    assert proc.returncode == (-signum if signum == signal.SIGKILL else 128 + signum), err
     deadline = time.monotonic() + 10
     while not _gone(started) and time.monotonic() < deadline:
         time.sleep(0.01)
