@@ -84,6 +84,9 @@ MAX_WAITING_UNITS = 20_000
 WORKERS = 2
 #: Chunk ids (cid -> chunks.id) kept from one trim to the next.
 ID_CACHE = 20_000
+#: Seconds between looks at whether a pool that was empty when the run began still is (a
+#: backup of another plan into it may commit chunks meanwhile).
+EMPTY_RECHECK = 1.0
 #: Finished chunks whose ids are looked up in the index in one query.
 PREFETCH = 512
 #: Chunks smaller than this are compressed without asking the index first (the lookup
@@ -208,6 +211,7 @@ class Backup:
                                    max_deltas=options.max_deltas)
         # whether the pool is empty is known once orphan volumes are adopted (_run_plan)
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key, empty=False)
+        self._empty_seen = 0.0  # when the pool was last seen empty (monotonic)
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
         # the stats are counts but for a few facts added at the end (the pool's name)
@@ -238,6 +242,7 @@ class Backup:
             adopt_orphan_volumes(self.catalog, self.keys, self.pool)
             write_missing_catalogs(self.catalog, self.writer, plan.name)
         self._known.empty = not self.catalog.has_chunks(self.pool.id)
+        self._empty_seen = time.monotonic()
         self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
@@ -628,11 +633,21 @@ class Backup:
         unit.pieces.append((offset, cid, size))
 
     def _index_empty(self) -> bool:
-        """Whether the pool has no chunk in the index: it had none when the run began and
-        the run has committed no volume since (a first backup, until its first volume is
-        on its medium: with 1 GiB volumes, all of most first backups), so asking is
-        needless."""
-        return self._known.empty and self.writer.volumes_written == 0
+        """Whether the pool has no chunk in the index, so asking it is needless: it had
+        none when the run began and nothing committed one since, neither this run (a first
+        backup, until its first volume is on its medium: with 1 GiB volumes, all of most
+        first backups) nor, as a look every EMPTY_RECHECK seconds tells, a backup of
+        another plan into the same pool."""
+        if not self._known.empty:
+            return False
+        now = time.monotonic()
+        if now >= self._empty_seen + EMPTY_RECHECK:
+            self._empty_seen = now
+            if self.catalog.has_chunks(self.pool.id):
+                self._known.empty = False  # the workers ask again too
+        elif self.writer.volumes_written:
+            self._known.empty = False
+        return self._known.empty
 
     def _find(self, cid: bytes) -> int | None:
         """The row id of *cid* in the pool's index, or None (a batch query may have
