@@ -5,11 +5,11 @@ middle re-reads every unchanged chunk), compressing it would be wasted work. Eac
 thread gets its own read-only connection to the index, so the engine's connection stays
 on its own thread.
 
-Into a pool that was empty when the run began (a first backup) nothing is asked: only
-this run adds chunks, and the walking thread finds those itself, so the answer would be
-"no" for nearly every chunk, at the price of a query each (~8 µs, and the GIL handed
-over and taken back around it). A chunk the run stores twice is then compressed twice;
-the walking thread keeps one copy.
+Into a pool that was empty when the run began (a first backup) nothing is asked while it
+stays so (`empty`; the walking thread looks again now and then, and clears it once the
+pool has a chunk): the answer would be "no" for every chunk, at the price of a query each
+(~8 µs, and the GIL handed over and taken back around it). A chunk the run stores twice
+is then compressed twice; the walking thread keeps one copy.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class KnownChunks:
     """Hash-then-compress for one pool: `encode` skips compression of stored chunks."""
 
     def __init__(self, index_path: Path, pool_id: int, id_key: bytes, *, empty: bool) -> None:
-        """*empty*: the pool stored no chunk when the run began (nothing is looked up)."""
+        """*empty*: the pool stores no chunk (nothing is looked up while it is set)."""
         self.index_path = index_path
         self.pool_id = pool_id
         self.id_key = id_key
