@@ -23,10 +23,8 @@ import concurrent.futures
 import logging
 import os
 import queue
-import signal
 import socket
 import stat
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -49,6 +47,7 @@ from durafs.engine.filereader import (
     WholeFileReader,
     same_content_stat,
 )
+from durafs.engine.hooks import run_hook
 from durafs.engine.known import KnownChunks
 from durafs.engine.memory import Trimmer, limit_arenas
 from durafs.engine.pipeline import (
@@ -102,15 +101,6 @@ STREAM_AHEAD = 3
 PUMP_EVERY = 16
 #: Seconds between looks at a streaming file's queue while waiting for another job.
 STREAM_POLL = 0.002
-#: Seconds an interrupted hook gets to end on SIGTERM before its process group is killed.
-HOOK_GRACE = 5.0
-#: The watch kept on a hook by a process of its own (`sh -c WATCH sh PGID`): its input is
-#: a pipe only durafs writes to, so reaching its end without a line means durafs died
-#: (kill -9, the OOM killer) while the hook ran; it then ends the hook's process group as
-#: an interrupted backup does.
-#: (Numbered signals: dash's kill takes neither `--` nor a name before a negative id.)
-_HOOK_WATCH = (f'IFS= read -r _ || {{ kill -15 "-$1"; sleep {HOOK_GRACE:g}; '
-               'kill -9 "-$1"; } 2>/dev/null')
 #: Files handed to a worker together (one future per batch, not per file) ...
 BATCH_FILES = 64
 #: ... or fewer when they add up to this many bytes.
@@ -752,73 +742,12 @@ class Backup:
     def _run_hook(self, command: str | None, what: str, *, fatal: bool) -> None:
         if not command or self.opts.dry_run:  # a dry run changes nothing, hooks neither
             return
-        # A session of its own, so that an interrupted backup can end the hook with all
-        # it started (a signal sent to durafs alone reaches none of them). No input: its
-        # output is captured, so nobody would see what it asks.
-        with subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True) as hook:
-            watch = _HookWatch(hook.pid)
-            try:
-                _, stderr = hook.communicate()
-            except BaseException:
-                _end_hook(hook)
-                raise
-            finally:
-                watch.stand_down()
-        if hook.returncode == 0:
+        failure = run_hook(command, what)
+        if failure is None:
             return
-        message = f"{what} `{command}` failed (exit {hook.returncode}): {stderr.strip()}"
         if fatal:
-            raise UsageError(message)
-        self.problems.append(Problem(b"(" + socket.gethostname().encode() + b")", message))
+            raise UsageError(failure)
+        self.problems.append(Problem(b"(" + socket.gethostname().encode() + b")", failure))
 
     def _report(self, *, force: bool = False) -> None:
         self._reporter.report(force=force)
-
-
-class _HookWatch:
-    """Ends the process group *pgid* (a hook's) should durafs die before `stand_down`:
-    a hook's commands (a database dump, say) must not go on after the backup is gone."""
-
-    def __init__(self, pgid: int) -> None:
-        read_end, self._write_end = os.pipe()
-        try:
-            # a session of its own: a Ctrl-C on the terminal is durafs's to handle
-            self._watcher = subprocess.Popen(
-                ["sh", "-c", _HOOK_WATCH, "sh", str(pgid)], stdin=read_end,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        except BaseException:
-            os.close(self._write_end)
-            raise
-        finally:
-            os.close(read_end)
-
-    def stand_down(self) -> None:
-        """The hook is over (or ended by durafs itself): the watch goes away."""
-        try:
-            os.write(self._write_end, b"done\n")
-        except OSError:
-            pass  # it is gone already
-        finally:
-            os.close(self._write_end)
-        self._watcher.wait()
-
-
-def _end_hook(hook: subprocess.Popen[str]) -> None:
-    """End the hook's process group: SIGTERM (its traps may clean up), then SIGKILL for
-    whatever is left once its shell has ended or HOOK_GRACE has passed (the shell is left
-    unreaped meanwhile, so the group's id stays its own)."""
-    try:
-        os.killpg(hook.pid, signal.SIGTERM)
-        deadline = time.monotonic() + HOOK_GRACE
-        while (time.monotonic() < deadline and os.waitid(
-                os.P_PID, hook.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None):
-            time.sleep(0.02)
-    except (ProcessLookupError, ChildProcessError):
-        pass
-    finally:
-        try:
-            os.killpg(hook.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
