@@ -171,6 +171,26 @@ class Backup:
         self.problems: list[Problem] = []
         self.notes: list[Problem] = []
         self.stats: dict[str, Any] = collections.Counter()
+        self._init_pipeline(options)
+        # paths recorded without some of their xattrs (unreadable): this run's, kept in its
+        # checkpoint, and the previous checkpoint's, whose xattrs are read again rather
+        # than taken from it (the next run may be allowed to read them all)
+        self._xattrs_unread: list[bytes] = []
+        self._reread_xattrs: set[bytes] = set()
+        self._spool = CatalogSpool(catalog, options.plan, pool.name,
+                                   max_deltas=options.max_deltas)
+        # whether the pool is empty is known once orphan volumes are adopted (_run_plan)
+        self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key, empty=False)
+        self._empty_seen = 0.0  # when the pool was last seen empty (monotonic)
+        self._tree: TreeWriter
+        self._pool: concurrent.futures.ThreadPoolExecutor
+        # the stats are counts but for a few facts added at the end (the pool's name)
+        self._reporter = Reporter(progress, cast("collections.Counter[str]", self.stats))
+        self._trimmer = Trimmer()
+        limit_arenas()
+
+    def _init_pipeline(self, options: BackupOptions) -> None:
+        """The readers, and the state of the jobs and entries on their way."""
         self._jobs: collections.deque[Job] = collections.deque()
         self._batch: list[tuple[Unit, ScanItem]] = []
         self._batch_bytes = 0
@@ -192,22 +212,6 @@ class Backup:
         # cids the pool had not when last asked (only this run adds chunks to the pool)
         self._absent: dict[bytes, bool] = {}
         self._links: dict[Any, Unit] = {}
-        # paths recorded without some of their xattrs (unreadable): this run's, kept in its
-        # checkpoint, and the previous checkpoint's, whose xattrs are read again rather
-        # than taken from it (the next run may be allowed to read them all)
-        self._xattrs_unread: list[bytes] = []
-        self._reread_xattrs: set[bytes] = set()
-        self._spool = CatalogSpool(catalog, options.plan, pool.name,
-                                   max_deltas=options.max_deltas)
-        # whether the pool is empty is known once orphan volumes are adopted (_run_plan)
-        self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key, empty=False)
-        self._empty_seen = 0.0  # when the pool was last seen empty (monotonic)
-        self._tree: TreeWriter
-        self._pool: concurrent.futures.ThreadPoolExecutor
-        # the stats are counts but for a few facts added at the end (the pool's name)
-        self._reporter = Reporter(progress, cast("collections.Counter[str]", self.stats))
-        self._trimmer = Trimmer()
-        limit_arenas()
 
     # -- the run ---------------------------------------------------------------------
 
