@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from durafs.engine.poolwriter import describe_offline, open_medium
-from durafs.errors import CatalogError, MediumOfflineError
+from durafs.errors import CatalogError, FormatError, MediumOfflineError
 from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
@@ -97,6 +97,12 @@ class VolumeAccess:
         handle = medium.open_volume(volume.name or "")
         reader = VolumeReader(handle.read_at, identities=self.keys.identities, size=handle.size,
                               name=volume.name or volume.uuid, catalog_id=self.keys.catalog_id)
+        if reader.header.volume_id != volume.uuid:
+            # another volume's file in its place (copied over it, renamed): what it holds is
+            # not what the index says is there, even where sizes and offsets agree
+            handle.close()
+            raise FormatError(f"{volume.name or volume.uuid}: holds volume "
+                              f"{reader.header.volume_id}, not {volume.uuid}")
         with self._lock:
             self._open[volume.id] = (handle, reader)
             while len(self._open) > OPEN_VOLUMES:

@@ -742,3 +742,21 @@ def test_a_killed_recover_is_run_again_and_its_half_index_is_trusted_by_nothing(
     out = tmp_path / "out"
     assert durafs("restore", f"default/latest{source}", out).code == 0
     assert compare_trees(source, out) == []
+
+
+def test_verify_finds_a_volume_file_replaced_by_another_volumes(tmp_path: Path) -> None:
+    """Two small catalog volumes have the same size: one copied over the other reads back
+    whole (size, manifest, seal, members), but it is not the volume the index records."""
+    source = tmp_path / "src"
+    source.mkdir()
+    pool = setup_catalog(tmp_path, encryption="none")
+    for n in range(3):
+        (source / "a").write_text(str(n))
+        assert durafs("backup", source, "--pool", "p").code == 0
+    catalogs = sorted((pool / "volumes").glob("*-catalog-*"))
+    assert catalogs[1].stat().st_size == catalogs[2].stat().st_size
+    shutil.copyfile(catalogs[1], catalogs[2])
+    for args in ((), ("--read-data",)):
+        run = durafs("verify", *args, "--json")
+        assert run.code == 1, run.out
+        assert any(catalogs[2].name in p for p in run.json()["structure"]), run.out
