@@ -83,6 +83,8 @@ class Recover:
         #: Hard-link groups' "f" paths left out of the checkpoint being replayed, their
         #: content not on the media.
         self._lost: set[bytes] = set()
+        #: Entries of the checkpoint being replayed that its index record goes without.
+        self._left_out = 0
 
     def run(self, paths: list[str]) -> RecoverResult:
         media = [DirectoryMedium(p) for p in paths]
@@ -210,7 +212,7 @@ class Recover:
         pool_row = catalog.pool(cat.pool)
         assert pool_row is not None
         links = tree.links()
-        self._leaders, self._lost = {}, set()
+        self._leaders, self._lost, self._left_out = {}, set(), 0
         where = f"{record.plan}/{record.name}"
         with catalog.tree_writer(plan.id, catalog.next_seq(plan.id), record.name,
                                  created_ns=record.created_ns,
@@ -219,16 +221,23 @@ class Recover:
                 entry = self._entry(catalog, pool_row.id, tree_entry, links, where)
                 if entry is not None:
                     writer.add(entry)
+                else:
+                    self._left_out += 1
             stats: dict[str, Any] = {**record.stats, "pool": cat.pool}
             if record.xattrs_unread:  # as the backup that made it notes them
                 stats[XATTRS_UNREAD] = [os.fsdecode(p) for p in record.xattrs_unread]
             checkpoint = writer.finish(stats=stats, finished_ns=record.finished_ns)
         # Which catalog volume holds it, as the backup notes it: so the next backup does
         # not write it again, and its catalog volume can be a delta of this one.
+        # A checkpoint recorded without some of its volume's entries (left out below) is
+        # not that volume's tree: a delta of it would not delete them, so a later recover
+        # would put them back into checkpoints that never had them. With no depth noted,
+        # the next backup's catalog volume is a full tree (`catalogspool.find_base`).
         with catalog.db.transaction():
             catalog.set_meta(META_KEY.format(pool=cat.pool, checkpoint=checkpoint.id),
                              cat.volume_id)
-            catalog.set_meta(DEPTH_KEY.format(volume=cat.volume_id), record.depth)
+            if not self._left_out:
+                catalog.set_meta(DEPTH_KEY.format(volume=cat.volume_id), record.depth)
 
     def _entry(self, catalog: Catalog, pool_id: int, e: TreeEntry,
                links: set[bytes], where: str) -> Entry | None:

@@ -760,3 +760,33 @@ def test_verify_finds_a_volume_file_replaced_by_another_volumes(tmp_path: Path) 
         run = durafs("verify", *args, "--json")
         assert run.code == 1, run.out
         assert any(catalogs[2].name in p for p in run.json()["structure"]), run.out
+
+
+def test_a_file_left_out_by_recover_and_then_deleted_stays_deleted(tmp_path: Path) -> None:
+    """The checkpoint recover recorded without a file is not its catalog volume's tree: the
+    next backup's catalog volume must not be a delta of that volume, which would not list
+    the file as deleted, and a later recover (its data volume found again) would put it
+    back into a checkpoint made after it was gone."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "lost").write_bytes(os.urandom(1000))
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    (data,) = (pool / "volumes").glob("*-data-*")
+    shutil.move(data, tmp_path / "away")  # the medium holding it is elsewhere for a while
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool)
+    assert run.code == 1 and "lost: 1 of its 1 chunks" in run.err, run.err
+    (source / "lost").unlink()
+    (source / "kept").write_bytes(os.urandom(1000))
+    assert durafs("backup", source, "--pool", "p").code == 0
+    names = checkpoint_names()
+    shutil.move(tmp_path / "away", data)
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool)
+    assert run.code == 0, run.err
+    assert checkpoint_names() == names
+    listed = {e["name"] for e in durafs("ls", f"default/latest{source}", "--json").json()}
+    assert listed == {"kept"}
+    listed = {e["name"] for e in durafs("ls", f"default/{names[0]}{source}", "--json").json()}
+    assert listed == {"lost"}
