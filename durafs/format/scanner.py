@@ -120,7 +120,12 @@ class _Walker:
             if member.startswith(DATA_MEMBER_PREFIX):
                 yield from self._data_member(member, size)
             elif member == SEAL_MEMBER:
-                self.seal = loads(self._read_exact(size), f"{self.name} seal")
+                data = self._read_exact(size)
+                self.seal = loads(data, f"{self.name} seal")
+                # the JSON is padded with spaces (docs/FORMAT.md §3.3): a tab or newline
+                # there still parses, so the padding is checked byte by byte
+                if not data.rstrip(b" ").endswith(b"}"):
+                    raise IntegrityError(f"{self.name}: damaged seal padding")
             else:
                 scanned, data = self._plain_member(member, size)
                 if member == MANIFEST_MEMBER:

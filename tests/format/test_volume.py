@@ -156,6 +156,23 @@ def test_any_flipped_byte_is_detected(mode: str) -> None:
     assert not missed, f"undetected flips at {missed[:20]}"
 
 
+def test_a_changed_byte_of_the_seal_is_detected_even_if_the_json_still_parses() -> None:
+    """The seal's JSON is padded with spaces (FORMAT §3.3): a tab, newline or carriage
+    return in their place still parses as JSON, but it is damage all the same."""
+    vol = write_volume("none", [b"small file\n" * 20])
+    seal = len(vol.data) - 1536  # its 512 bytes of data (§3.3)
+    missed = []
+    for pos in range(seal, seal + 512):
+        for value in b"\t\n\r ":
+            if vol.data[pos] == value:
+                continue
+            damaged = bytearray(vol.data)
+            damaged[pos] = value
+            if scan_outcome(bytes(damaged), "none") != "damage":
+                missed.append((pos - seal, value))
+    assert not missed, f"undetected changes at {missed[:20]}"
+
+
 @pytest.mark.parametrize("mode", ["key", "none"])
 def test_flipped_chunk_names_the_volume_and_chunk(mode: str) -> None:
     vol = write_volume(mode, [b"a" * 5000, os.urandom(100_000), os.urandom(200_000)])
