@@ -95,14 +95,18 @@ class VolumeAccess:
                 return cached[1]
         medium = self.online_medium(self.medium_row(volume.medium_id))
         handle = medium.open_volume(volume.name or "")
-        reader = VolumeReader(handle.read_at, identities=self.keys.identities, size=handle.size,
-                              name=volume.name or volume.uuid, catalog_id=self.keys.catalog_id)
-        if reader.header.volume_id != volume.uuid:
-            # another volume's file in its place (copied over it, renamed): what it holds is
-            # not what the index says is there, even where sizes and offsets agree
-            handle.close()
-            raise FormatError(f"{volume.name or volume.uuid}: holds volume "
-                              f"{reader.header.volume_id}, not {volume.uuid}")
+        try:
+            reader = VolumeReader(handle.read_at, identities=self.keys.identities,
+                                  size=handle.size, name=volume.name or volume.uuid,
+                                  catalog_id=self.keys.catalog_id)
+            if reader.header.volume_id != volume.uuid:
+                # another volume's file in its place (copied over it, renamed): what it
+                # holds is not what the index says is there, even where sizes agree
+                raise FormatError(f"{volume.name or volume.uuid}: holds volume "
+                                  f"{reader.header.volume_id}, not {volume.uuid}")
+        except BaseException:
+            handle.close()  # a damaged header: the descriptor is not kept open
+            raise
         with self._lock:
             self._open[volume.id] = (handle, reader)
             while len(self._open) > OPEN_VOLUMES:

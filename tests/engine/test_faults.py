@@ -756,10 +756,17 @@ def test_verify_finds_a_volume_file_replaced_by_another_volumes(tmp_path: Path) 
     catalogs = sorted((pool / "volumes").glob("*-catalog-*"))
     assert catalogs[1].stat().st_size == catalogs[2].stat().st_size
     shutil.copyfile(catalogs[1], catalogs[2])
+    descriptors = len(os.listdir("/proc/self/fd"))
     for args in ((), ("--read-data",)):
         run = durafs("verify", *args, "--json")
         assert run.code == 1, run.out
         assert any(catalogs[2].name in p for p in run.json()["structure"]), run.out
+    with open(catalogs[0], "r+b") as f:  # and one whose header does not even parse
+        f.write(b"\0" * 64)
+    run = durafs("verify", "--json")
+    assert run.code == 1 and any(catalogs[0].name in p for p in run.json()["structure"])
+    # the refused volumes' files are not left open (verify runs in this process)
+    assert len(os.listdir("/proc/self/fd")) == descriptors
 
 
 def test_a_file_left_out_by_recover_and_then_deleted_stays_deleted(tmp_path: Path) -> None:
