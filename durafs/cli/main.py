@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from durafs import interrupts
 from durafs.cli import commands
-from durafs.cli.output import parse_size, shown
+from durafs.cli.output import parse_size, positive_size, shown
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
 
@@ -85,9 +85,9 @@ def build_parser() -> _Parser:
     p.add_argument("name")
     p.add_argument("--kind", choices=("dir",), required=True)
     p.add_argument("--path", required=True)
-    p.add_argument("--volume-size", type=parse_size, default=parse_size("1G"))
+    p.add_argument("--volume-size", type=positive_size, default=parse_size("1G"))
     p.add_argument("--label")
-    p.add_argument("--capacity", type=parse_size)
+    p.add_argument("--capacity", type=positive_size)
     p.add_argument("--location", default="")
     p = _add(psub, "list", commands.pool_list, "list pools")
     p.add_argument("--json", action="store_true")
@@ -100,7 +100,7 @@ def build_parser() -> _Parser:
     p.add_argument("pool")
     p.add_argument("--path", required=True)
     p.add_argument("--label")
-    p.add_argument("--capacity", type=parse_size)
+    p.add_argument("--capacity", type=positive_size)
     p.add_argument("--location", default="")
 
     p = _add(sub, "backup", commands.backup, "back up source directories")

@@ -533,3 +533,28 @@ def test_names_shown_to_people_cannot_drive_the_terminal(tmp_path: Path) -> None
     run = durafs("backup", source / "gone\x1b]0;title\x07", "--pool", "p")
     assert run.code == 2
     assert "gone\\x1b]0;title\\x07: no such file" in run.err and "\x1b" not in run.err
+
+
+def test_sizes_out_of_range_are_usage_errors_that_touch_no_directory(tmp_path: Path) -> None:
+    setup_catalog(tmp_path)
+    # a size of no bytes, or one too large to record, is refused by name before the
+    # directory is made a medium (a marker left behind would make it refuse any later use)
+    for option, size in (("--capacity", "0"), ("--capacity", "0.5"), ("--volume-size", "0M"),
+                         ("--capacity", "99999999999999999999T"),
+                         ("--volume-size", "99999999999999999999T")):
+        where = tmp_path / f"q{option}{size}"
+        for command in (("pool", "add", "q", "--kind", "dir"), ("media", "add", "p")):
+            if command[0] == "media" and option == "--volume-size":
+                continue
+            run = durafs(*command, "--path", where, option, size)
+            assert run.code == 2, (command, option, size, run.err)
+            assert f"{size!r} is not a size" in run.err and len(run.err.splitlines()) == 1
+            assert not where.exists()
+    assert [p["name"] for p in durafs("pool", "list", "--json").json()] == ["p"]
+    assert len(durafs("media", "list", "--json").json()) == 1
+    run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "q",
+                 "--volume-size", "10GiB", "--capacity", "1.5T")
+    assert run.code == 0, run.err
+    assert [p["volume_size"] for p in durafs("pool", "list", "--json").json()] == [1 << 30,
+                                                                                  10 << 30]
+    assert [m["capacity"] for m in durafs("media", "list", "--json").json()] == [None, 3 << 39]
