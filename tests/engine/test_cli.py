@@ -89,6 +89,21 @@ def test_hooks_run_around_the_backup_and_failures_are_reported(tmp_path: Path) -
     assert checkpoint_names() == before
 
 
+def test_a_hook_that_writes_bytes_not_utf8_is_reported_not_a_traceback(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    setup_catalog(tmp_path)
+    # a hook's output is whatever its commands write: a binary dump, a Latin-1 message
+    run = durafs("backup", source, "--pool", "p", "--pre-hook", r"printf 'caf\351\n'",
+                 "--post-hook", r"printf 'd\377\n' >&2; exit 5")
+    assert run.code == 1, run.err
+    assert "post-backup hook" in run.err and "failed (exit 5): d" in run.err
+    assert len(checkpoint_names()) == 1
+    run = durafs("backup", source, "--pool", "p", "--pre-hook", r"printf 'bad\377' >&2; false")
+    assert run.code == 2 and "pre-backup hook" in run.err and "failed (exit 1): bad" in run.err
+    assert len(checkpoint_names()) == 1
+
+
 def test_a_refused_backup_keeps_neither_its_hooks_nor_a_new_plan(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
