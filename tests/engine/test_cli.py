@@ -573,3 +573,37 @@ def test_sizes_out_of_range_are_usage_errors_that_touch_no_directory(tmp_path: P
     assert [p["volume_size"] for p in durafs("pool", "list", "--json").json()] == [1 << 30,
                                                                                   10 << 30]
     assert [m["capacity"] for m in durafs("media", "list", "--json").json()] == [None, 3 << 39]
+
+
+def test_names_that_are_not_utf8_are_usage_errors_not_tracebacks(tmp_path: Path) -> None:
+    # the shell passes any bytes: the index keeps plans, pools, labels, locations and
+    # medium paths as text, so a name not UTF-8 cannot be one of them
+    source = tmp_path / "src"
+    source.mkdir()
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    bad = os.fsdecode(b"x\xff")
+    medium = tmp_path / bad
+    for args in (("pool", "add", bad, "--kind", "dir", "--path", tmp_path / "q"),
+                 ("pool", "add", "q", "--kind", "dir", "--path", medium),
+                 ("media", "add", "p", "--path", medium),
+                 ("media", "add", bad, "--path", tmp_path / "q"),
+                 ("media", "add", "p", "--path", tmp_path / "q", "--label", bad),
+                 ("media", "add", "p", "--path", tmp_path / "q", "--location", bad),
+                 ("backup", source, "--pool", "p", "--plan", bad),
+                 ("backup", source, "--pool", bad),
+                 ("checkpoints", "--plan", bad),
+                 ("find", "src", "--plan", bad),
+                 ("verify", "--pool", bad),
+                 ("ls", f"{bad}/latest"),
+                 ("ls", f"default/{bad}"),
+                 ("restore", f"{bad}/latest", tmp_path / "out"),
+                 ("recover", "--path", medium)):
+        run = durafs(*args)
+        assert run.code == 2, (args, run.err)
+        assert f"{bad}'" in run.err and "not UTF-8" in run.err, (args, run.err)
+        assert len(run.err.splitlines()) == 1, (args, run.err)
+    assert not medium.exists() and not (tmp_path / "q").exists()
+    assert not (tmp_path / "out").exists()
+    assert len(durafs("media", "list", "--json").json()) == 1
+    assert [c["plan"] for c in durafs("checkpoints", "--json").json()] == ["default"]
