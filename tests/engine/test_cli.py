@@ -607,3 +607,29 @@ def test_names_that_are_not_utf8_are_usage_errors_not_tracebacks(tmp_path: Path)
     assert not (tmp_path / "out").exists()
     assert len(durafs("media", "list", "--json").json()) == 1
     assert [c["plan"] for c in durafs("checkpoints", "--json").json()] == ["default"]
+
+
+def test_names_given_on_the_command_line_are_escaped_in_what_it_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the README's promise covers every line of human output, not only listings: a plan,
+    # pool, label or path echoed back must not recolour the terminal or forge a line
+    odd = "e\x1b[31mred\nx"
+    escaped = "e\\x1b[31mred\\nx"
+    source = tmp_path / "src"
+    source.mkdir()
+    monkeypatch.setenv("DURAFS_HOME", str(tmp_path / f"home{odd}"))
+    run = durafs("init", "--encryption", "key", "--work-factor", "12")
+    assert run.code == 0 and f"home{escaped} " in run.out
+    outputs = [run.out]
+    for args in (("pool", "add", odd, "--kind", "dir", "--path", tmp_path / f"p{odd}",
+                  "--label", f"L{odd}"),
+                 ("media", "add", odd, "--path", tmp_path / f"m{odd}", "--label", f"M{odd}"),
+                 ("backup", source, "--pool", odd, "--plan", odd),
+                 ("key", "export-identity", tmp_path / f"id{odd}")):
+        run = durafs(*args)
+        assert run.code == 0, (args, run.err)
+        assert escaped in run.out and len(run.out.splitlines()) == 1, (args, run.out)
+        outputs.append(run.out)
+    assert not any("\x1b" in out for out in outputs)
+    assert (tmp_path / f"id{odd}").exists() and (tmp_path / f"m{odd}").is_dir()
