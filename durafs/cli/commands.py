@@ -67,7 +67,7 @@ def init(home: Home, args: Args) -> int:
     if args.encryption == "password":
         passphrase = read_passphrase("new passphrase: ", confirm=True)
     config = home.init(args.encryption, work_factor=args.work_factor, passphrase=passphrase)
-    print(f"initialised catalog {config.catalog_id} in {home.path} (encryption: "
+    print(f"initialised catalog {config.catalog_id} in {shown(str(home.path))} (encryption: "
           f"{args.encryption})")
     if args.encryption == "key":
         print("export the identity and keep it safe: durafs key export-identity FILE")
@@ -97,7 +97,7 @@ def key_export(home: Home, args: Args) -> int:
         raise UsageError(f"{args.file}: cannot be written ({exc.strerror})") from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    print(f"wrote {args.file}")
+    print(f"wrote {shown(args.file)}")
     return 0
 
 
@@ -133,7 +133,7 @@ def pool_add(home: Home, args: Args) -> int:
     with home.catalog() as catalog, catalog.db.transaction():
         catalog.add_pool(args.name, args.kind, volume_size=args.volume_size)
         label = _add_medium(catalog, keys, args.name, args)
-    print(f"pool {args.name}: medium {label} at {os.path.abspath(args.path)}")
+    print(shown(f"pool {args.name}: medium {label} at {os.path.abspath(args.path)}"))
     return 0
 
 
@@ -141,7 +141,7 @@ def media_add(home: Home, args: Args) -> int:
     keys = home.keys(read=False)
     with home.catalog() as catalog:
         label = _add_medium(catalog, keys, args.pool, args)
-    print(f"pool {args.pool}: medium {label} at {os.path.abspath(args.path)}")
+    print(shown(f"pool {args.pool}: medium {label} at {os.path.abspath(args.path)}"))
     return 0
 
 
@@ -239,7 +239,8 @@ def backup(home: Home, args: Args) -> int:
                               for p in result.notes]})
     else:
         s = result.stats
-        what = "would back up" if args.dry_run else f"checkpoint {result.plan}/{result.checkpoint}:"
+        what = ("would back up" if args.dry_run
+                else f"checkpoint {shown(result.plan)}/{result.checkpoint}:")
         print(f"{what} {s.get('files', 0)} files, {human_size(s.get('bytes', 0))}; "
               f"{s.get('changed_files', 0)} new or changed, "
               f"{human_size(s.get('bytes_new', 0))} new data")

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from durafs import interrupts
-from durafs.cli.output import print_json, print_table
+from durafs.cli.output import print_json, print_table, shown
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
 from durafs.fs.mount import (
@@ -57,8 +57,8 @@ def mount(home: Home, args: Args) -> int:
         log.warning("%s is not empty: what is in it stays hidden while the tree is mounted",
                     config.mountpoint)
     if args.foreground:
-        _run(config, lambda: print(f"durafs: mounted on {config.mountpoint}", file=sys.stderr,
-                                   flush=True))
+        _run(config, lambda: print(f"durafs: mounted on {shown(config.mountpoint)}",
+                                   file=sys.stderr, flush=True))
         return 0
     return _background(config)
 
@@ -121,7 +121,7 @@ def _background(config: MountConfig) -> int:
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read().decode(errors="replace").strip()
     if message == "ok":
-        print(f"mounted on {config.mountpoint} (pid {pid})")
+        print(f"mounted on {shown(config.mountpoint)} (pid {pid})")
         return 0
     os.waitpid(pid, 0)
     code, _, text = message.partition(" ")
@@ -203,7 +203,7 @@ def umount(home: Home, args: Args) -> int:
     if isinstance(pid, int) and not wait_for_exit(pid):
         raise MountError(f"unmounted {mountpoint}, but its server (pid {pid}) has not exited")
     drop_mount_record(home, mountpoint)  # gone with its server, unless that was killed
-    print(f"unmounted {mountpoint}")
+    print(f"unmounted {shown(mountpoint)}")
     return 0
 
 

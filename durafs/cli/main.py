@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from durafs import interrupts
 from durafs.cli import commands
-from durafs.cli.output import parse_size, shown
+from durafs.cli.output import parse_size, positive_size, shown
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
 
@@ -51,6 +51,16 @@ def _percent(text: str) -> float:
     return value
 
 
+def _text(text: str) -> str:
+    """A name the index keeps as text (a plan, a pool, a label, a location, a medium's
+    path): the shell may pass any bytes, and the undecodable ones cannot be stored."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not UTF-8 text") from None
+    return text
+
+
 def _add(sub: argparse._SubParsersAction[_Parser], name: str, func: Callable[..., int],
          help_text: str) -> _Parser:
     parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -82,13 +92,13 @@ def build_parser() -> _Parser:
     pool = _add(sub, "pool", commands.key_help, "pools of media")
     psub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
     p = _add(psub, "add", commands.pool_add, "add a pool (and its first medium)")
-    p.add_argument("name")
+    p.add_argument("name", type=_text)
     p.add_argument("--kind", choices=("dir",), required=True)
-    p.add_argument("--path", required=True)
-    p.add_argument("--volume-size", type=parse_size, default=parse_size("1G"))
-    p.add_argument("--label")
-    p.add_argument("--capacity", type=parse_size)
-    p.add_argument("--location", default="")
+    p.add_argument("--path", required=True, type=_text)
+    p.add_argument("--volume-size", type=positive_size, default=parse_size("1G"))
+    p.add_argument("--label", type=_text)
+    p.add_argument("--capacity", type=positive_size)
+    p.add_argument("--location", default="", type=_text)
     p = _add(psub, "list", commands.pool_list, "list pools")
     p.add_argument("--json", action="store_true")
 
@@ -97,16 +107,16 @@ def build_parser() -> _Parser:
     p = _add(msub, "list", commands.media_list, "list every medium")
     p.add_argument("--json", action="store_true")
     p = _add(msub, "add", commands.media_add, "add a medium (a directory or disk) to a pool")
-    p.add_argument("pool")
-    p.add_argument("--path", required=True)
-    p.add_argument("--label")
-    p.add_argument("--capacity", type=parse_size)
-    p.add_argument("--location", default="")
+    p.add_argument("pool", type=_text)
+    p.add_argument("--path", required=True, type=_text)
+    p.add_argument("--label", type=_text)
+    p.add_argument("--capacity", type=positive_size)
+    p.add_argument("--location", default="", type=_text)
 
     p = _add(sub, "backup", commands.backup, "back up source directories")
     p.add_argument("sources", nargs="+")
-    p.add_argument("--pool", required=True)
-    p.add_argument("--plan", default="default")
+    p.add_argument("--pool", required=True, type=_text)
+    p.add_argument("--plan", default="default", type=_text)
     p.add_argument("--exclude", action="append", default=[])
     p.add_argument("--one-file-system", action="store_true")
     p.add_argument("--follow-symlinks", action="store_true")
@@ -118,14 +128,14 @@ def build_parser() -> _Parser:
     p.add_argument("--json", action="store_true")
 
     p = _add(sub, "checkpoints", commands.checkpoints, "list checkpoints")
-    p.add_argument("--plan")
+    p.add_argument("--plan", type=_text)
     p.add_argument("--json", action="store_true")
     p = _add(sub, "ls", commands.ls, "list a directory of a checkpoint")
     p.add_argument("spec", metavar="PLAN/CHECKPOINT[/PATH]")
     p.add_argument("--json", action="store_true")
     p = _add(sub, "find", commands.find, "find names across every checkpoint")
     p.add_argument("pattern")
-    p.add_argument("--plan")
+    p.add_argument("--plan", type=_text)
     p.add_argument("--json", action="store_true")
     p = _add(sub, "restore", commands.restore, "restore a checkpoint or a subtree")
     p.add_argument("spec", metavar="PLAN/CHECKPOINT[/PATH]")
@@ -134,13 +144,13 @@ def build_parser() -> _Parser:
     p.add_argument("--media-timeout", type=float, default=None)
     p.add_argument("--json", action="store_true")
     p = _add(sub, "verify", commands.verify, "check the media against the index")
-    p.add_argument("--pool")
+    p.add_argument("--pool", type=_text)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--read-data", action="store_true")
     group.add_argument("--read-data-subset", type=_percent, metavar="PERCENT")
     p.add_argument("--json", action="store_true")
     p = _add(sub, "recover", commands.recover, "rebuild a lost index from directory media")
-    p.add_argument("--path", action="append", required=True)
+    p.add_argument("--path", action="append", required=True, type=_text)
     p.add_argument("--identity", help="age identity file (DURAFS_IDENTITY_PASSPHRASE or a "
                    "prompt if it is passphrase-protected)")
     p.add_argument("--json", action="store_true")

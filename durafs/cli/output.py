@@ -19,7 +19,19 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.I)
     if not m:
         raise UsageError(f"{text!r} is not a size (examples: 512M, 10G)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size >= 1 << 63:  # more than the index can record (SQLite's 64-bit integers)
+        raise UsageError(f"{text!r} is not a size: too large (at most 8E)")
+    return size
+
+
+def positive_size(text: str) -> int:
+    """`parse_size` for what cannot be nothing (a volume size, a medium's capacity):
+    refused here, before a medium is written, not by the index after."""
+    size = parse_size(text)
+    if size < 1:
+        raise UsageError(f"{text!r} is not a size: less than a byte")
+    return size
 
 
 def human_size(n: float) -> str:

@@ -31,6 +31,7 @@ def run_hook(command: str, what: str) -> str | None:
     succeeded, else why it failed, with what it wrote to stderr."""
     with subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          errors="replace",  # what a hook writes need not be UTF-8
                           start_new_session=True) as hook:
         watch = _HookWatch(hook.pid)
         try:

@@ -167,6 +167,12 @@ def parse_spec(catalog: Catalog, spec: str) -> tuple[CheckpointRow, bytes]:
     parts = spec.split("/", 2)
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise UsageError(f"{spec!r}: expected PLAN/CHECKPOINT[/PATH]")
+    for name in parts[:2]:
+        try:
+            name.encode()
+        except UnicodeEncodeError:  # the shell passes any bytes; names in the index are text
+            raise UsageError(f"'{name}' is not UTF-8 text: no plan or checkpoint is "
+                             "named so") from None
     checkpoint = catalog.checkpoint(parts[0], parts[1])
     if checkpoint is None:
         raise UsageError(f"no checkpoint {parts[1]!r} in plan {parts[0]!r}")

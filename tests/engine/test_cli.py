@@ -89,6 +89,21 @@ def test_hooks_run_around_the_backup_and_failures_are_reported(tmp_path: Path) -
     assert checkpoint_names() == before
 
 
+def test_a_hook_that_writes_bytes_not_utf8_is_reported_not_a_traceback(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    setup_catalog(tmp_path)
+    # a hook's output is whatever its commands write: a binary dump, a Latin-1 message
+    run = durafs("backup", source, "--pool", "p", "--pre-hook", r"printf 'caf\351\n'",
+                 "--post-hook", r"printf 'd\377\n' >&2; exit 5")
+    assert run.code == 1, run.err
+    assert "post-backup hook" in run.err and "failed (exit 5): d" in run.err
+    assert len(checkpoint_names()) == 1
+    run = durafs("backup", source, "--pool", "p", "--pre-hook", r"printf 'bad\377' >&2; false")
+    assert run.code == 2 and "pre-backup hook" in run.err and "failed (exit 1): bad" in run.err
+    assert len(checkpoint_names()) == 1
+
+
 def test_a_refused_backup_keeps_neither_its_hooks_nor_a_new_plan(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
@@ -533,3 +548,88 @@ def test_names_shown_to_people_cannot_drive_the_terminal(tmp_path: Path) -> None
     run = durafs("backup", source / "gone\x1b]0;title\x07", "--pool", "p")
     assert run.code == 2
     assert "gone\\x1b]0;title\\x07: no such file" in run.err and "\x1b" not in run.err
+
+
+def test_sizes_out_of_range_are_usage_errors_that_touch_no_directory(tmp_path: Path) -> None:
+    setup_catalog(tmp_path)
+    # a size of no bytes, or one too large to record, is refused by name before the
+    # directory is made a medium (a marker left behind would make it refuse any later use)
+    for option, size in (("--capacity", "0"), ("--capacity", "0.5"), ("--volume-size", "0M"),
+                         ("--capacity", "99999999999999999999T"),
+                         ("--volume-size", "99999999999999999999T")):
+        where = tmp_path / f"q{option}{size}"
+        for command in (("pool", "add", "q", "--kind", "dir"), ("media", "add", "p")):
+            if command[0] == "media" and option == "--volume-size":
+                continue
+            run = durafs(*command, "--path", where, option, size)
+            assert run.code == 2, (command, option, size, run.err)
+            assert f"{size!r} is not a size" in run.err and len(run.err.splitlines()) == 1
+            assert not where.exists()
+    assert [p["name"] for p in durafs("pool", "list", "--json").json()] == ["p"]
+    assert len(durafs("media", "list", "--json").json()) == 1
+    run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "q",
+                 "--volume-size", "10GiB", "--capacity", "1.5T")
+    assert run.code == 0, run.err
+    assert [p["volume_size"] for p in durafs("pool", "list", "--json").json()] == [1 << 30,
+                                                                                  10 << 30]
+    assert [m["capacity"] for m in durafs("media", "list", "--json").json()] == [None, 3 << 39]
+
+
+def test_names_that_are_not_utf8_are_usage_errors_not_tracebacks(tmp_path: Path) -> None:
+    # the shell passes any bytes: the index keeps plans, pools, labels, locations and
+    # medium paths as text, so a name not UTF-8 cannot be one of them
+    source = tmp_path / "src"
+    source.mkdir()
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    bad = os.fsdecode(b"x\xff")
+    medium = tmp_path / bad
+    for args in (("pool", "add", bad, "--kind", "dir", "--path", tmp_path / "q"),
+                 ("pool", "add", "q", "--kind", "dir", "--path", medium),
+                 ("media", "add", "p", "--path", medium),
+                 ("media", "add", bad, "--path", tmp_path / "q"),
+                 ("media", "add", "p", "--path", tmp_path / "q", "--label", bad),
+                 ("media", "add", "p", "--path", tmp_path / "q", "--location", bad),
+                 ("backup", source, "--pool", "p", "--plan", bad),
+                 ("backup", source, "--pool", bad),
+                 ("checkpoints", "--plan", bad),
+                 ("find", "src", "--plan", bad),
+                 ("verify", "--pool", bad),
+                 ("ls", f"{bad}/latest"),
+                 ("ls", f"default/{bad}"),
+                 ("restore", f"{bad}/latest", tmp_path / "out"),
+                 ("recover", "--path", medium)):
+        run = durafs(*args)
+        assert run.code == 2, (args, run.err)
+        assert f"{bad}'" in run.err and "not UTF-8" in run.err, (args, run.err)
+        assert len(run.err.splitlines()) == 1, (args, run.err)
+    assert not medium.exists() and not (tmp_path / "q").exists()
+    assert not (tmp_path / "out").exists()
+    assert len(durafs("media", "list", "--json").json()) == 1
+    assert [c["plan"] for c in durafs("checkpoints", "--json").json()] == ["default"]
+
+
+def test_names_given_on_the_command_line_are_escaped_in_what_it_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the README's promise covers every line of human output, not only listings: a plan,
+    # pool, label or path echoed back must not recolour the terminal or forge a line
+    odd = "e\x1b[31mred\nx"
+    escaped = "e\\x1b[31mred\\nx"
+    source = tmp_path / "src"
+    source.mkdir()
+    monkeypatch.setenv("DURAFS_HOME", str(tmp_path / f"home{odd}"))
+    run = durafs("init", "--encryption", "key", "--work-factor", "12")
+    assert run.code == 0 and f"home{escaped} " in run.out
+    outputs = [run.out]
+    for args in (("pool", "add", odd, "--kind", "dir", "--path", tmp_path / f"p{odd}",
+                  "--label", f"L{odd}"),
+                 ("media", "add", odd, "--path", tmp_path / f"m{odd}", "--label", f"M{odd}"),
+                 ("backup", source, "--pool", odd, "--plan", odd),
+                 ("key", "export-identity", tmp_path / f"id{odd}")):
+        run = durafs(*args)
+        assert run.code == 0, (args, run.err)
+        assert escaped in run.out and len(run.out.splitlines()) == 1, (args, run.out)
+        outputs.append(run.out)
+    assert not any("\x1b" in out for out in outputs)
+    assert (tmp_path / f"id{odd}").exists() and (tmp_path / f"m{odd}").is_dir()
