@@ -344,7 +344,9 @@ def verify(home: Home, args: Args) -> int:
             access.close()
             progress.done()
     if args.json:
-        print_json({"ok": result.ok, "volumes": result.volumes, "chunks_read": result.chunks_read,
+        # ok: no damage found; complete: every volume was reached (offline lists the rest)
+        print_json({"ok": result.ok, "complete": not result.offline, "volumes": result.volumes,
+                    "chunks_read": result.chunks_read,
                     "offline": result.offline, "structure": result.structure,
                     "damage": [d.__dict__ for d in result.damage]})
     else:

@@ -51,6 +51,17 @@ def _percent(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    """A wait in seconds: 0 or more, finite (no wait is "forever": leave the option out)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def _text(text: str) -> str:
     """A name the index keeps as text (a plan, a pool, a label, a location, a medium's
     path): the shell may pass any bytes, and the undecodable ones cannot be stored."""
@@ -123,7 +134,7 @@ def build_parser() -> _Parser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--pre-hook", help="command run before the backup (saved in the plan)")
     p.add_argument("--post-hook", help="command run after the backup (saved in the plan)")
-    p.add_argument("--media-timeout", type=float,
+    p.add_argument("--media-timeout", type=_seconds,
                    help="seconds to wait for an offline medium (default: forever)")
     p.add_argument("--json", action="store_true")
 
@@ -141,7 +152,7 @@ def build_parser() -> _Parser:
     p.add_argument("spec", metavar="PLAN/CHECKPOINT[/PATH]")
     p.add_argument("target")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--media-timeout", type=float, default=None)
+    p.add_argument("--media-timeout", type=_seconds, default=None)
     p.add_argument("--json", action="store_true")
     p = _add(sub, "verify", commands.verify, "check the media against the index")
     p.add_argument("--pool", type=_text)

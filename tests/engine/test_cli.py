@@ -633,3 +633,16 @@ def test_names_given_on_the_command_line_are_escaped_in_what_it_prints(
         outputs.append(run.out)
     assert not any("\x1b" in out for out in outputs)
     assert (tmp_path / f"id{odd}").exists() and (tmp_path / f"m{odd}").is_dir()
+
+
+def test_a_media_timeout_must_be_a_number_of_seconds(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    setup_catalog(tmp_path)
+    for bad in ("-1", "nan", "inf", "soon"):
+        for command in (["backup", source, "--pool", "p"],
+                        ["restore", "default/latest", tmp_path / "out"]):
+            run = durafs(*command, "--media-timeout", bad)
+            assert run.code == 2 and "not a number of seconds" in run.err, (command, bad, run)
+    assert checkpoint_names() == []
+    assert durafs("backup", source, "--pool", "p", "--media-timeout", "0").code == 0

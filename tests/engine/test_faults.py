@@ -628,8 +628,13 @@ def test_verify_of_an_offline_medium_is_not_a_success(tmp_path: Path) -> None:
         volumes = sorted(p.name for p in (tmp_path / "unplugged" / "volumes").iterdir())
         not_checked = [line for line in run.out.splitlines() if line.startswith("not checked")]
         assert sorted(line.split()[2].rstrip(":") for line in not_checked) == volumes
+        report = durafs("verify", *args, "--json").json()
+        # nothing found damaged, but nothing checked either: a script must not read "ok" alone
+        assert (report["ok"], report["complete"], len(report["offline"])) == (
+            True, False, len(volumes))
     (tmp_path / "unplugged").rename(pool)
     assert durafs("verify", "--read-data").code == 0
+    assert durafs("verify", "--json").json()["complete"] is True
 
 
 def test_a_command_meeting_a_damaged_index_names_it_and_says_how_to_rebuild(
