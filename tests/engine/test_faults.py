@@ -414,8 +414,11 @@ def test_full_medium_spills_onto_the_next(tmp_path: Path) -> None:
         run = durafs("backup", source, "--pool", "p")
         assert run.code == 0, run.err
         media = durafs("media", "list", "--json").json()
-        assert [m["state"] for m in media] == ["full", "active"]
-        assert list((mounts[1] / "d" / "volumes").iterdir())
+        # the first is marked full once less than a volume's minimum is left on it; with
+        # a little more left than that, but less than the next chunk, it is only passed
+        # over (a smaller chunk may fit later): where the cuts fall is random
+        assert [m["state"] for m in media] in (["full", "active"], ["active", "active"])
+        assert all(list((mnt / "d" / "volumes").glob("*-data-*")) for mnt in mounts)
         out = tmp_path / "out"
         assert durafs("restore", f"default/latest{source}", out).code == 0
         assert compare_trees(source, out) == []
