@@ -52,6 +52,13 @@ class MediumError(DurafsError):
     """A medium cannot be read or written."""
 
 
+class MediumRefusedError(MediumError):
+    """A path given for a new medium cannot become one (not a directory, not empty,
+    another medium already): the user must give another path."""
+
+    exit_code = 2
+
+
 class MediumOfflineError(MediumError):
     """The medium holding the data is not online (tape on the shelf, unplugged disk)."""
 

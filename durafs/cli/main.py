@@ -20,6 +20,7 @@ from durafs.cli import commands
 from durafs.cli.output import parse_size, positive_size, shown
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
+from durafs.format.age_keys import MAX_WORK_FACTOR, MIN_WORK_FACTOR
 
 log = logging.getLogger("durafs")
 
@@ -62,6 +63,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _work_factor(text: str) -> int:
+    """scrypt's cost as log2 N, in the range age allows (checked before anything is made)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not MIN_WORK_FACTOR <= value <= MAX_WORK_FACTOR:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a work factor in {MIN_WORK_FACTOR}..{MAX_WORK_FACTOR}")
+    return value
+
+
 def _text(text: str) -> str:
     """A name the index keeps as text (a plan, a pool, a label, a location, a medium's
     path): the shell may pass any bytes, and the undecodable ones cannot be stored."""
@@ -88,7 +101,7 @@ def build_parser() -> _Parser:
 
     p = _add(sub, "init", commands.init, "create a new catalog")
     p.add_argument("--encryption", choices=("key", "password", "none"), default="key")
-    p.add_argument("--work-factor", type=int, default=18,
+    p.add_argument("--work-factor", type=_work_factor, default=18,
                    help="password mode: scrypt cost as log2 N (default 18, as age)")
 
     key = _add(sub, "key", commands.key_help, "key management")

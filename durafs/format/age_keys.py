@@ -43,6 +43,9 @@ _X25519_INFO = b"age-encryption.org/v1/X25519"
 _SCRYPT_SALT_PREFIX = b"age-encryption.org/v1/scrypt"
 _ZERO_NONCE = bytes(12)
 _WORK_FACTOR_RE = re.compile(rb"[1-9][0-9]*")
+#: The scrypt work factors (log2 N) a passphrase recipient accepts.
+MIN_WORK_FACTOR = 1
+MAX_WORK_FACTOR = 40
 _SECRET_HRP = "AGE-SECRET-KEY-"
 _RECIPIENT_HRP = "age"
 
@@ -80,8 +83,9 @@ class ScryptRecipient:
     def __init__(self, passphrase: bytes, work_factor: int = 18, salt: bytes | None = None):
         if not passphrase:
             raise CryptoError("empty passphrase")
-        if not 1 <= work_factor <= 40:
-            raise CryptoError(f"scrypt work factor {work_factor} out of range 1..40")
+        if not MIN_WORK_FACTOR <= work_factor <= MAX_WORK_FACTOR:
+            raise CryptoError(f"scrypt work factor {work_factor} out of range "
+                              f"{MIN_WORK_FACTOR}..{MAX_WORK_FACTOR}")
         if salt is not None and len(salt) != 16:
             raise CryptoError("scrypt salt must be 16 bytes")
         self._passphrase = passphrase

@@ -36,6 +36,7 @@ from durafs.errors import (
     MediumError,
     MediumFullError,
     MediumOfflineError,
+    MediumRefusedError,
     UsageError,
 )
 from durafs.format.header import KINDS
@@ -222,11 +223,11 @@ class DirectoryMedium(Medium):
             os.mkdir(self.path, 0o755)
         except FileExistsError:
             if not os.path.isdir(self.path):
-                raise MediumError(f"{self.path} is not a directory") from None
+                raise MediumRefusedError(f"{self.path} is not a directory") from None
             return
         except OSError as exc:
             # a missing parent is most likely an absent mount: never create mount points
-            raise MediumError(
+            raise MediumRefusedError(
                 f"cannot create directory medium {self.path}: {exc.strerror}"
             ) from exc
         try:
@@ -236,7 +237,7 @@ class DirectoryMedium(Medium):
 
     def _check_own(self, existing: MediumMarker, marker: MediumMarker) -> None:
         if (existing.medium_id, existing.catalog_id) != (marker.medium_id, marker.catalog_id):
-            raise MediumError(
+            raise MediumRefusedError(
                 f"{self.path} already holds durafs medium {existing.label} "
                 f"({existing.medium_id}, pool {existing.pool}, catalog {existing.catalog_id}); "
                 f"refusing to initialize it as {marker.label}"
@@ -250,7 +251,7 @@ class DirectoryMedium(Medium):
             raise self._error(exc, f"initializing as {marker.label}") from exc
         if foreign:
             shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
-            raise MediumError(
+            raise MediumRefusedError(
                 f"{self.path} is not empty and holds no durafs medium ({shown}); "
                 f"refusing to initialize it as {marker.label}"
             )

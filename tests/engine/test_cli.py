@@ -430,7 +430,17 @@ def test_a_pool_whose_first_medium_fails_is_not_added(tmp_path: Path) -> None:
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("x")
     run = durafs("pool", "add", "q", "--kind", "dir", "--path", not_a_directory)
-    assert run.code == 3 and f"{not_a_directory} is not a directory" in run.err
+    # a path that cannot be a medium is the user's to change: a configuration error
+    assert run.code == 2 and f"{not_a_directory} is not a directory" in run.err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "photos").mkdir()
+    run = durafs("pool", "add", "q", "--kind", "dir", "--path", busy)
+    assert run.code == 2 and f"{busy} is not empty and holds no durafs medium" in run.err
+    run = durafs("media", "add", "p", "--path", tmp_path / "pool")
+    assert run.code == 2 and "already holds durafs medium P-001" in run.err, run.err
+    run = durafs("media", "add", "p", "--path", tmp_path / "absent" / "mount")
+    assert run.code == 2 and "cannot create directory medium" in run.err, run.err
     assert [p["name"] for p in durafs("pool", "list", "--json").json()] == ["p"]
     run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "q")
     assert run.code == 0, run.err
@@ -646,3 +656,11 @@ def test_a_media_timeout_must_be_a_number_of_seconds(tmp_path: Path) -> None:
             assert run.code == 2 and "not a number of seconds" in run.err, (command, bad, run)
     assert checkpoint_names() == []
     assert durafs("backup", source, "--pool", "p", "--media-timeout", "0").code == 0
+
+
+def test_a_work_factor_out_of_range_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    home = Home().path
+    for bad in ("0", "41", "-1", "high"):
+        run = durafs("init", "--encryption", "password", "--work-factor", bad)
+        assert run.code == 2 and "is not a work factor in 1..40" in run.err, (bad, run)
+        assert not home.exists()
