@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
 import uuid
 from collections.abc import Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from durafs import interrupts
 from durafs.cli import commands
@@ -23,6 +24,7 @@ from durafs.errors import DurafsError, UsageError
 from durafs.format.age_keys import MAX_WORK_FACTOR, MIN_WORK_FACTOR
 
 log = logging.getLogger("durafs")
+N = TypeVar("N", int, float)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,37 +44,30 @@ def _fs(name: str) -> Callable[..., int]:
     return run
 
 
-def _percent(text: str) -> float:
-    try:
-        value = float(text.rstrip("%"))
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage in (0, 100]")
-    return value
+def _number(parse: Callable[[str], N], ok: Callable[[N], bool],
+            what: str) -> Callable[[str], N]:
+    """An argument type: *parse* the text, and refuse it, named, unless *ok* says the
+    value is *what* the option takes."""
+
+    def check(text: str) -> N:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):  # nan compares false: refused too
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return check
 
 
-def _seconds(text: str) -> float:
-    """A wait in seconds: 0 or more, finite (no wait is "forever": leave the option out)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
-    return value
-
-
-def _work_factor(text: str) -> int:
-    """scrypt's cost as log2 N, in the range age allows (checked before anything is made)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not MIN_WORK_FACTOR <= value <= MAX_WORK_FACTOR:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a work factor in {MIN_WORK_FACTOR}..{MAX_WORK_FACTOR}")
-    return value
+_percent = _number(lambda text: float(text.rstrip("%")), lambda v: 0 < v <= 100,
+                   "a percentage in (0, 100]")
+#: A wait: 0 or more, finite (no wait is "forever": leave the option out).
+_seconds = _number(float, lambda v: 0 <= v < math.inf, "a number of seconds (0 or more)")
+#: scrypt's cost as log2 N, in the range age allows (checked before anything is made).
+_work_factor = _number(int, lambda v: MIN_WORK_FACTOR <= v <= MAX_WORK_FACTOR,
+                       f"a work factor in {MIN_WORK_FACTOR}..{MAX_WORK_FACTOR}")
 
 
 def _text(text: str) -> str:
