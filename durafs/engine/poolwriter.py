@@ -278,9 +278,11 @@ class PoolWriter:
         deadline = None if self.media_timeout is None else time.monotonic() + self.media_timeout
         told: set[int] = set()
         while True:
-            offline = []
+            offline, short = [], []  # short: why each other medium cannot take it
             for row in self.catalog.media(self.pool.id):
                 if row.id in skip or not self._takes_volumes(row):
+                    if row.state != "retired":
+                        short.append(f"{row.label} full")
                     continue
                 medium = open_medium(row)
                 if not medium.is_online():
@@ -292,10 +294,12 @@ class PoolWriter:
                     return row, medium
                 if free < MIN_VOLUME + SLACK:
                     self._set_full(row)
+                short.append(f"{row.label} has {free} bytes free")
             if not offline:
                 room = f"room for a volume of {need} bytes" if need > MIN_VOLUME else "room"
                 raise MediumFullError(
-                    f"pool {self.pool.name} has no medium with {room} left: add one with "
+                    f"pool {self.pool.name} has no medium with {room} left "
+                    f"({'; '.join(short) or 'it has none'}): add one with "
                     f"`durafs media add {self.pool.name} --path PATH`"
                 )
             for row in offline:

@@ -122,13 +122,15 @@ def test_with_no_medium_to_move_to_the_run_stops_and_the_next_completes(
                                                "--json", after_volumes=4)
         assert filled
         assert run.code == 3, run.err
-        assert "P-001" in run.err and "full" in run.err, run.err
+        # mid-volume, or (when the volume being watched was committed before the child
+        # stopped) as the next one starts: either way the full medium is named
+        assert "P-001" in run.err and ("full" in run.err or "bytes free" in run.err), run.err
         assert _temp_files(pool) == []
         assert len(checkpoint_names()) == 1  # the earlier one, intact
         assert durafs("verify", "--read-data").code == 0
         # the earlier backup's two volumes, and the run's data volumes committed before
         # the disk filled, are kept
-        assert len(_volumes(pool)) == 4
+        assert len(_volumes(pool)) in (4, 5)
 
         (small / "filler").unlink()  # the other program freed its space
         run = durafs("backup", source, "--pool", "p", "--json")
