@@ -70,6 +70,17 @@ def setup_catalog(tmp: Path, encryption: str = "key", **pool: str) -> Path:
     return path
 
 
+def one_file_backed_up(tmp: Path, text: str = "x") -> tuple[Path, Path]:
+    """A source tmp/src holding one file `f` (*text*), backed up into pool `p` of a fresh
+    catalog (`setup_catalog`): (source, pool path)."""
+    source = tmp / "src"
+    source.mkdir()
+    (source / "f").write_text(text)
+    pool = setup_catalog(tmp)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    return source, pool
+
+
 def checkpoint_names(plan: str = "default") -> list[str]:
     run = durafs("checkpoints", "--plan", plan, "--json")
     if run.code == 2 and f"no plan named {plan!r}" in run.err:

@@ -21,6 +21,7 @@ from tests.engine.cli import (
     durafs,
     durafs_process,
     on_a_terminal,
+    one_file_backed_up,
     setup_catalog,
 )
 
@@ -206,11 +207,7 @@ def test_listings_and_keys(tmp_path: Path) -> None:
 def test_wrong_identity_on_recover_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_text("x")
-    pool = setup_catalog(tmp_path)
-    assert durafs("backup", source, "--pool", "p").code == 0
+    _, pool = one_file_backed_up(tmp_path)
     shutil.rmtree(Home().path)
     other = tmp_path / "other"
     monkeypatch.setenv("DURAFS_HOME", os.fspath(other))
@@ -230,11 +227,7 @@ def test_wrong_identity_on_recover_is_a_clear_error(
 
 
 def test_recover_of_encrypted_media_without_a_key_says_what_to_give(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_text("x")
-    pool = setup_catalog(tmp_path)
-    assert durafs("backup", source, "--pool", "p").code == 0
+    _, pool = one_file_backed_up(tmp_path)
     shutil.rmtree(Home().path)
     # not on a terminal, so not asked for a passphrase
     with durafs_process("recover", "--path", pool, stdin=subprocess.DEVNULL,
@@ -250,11 +243,7 @@ def test_recover_with_an_exported_identity(
     tmp_path: Path, protect: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DURAFS_IDENTITY_PASSPHRASE", "identity secret")
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_text("x")
-    pool = setup_catalog(tmp_path)
-    assert durafs("backup", source, "--pool", "p").code == 0
+    _, pool = one_file_backed_up(tmp_path)
     identity = tmp_path / "id.age"
     args = ["--protect"] if protect else []
     assert durafs("key", "export-identity", identity, *args).code == 0

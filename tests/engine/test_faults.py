@@ -20,7 +20,7 @@ import apsw
 import pytest
 
 from durafs.engine.home import Home
-from tests.engine.cli import checkpoint_names, durafs, setup_catalog
+from tests.engine.cli import checkpoint_names, durafs, one_file_backed_up, setup_catalog
 from tests.support.lockedxattr import locked_xattrs
 from tests.support.oddtree import (
     compare_trees,
@@ -616,11 +616,7 @@ def test_verify_finds_a_damaged_index_and_says_how_to_rebuild_it(tmp_path: Path)
 
 
 def test_verify_of_an_offline_medium_is_not_a_success(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "a").write_text("a\n")
-    pool = setup_catalog(tmp_path)
-    assert durafs("backup", source, "--pool", "p").code == 0
+    _, pool = one_file_backed_up(tmp_path)
     pool.rename(tmp_path / "unplugged")
     for args in ([], ["--read-data"]):
         run = durafs("verify", *args)

@@ -10,17 +10,13 @@ from pathlib import Path
 import pytest
 
 from durafs.engine.home import Home
-from tests.engine.cli import durafs, setup_catalog
+from tests.engine.cli import durafs, one_file_backed_up
 
 
 def _lost_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     """A backed-up pool whose catalog is gone, and its identity exported with a
     passphrase (`--protect`): (pool, identity file)."""
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_text("x")
-    pool = setup_catalog(tmp_path)
-    assert durafs("backup", source, "--pool", "p").code == 0
+    _, pool = one_file_backed_up(tmp_path)
     identity = tmp_path / "identity.age"
     monkeypatch.setenv("DURAFS_IDENTITY_PASSPHRASE", "the right one")
     assert durafs("key", "export-identity", identity, "--protect").code == 0
