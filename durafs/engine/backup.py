@@ -654,8 +654,6 @@ class Backup:
     def _prefetch(self) -> None:
         """One dedup query for the finished chunks at the queue's head (one per chunk costs
         more than hashing a small file)."""
-        if self._index_empty():
-            return
         cids: list[bytes] = []
         for job in self._jobs:
             if not job.future.done() or len(cids) >= PREFETCH:
@@ -665,6 +663,8 @@ class Backup:
 
     def _look_up(self, cids: list[bytes]) -> None:
         """Ask the index in one query which of *cids* the pool has (for _store_chunk)."""
+        if self._index_empty():
+            return
         cids = [c for c in cids if c not in self._ids and c not in self._absent
                 and c not in self.writer.open]
         found = self.catalog.lookup_chunks(self.pool.id, cids) if cids else {}
