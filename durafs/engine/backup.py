@@ -34,6 +34,7 @@ from typing import Any, cast
 from durafs.engine.catalogspool import MAX_DELTAS, CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
 from durafs.engine.collector import gc_relaxed
+from durafs.engine.dedup import PoolChunks
 from durafs.engine.filereader import (
     END,
     READ_ATTEMPTS,
@@ -83,9 +84,6 @@ MAX_WAITING_UNITS = 20_000
 WORKERS = 2
 #: Chunk ids (cid -> chunks.id) kept from one trim to the next.
 ID_CACHE = 20_000
-#: Seconds between looks at whether a pool that was empty when the run began still is (a
-#: backup of another plan into it may commit chunks meanwhile).
-EMPTY_RECHECK = 1.0
 #: Finished chunks whose ids are looked up in the index in one query.
 PREFETCH = 512
 #: Chunks smaller than this are compressed without asking the index first (the lookup
@@ -181,7 +179,7 @@ class Backup:
                                    max_deltas=options.max_deltas)
         # whether the pool is empty is known once orphan volumes are adopted (_run_plan)
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key, empty=False)
-        self._empty_seen = 0.0  # when the pool was last seen empty (monotonic)
+        self._chunks = PoolChunks(catalog, self.writer, self._known)
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
         # the stats are counts but for a few facts added at the end (the pool's name)
@@ -208,9 +206,6 @@ class Backup:
         self._units: collections.deque[Unit] = collections.deque()
         self._in_flight = 0
         self._inline = InlineReads()
-        self._ids: dict[bytes, int] = {}
-        # cids the pool had not when last asked (only this run adds chunks to the pool)
-        self._absent: dict[bytes, bool] = {}
         self._links: dict[Any, Unit] = {}
 
     # -- the run ---------------------------------------------------------------------
@@ -235,8 +230,7 @@ class Backup:
         if not self.opts.dry_run:
             adopt_orphan_volumes(self.catalog, self.keys, self.pool)
             write_missing_catalogs(self.catalog, self.writer, plan.name)
-        self._known.empty = not self.catalog.has_chunks(self.pool.id)
-        self._empty_seen = time.monotonic()
+        self._chunks.start()
         self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
@@ -440,7 +434,7 @@ class Backup:
             self._store_next()
 
     def _store_batch(self, job: BatchJob) -> None:
-        self._look_up(job.cids())
+        self._chunks.look_up(job.cids())
         for unit, item, read in zip(job.units, job.items, job.future.result(), strict=True):
             if not self._finish_read(unit, item, read):
                 continue
@@ -613,66 +607,31 @@ class Backup:
     def _store_chunk(self, unit: Unit, stored: StoredChunk, offset: int) -> None:
         cid, size = stored.id, stored.size
         known = self._known.found(cid) if not stored.frame else None
-        if cid not in self._ids and cid not in self.writer.open:
-            found = known if known is not None else self._find(cid)
+        ids = self._chunks.ids
+        if cid not in ids and cid not in self.writer.open:
+            found = known if known is not None else self._chunks.find(cid)
             if found is not None:
-                self._ids[cid] = found
+                ids[cid] = found
             else:
                 if not stored.frame and size:
                     # KnownChunks saw it in the index; only this run writes the pool
                     raise CatalogError(f"chunk {cid.hex()[:16]} left the index during the run")
-                self._ids.update(self.writer.add_chunk(stored, [(unit.entry.path, offset)]))
+                ids.update(self.writer.add_chunk(stored, [(unit.entry.path, offset)]))
                 self.stats["chunks_new"] += 1
                 self.stats["bytes_new"] += size
         unit.pieces.append((offset, cid, size))
 
-    def _index_empty(self) -> bool:
-        """Whether the pool has no chunk in the index, so asking it is needless: it had
-        none when the run began and nothing committed one since, neither this run (a first
-        backup, until its first volume is on its medium: with 1 GiB volumes, all of most
-        first backups) nor, as a look every EMPTY_RECHECK seconds tells, a backup of
-        another plan into the same pool."""
-        if not self._known.empty:
-            return False
-        now = time.monotonic()
-        if now >= self._empty_seen + EMPTY_RECHECK:
-            self._empty_seen = now
-            if self.catalog.has_chunks(self.pool.id):
-                self._known.empty = False  # the workers ask again too
-        elif self.writer.volumes_written:
-            self._known.empty = False
-        return self._known.empty
-
-    def _find(self, cid: bytes) -> int | None:
-        """The row id of *cid* in the pool's index, or None (a batch query may have
-        told already: only this run adds chunks to the pool)."""
-        if self._absent.pop(cid, False) or self._index_empty():
-            return None
-        row = self.catalog.lookup_chunks(self.pool.id, [cid]).get(cid)
-        return None if row is None else row.id
-
     def _prefetch(self) -> None:
         """One dedup query for the finished chunks at the queue's head (one per chunk costs
         more than hashing a small file)."""
+        if self._chunks.index_empty():
+            return
         cids: list[bytes] = []
         for job in self._jobs:
             if not job.future.done() or len(cids) >= PREFETCH:
                 break
             cids += job.cids()
-        self._look_up(cids)
-
-    def _look_up(self, cids: list[bytes]) -> None:
-        """Ask the index in one query which of *cids* the pool has (for _store_chunk)."""
-        if self._index_empty():
-            return
-        cids = [c for c in cids if c not in self._ids and c not in self._absent
-                and c not in self.writer.open]
-        found = self.catalog.lookup_chunks(self.pool.id, cids) if cids else {}
-        for cid in cids:
-            if cid in found:
-                self._ids[cid] = found[cid].id
-            else:
-                self._absent[cid] = True
+        self._chunks.look_up(cids)
 
     def _drain(self, *, final: bool) -> None:
         """Store finished chunks and pass ready units to the TreeWriter."""
@@ -688,13 +647,10 @@ class Backup:
                 break
             self._store_next()
         if len(self._units) > MAX_WAITING_UNITS or final:
-            self._ids.update(self.writer.commit())
+            self._chunks.ids.update(self.writer.commit())
         self._record_ready()
-        if len(self._ids) > ID_CACHE:
-            # only a cache for dedup (the index answers too) besides what waiting units
-            # need: trimming it keeps memory flat in the number of files
-            needed = {cid for unit in self._units for _, cid, _ in unit.pieces}
-            self._ids = {c: i for c, i in self._ids.items() if c in needed}
+        if len(self._chunks.ids) > ID_CACHE:
+            self._chunks.keep_only({cid for unit in self._units for _, cid, _ in unit.pieces})
 
     def _record_ready(self) -> None:
         """Pass the units at the head of the queue whose chunks are all committed on to
@@ -707,7 +663,8 @@ class Backup:
     def _ready(self, unit: Unit) -> bool:
         if unit.reading or unit.outstanding:
             return False
-        return all(cid in self._ids for _, cid, _ in unit.pieces)
+        ids = self._chunks.ids
+        return all(cid in ids for _, cid, _ in unit.pieces)
 
     def _record(self, unit: Unit) -> None:
         entry = unit.entry
@@ -725,7 +682,8 @@ class Backup:
                 self.stats["bytes"] += leader.entry.size - entry.size
                 entry = unit.entry = replace(leader.entry, path=entry.path)
             else:
-                entry.chunks = pack_pieces((o, self._ids[c], s) for o, c, s in unit.pieces)
+                ids = self._chunks.ids
+                entry.chunks = pack_pieces((o, ids[c], s) for o, c, s in unit.pieces)
                 pieces = unit.pieces  # read now: the spool needs no look-up of their ids
         if not self.opts.dry_run:
             kept = self._tree.add(entry)

@@ -1,5 +1,5 @@
 """Backups of two plans into one pool at the same time: what one commits, the other
-finds (engine/backup.py `_index_empty`: a pool empty when a run began is looked at again
+finds (engine/dedup.py `PoolChunks.index_empty`: a pool empty when a run began is looked at again
 every EMPTY_RECHECK seconds)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from durafs.engine.backup import EMPTY_RECHECK
+from durafs.engine.dedup import EMPTY_RECHECK
 from tests.engine.cli import durafs, setup_catalog
 from tests.support.straced import (
     child_env,
