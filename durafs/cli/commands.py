@@ -195,7 +195,9 @@ def _backup_source(src: str) -> bytes:
     is a usage error. A source that exists but cannot be looked at (a directory above it
     unreadable, a loop) is the scan's to report, by name and reason, while the other
     sources are backed up: only ENOENT means a typo. Any length works, as in the scan."""
-    path = os.fsencode(os.path.abspath(src))
+    if not src:  # an unset shell variable, say: not the current directory
+        raise UsageError("a source path is empty")
+    path = physical_path(os.fsencode(src))
     try:
         with at_path(path) as (dir_fd, name):
             if not stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
@@ -305,6 +307,26 @@ def find(home: Home, args: Args) -> int:
     return 0
 
 
+def physical_path(path: bytes) -> bytes:
+    """*path* made absolute, with ``..`` meaning what the kernel makes of it: the parent
+    of where the path so far leads (through symlinks), as ``ls`` and ``tar`` see it, not
+    the text before it (``os.path.abspath`` would back up ``a`` for ``a/link/..``)."""
+    parts = path.split(b"/")
+    if b".." not in parts:
+        return os.path.abspath(path)
+    last = len(parts) - 1 - parts[::-1].index(b"..")
+    head = os.path.realpath(b"/".join(parts[: last + 1]) or b"/")
+    return os.path.abspath(os.path.join(head, *parts[last + 1 :]))
+
+
+def _restore_target(target: str) -> bytes:
+    """TARGET as an absolute path; an empty one (an unset shell variable) is refused
+    rather than taken for the current directory, whose contents and metadata it gets."""
+    if not target:
+        raise UsageError("TARGET is empty (give a directory; '.' for the current one)")
+    return os.path.abspath(os.fsencode(target))
+
+
 def restore(home: Home, args: Args) -> int:
     from durafs.engine.restore import Restore, parse_spec
 
@@ -316,7 +338,7 @@ def restore(home: Home, args: Args) -> int:
         try:
             result = Restore(catalog, access, overwrite=args.overwrite,
                              progress=progress).run(
-                checkpoint, path, os.fsencode(os.path.abspath(args.target)))
+                checkpoint, path, _restore_target(args.target))
         finally:
             access.close()
             progress.done()

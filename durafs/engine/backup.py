@@ -64,7 +64,7 @@ from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree, same_as_before
 from durafs.engine.progress import Reporter
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
-from durafs.engine.scan import ScanItem, ScanNote, ScanProblem, scan
+from durafs.engine.scan import ScanItem, ScanNote, ScanProblem, own_data_around, scan
 from durafs.engine.switching import switch_interval
 from durafs.errors import CatalogError, UsageError
 from durafs.format.catalog import XATTRS_UNREAD
@@ -180,6 +180,7 @@ class Backup:
         # whether the pool is empty is known once orphan volumes are adopted (_run_plan)
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key, empty=False)
         self._chunks = PoolChunks(catalog, self.writer, self._known)
+        self._own: dict[tuple[int, int], str] = {}  # durafs's own data (`scan`'s *own*)
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
         # the stats are counts but for a few facts added at the end (the pool's name)
@@ -231,6 +232,8 @@ class Backup:
             adopt_orphan_volumes(self.catalog, self.keys, self.pool)
             write_missing_catalogs(self.catalog, self.writer, plan.name)
         self._chunks.start()
+        self._own = self._own_directories()
+        self._refuse_only_own_data()
         self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
@@ -280,7 +283,7 @@ class Backup:
                      one_file_system=self.opts.one_file_system,
                      follow_symlinks=self.opts.follow_symlinks, known=self._known_object,
                      check_readable=False,  # the readers report a file they cannot open
-                     own=self._own_directories())
+                     own=self._own)
         for item in items:
             if isinstance(item, ScanProblem):
                 self.problems.append(Problem(item.path, item.reason))
@@ -318,6 +321,17 @@ class Backup:
                 continue  # offline, or gone: nothing of it can be met
             found[(st.st_dev, st.st_ino)] = what
         return found
+
+    def _refuse_only_own_data(self) -> None:
+        """A run whose every source is durafs's own data would record nothing: refused
+        as a configuration error (one such source among others is a problem the scan
+        names, while the others are backed up)."""
+        reasons = [own_data_around(b"/" + os.path.abspath(src).lstrip(b"/"), self._own)
+                   for src in map(os.fsencode, self.opts.sources)]
+        if reasons and all(reasons):
+            named = "; ".join(f"{os.fsdecode(src)} is in {what}"
+                              for src, what in zip(self.opts.sources, reasons, strict=True))
+            raise UsageError(f"nothing to back up: {named}, which is never backed up")
 
     def _known_object(
         self, path: bytes, st: os.stat_result,

@@ -159,6 +159,19 @@ def normalize_sources(sources: Iterable[bytes | str]) -> list[bytes]:
     return sorted(out)
 
 
+def own_data_around(root: bytes, own: dict[tuple[int, int], str]) -> str | None:
+    """What of durafs's own data (*own*, as `scan` takes it) *root* is or lies in, if any."""
+    for path in _ancestors_and_self(root) if own else ():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # the walk meets it and says why
+        what = own.get((st.st_dev, st.st_ino))
+        if what is not None:
+            return what
+    return None
+
+
 def _join(parent: bytes, name: bytes) -> bytes:
     return parent + name if parent == b"/" else parent + b"/" + name
 
@@ -172,6 +185,14 @@ def _ancestors_and_self(path: bytes) -> list[bytes]:
     if path != b"/":
         out.append(path)
     return out
+
+
+def _loop_reason(on_path: _OnPath, key: tuple[int, int], followed: bool) -> str:
+    """Why entering the directory *key* (reached through a symlink if *followed*) would
+    loop: a symlink on the cycle (the directories after *key*'s first visit, and this
+    step), or none, which leaves a bind mount."""
+    after = list(on_path.values())[list(on_path).index(key) + 1 :]
+    return SYMLINK_LOOP if followed or any(after) else DIRECTORY_LOOP
 
 
 def _reason(exc: OSError) -> str:
@@ -192,7 +213,13 @@ class _Dir:
     rel: bytes
     key: tuple[int, int]
     names: list[bytes]
+    followed: bool = False  # reached through a symlink
     pos: int = 0
+
+
+#: The directories on the walk's current path, outermost first: (st_dev, st_ino) ->
+#: whether it was reached through a symlink.
+_OnPath = dict[tuple[int, int], bool]
 
 
 class _Walker:
@@ -230,7 +257,7 @@ class _Walker:
     # -- a source: its ancestors, then its tree ------------------------------------------
 
     def _source(self, root: bytes) -> Iterator[ScanResult]:
-        inside = self._own_data_around(root)
+        inside = own_data_around(root, self.own)
         if inside is not None:
             yield ScanProblem(root, f"in {inside}, which is never backed up")
             return
@@ -252,18 +279,6 @@ class _Walker:
         finally:
             if parent_fd is not None:
                 os.close(parent_fd)
-
-    def _own_data_around(self, root: bytes) -> str | None:
-        """What of durafs's own data *root* is or lies in (see *own*), if any."""
-        for path in _ancestors_and_self(root) if self.own else ():
-            try:
-                st = os.stat(path)
-            except OSError:
-                return None  # the walk meets it and says why
-            what = self.own.get((st.st_dev, st.st_ino))
-            if what is not None:
-                return what
-        return None
 
     @staticmethod
     def _reopen(fd: int, name: bytes) -> int:
@@ -288,7 +303,7 @@ class _Walker:
             yield from self._leaf(parent_fd, name, root, st, followed=True)
             return
         seen = root in self.emitted  # yielded already, by an outer source that did not enter it
-        outs, frame = self._directory(parent_fd, name, root, b"", st, True, st.st_dev, set())
+        outs, frame = self._directory(parent_fd, name, root, b"", st, True, st.st_dev, {})
         if seen:
             outs = [o for o in outs if not (isinstance(o, ScanItem) and o.path == root)]
         if frame is None:
@@ -304,14 +319,14 @@ class _Walker:
         """Yield *first_outs*, then everything below *first*; every descriptor is closed when
         the walk ends, also when the consumer stops early."""
         stack = [first]
-        on_path = {first.key}
+        on_path = {first.key: first.followed}
         try:
             yield from first_outs
             while stack:
                 top = stack[-1]
                 if top.pos == len(top.names):
                     stack.pop()
-                    on_path.discard(top.key)
+                    on_path.pop(top.key, None)
                     if stack and stack[-1].fd < 0:
                         yield from _reopen_parent(stack[-1], top.fd)
                     _close(top.fd)
@@ -321,7 +336,7 @@ class _Walker:
                 outs, frame = self._child(top, name, matcher, root_dev, on_path)
                 if frame is not None:  # on the stack before yielding, so it is always closed
                     stack.append(frame)
-                    on_path.add(frame.key)
+                    on_path[frame.key] = frame.followed
                     if len(stack) > MAX_OPEN_DIRS:  # deep trees must not exhaust descriptors
                         parked = stack[-MAX_OPEN_DIRS - 1]
                         _close(parked.fd)
@@ -333,7 +348,7 @@ class _Walker:
 
     def _child(
         self, top: _Dir, name: bytes, matcher: ExcludeMatcher, root_dev: int,
-        on_path: set[tuple[int, int]],
+        on_path: _OnPath,
     ) -> tuple[list[ScanResult], _Dir | None]:
         path = _join(top.path, name)
         rel = top.rel + b"/" + name if top.rel else name
@@ -346,7 +361,7 @@ class _Walker:
 
     def _examine(
         self, dir_fd: int, name: bytes, path: bytes, rel: bytes, matcher: ExcludeMatcher,
-        root_dev: int, on_path: set[tuple[int, int]],
+        root_dev: int, on_path: _OnPath,
     ) -> tuple[list[ScanResult], _Dir | None]:
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -363,23 +378,46 @@ class _Walker:
                 if matcher and matcher.matches(rel, False, parents_checked=True):
                     return [], None
                 return [ScanProblem(path, _follow_reason(exc))], None
+        elif stat.S_ISLNK(st.st_mode) and path in self.on_way:
+            linked = self._linked_dir(dir_fd, name)
+            if linked is not None:
+                st, followed = linked, True
         is_dir = stat.S_ISDIR(st.st_mode)
         if matcher and matcher.matches(rel, is_dir, parents_checked=True):
             return [], None
         if is_dir:
+            if followed and not self.follow and path not in self.sources:
+                # only the way to a source (given through this link): recorded as the
+                # directory it leads to, as the source's own walk records its parents
+                return self._outputs(dir_fd, name, path, st, True), None
             return self._directory(dir_fd, name, path, rel, st, followed, root_dev, on_path)
+        if path in self.sources:  # a file given as a source too: this walk records it
+            self.covered.add(path)
         return list(self._leaf(dir_fd, name, path, st, followed=followed)), None
+
+    @staticmethod
+    def _linked_dir(dir_fd: int, name: bytes) -> os.stat_result | None:
+        """The status of the directory the symlink *name* leads to, if it leads to one.
+
+        Asked for a link that is a source, or leads to one: a source is walked under the
+        name given, as a directory, so a walk around it that met the link must record
+        that directory rather than the link (a path is in a checkpoint once)."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd)
+        except OSError:
+            return None
+        return st if stat.S_ISDIR(st.st_mode) else None
 
     # -- directories -------------------------------------------------------------------------
 
     def _directory(
         self, parent_fd: int | None, name: bytes, path: bytes, rel: bytes,
-        st: os.stat_result, followed: bool, root_dev: int, on_path: set[tuple[int, int]],
+        st: os.stat_result, followed: bool, root_dev: int, on_path: _OnPath,
     ) -> tuple[list[ScanResult], _Dir | None]:
         """The outputs for a directory and, if it is to be entered, its frame (fd open)."""
         key = (st.st_dev, st.st_ino)
         if key in on_path:
-            return [ScanProblem(path, SYMLINK_LOOP if followed else DIRECTORY_LOOP)], None
+            return [ScanProblem(path, _loop_reason(on_path, key, followed))], None
         if self.one_file_system and st.st_dev != root_dev:
             return self._outputs(parent_fd, name, path, st, followed), None
         if key in self.own:
@@ -404,7 +442,7 @@ class _Walker:
             return [ScanProblem(path, f"{_reason(exc)} ({CONTENTS_SKIPPED})")], None
         if path in self.sources and rel:
             self.covered.add(path)
-        return outs, _Dir(fd, path, rel, key, names)
+        return outs, _Dir(fd, path, rel, key, names, followed)
 
     @staticmethod
     def _open_dir(parent_fd: int | None, name: bytes, st: os.stat_result, followed: bool) -> int:

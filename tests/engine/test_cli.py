@@ -393,6 +393,56 @@ def test_durafs_own_data_inside_a_source_is_left_out(
     assert names == ["docs"]
 
 
+def test_a_backup_of_durafs_own_data_alone_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DURAFS_HOME", str(tmp_path / "catalog"))
+    pool = setup_catalog(tmp_path)
+    (tmp_path / "to-pool").symlink_to(pool)
+    for sources in ([tmp_path / "catalog"], [pool], [tmp_path / "to-pool", tmp_path / "catalog"]):
+        run = durafs("backup", *sources, "--pool", "p")
+        assert run.code == 2, run.err
+        assert run.err.startswith("durafs: nothing to back up: ")
+        assert "which is never backed up" in run.err and "Traceback" not in run.err
+    assert durafs("checkpoints", "--json").json() == []
+
+
+def test_dot_dot_after_a_symlink_means_what_the_kernel_makes_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup_catalog(tmp_path)
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "real" / "sub").mkdir(parents=True)
+    (src / "real" / "wanted").write_text("w")
+    (src / "a" / "other").write_text("o")
+    (src / "a" / "lsub").symlink_to("../real/sub")
+    monkeypatch.chdir(src)
+    run = durafs("backup", "a/lsub/..", "--pool", "p")
+    assert run.code == 0, run.err
+    found = {h["path"] for h in durafs("find", "", "--json").json()}
+    assert str(src / "real" / "wanted") in found
+    assert not any(p.startswith(str(src / "a")) for p in found)
+
+
+def test_an_empty_source_or_target_is_refused_not_taken_for_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, _ = one_file_backed_up(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    before = os.stat(cwd)
+    run = durafs("restore", f"default/latest{source}", "")
+    assert run.code == 2 and "TARGET is empty" in run.err
+    run = durafs("backup", "", "--pool", "p")
+    assert run.code == 2 and "a source path is empty" in run.err
+    after = os.stat(cwd)
+    assert list(cwd.iterdir()) == []
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert len(durafs("checkpoints", "--json").json()) == 1
+
+
 def test_an_unencrypted_catalog_has_no_identity_to_export(tmp_path: Path) -> None:
     setup_catalog(tmp_path, encryption="none")
     run = durafs("key", "export-identity", tmp_path / "id")

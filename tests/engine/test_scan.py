@@ -278,6 +278,42 @@ def test_nested_source_excluded_in_the_outer_is_walked_on_its_own(tmp_path: Path
     assert paths.index(sub) < paths.index(sub + b"/link")
 
 
+def test_sources_named_through_a_symlink_inside_another_are_walked_once(tmp_path: Path) -> None:
+    """A source named through a symlink met by an outer source's walk (the link itself,
+    or a directory below it) is walked under the name given; the outer walk records the
+    link as that directory, never the same path twice."""
+    top = tmp_path / "t"
+    (top / "real" / "sub").mkdir(parents=True)
+    (top / "real" / "f").write_bytes(b"f")
+    (top / "real" / "sub" / "g").write_bytes(b"g")
+    (top / "lnk").symlink_to("real")
+    # (sources, paths below t that must be there, that must not, what t/lnk is)
+    for sources, wanted, unwanted, link_type in [
+        ([top, top / "lnk"], [b"lnk/f", b"lnk/sub/g"], [], "d"),
+        ([top, top / "lnk" / "sub"], [b"lnk/sub/g"], [b"lnk/f"], "d"),
+        ([top, top / "real" / "f"], [b"real/f"], [b"lnk/f"], "l"),
+    ]:
+        results = list(scan(sources))
+        paths = [i.path for i in _items(results)]
+        assert len(paths) == len(set(paths)), sources
+        assert _problems(results) == []
+        below = _below(results, top)
+        assert all(w in below for w in wanted) and not any(u in below for u in unwanted)
+        assert {i.path: i.type for i in _items(results)}[_b(top / "lnk")] == link_type
+
+
+def test_a_loop_through_a_followed_symlink_is_called_one(tmp_path: Path) -> None:
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "lsub").symlink_to("../real/sub")
+    (tmp_path / "real" / "sub" / "up").symlink_to("..")
+    results = list(scan([tmp_path], follow_symlinks=True))
+    problems = dict(_problems(results))
+    # a/lsub/up/sub is a plain directory, but the way back to it went through links
+    assert problems[_b(tmp_path / "a" / "lsub" / "up" / "sub")] == SYMLINK_LOOP
+    assert set(problems.values()) == {SYMLINK_LOOP}
+
+
 def test_missing_source_is_a_problem(tmp_path: Path) -> None:
     results = list(scan([tmp_path / "nope", tmp_path]))
     assert (_b(tmp_path / "nope"), "no such file or directory") in _problems(results)
