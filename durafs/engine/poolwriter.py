@@ -224,10 +224,13 @@ class PoolWriter:
             # it can move on if the medium fills under it; a non-data volume is written
             # again elsewhere instead (write_volume). Another medium needs room for all of
             # it: the limit, or its one chunk bigger than that (add_chunk)
+            media = self.catalog.media(self.pool.id)
+            # the seq floors are read here: the sink moves on the volume's own thread
+            taken = {m.id: self.catalog.next_volume_seq(m.id) - 1 for m in media}
             self._sink = MovingSink(
-                self._sink, row, media=self.catalog.media(self.pool.id), need=max(limit, need),
-                pool=self.pool.name,
-                create=lambda other: other.create_volume(kind, volume_id, encrypted))
+                self._sink, row, media=media, need=max(limit, need), pool=self.pool.name,
+                create=lambda other, medium: medium.create_volume(
+                    kind, volume_id, encrypted, after_seq=taken[other.id]))
         header = new_header(self.keys.catalog_id, volume_id, kind, self.pool.name,
                             self.keys.encryption, self.keys.id_key)
         self._writer = VolumeWriter(self._sink, header, self.keys.recipients)
@@ -247,7 +250,9 @@ class PoolWriter:
             limit = (self.pool.volume_size if free is None
                      else min(self.pool.volume_size, free - SLACK))
             try:
-                self._sink = medium.create_volume(kind, volume_id, self.keys.encryption != "none")
+                self._sink = medium.create_volume(
+                    kind, volume_id, self.keys.encryption != "none",
+                    after_seq=self.catalog.next_volume_seq(row.id) - 1)
                 return row, limit
             except MediumFullError as exc:
                 log.warning("%s: trying another medium of pool %s", exc, self.pool.name)
@@ -327,7 +332,7 @@ class MovingSink(VolumeSink):
 
     def __init__(
         self, sink: VolumeSink, row: MediumRow, *, media: Sequence[MediumRow], need: int,
-        pool: str, create: Callable[[Medium], VolumeSink],
+        pool: str, create: Callable[[MediumRow, Medium], VolumeSink],
     ) -> None:
         """*sink* is the volume's on medium *row*; another medium needs *need* bytes free
         for it; *create* starts the same volume on another medium."""
@@ -383,7 +388,7 @@ class MovingSink(VolumeSink):
             tried.add(row.id)
             try:
                 # full already for a file (no inode left, an inode quota): on to the next
-                new = self._create(medium)
+                new = self._create(row, medium)
             except MediumFullError:
                 self.left.append(row)
                 continue

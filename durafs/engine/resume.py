@@ -39,9 +39,18 @@ def adopt_orphan_volumes(catalog: Catalog, keys: CatalogKeys, pool: PoolRow) -> 
         if not medium.is_online():
             continue
         medium.cleanup_temp()
-        known = {v.name for v in catalog.volumes(medium_id=row.id)}
+        recorded = catalog.volumes(medium_id=row.id)
+        known = {v.name for v in recorded}
+        taken = {v.seq: v.name for v in recorded}
         for stored in medium.list_volumes():
             if stored.name in known or stored.kind not in ("data", "catalog"):
+                continue
+            if stored.seq in taken:
+                # written by a durafs that numbered it after the files left on the medium,
+                # not the index, when a volume file had gone: its seq is the lost one's
+                log.warning("not adopting %s: its seq %d is that of %s, which the index "
+                            "records and the medium has lost", stored.name, stored.seq,
+                            taken[stored.seq])
                 continue
             try:
                 with medium.open_volume(stored.name) as handle:

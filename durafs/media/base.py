@@ -238,8 +238,12 @@ class Medium(ABC):
         """The keys file: (its name, one of KEYS_FILE_NAMES; its bytes)."""
 
     @abstractmethod
-    def create_volume(self, kind: str, volume_id: str, encrypted: bool) -> VolumeSink:
-        """Start writing a new volume; it is listed only once its sink commits."""
+    def create_volume(
+        self, kind: str, volume_id: str, encrypted: bool, *, after_seq: int = 0,
+    ) -> VolumeSink:
+        """Start writing a new volume; it is listed only once its sink commits. Its seq is
+        above *after_seq* (the index may know volumes the medium has lost since) and
+        above every volume's on the medium."""
 
     @abstractmethod
     def open_volume(self, name: str) -> VolumeHandle:

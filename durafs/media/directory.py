@@ -283,7 +283,9 @@ class DirectoryMedium(Medium):
 
     # -- volumes --------------------------------------------------------------------------
 
-    def create_volume(self, kind: str, volume_id: str, encrypted: bool) -> DirectorySink:
+    def create_volume(
+        self, kind: str, volume_id: str, encrypted: bool, *, after_seq: int = 0,
+    ) -> DirectorySink:
         if kind not in KINDS:
             raise UsageError(f"unknown volume kind {kind!r} (expected one of {', '.join(KINDS)})")
         check_volume_id(volume_id)
@@ -298,7 +300,8 @@ class DirectoryMedium(Medium):
             with held():  # a Ctrl-C must not cut between creating the file and its sink
                 fd = self._open_temp(tmp_path, volume_id)
                 return DirectorySink(
-                    self, fd, tmp_path, VolumeName(0, kind, volume_id, encrypted), limit)
+                    self, fd, tmp_path, VolumeName(after_seq, kind, volume_id, encrypted),
+                    limit)
         except OSError as exc:
             raise self._error(exc, f"creating volume {volume_id}") from exc
 
@@ -334,7 +337,8 @@ class DirectoryMedium(Medium):
                     f"{self.describe()}: the temporary file of volume {vol.volume_id} is gone "
                     "(medium replaced or cleaned up meanwhile)"
                 )
-            seq = max([self._last_seq, *(v.seq for v in present)]) + 1
+            # vol.seq: the highest the index knows on this medium (see create_volume)
+            seq = max([self._last_seq, vol.seq, *(v.seq for v in present)]) + 1
             name = volume_file_name(seq, vol.kind, vol.volume_id, vol.encrypted)
             final = os.path.join(vdir, name)
             os.rename(tmp_path, final)

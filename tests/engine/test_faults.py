@@ -380,6 +380,35 @@ def test_recover_names_files_whose_data_volume_is_lost(tmp_path: Path) -> None:
     assert compare_trees(source, out) == []
 
 
+def test_a_lost_newest_volume_file_does_not_stop_later_backups(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """New volumes are numbered after every volume the index knows on the medium, not
+    only those still there: the lost one's seq is not given again (which the index
+    refused, run after run), and a volume that an older durafs so numbered is left
+    unadopted, named, while the backup goes on."""
+    source, pool = one_file_backed_up(tmp_path)
+    volumes = pool / "volumes"
+    (newest,) = volumes.glob("000002-*")
+    newest.unlink()
+    for text in ("changed", "changed again"):
+        (source / "f").write_text(text)
+        run = durafs("backup", source, "--pool", "p")
+        assert run.code == 0, run.err
+    seqs = sorted(int(p.name[:6]) for p in volumes.glob("0*"))
+    assert seqs == [1, 3, 4, 5, 6]
+    # as an older durafs left it: a volume at the lost one's seq, unknown to the index
+    (data,) = volumes.glob("000005-data-*")
+    shutil.copy(data, volumes / data.name.replace("000005-", "000002-"))
+    (source / "f").write_text("and again")
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    assert "not adopting 000002-data-" in caplog.text and "its seq 2 is that of" in caplog.text
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert (out / "f").read_text() == "and again"
+
+
 def test_backup_waits_for_an_offline_medium_and_names_it(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
