@@ -59,6 +59,10 @@ class MediumRefusedError(MediumError):
     exit_code = 2
 
 
+class VolumeMissingError(MediumError):
+    """A volume the index records is not on its medium, which is online."""
+
+
 class MediumOfflineError(MediumError):
     """The medium holding the data is not online (tape on the shelf, unplugged disk)."""
 

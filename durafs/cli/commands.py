@@ -357,7 +357,8 @@ def verify(home: Home, args: Args) -> int:
 
     keys = home.keys(read=True)
     fraction = 1.0 if args.read_data else (args.read_data_subset or 0) / 100
-    with home.catalog(readonly=True) as catalog:
+    # not read-only: a volume found missing is noted, so backups store its chunks again
+    with home.catalog() as catalog:
         access = VolumeAccess(catalog, keys, wait=0)
         progress = Progress(what="volumes")
         try:
@@ -370,6 +371,7 @@ def verify(home: Home, args: Args) -> int:
         print_json({"ok": result.ok, "complete": not result.offline, "volumes": result.volumes,
                     "chunks_read": result.chunks_read,
                     "offline": result.offline, "structure": result.structure,
+                    "lost": result.lost,
                     "damage": [d.__dict__ for d in result.damage]})
     else:
         print(f"{result.volumes} volumes checked, {result.chunks_read} chunks read")
@@ -377,6 +379,9 @@ def verify(home: Home, args: Args) -> int:
             print(f"not checked: {shown(line)}")
         for line in result.structure:
             print(f"DAMAGE: {shown(line)}")
+        for name in result.lost:
+            print(f"lost: {shown(name)}: the next backup stores its chunks again from the "
+                  "sources that still have them")
         for d in result.damage:
             print(f"DAMAGE: {d.volume} chunk {d.chunk[:16]}: {d.reason}")
             for p in d.paths:

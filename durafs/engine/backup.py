@@ -372,7 +372,8 @@ class Backup:
             return False
         prev = self._prev.version(item.path)  # asked already by the scan: from its cache
         if (prev is None or (item.type == "f" and not self._trust_prev)
-                or not same_as_before(item, prev)):
+                or not same_as_before(item, prev)
+                or (item.type == "f" and self._chunks.lost_content(prev))):
             return False
         if item.type == "f":
             self.stats["files"] += 1
@@ -403,7 +404,8 @@ class Backup:
         prev = self._prev.version(item.path)
         if (prev is not None and self._trust_prev and prev.type == "f"
                 and (prev.size, prev.mtime_ns, prev.ctime_ns, prev.ino, prev.dev)
-                == (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino, entry.dev)):
+                == (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino, entry.dev)
+                and not self._chunks.lost_content(prev)):
             entry.chunks, entry.blake3 = prev.chunks, prev.blake3
             self.stats["unchanged_files"] += 1
             return

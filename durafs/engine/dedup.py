@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from durafs.engine.known import KnownChunks
 from durafs.engine.poolwriter import PoolWriter
 from durafs.index.catalog import Catalog
+from durafs.index.rows import VersionRow
 
 #: Seconds between looks at whether a pool that was empty when the run began still is (a
 #: backup of another plan into it may commit chunks meanwhile).
@@ -40,11 +41,20 @@ class PoolChunks:
         # cids the pool had not when last asked (only this run adds chunks to the pool)
         self._absent: dict[bytes, bool] = {}
         self._empty_seen = 0.0  # when the pool was last seen empty (monotonic)
+        #: chunks.id of the pool's chunks in lost volumes (`lost_volumes`), as the run began
+        self.lost: set[int] = set()
 
     def start(self) -> None:
-        """Look whether the pool has any chunk (once orphan volumes are adopted)."""
+        """Look whether the pool has any chunk (once orphan volumes are adopted), and
+        which are in volumes found lost."""
         self.known.empty = not self.catalog.has_chunks(self.pool_id)
         self._empty_seen = time.monotonic()
+        self.lost = self.catalog.lost_chunk_ids(self.pool_id)
+
+    def lost_content(self, version: VersionRow) -> bool:
+        """Whether the content of file *version* has a chunk in a volume found lost: the
+        file is read again, so that chunk is stored again."""
+        return bool(self.lost) and any(rid in self.lost for _, rid, _ in version.pieces())
 
     def index_empty(self) -> bool:
         """Whether the pool has no chunk in the index, so asking it is needless: it had
@@ -68,7 +78,7 @@ class PoolChunks:
         told already)."""
         if self._absent.pop(cid, False) or self.index_empty():
             return None
-        row = self.catalog.lookup_chunks(self.pool_id, [cid]).get(cid)
+        row = self.catalog.lookup_chunks(self.pool_id, [cid], usable=True).get(cid)
         return None if row is None else row.id
 
     def look_up(self, cids: Iterable[bytes]) -> None:
@@ -78,7 +88,8 @@ class PoolChunks:
             return
         wanted = [c for c in cids if c not in self.ids and c not in self._absent
                   and c not in self.writer.open]
-        found = self.catalog.lookup_chunks(self.pool_id, wanted) if wanted else {}
+        found = (self.catalog.lookup_chunks(self.pool_id, wanted, usable=True)
+                 if wanted else {})
         for cid in wanted:
             if cid in found:
                 self.ids[cid] = found[cid].id

@@ -46,7 +46,7 @@ class KnownChunks:
         cid = codec.chunk_id(data)
         if self.empty:
             return codec.encode(data, cid)
-        found = self._catalog().lookup_chunks(self.pool_id, [cid]).get(cid)
+        found = self._catalog().lookup_chunks(self.pool_id, [cid], usable=True).get(cid)
         if found is not None:
             self._found[cid] = found.id
             return StoredChunk(cid, len(data), b"", raw=False)

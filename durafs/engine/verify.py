@@ -20,7 +20,7 @@ from typing import Any
 
 from durafs.engine.access import VolumeAccess
 from durafs.engine.progress import Reporter
-from durafs.errors import DurafsError, MediumOfflineError, UsageError
+from durafs.errors import DurafsError, MediumOfflineError, UsageError, VolumeMissingError
 from durafs.format.catalog import read_checkpoint
 from durafs.format.reader import VolumeReader
 from durafs.format.scanner import ScanDamage, ScannedChunk, scan_reader
@@ -44,6 +44,8 @@ class VerifyResult:
     offline: list[str] = field(default_factory=list)
     damage: list[Damage] = field(default_factory=list)
     structure: list[str] = field(default_factory=list)
+    #: Volumes found missing from their media by this run (named in *structure* too).
+    lost: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +64,7 @@ class Verify:
         self.result = VerifyResult()
         self._reporter = Reporter(None)
         self._bad: dict[int, Damage] = {}
+        self._lost_ids: set[int] = set()
 
     def run(self, pool: str | None) -> VerifyResult:
         pool_id = None
@@ -77,6 +80,7 @@ class Verify:
             self.result.structure.append(f"the index {where}: {REBUILD}")
             return self.result
         volumes = self.catalog.volumes(pool_id=pool_id)
+        self._lost_ids = self.catalog.lost_volume_ids()
         self._reporter = Reporter(self.progress, expected_count=len(volumes))
         for volume in volumes:
             self._volume(volume)
@@ -89,7 +93,12 @@ class Verify:
     def _volume(self, volume: VolumeRow) -> None:
         name = volume.name or volume.uuid
         try:
-            reader = self.access.reader(volume)
+            try:
+                reader = self.access.reader(volume)
+            except VolumeMissingError:
+                self._lost(volume, True)
+                raise
+            self._lost(volume, False)
             self.result.volumes += 1  # reached: checked, whatever is found
             if reader.plain_size != volume.plain_size:
                 self.result.structure.append(f"{name}: size differs from the index")
@@ -107,6 +116,17 @@ class Verify:
             return
         if self.fraction:
             self._read_chunks(volume, name, scan_damage=True)
+
+    def _lost(self, volume: VolumeRow, lost: bool) -> None:
+        """Note in the index whether *volume* is missing from its medium: the next
+        backup stores its chunks again from the sources that still have them (see
+        `lost_volumes` in schema.sql). A read-only index is left as it is."""
+        if self.catalog.db.readonly or (volume.id in self._lost_ids) == lost:
+            return
+        with self.catalog.db.transaction():
+            self.catalog.set_volume_lost(volume.id, lost)
+        if lost:
+            self.result.lost.append(volume.name or volume.uuid)
 
     def _catalog_base(self, volume: VolumeRow, name: str, reader: VolumeReader) -> None:
         """A delta catalog volume is read together with its base (docs/FORMAT.md §4): the

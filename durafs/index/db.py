@@ -33,7 +33,7 @@ from durafs.format.header import FORMAT_VERSION
 log = logging.getLogger(__name__)
 
 #: The schema version this code reads and writes (PRAGMA user_version).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: How long a statement waits for a lock held by another connection, in milliseconds.
 #: Only the writer ever waits (for another writer); WAL readers do not take locks.
@@ -316,3 +316,15 @@ def migrate(
         step(index)
         version += 1
         index.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def _add_lost_volumes(index: Index) -> None:
+    """Schema 1 → 2: the `lost_volumes` table (see schema.sql)."""
+    index.execute(
+        "CREATE TABLE lost_volumes ("
+        " volume_id INTEGER PRIMARY KEY REFERENCES volumes (id),"
+        " since_ns INTEGER NOT NULL) STRICT"
+    )
+
+
+MIGRATIONS[1] = _add_lost_volumes

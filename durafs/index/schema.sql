@@ -97,9 +97,22 @@ CREATE TABLE volumes (
 CREATE UNIQUE INDEX volumes_medium_seq ON volumes (medium_id, seq);
 
 
+-- Volumes the index records but their medium has lost: found missing by `verify` (the
+-- medium online, the volume's file gone). Nothing is deduplicated against their chunks:
+-- a backup whose source still has such a chunk stores it again, and the chunk's row moves
+-- to that copy, so every checkpoint using it is whole again. Once none of its chunks is
+-- left, a lost data volume goes from the index; a verify that finds it again drops its
+-- row here.
+CREATE TABLE lost_volumes (
+    volume_id INTEGER PRIMARY KEY REFERENCES volumes (id),  -- the volume found missing
+    since_ns  INTEGER NOT NULL  -- when a verify first found it missing
+) STRICT;
+
+
 -- Where each chunk of file content is stored. One row per chunk per pool: deduplication
 -- is per pool, so the same content stored in two pools has two rows. A chunk that was
--- stored twice in one pool (a resumed run) keeps its first location here.
+-- stored twice in one pool (a resumed run) keeps its first location here, unless that
+-- location is in a lost volume (`lost_volumes`): then the row moves to the new copy.
 -- Invariant: the medium of volume_id belongs to pool_id.
 CREATE TABLE chunks (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- packed into versions.chunks: never reused
@@ -239,4 +252,4 @@ CREATE VIRTUAL TABLE path_names USING fts5 (
 );
 
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;

@@ -40,6 +40,9 @@ _CHUNK = """
 # Id lists are bound with carray as one value: one statement however many ids, each id
 # one index probe. (No JOIN: see durafs.index.tree on what a join costs per execution.)
 _CHUNKS_BY_CID = f"{_CHUNK} WHERE c.pool_id = ? AND c.cid IN carray(?)"
+# The same, without the chunks of lost volumes (a backup stores those again).
+_USABLE_CHUNKS_BY_CID = (f"{_CHUNKS_BY_CID} AND c.volume_id NOT IN"
+                         " (SELECT volume_id FROM lost_volumes)")
 _CHUNKS_BY_ID = f"{_CHUNK} WHERE c.id IN carray(?)"
 _CHUNK_BY_ID = f"{_CHUNK} WHERE c.id = ?"
 # One seek in chunks_volume (its entries are ordered by volume, then id).
@@ -300,15 +303,19 @@ class StoreCatalog:
         row = self.db.get_row("SELECT 1 FROM chunks WHERE pool_id = ? LIMIT 1", (pool_id,))
         return row is not None
 
-    def lookup_chunks(self, pool_id: int, cids: Sequence[bytes]) -> dict[bytes, ChunkRow]:
-        """The chunks of *cids* already stored in pool *pool_id* (the dedup check).
+    def lookup_chunks(
+        self, pool_id: int, cids: Sequence[bytes], *, usable: bool = False,
+    ) -> dict[bytes, ChunkRow]:
+        """The chunks of *cids* already stored in pool *pool_id* (the dedup check, with
+        *usable*: then those in lost volumes are left out, to be stored again).
 
         One indexed probe per id in a single statement: 100 000 ids take a fraction of a
         second.
         """
         if not cids:
             return {}
-        rows = self.db.query(_CHUNKS_BY_CID, (pool_id, apsw.carray(tuple(cids))))
+        sql = _USABLE_CHUNKS_BY_CID if usable else _CHUNKS_BY_CID
+        rows = self.db.query(sql, (pool_id, apsw.carray(tuple(cids))))
         return {row[2]: _chunk_row(row) for row in rows}
 
     def add_chunks(
@@ -316,15 +323,15 @@ class StoreCatalog:
     ) -> dict[bytes, int]:
         """Record the chunks of volume *volume_id*; return chunks.id for every cid given.
 
-        A cid the pool has already keeps its first location (and its id is returned).
+        A cid the pool has already keeps its first location (and its id is returned),
+        unless that is in a lost volume: then its row moves here (`_move_lost`).
         """
         chunks = list(chunks)
         with self.db.transaction():
             self._check_volume_pool(volume_id, pool_id)
-            ids = {
-                cid: row.id
-                for cid, row in self.lookup_chunks(pool_id, [c.cid for c in chunks]).items()
-            }
+            known = self.lookup_chunks(pool_id, [c.cid for c in chunks])
+            ids = {cid: row.id for cid, row in known.items()}
+            self._move_lost(volume_id, known, chunks)
             # Ids are assigned here rather than read back one by one (single writer,
             # inside the write transaction, above every id AUTOINCREMENT gave out).
             next_id = self.db.last_id("chunks")
@@ -342,6 +349,50 @@ class StoreCatalog:
                 rows,
             )
         return ids
+
+    def _move_lost(
+        self, volume_id: int, known: dict[bytes, ChunkRow], chunks: list[NewChunk],
+    ) -> None:
+        """Point the rows of *known* chunks that are in lost volumes at their new copies
+        in *volume_id*: every checkpoint using them reads those from now on. A lost data
+        volume left without chunks goes from the index."""
+        lost = self.lost_volume_ids()
+        moved = [(volume_id, c.offset, c.length, int(c.raw), known[c.cid].id)
+                 for c in chunks if c.cid in known and known[c.cid].volume_id in lost]
+        if not moved:
+            return
+        self.db.executemany(
+            "UPDATE chunks SET volume_id = ?, offset = ?, length = ?, raw = ? WHERE id = ?",
+            moved)
+        emptied = [row[0] for row in self.db.query(
+            "SELECT l.volume_id FROM lost_volumes l JOIN volumes v ON v.id = l.volume_id"
+            " WHERE v.kind = 'data' AND NOT EXISTS"
+            " (SELECT 1 FROM chunks c WHERE c.volume_id = l.volume_id)")]
+        if not emptied:
+            return
+        for table, column in (("lost_volumes", "volume_id"), ("volumes", "id")):
+            self.db.execute(f"DELETE FROM {table} WHERE {column} IN carray(?)",
+                            (apsw.carray(array.array("q", emptied)),))
+
+    def lost_volume_ids(self) -> set[int]:
+        """The volumes found missing from their media (table ``lost_volumes``)."""
+        return {row[0] for row in self.db.query("SELECT volume_id FROM lost_volumes")}
+
+    def set_volume_lost(self, volume_id: int, lost: bool) -> None:
+        """Record that volume *volume_id* is missing from its medium, or is there again."""
+        if lost:
+            self.db.execute(
+                "INSERT OR IGNORE INTO lost_volumes (volume_id, since_ns) VALUES (?, ?)",
+                (volume_id, time.time_ns()))
+        else:
+            self.db.execute("DELETE FROM lost_volumes WHERE volume_id = ?", (volume_id,))
+
+    def lost_chunk_ids(self, pool_id: int) -> set[int]:
+        """chunks.id of pool *pool_id*'s chunks in lost volumes (a backup reads again the
+        files using them, so their chunks are stored again)."""
+        return {row[0] for row in self.db.query(
+            "SELECT c.id FROM chunks c JOIN lost_volumes l ON l.volume_id = c.volume_id"
+            " WHERE c.pool_id = ?", (pool_id,))}
 
     def _check_volume_pool(self, volume_id: int, pool_id: int) -> None:
         row = self.db.get_row(

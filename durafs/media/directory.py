@@ -38,6 +38,7 @@ from durafs.errors import (
     MediumOfflineError,
     MediumRefusedError,
     UsageError,
+    VolumeMissingError,
 )
 from durafs.format.header import KINDS
 from durafs.interrupts import held
@@ -366,7 +367,7 @@ class DirectoryMedium(Medium):
             fd = os.open(os.path.join(self.volumes_path, name), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             if exc.errno == errno.ENOENT and self.is_online():
-                raise MediumError(f"{self.describe()}: volume {name} is not on it") from exc
+                raise VolumeMissingError(f"{self.describe()}: volume {name} is not on it") from exc
             raise self._error(exc, f"opening volume {name}") from exc
         return FileVolumeHandle(fd, name, lambda exc: self._error(exc, f"reading volume {name}"))
 

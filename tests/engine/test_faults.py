@@ -409,6 +409,34 @@ def test_a_lost_newest_volume_file_does_not_stop_later_backups(
     assert (out / "f").read_text() == "and again"
 
 
+def test_a_volume_found_lost_is_stored_again_and_old_checkpoints_heal(tmp_path: Path) -> None:
+    """verify notes a volume file gone from its medium; the next backup does not count on
+    its chunks (unchanged files are read again), stores them again, and the checkpoints
+    made before the loss restore whole again from the new copies."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(300_000))
+    (source / "b").write_bytes(b"b" * 5000)
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    (data,) = (pool / "volumes").glob("*-data-*")
+    data.unlink()
+    run = durafs("verify", "--json")
+    assert run.code == 1 and run.json()["lost"] == [data.name], run.out
+    assert durafs("backup", source, "--pool", "p").code == 0  # unchanged, yet read again
+    names = checkpoint_names()
+    for name in names:
+        out = tmp_path / f"out-{name}"
+        run = durafs("restore", f"default/{name}{source}", out)
+        assert run.code == 0, run.err
+        assert compare_trees(source, out) == []
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 0 and run.json()["lost"] == [], run.out
+    # with nothing lost, an unchanged file is not read again
+    report = durafs("backup", source, "--pool", "p", "--json").json()
+    assert report["stats"]["unchanged_files"] == 2
+
+
 def test_backup_waits_for_an_offline_medium_and_names_it(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()

@@ -21,6 +21,7 @@ TABLES = {
     "pools",
     "media",
     "volumes",
+    "lost_volumes",
     "chunks",
     "plans",
     "checkpoints",
@@ -39,7 +40,7 @@ def test_create_gives_a_sound_index(index_path: Path) -> None:
     with open_index(index_path) as index:
         names = {row[0] for row in index.query("SELECT name FROM sqlite_schema")}
         assert names >= TABLES
-        assert index.user_version == SCHEMA_VERSION == 1
+        assert index.user_version == SCHEMA_VERSION == 2
         assert index.get_val("PRAGMA integrity_check") == "ok"
         assert index.query("PRAGMA foreign_key_check") == []
         assert index.get_val("PRAGMA journal_mode") == "wal"
@@ -114,8 +115,19 @@ def test_missing_migration_changes_nothing(index: Index) -> None:
         index.transaction(),
     ):
         dbmod.migrate(index, 1, 3, {1: add_notes})
-    assert index.user_version == 1
+    assert index.user_version == SCHEMA_VERSION  # as it was
     assert index.query("SELECT name FROM sqlite_schema WHERE name = 'notes'") == []
+
+
+def test_a_version_1_index_gains_the_lost_volumes_table(index_path: Path) -> None:
+    with open_index(index_path) as index, index.transaction():
+        index.execute("DROP TABLE lost_volumes")
+        index.execute("PRAGMA user_version = 1")
+    with open_index(index_path) as index:
+        assert index.user_version == SCHEMA_VERSION
+        columns = [row[1] for row in index.query("PRAGMA table_info(lost_volumes)")]
+        assert columns == ["volume_id", "since_ns"]
+        assert index.get_val("PRAGMA integrity_check") == "ok"
 
 
 def test_migrate_needs_a_transaction(index: Index) -> None:
