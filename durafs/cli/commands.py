@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 from durafs.cli.output import Progress, human_size, print_json, print_table, shown
 from durafs.engine.access import VolumeAccess
 from durafs.engine.backup import Backup, BackupOptions
+from durafs.engine.excludes import ExcludePatternError, check_patterns
 from durafs.engine.fsmeta import at_path
 from durafs.engine.home import Home, read_passphrase
 from durafs.errors import CryptoError, FormatError, NoIdentityError, UsageError
@@ -217,6 +218,13 @@ def _backup_source(src: str) -> bytes:
 
 def backup(home: Home, args: Args) -> int:
     sources = [_backup_source(src) for src in args.sources]
+    try:
+        # before the keys, the catalog and the plan's lock: neither a passphrase prompt
+        # nor a busy plan comes before this usage error
+        check_patterns(args.exclude)
+    except ExcludePatternError as exc:
+        # quoted as typed: the message is escaped as a whole when it is shown
+        raise UsageError(f"--exclude '{exc.pattern}': {exc.reason}") from None
     options = BackupOptions(sources, args.pool, args.plan, args.exclude, args.one_file_system,
                             args.follow_symlinks, args.dry_run, args.media_timeout)
     keys = home.keys(read=None)

@@ -105,6 +105,41 @@ def test_a_hook_that_writes_bytes_not_utf8_is_reported_not_a_traceback(tmp_path:
     assert len(checkpoint_names()) == 1
 
 
+def test_an_exclude_pattern_that_cannot_match_is_refused_before_the_backup(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("f", "g", "z"):
+        (source / name).write_text(name)
+    log = tmp_path / "log"
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p", "--pre-hook", f"echo pre >> {log}").code == 0
+    before = checkpoint_names()
+    for pattern, message in (
+        ("[z-a]", "--exclude '[z-a]': bad character range z-a"),
+        ("[a-[:digit:]]", "--exclude '[a-[:digit:]]': bad character range a-[:digit:]"),  # a-0
+        # the message is escaped as every message is: a backslash is doubled
+        ("logs/[!\\z-a]*", "--exclude 'logs/[!\\\\z-a]*': bad character range \\\\z-a"),
+    ):
+        for plan in ("default", "new"):
+            run = durafs("backup", source, "--pool", "p", "--plan", plan, "--exclude", "*.tmp",
+                         "--exclude", pattern)
+            assert (run.code, run.out, run.err) == (2, "", f"durafs: {message}\n"), pattern
+    with Home().plan_lock("default"):  # a busy plan does not hide the typo
+        run = durafs("backup", source, "--pool", "p", "--exclude", "[z-a]")
+        assert run.code == 2 and "bad character range z-a" in run.err
+    # no checkpoint, no plan, no hook run
+    assert checkpoint_names() == before
+    assert [p.name for p in Home().catalog(readonly=True).plans()] == ["default"]
+    assert log.read_text() == "pre\n"
+    # sets whose ranges go up work as before ([[:digit:]-z] is 0-9, "-" and z)
+    run = durafs("backup", source, "--pool", "p", "--exclude", "[a-f]", "--exclude",
+                 "[[:digit:]-z]")
+    assert run.code == 0, run.err
+    assert [e["name"] for e in durafs("ls", f"default/latest{source}", "--json").json()] == ["g"]
+
+
 def test_a_refused_backup_keeps_neither_its_hooks_nor_a_new_plan(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
