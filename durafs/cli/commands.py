@@ -10,9 +10,17 @@ import time
 import uuid
 from typing import Any, TypedDict
 
-from durafs.cli.output import Progress, human_size, print_json, print_table, shown
+from durafs.cli.output import (
+    Progress,
+    human_size,
+    name_fields,
+    print_json,
+    print_table,
+    shown,
+)
 from durafs.engine.access import VolumeAccess
 from durafs.engine.backup import Backup, BackupOptions
+from durafs.engine.excludes import ExcludePatternError, check_patterns
 from durafs.engine.fsmeta import at_path
 from durafs.engine.home import Home, read_passphrase
 from durafs.errors import CryptoError, FormatError, NoIdentityError, UsageError
@@ -49,7 +57,8 @@ class _MediumListing(TypedDict):
 
 
 class _EntryListing(TypedDict):
-    name: str
+    """One entry of `durafs ls` but for its name (see `name_fields`)."""
+
     type: str
     mode: str
     size: int
@@ -219,6 +228,13 @@ def _backup_source(src: str) -> bytes:
 
 def backup(home: Home, args: Args) -> int:
     sources = [_backup_source(src) for src in args.sources]
+    try:
+        # before the keys, the catalog and the plan's lock: neither a passphrase prompt
+        # nor a busy plan comes before this usage error
+        check_patterns(args.exclude)
+    except ExcludePatternError as exc:
+        # quoted as typed: the message is escaped as a whole when it is shown
+        raise UsageError(f"--exclude '{exc.pattern}': {exc.reason}") from None
     options = BackupOptions(sources, args.pool, args.plan, args.exclude, args.one_file_system,
                             args.follow_symlinks, args.dry_run, args.media_timeout)
     keys = home.keys(read=None)
@@ -235,9 +251,9 @@ def backup(home: Home, args: Args) -> int:
         _say(str(problem))
     if args.json:
         print_json({"plan": result.plan, "checkpoint": result.checkpoint, "stats": result.stats,
-                    "problems": [{"path": os.fsdecode(p.path), "reason": p.reason}
+                    "problems": [{**name_fields("path", p.path), "reason": p.reason}
                                  for p in result.problems],
-                    "notes": [{"path": os.fsdecode(p.path), "reason": p.reason}
+                    "notes": [{**name_fields("path", p.path), "reason": p.reason}
                               for p in result.notes]})
     else:
         s = result.stats
@@ -281,23 +297,23 @@ def ls(home: Home, args: Args) -> int:
             raise UsageError(f"{os.fsdecode(path)}: not in {checkpoint.plan}/{checkpoint.name}")
         children = catalog.listdir(plan.id, checkpoint.seq, top.path_id) if top.type == "d" \
             else [(path.rsplit(b"/", 1)[-1], top)]
-    rows: list[_EntryListing] = [
-        {"name": os.fsdecode(n), "type": v.type, "mode": oct(v.mode), "size": v.size,
-         "uid": v.uid, "gid": v.gid, "mtime_ns": v.mtime_ns} for n, v in children]
+    rows: list[tuple[bytes, _EntryListing]] = [
+        (n, {"type": v.type, "mode": oct(v.mode), "size": v.size, "uid": v.uid, "gid": v.gid,
+             "mtime_ns": v.mtime_ns}) for n, v in children]
     if args.json:
-        print_json(rows)
+        print_json([{**name_fields("name", n), **r} for n, r in rows])
     else:
-        for r in rows:
+        for n, r in rows:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["mtime_ns"] / 1e9))
             print(f"{r['type']} {r['mode']:>7} {r['uid']:>6} {r['gid']:>6} {r['size']:>12} "
-                  f"{when} {shown(r['name'])}")
+                  f"{when} {shown(os.fsdecode(n))}")
     return 0
 
 
 def find(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
         _known_plan(catalog, args.plan)
-        hits = [{"plan": p, "checkpoint": c, "path": os.fsdecode(path)}
+        hits = [{"plan": p, "checkpoint": c, **name_fields("path", path)}
                 for p, c, path in catalog.find(args.pattern, args.plan)]
     if args.json:
         print_json(hits)

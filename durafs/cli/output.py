@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -42,19 +43,42 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-#: What a terminal would act on rather than show (C0 and C1 controls, DEL), and the
-#: backslash that introduces the escapes put in their place.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\\\\]")
+#: What a terminal would act on rather than show (C0 and C1 controls, DEL), the backslash
+#: that introduces the escapes put in their place, and the bytes of a name that are not
+#: UTF-8 (os.fsdecode makes each a lone surrogate, U+DC80..U+DCFF: a terminal would show
+#: them all alike, as U+FFFD).
+_ESCAPED = re.compile("[\x00-\x1f\x7f-\x9f\\\\\udc80-\udcff]")
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+
+
+def _escape(char: str) -> str:
+    # \xNN is always one byte of the name: the byte itself for a control and for a byte
+    # that is not UTF-8, and both bytes of a C1 control (U+0085 is \xc2\x85), so that a
+    # C1 control and a lone byte 0x85 are not written alike
+    return _ESCAPES.get(char) or "".join(
+        f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape"))
 
 
 def shown(text: str) -> str:
     """*text* (a name, or a message naming one) made safe for a terminal: a name may hold
     any byte but / and NUL, and written as it is an ESC could recolour the screen or move
     the cursor, and a newline forge a line of output. Controls become escapes (\\n,
-    \\x1b), a backslash is doubled so the escapes are unambiguous. Bytes that are not
-    UTF-8 pass through as they are (stdout writes them back with surrogateescape)."""
-    return _CONTROLS.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+    \\x1b), and so do bytes that are not UTF-8 (\\xff), which a terminal would show
+    alike; a backslash is doubled so the escapes are unambiguous."""
+    return _ESCAPED.sub(lambda m: _escape(m[0]), text)
+
+
+def name_fields(key: str, name: bytes) -> dict[str, str]:
+    """The --json fields for a file *name* (or path) under *key*: the name as text and, only
+    for a name that is not UTF-8, *key*_hex with its exact bytes in hex. The text has such
+    bytes as lone surrogates (\\udcff), which most JSON parsers (jq, JavaScript, Go) turn
+    into U+FFFD, so that names differing only there would read the same."""
+    fields = {key: os.fsdecode(name)}
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        fields[f"{key}_hex"] = name.hex()
+    return fields
 
 
 def print_json(value: Any) -> None:

@@ -35,6 +35,7 @@ from durafs.engine.catalogspool import MAX_DELTAS, CatalogSpool
 from durafs.engine.catalogvol import write_catalog_volume
 from durafs.engine.collector import gc_relaxed
 from durafs.engine.dedup import PoolChunks
+from durafs.engine.excludes import check_patterns
 from durafs.engine.filereader import (
     END,
     READ_ATTEMPTS,
@@ -155,6 +156,9 @@ class Backup:
         progress: Callable[[dict[str, Any]], None] | None = None,
         on_wait: Callable[[str], None] = log.warning,
     ) -> None:
+        # the scan compiles the patterns only as it reaches each source, with the run's
+        # checkpoint begun and its pre-backup hook run: a bad one is refused before that
+        check_patterns(options.excludes)
         self.catalog = catalog
         self.keys = keys
         self.opts = options

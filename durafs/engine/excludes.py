@@ -16,21 +16,44 @@ Supported (as gitignore(5) describes them):
 
 Patterns are ``str`` and are turned into bytes with ``os.fsencode`` (surrogateescape), so a
 pattern can name any byte sequence a file name can hold. Each pattern is compiled once into a
-bytes regex.
+bytes regex; one that cannot be (a set with a reversed range, ``[z-a]``) is an
+`ExcludePatternError` when the matcher is made, never a failure later in a walk.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from durafs.errors import UsageError
 
 _CLASSES = {
     b"alnum": b"a-zA-Z0-9", b"alpha": b"a-zA-Z", b"blank": b" \\t", b"digit": b"0-9",
     b"lower": b"a-z", b"upper": b"A-Z", b"space": b" \\t\\n\\r\\f\\v", b"xdigit": b"0-9a-fA-F",
     b"punct": re.escape(b"!\"#$%&'()*+,-.:;<=>?@[\\]^_`{|}~"),
 }
+
+
+class ExcludePatternError(UsageError):
+    """An exclude pattern that cannot be matched (a set with a reversed range, ``[z-a]``)."""
+
+    def __init__(self, pattern: str, reason: str) -> None:
+        super().__init__(f"exclude pattern '{pattern}': {reason}")
+        self.pattern = pattern
+        self.reason = reason
+
+
+class _BadSet(Exception):
+    """A ``[...]`` set that is no regex set; `_compile` names the pattern it is in."""
+
+
+def check_patterns(patterns: Iterable[str]) -> None:
+    """Raise `ExcludePatternError` for the first of *patterns* that cannot be matched: for
+    a caller that wants a bad pattern refused before it starts any work."""
+    ExcludeMatcher(patterns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +135,10 @@ def _compile(pattern: str) -> _Rule | None:
     line = line.lstrip(b"/")
     if not line:
         return None
-    body = _translate_path(line)
+    try:
+        body = _translate_path(line)
+    except _BadSet as exc:
+        raise ExcludePatternError(pattern, str(exc)) from None
     prefix = b"" if anchored else b"(?:.*/)?"
     return _Rule(re.compile(prefix + body + rb"\Z", re.DOTALL), negated, dir_only)
 
@@ -180,30 +206,79 @@ def _translate_set(segment: bytes, start: int) -> tuple[bytes, int]:
     if negated:
         i += 1
     items: list[bytes] = []
+    texts: list[bytes] = []  # what each item is in the pattern, to name a bad range by
     first = True
     while i < len(segment):
         char = segment[i : i + 1]
         if char == b"]" and not first:
-            body = b"".join(items)
-            return (b"[^/" + body + b"]" if negated else b"(?!/)[" + body + b"]"), i + 1
+            return _set_regex(items, texts, negated), i + 1
         first = False
+        texts.append(segment[i : i + 1])
         if char == b"[" and segment[i + 1 : i + 2] == b":":
             end = segment.find(b":]", i + 2)
             name = segment[i + 2 : end] if end >= 0 else b""
             if name in _CLASSES:
                 items.append(_CLASSES[name])
+                texts[-1] = segment[i : end + 2]
                 i = end + 2
                 continue
         escaped = char == b"\\" and i + 1 < len(segment)
         if escaped:
             i += 1
             char = segment[i : i + 1]
+            texts[-1] = segment[i - 1 : i + 1]
         if char == b"-" and not escaped and items and segment[i + 1 : i + 2] not in (b"]", b""):
             items.append(b"-")
         else:
             items.append(_set_char(char))
         i += 1
     return re.escape(b"["), start + 1
+
+
+def _set_regex(items: list[bytes], texts: list[bytes], negated: bool) -> bytes:
+    """The regex for a set of *items* (written as *texts* in the pattern).
+
+    Ranges reach the regex as written, so a set that compiles matches what it always did;
+    one that does not (a range from a higher byte to a lower one: ``[z-a]``, or
+    ``[a-[:digit:]]``, which ends at ``0``) is refused here, by the range as the pattern
+    writes it, rather than by ``re`` in the middle of a walk.
+    """
+    body = b"".join(items)
+    regex = b"[^/" + body + b"]" if negated else b"(?!/)[" + body + b"]"
+    try:
+        with warnings.catch_warnings():
+            # a FutureWarning ("possible set difference") is for _compile to give, once
+            warnings.simplefilter("ignore", FutureWarning)
+            re.compile(regex)
+    except re.error as exc:
+        if exc.pos is None or not exc.msg.startswith("bad character range"):
+            raise _BadSet(exc.msg) from None
+        # re names the range by its regex bytes (a-0 for a-[:digit:]): find the items it
+        # starts at (the range's start, the "-", its end) to name it as written
+        offset, start = exc.pos - (len(regex) - len(body) - 1), 0
+        for index, item in enumerate(items):
+            start += len(item)
+            if offset < start:
+                raise _BadSet(f"bad character range {_written(texts, index)}") from None
+        raise _BadSet(exc.msg) from None
+    return regex
+
+
+def _written(texts: list[bytes], index: int) -> str:
+    """The range starting at item *index* as the pattern writes it. Sets work on bytes, so
+    a range may start or end inside a multibyte character (\\xa9 of é): the whole
+    character is named."""
+    begin, end = index, min(index + 3, len(texts))
+    while begin > 0 and _continues(texts[begin]):
+        begin -= 1
+    while end < len(texts) and _continues(texts[end]):
+        end += 1
+    return os.fsdecode(b"".join(texts[begin:end]))
+
+
+def _continues(text: bytes) -> bool:
+    # a UTF-8 continuation byte, written alone (not escaped: an escape is two bytes)
+    return len(text) == 1 and 0x80 <= text[0] <= 0xBF
 
 
 def _set_char(char: bytes) -> bytes:

@@ -105,6 +105,41 @@ def test_a_hook_that_writes_bytes_not_utf8_is_reported_not_a_traceback(tmp_path:
     assert len(checkpoint_names()) == 1
 
 
+def test_an_exclude_pattern_that_cannot_match_is_refused_before_the_backup(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("f", "g", "z"):
+        (source / name).write_text(name)
+    log = tmp_path / "log"
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p", "--pre-hook", f"echo pre >> {log}").code == 0
+    before = checkpoint_names()
+    for pattern, message in (
+        ("[z-a]", "--exclude '[z-a]': bad character range z-a"),
+        ("[a-[:digit:]]", "--exclude '[a-[:digit:]]': bad character range a-[:digit:]"),  # a-0
+        # the message is escaped as every message is: a backslash is doubled
+        ("logs/[!\\z-a]*", "--exclude 'logs/[!\\\\z-a]*': bad character range \\\\z-a"),
+    ):
+        for plan in ("default", "new"):
+            run = durafs("backup", source, "--pool", "p", "--plan", plan, "--exclude", "*.tmp",
+                         "--exclude", pattern)
+            assert (run.code, run.out, run.err) == (2, "", f"durafs: {message}\n"), pattern
+    with Home().plan_lock("default"):  # a busy plan does not hide the typo
+        run = durafs("backup", source, "--pool", "p", "--exclude", "[z-a]")
+        assert run.code == 2 and "bad character range z-a" in run.err
+    # no checkpoint, no plan, no hook run
+    assert checkpoint_names() == before
+    assert [p.name for p in Home().catalog(readonly=True).plans()] == ["default"]
+    assert log.read_text() == "pre\n"
+    # sets whose ranges go up work as before ([[:digit:]-z] is 0-9, "-" and z)
+    run = durafs("backup", source, "--pool", "p", "--exclude", "[a-f]", "--exclude",
+                 "[[:digit:]-z]")
+    assert run.code == 0, run.err
+    assert [e["name"] for e in durafs("ls", f"default/latest{source}", "--json").json()] == ["g"]
+
+
 def test_a_refused_backup_keeps_neither_its_hooks_nor_a_new_plan(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
@@ -599,6 +634,54 @@ def test_names_shown_to_people_cannot_drive_the_terminal(tmp_path: Path) -> None
     assert "gone\\x1b]0;title\\x07: no such file" in run.err and "\x1b" not in run.err
 
 
+def test_names_that_are_not_utf8_are_told_apart(tmp_path: Path) -> None:
+    # a terminal shows every byte that is not UTF-8 as U+FFFD, and most JSON parsers turn
+    # the lone surrogates os.fsdecode makes of them into U+FFFD too: the first four names
+    # would read alike. Then a name that is the text of an escape, and U+0085 (a C1
+    # control) beside the lone byte 0x85.
+    names = {b"a\xff": "a\\xff", b"a\xfe": "a\\xfe", b"a\x80": "a\\x80",
+             "a\ufffd".encode(): "a\ufffd", b"a\\xff": "a\\\\xff",
+             "c\x85".encode(): "c\\xc2\\x85", b"c\x85": "c\\x85"}
+    not_utf8 = {b"a\xff", b"a\xfe", b"a\x80", b"c\x85"}
+    source = tmp_path / "src"
+    source.mkdir()
+    for index, name in enumerate(names):
+        (source / os.fsdecode(name)).write_bytes(b"%d" % index)
+    pool = setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    listing = durafs("ls", f"default/latest{source}")
+    assert listing.code == 0
+    assert sorted(line.rsplit(" ", 1)[1] for line in listing.out.splitlines()) == sorted(
+        names.values())
+    checkpoint = checkpoint_names()[0]
+    found = durafs("find", "[ac]?*").out.splitlines()
+    assert sorted(found) == sorted(f"default/{checkpoint}{source}/{text}"
+                                   for text in names.values())
+    # --json: the name as before, and for a name not UTF-8 its bytes in hex beside it
+    entries = durafs("ls", f"default/latest{source}", "--json").json()
+    assert sorted(e["name"] for e in entries) == sorted(os.fsdecode(n) for n in names)
+    assert {bytes.fromhex(e["name_hex"]) for e in entries if "name_hex" in e} == not_utf8
+    assert all(bytes.fromhex(e["name_hex"]) == os.fsencode(e["name"])
+               for e in entries if "name_hex" in e)
+    by_name = {e["name"]: list(e) for e in entries}
+    assert by_name[os.fsdecode(b"a\x80")][:3] == ["name", "name_hex", "type"]
+    assert by_name["a\ufffd"][:2] == ["name", "type"]  # U+FFFD itself is UTF-8
+    hits = [h for h in durafs("find", "[ac]?*", "--json").json()
+            if h["path"].startswith(f"{source}/")]
+    assert {bytes.fromhex(h["path_hex"]) for h in hits if "path_hex" in h} == {
+        os.fsencode(source) + b"/" + n for n in not_utf8}
+    assert sum("path_hex" not in h for h in hits) == 3
+    # a backup's problems: a source inside a pool's medium is refused by name
+    inside = pool / os.fsdecode(b"x\xff")
+    inside.mkdir()
+    run = durafs("backup", inside, source, "--pool", "p", "--json")
+    assert run.code == 1 and "x\\xff: in medium" in run.err, run.err
+    [problem] = run.json()["problems"]
+    assert problem["path"] == os.fspath(inside)
+    assert bytes.fromhex(problem["path_hex"]) == os.fsencode(inside)
+
+
 def test_sizes_out_of_range_are_usage_errors_that_touch_no_directory(tmp_path: Path) -> None:
     setup_catalog(tmp_path)
     # a size of no bytes, or one too large to record, is refused by name before the
@@ -650,7 +733,8 @@ def test_names_that_are_not_utf8_are_usage_errors_not_tracebacks(tmp_path: Path)
                  ("recover", "--path", medium)):
         run = durafs(*args)
         assert run.code == 2, (args, run.err)
-        assert f"{bad}'" in run.err and "not UTF-8" in run.err, (args, run.err)
+        # named with its byte escaped, as every name in what people read
+        assert "x\\xff'" in run.err and "not UTF-8" in run.err, (args, run.err)
         assert len(run.err.splitlines()) == 1, (args, run.err)
     assert not medium.exists() and not (tmp_path / "q").exists()
     assert not (tmp_path / "out").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from durafs.engine.excludes import ExcludeMatcher
+from durafs.engine.excludes import ExcludeMatcher, ExcludePatternError
 from durafs.engine.scan import (
     CHANGED,
     DANGLING,
@@ -147,6 +147,33 @@ def test_excludes_bytes_names() -> None:
     assert m.matches(b"bad-\xff\xfe", False)
     assert m.matches(b"new\nline", False)
     assert not m.matches(b"bad-x", False)
+
+
+@pytest.mark.parametrize(("pattern", "reason"), [
+    ("[z-a]", "bad character range z-a"),
+    ("x/[!b-a]", "bad character range b-a"),
+    ("[a-[:digit:]]", "bad character range a-[:digit:]"),  # a-0: the class's first byte
+    ("[[:punct:]-a]", "bad character range [:punct:]-a"),  # ~-a: the class's last byte
+    ("[\\z-a]", "bad character range \\z-a"),
+    ("[a--]", "bad character range a--"),
+    ("[\u00e9-a]", "bad character range \u00e9-a"),  # bytes \xa9-a: named as written
+])
+def test_excludes_a_set_with_a_reversed_range_is_refused(pattern: str, reason: str) -> None:
+    with pytest.raises(ExcludePatternError) as caught:
+        _m("*.tmp", pattern)
+    assert (caught.value.pattern, caught.value.reason) == (pattern, reason)
+    assert str(caught.value) == f"exclude pattern '{pattern}': {reason}"
+
+
+def test_excludes_sets_with_dashes_that_compile_match_as_before() -> None:
+    # ranges reach the regex as written: a "-" after a range or a class is a dash
+    after_class = _m("[[:digit:]-z]")
+    assert all(after_class.matches(n, False) for n in (b"5", b"-", b"z"))
+    assert not after_class.matches(b"y", False)
+    into_class = _m("[0-[:alpha:]]")  # 0-a, then "-", "z" and A-Z
+    assert all(into_class.matches(n, False) for n in (b"0", b"=", b"a", b"-", b"z", b"Q"))
+    assert not into_class.matches(b"b", False)
+    assert _m("[a-a]").matches(b"a", False) and not _m("[!a-c]").matches(b"b", False)
 
 
 # -- walk order and what an item holds --------------------------------------------------------
