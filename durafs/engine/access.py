@@ -13,11 +13,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from durafs.engine.poolwriter import describe_offline, open_medium
-from durafs.errors import CatalogError, FormatError, MediumOfflineError
+from durafs.errors import CatalogError, FormatError, MediumOfflineError, VolumeMissingError
 from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
-from durafs.index.rows import MediumRow, VolumeRow
+from durafs.index.rows import LOST_VOLUME_PREFIX, MediumRow, VolumeRow
 from durafs.media.base import Medium, VolumeHandle
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ class VolumeAccess:
 
     def reader(self, volume: VolumeRow) -> VolumeReader:
         """An open reader for *volume* (cached)."""
+        if volume.uuid.startswith(LOST_VOLUME_PREFIX):
+            raise VolumeMissingError(
+                "content on no medium when the index was rebuilt (durafs recover): lost, "
+                "until a backup of a source that still has it stores it again")
         with self._lock:
             cached = self._open.get(volume.id)
             if cached is not None:

@@ -11,6 +11,7 @@ missing or unreadable, that checkpoint is reported and the others are still reco
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from durafs.format.catalog import (
 from durafs.format.keys import CatalogKeys, read_keys_file
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
-from durafs.index.rows import Entry, NewChunk, pack_pieces, pack_xattrs
+from durafs.index.rows import LOST_VOLUME_PREFIX, Entry, NewChunk, pack_pieces, pack_xattrs
 from durafs.media.directory import DirectoryMedium
 
 DEFAULT_VOLUME_SIZE = 1 << 30
@@ -80,9 +81,8 @@ class Recover:
         self.keys: CatalogKeys | None = None
         self._catalogs: dict[str, _CatalogVolume] = {}
         self._leaders: dict[bytes, tuple[bytes | None, bytes | None]] = {}
-        #: Hard-link groups' "f" paths left out of the checkpoint being replayed, their
-        #: content not on the media.
-        self._lost: set[bytes] = set()
+        #: Per pool id, the stand-in volume of the chunks found on no medium.
+        self._stand_ins: dict[int, int] = {}
         #: Entries of the checkpoint being replayed that its index record goes without.
         self._left_out = 0
 
@@ -212,7 +212,7 @@ class Recover:
         pool_row = catalog.pool(cat.pool)
         assert pool_row is not None
         links = tree.links()
-        self._leaders, self._lost, self._left_out = {}, set(), 0
+        self._leaders, self._left_out = {}, 0
         where = f"{record.plan}/{record.name}"
         with catalog.tree_writer(plan.id, catalog.next_seq(plan.id), record.name,
                                  created_ns=record.created_ns,
@@ -242,33 +242,27 @@ class Recover:
     def _entry(self, catalog: Catalog, pool_id: int, e: TreeEntry,
                links: set[bytes], where: str) -> Entry | None:
         """The index entry for tree entry *e* of checkpoint *where*; hard-link members
-        come after their group's "f" entry (`ChainedTree.entries`). None (and a problem)
-        for a file whose chunks are not all on the media, and for a member without its
-        group's file."""
+        come after their group's "f" entry (`ChainedTree.entries`). A file whose chunks are
+        not all on the media keeps them as lost (`_stand_in_chunks`, and a problem); None
+        (and a problem) for a member without its group's file."""
         chunks = None
         # a group as the backup forms it (scan: a file with nlink > 1), even one whose other
         # names are all outside the checkpoint, so it has no "h" line naming it
         key = e.path if e.type == "f" and (e.path in links or e.nlink > 1) else None
         if e.type == "f":
-            found = catalog.lookup_chunks(pool_id, [c for _, c, _ in e.chunks])
-            missing = sum(cid not in found for _, cid, _ in e.chunks)
+            # usable: a chunk given a stand-in for an earlier checkpoint is missing here too
+            found = catalog.lookup_chunks(pool_id, [c for _, c, _ in e.chunks], usable=True)
+            ids = {cid: row.id for cid, row in found.items()}
+            missing = [(cid, size) for _, cid, size in e.chunks if cid not in ids]
             if missing:
-                # recorded without them, its bytes would read back as a hole of zeros, and
-                # the next backup would take the file as unchanged and never store it again
                 self.result.problems.append(
-                    f"{where}{os.fsdecode(e.path)}: {missing} of its {len(e.chunks)} chunks "
-                    "are in no volume on the media given: left out")
-                if key is not None:
-                    self._lost.add(e.path)
-                return None
-            chunks = pack_pieces((off, found[cid].id, size) for off, cid, size in e.chunks)
+                    f"{where}{os.fsdecode(e.path)}: {len(missing)} of its {len(e.chunks)} "
+                    "chunks are in no volume on the media given: kept as lost (a restore "
+                    "names it; a backup of a source that still has it stores it again)")
+                ids.update(self._stand_in_chunks(catalog, pool_id, missing))
+            chunks = pack_pieces((off, ids[cid], size) for off, cid, size in e.chunks)
             if key is not None:
                 self._leaders[e.path] = (chunks, e.blake3)
-        elif e.type == "h" and e.link in self._lost:
-            self.result.problems.append(
-                f"{where}{os.fsdecode(e.path)}: hard link to {os.fsdecode(e.link)}, whose "
-                "chunks are in no volume on the media given: left out")
-            return None
         elif e.type == "h":
             if e.link is None or e.link not in self._leaders:
                 self.result.problems.append(
@@ -284,6 +278,28 @@ class Recover:
             dev=e.dev, nlink=e.nlink, rdev=e.rdev, target=e.target,
             xattrs=pack_xattrs(e.xattrs), chunks=chunks, blake3=e.blake3, hardlink_key=key,
         )
+
+
+    def _stand_in_chunks(
+        self, catalog: Catalog, pool_id: int, missing: list[tuple[bytes, int]],
+    ) -> dict[bytes, int]:
+        """Rows for chunks a checkpoint names but no medium holds, in the pool's stand-in
+        volume (LOST_VOLUME_PREFIX: lost, so the file reads as damaged, never as zeros,
+        and the next backup of a source that still has the file reads it again and moves
+        the rows to the new copies). Their ids, by cid."""
+        volume_id = self._stand_ins.get(pool_id)
+        if volume_id is None:
+            medium = catalog.media(pool_id)[0]
+            with catalog.db.transaction():
+                volume = catalog.add_volume(
+                    medium.id, uuid=LOST_VOLUME_PREFIX + uuid.uuid4().hex, kind="data",
+                    seq=catalog.next_volume_seq(medium.id), name=None, plain_size=0,
+                    stored_size=0)
+                catalog.set_volume_lost(volume.id, True)
+            volume_id = self._stand_ins[pool_id] = volume.id
+        # a frame's place and length are unknown: 0 and 1 (the schema's least)
+        return catalog.add_chunks(pool_id, volume_id,
+                                  [NewChunk(cid, 0, 1, size, False) for cid, size in missing])
 
 
 def _advance(tree: ChainedTree, chain: list[_CatalogVolume]) -> None:

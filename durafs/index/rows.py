@@ -141,6 +141,12 @@ class MediumRow:
     created_ns: int
 
 
+#: The uuid of a volume row that stands for content `recover` found named in a checkpoint
+#: but on no medium given to it starts so (the rest is random); it is in `lost_volumes`
+#: and has no name: its chunks read as lost until a backup stores them again.
+LOST_VOLUME_PREFIX = "lost-"
+
+
 @dataclass(slots=True)
 class VolumeRow:
     """A volume (table ``volumes``) that is safely on its medium."""

@@ -81,7 +81,9 @@ CREATE INDEX media_pool ON media (pool_id);
 CREATE TABLE volumes (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- referenced by chunks
     medium_id   INTEGER NOT NULL REFERENCES media (id),  -- the medium holding it
-    uuid        TEXT NOT NULL UNIQUE,   -- volume_id of its header
+    uuid        TEXT NOT NULL UNIQUE,   -- volume_id of its header; 'lost-…' for the
+                                        -- stand-in `recover` makes for chunks it found on
+                                        -- no medium (in lost_volumes, no name, size 0)
     kind        TEXT NOT NULL CHECK (kind IN ('data', 'catalog', 'index')),  -- header kind
     seq         INTEGER NOT NULL CHECK (seq >= 1),  -- order on the medium: 1, 2, 3 ...
     name        TEXT,                   -- dir: file name relative to the medium root;

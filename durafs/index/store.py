@@ -357,6 +357,8 @@ class StoreCatalog:
         in *volume_id*: every checkpoint using them reads those from now on. A lost data
         volume left without chunks goes from the index."""
         lost = self.lost_volume_ids()
+        if volume_id in lost:  # a stand-in for lost chunks (recover) takes none over
+            return
         moved = [(volume_id, c.offset, c.length, int(c.raw), known[c.cid].id)
                  for c in chunks if c.cid in known and known[c.cid].volume_id in lost]
         if not moved:

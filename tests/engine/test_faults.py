@@ -343,9 +343,10 @@ def test_recover_rebuilds_the_index_from_the_medium(
     assert stats.get("bytes_new", 0) == 0
 
 
-def test_recover_names_files_whose_data_volume_is_lost(tmp_path: Path) -> None:
-    """A file whose chunks no volume on the media holds must not come back as zeros: it is
-    named and left out (so the next backup stores it again), the rest is recovered."""
+def test_recover_keeps_files_whose_data_volume_is_lost_as_lost(tmp_path: Path) -> None:
+    """A file whose chunks no volume on the media holds must not come back as zeros, nor
+    silently go: recover names it and keeps it with its chunks lost, so restore and verify
+    name it too; the next backup reads it again and every checkpoint is whole again."""
     source = tmp_path / "src"
     source.mkdir()
     (source / "lost").write_bytes(os.urandom(200_000))
@@ -364,20 +365,27 @@ def test_recover_names_files_whose_data_volume_is_lost(tmp_path: Path) -> None:
     run = durafs("recover", "--path", pool)
     assert run.code == 1, run.err
     for name in names:
-        for lost in ("lost", "lost-too", "linked"):
-            assert f"default/{name}{source}/{lost}: " in run.err, run.err
+        for lost in ("lost", "linked"):
+            assert f"default/{name}{source}/{lost}: 1 of its 1 chunks" in run.err, run.err
     assert checkpoint_names() == names
     listed = {e["name"] for e in durafs("ls", f"default/latest{source}", "--json").json()}
-    assert listed == {"kept"}
+    assert listed == {"kept", "lost", "lost-too", "linked"}
     out = tmp_path / "out"
-    assert durafs("restore", f"default/latest{source}", out).code == 0
+    run = durafs("restore", f"default/latest{source}", out, "--json")
+    assert run.code == 1
+    assert {Path(p.split(":")[0]).name for p in run.json()["problems"]} == {
+        "lost", "lost-too", "linked"}
     assert (out / "kept").read_bytes() == (source / "kept").read_bytes()
-    assert durafs("verify", "--read-data").code == 0
-    # the next backup stores what was lost again
+    assert durafs("verify").code == 1
+    # the next backup reads the unchanged files again: every checkpoint is whole again
     assert durafs("backup", source, "--pool", "p").code == 0
-    out = tmp_path / "again"
-    assert durafs("restore", f"default/latest{source}", out).code == 0
-    assert compare_trees(source, out) == []
+    for name in names:
+        out = tmp_path / f"again-{name}"
+        run = durafs("restore", f"default/{name}{source}", out)
+        assert run.code == 0, run.err
+        for restored in out.iterdir():
+            assert restored.read_bytes() == (source / restored.name).read_bytes()
+    assert durafs("verify", "--read-data").code == 0
 
 
 def test_a_lost_newest_volume_file_does_not_stop_later_backups(
