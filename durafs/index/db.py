@@ -219,8 +219,10 @@ def open_index(
 ) -> Index:
     """Open the index at *path*, creating it (when writable and *create*) or upgrading it.
 
-    A read-only connection never changes the file and refuses an index that needs an
-    upgrade. An index whose schema is newer than this durafs is refused either way.
+    A read-only connection never changes the file itself: an index that needs an upgrade
+    is upgraded first through a connection of its own, where the file may be written
+    (the first command after an update of durafs may well be a read-only one), else
+    refused. An index whose schema is newer than this durafs is refused either way.
     """
     path = Path(path)
     if not path.exists() and (readonly or not create):
@@ -237,6 +239,8 @@ def open_index(
     index = Index(conn, path, readonly=readonly)
     try:
         _configure(index)
+        if readonly and 0 < index.user_version < SCHEMA_VERSION and os.access(path, os.W_OK):
+            open_index(path, create=False).close()  # upgrades it
         _check_version(index)
     except BaseException:
         index.close()

@@ -119,11 +119,14 @@ def test_missing_migration_changes_nothing(index: Index) -> None:
     assert index.query("SELECT name FROM sqlite_schema WHERE name = 'notes'") == []
 
 
-def test_a_version_1_index_gains_the_lost_volumes_table(index_path: Path) -> None:
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_version_1_index_gains_the_lost_volumes_table(index_path: Path, readonly: bool) -> None:
+    """Upgraded by whichever command opens it first: after an update of durafs that may be
+    a read-only one (ls, restore, mount)."""
     with open_index(index_path) as index, index.transaction():
         index.execute("DROP TABLE lost_volumes")
         index.execute("PRAGMA user_version = 1")
-    with open_index(index_path) as index:
+    with open_index(index_path, readonly=readonly) as index:
         assert index.user_version == SCHEMA_VERSION
         columns = [row[1] for row in index.query("PRAGMA table_info(lost_volumes)")]
         assert columns == ["volume_id", "since_ns"]
