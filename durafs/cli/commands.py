@@ -387,7 +387,7 @@ def verify(home: Home, args: Args) -> int:
         print_json({"ok": result.ok, "complete": not result.offline, "volumes": result.volumes,
                     "chunks_read": result.chunks_read,
                     "offline": result.offline, "structure": result.structure,
-                    "lost": result.lost,
+                    "lost": result.lost, "lost_unneeded": result.unneeded,
                     "damage": [d.__dict__ for d in result.damage]})
     else:
         print(f"{result.volumes} volumes checked, {result.chunks_read} chunks read")
@@ -396,8 +396,11 @@ def verify(home: Home, args: Args) -> int:
         for line in result.structure:
             print(f"DAMAGE: {shown(line)}")
         for name in result.lost:
-            print(f"lost: {shown(name)}: the next backup stores its chunks again from the "
-                  "sources that still have them")
+            if name in result.unneeded:
+                print(f"lost: {shown(name)}: nothing needs it any more")
+            else:
+                print(f"lost: {shown(name)}: the next backup writes again what it held "
+                      "(chunks from the sources that still have them, trees from the index)")
         for d in result.damage:
             print(f"DAMAGE: {d.volume} chunk {d.chunk[:16]}: {d.reason}")
             for p in d.paths:

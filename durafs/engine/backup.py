@@ -179,8 +179,7 @@ class Backup:
         # than taken from it (the next run may be allowed to read them all)
         self._xattrs_unread: list[bytes] = []
         self._reread_xattrs: set[bytes] = set()
-        self._spool = CatalogSpool(catalog, options.plan, pool.name,
-                                   max_deltas=options.max_deltas)
+        self._spool: CatalogSpool  # made once missing catalog volumes are written
         # whether the pool is empty is known once orphan volumes are adopted (_run_plan)
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key, empty=False)
         self._chunks = PoolChunks(catalog, self.writer, self._known)
@@ -235,6 +234,9 @@ class Backup:
         if not self.opts.dry_run:
             adopt_orphan_volumes(self.catalog, self.keys, self.pool)
             write_missing_catalogs(self.catalog, self.writer, plan.name)
+        # after those: this checkpoint's catalog volume may be a delta of one just written
+        self._spool = CatalogSpool(self.catalog, plan.name, self.pool.name,
+                                   max_deltas=self.opts.max_deltas)
         self._chunks.start()
         self._own = self._own_directories()
         self._refuse_only_own_data()

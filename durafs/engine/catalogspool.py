@@ -63,6 +63,13 @@ class Base:
     depth: int
 
 
+def catalog_volume_in_use(catalog: Catalog, volume_uuid: str) -> bool:
+    """Whether the index names catalog volume *volume_uuid* as some checkpoint's."""
+    return catalog.db.get_row(
+        "SELECT 1 FROM meta WHERE key LIKE 'catalog\\_volume:%' ESCAPE '\\' AND value = ?",
+        (volume_uuid,)) is not None
+
+
 def find_base(
     catalog: Catalog, plan: str, pool: str, max_deltas: int = MAX_DELTAS
 ) -> Base | None:
@@ -78,7 +85,7 @@ def find_base(
     prev = checkpoints[-1]
     uuid = catalog.get_meta(META_KEY.format(pool=pool, checkpoint=prev.id))
     volume = catalog.volume_by_uuid(uuid) if uuid is not None else None
-    if volume is None:
+    if volume is None or volume.id in catalog.lost_volume_ids():
         return None
     depth = catalog.get_meta(DEPTH_KEY.format(volume=volume.uuid))
     if depth is None or int(depth) + 1 > max_deltas:

@@ -106,13 +106,27 @@ def _adopt_catalog_volume(
 
 
 def write_missing_catalogs(catalog: Catalog, writer: PoolWriter, plan: str) -> int:
-    """Write catalog volumes for checkpoints of *plan* stored in this pool without one."""
+    """Write catalog volumes for checkpoints of *plan* stored in this pool without one,
+    or whose catalog volume cannot be read back: found lost, or a delta whose chain
+    (the catalog volumes of the checkpoints before it, back to a full tree) has a lost
+    one. `recover` needs a whole chain for every checkpoint; each new one is a full tree.
+    """
     written = 0
+    lost = catalog.lost_volume_ids()
+    broken = False  # the chain the previous checkpoint's catalog volume is in
     for checkpoint in catalog.checkpoints(plan):
         if checkpoint.stats.get("pool") != writer.pool.name:
             continue
-        key = META_KEY.format(pool=writer.pool.name, checkpoint=checkpoint.id)
-        if catalog.get_meta(key) is None:
-            write_catalog_volume(catalog, writer, checkpoint)
-            written += 1
+        uuid = catalog.get_meta(META_KEY.format(pool=writer.pool.name, checkpoint=checkpoint.id))
+        volume = catalog.volume_by_uuid(uuid) if uuid is not None else None
+        if volume is None:
+            broken = False  # nothing can be a delta of a checkpoint without a volume
+        else:
+            # a volume of unknown depth may be a delta: as broken as what it follows
+            full = catalog.get_meta(DEPTH_KEY.format(volume=volume.uuid)) in (0, "0")
+            broken = volume.id in lost or (broken and not full)
+            if not broken:
+                continue
+        write_catalog_volume(catalog, writer, checkpoint)
+        written += 1
     return written

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from durafs.engine.access import VolumeAccess
+from durafs.engine.catalogspool import catalog_volume_in_use
 from durafs.engine.progress import Reporter
 from durafs.errors import DurafsError, MediumOfflineError, UsageError, VolumeMissingError
 from durafs.format.catalog import read_checkpoint
@@ -44,8 +45,10 @@ class VerifyResult:
     offline: list[str] = field(default_factory=list)
     damage: list[Damage] = field(default_factory=list)
     structure: list[str] = field(default_factory=list)
-    #: Volumes found missing from their media by this run (named in *structure* too).
+    #: Volumes missing from their online media (in *structure* too while needed)...
     lost: list[str] = field(default_factory=list)
+    #: ... of which nothing needs any more (their chunks or trees were written again).
+    unneeded: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -97,6 +100,10 @@ class Verify:
                 reader = self.access.reader(volume)
             except VolumeMissingError:
                 self._lost(volume, True)
+                self.result.lost.append(name)
+                if not self._needed(volume):
+                    self.result.unneeded.append(name)
+                    return
                 raise
             self._lost(volume, False)
             self.result.volumes += 1  # reached: checked, whatever is found
@@ -125,8 +132,14 @@ class Verify:
             return
         with self.catalog.db.transaction():
             self.catalog.set_volume_lost(volume.id, lost)
-        if lost:
-            self.result.lost.append(volume.name or volume.uuid)
+
+    def _needed(self, volume: VolumeRow) -> bool:
+        """Whether anything still needs the lost *volume*: a data volume some chunk is
+        still in (none, once backups stored them all again), a catalog volume the index
+        names as a checkpoint's (none, once a backup wrote those again)."""
+        if volume.kind == "data":
+            return self.catalog.volume_has_chunks(volume.id)
+        return catalog_volume_in_use(self.catalog, volume.uuid)
 
     def _catalog_base(self, volume: VolumeRow, name: str, reader: VolumeReader) -> None:
         """A delta catalog volume is read together with its base (docs/FORMAT.md §4): the

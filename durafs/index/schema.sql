@@ -102,9 +102,10 @@ CREATE UNIQUE INDEX volumes_medium_seq ON volumes (medium_id, seq);
 -- Volumes the index records but their medium has lost: found missing by `verify` (the
 -- medium online, the volume's file gone). Nothing is deduplicated against their chunks:
 -- a backup whose source still has such a chunk stores it again, and the chunk's row moves
--- to that copy, so every checkpoint using it is whole again. Once none of its chunks is
--- left, a lost data volume goes from the index; a verify that finds it again drops its
--- row here.
+-- to that copy, so every checkpoint using it is whole again; a lost catalog volume is
+-- written again (as full trees, with the deltas after it). A lost volume stays in
+-- `volumes` (its seq is never given again); a verify that finds it again drops its row
+-- here.
 CREATE TABLE lost_volumes (
     volume_id INTEGER PRIMARY KEY REFERENCES volumes (id),  -- the volume found missing
     since_ns  INTEGER NOT NULL  -- when a verify first found it missing

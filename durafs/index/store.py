@@ -354,27 +354,16 @@ class StoreCatalog:
         self, volume_id: int, known: dict[bytes, ChunkRow], chunks: list[NewChunk],
     ) -> None:
         """Point the rows of *known* chunks that are in lost volumes at their new copies
-        in *volume_id*: every checkpoint using them reads those from now on. A lost data
-        volume left without chunks goes from the index."""
+        in *volume_id*: every checkpoint using them reads those from now on. A lost
+        volume stays recorded, chunks or not: its seq is never given again."""
         lost = self.lost_volume_ids()
         if volume_id in lost:  # a stand-in for lost chunks (recover) takes none over
             return
         moved = [(volume_id, c.offset, c.length, int(c.raw), known[c.cid].id)
                  for c in chunks if c.cid in known and known[c.cid].volume_id in lost]
-        if not moved:
-            return
         self.db.executemany(
             "UPDATE chunks SET volume_id = ?, offset = ?, length = ?, raw = ? WHERE id = ?",
             moved)
-        emptied = [row[0] for row in self.db.query(
-            "SELECT l.volume_id FROM lost_volumes l JOIN volumes v ON v.id = l.volume_id"
-            " WHERE v.kind = 'data' AND NOT EXISTS"
-            " (SELECT 1 FROM chunks c WHERE c.volume_id = l.volume_id)")]
-        if not emptied:
-            return
-        for table, column in (("lost_volumes", "volume_id"), ("volumes", "id")):
-            self.db.execute(f"DELETE FROM {table} WHERE {column} IN carray(?)",
-                            (apsw.carray(array.array("q", emptied)),))
 
     def lost_volume_ids(self) -> set[int]:
         """The volumes found missing from their media (table ``lost_volumes``)."""
@@ -388,6 +377,11 @@ class StoreCatalog:
                 (volume_id, time.time_ns()))
         else:
             self.db.execute("DELETE FROM lost_volumes WHERE volume_id = ?", (volume_id,))
+
+    def volume_has_chunks(self, volume_id: int) -> bool:
+        """Whether any chunk row is in volume *volume_id*."""
+        return self.db.get_row(
+            "SELECT 1 FROM chunks WHERE volume_id = ? LIMIT 1", (volume_id,)) is not None
 
     def lost_chunk_ids(self, pool_id: int) -> set[int]:
         """chunks.id of pool *pool_id*'s chunks in lost volumes (a backup reads again the

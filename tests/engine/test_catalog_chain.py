@@ -14,6 +14,7 @@ import pytest
 
 from durafs.engine.backup import Backup, BackupOptions
 from durafs.engine.catalogchain import ChainedTree
+from durafs.engine.catalogspool import find_base
 from durafs.engine.catalogvol import tree_entries
 from durafs.engine.home import Home
 from durafs.errors import FormatError
@@ -307,8 +308,9 @@ def test_medium_change_during_the_run_falls_back_to_the_full_tree(tmp_path: Path
         with home.catalog() as catalog:
             run = Backup(catalog, home.keys(read=False),
                          BackupOptions([os.fsencode(src)], "p"))
-            assert run._spool.base is not None  # planned as a delta ...
-            _medium_one_full(small, known=False)  # ... but it lands on the second medium
+            _medium_one_full(small, known=False)  # not known full, so planned as a delta...
+            assert find_base(catalog, "default", "p") is not None
+            # ... but it lands on the second medium
             assert run.run().checkpoint is not None
         (_, record, lines, _), = catalog_volumes(second)
         assert record.base is None and len(lines) == len(src.parts) + 3  # and a, d, d/b

@@ -438,11 +438,46 @@ def test_a_volume_found_lost_is_stored_again_and_old_checkpoints_heal(tmp_path: 
         run = durafs("restore", f"default/{name}{source}", out)
         assert run.code == 0, run.err
         assert compare_trees(source, out) == []
+    # still lost, but nothing needs it: no damage; its seq is never given again
     run = durafs("verify", "--read-data", "--json")
-    assert run.code == 0 and run.json()["lost"] == [], run.out
+    assert run.code == 0, run.out
+    assert run.json()["lost"] == run.json()["lost_unneeded"] == [data.name]
     # with nothing lost, an unchanged file is not read again
     report = durafs("backup", source, "--pool", "p", "--json").json()
     assert report["stats"]["unchanged_files"] == 2
+    seqs = [int(p.name[:6]) for p in (pool / "volumes").glob("0*")]
+    assert int(data.name[:6]) not in seqs and len(seqs) == len(set(seqs))
+
+
+def test_a_lost_catalog_volume_is_written_again_with_the_deltas_after_it(
+    tmp_path: Path,
+) -> None:
+    """A catalog volume found lost is no base for deltas; the next backup writes full
+    catalog volumes for its checkpoint and for every later one whose delta chain went
+    through it, so recover still rebuilds every checkpoint."""
+    source = tmp_path / "src"
+    source.mkdir()
+    pool = setup_catalog(tmp_path, encryption="none")
+    for text in ("one", "two", "three"):
+        (source / "f").write_text(text)
+        assert durafs("backup", source, "--pool", "p").code == 0
+    names = checkpoint_names()
+    (first,) = (pool / "volumes").glob("000002-catalog-*")  # the full tree of the chain
+    first.unlink()
+    run = durafs("verify", "--json")
+    assert run.code == 1 and run.json()["lost"] == [first.name]
+    (source / "f").write_text("four")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    run = durafs("verify", "--json")
+    assert run.code == 0 and run.json()["lost_unneeded"] == [first.name], run.out
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool)
+    assert run.code == 0, run.err
+    assert checkpoint_names() == [*names, checkpoint_names()[-1]]
+    for name, text in zip(checkpoint_names(), ("one", "two", "three", "four"), strict=True):
+        out = tmp_path / f"out-{name}"
+        assert durafs("restore", f"default/{name}{source}", out).code == 0
+        assert (out / "f").read_text() == text
 
 
 def test_backup_waits_for_an_offline_medium_and_names_it(tmp_path: Path) -> None:
