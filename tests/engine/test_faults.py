@@ -20,7 +20,13 @@ import apsw
 import pytest
 
 from durafs.engine.home import Home
-from tests.engine.cli import checkpoint_names, durafs, one_file_backed_up, setup_catalog
+from tests.engine.cli import (
+    checkpoint_names,
+    durafs,
+    durafs_process,
+    one_file_backed_up,
+    setup_catalog,
+)
 from tests.support.lockedxattr import locked_xattrs
 from tests.support.oddtree import (
     compare_trees,
@@ -660,9 +666,60 @@ def test_verify_of_an_offline_medium_is_not_a_success(tmp_path: Path) -> None:
         # nothing found damaged, but nothing checked either: a script must not read "ok" alone
         assert (report["ok"], report["complete"], len(report["offline"])) == (
             True, False, len(volumes))
+        # simply not there: offline, as for any disk on its shelf
+        assert all(line.endswith("is offline") for line in not_checked)
+    listed = durafs("media", "list", "--json").json()[0]
+    assert (listed["online"], listed["reason"]) == (False, f"{pool} does not exist")
     (tmp_path / "unplugged").rename(pool)
     assert durafs("verify", "--read-data").code == 0
     assert durafs("verify", "--json").json()["complete"] is True
+    assert durafs("media", "list", "--json").json()[0]["reason"] is None
+
+
+def test_a_damaged_or_foreign_marker_at_a_media_path_is_named_not_called_offline(
+    tmp_path: Path,
+) -> None:
+    source, pool = one_file_backed_up(tmp_path)
+    marker = pool / "DURAFS-MEDIUM.json"
+    good = marker.read_bytes()
+    other_id = "0" * 32  # another medium of the same catalog: a swapped disk
+    foreign = json.dumps({**json.loads(good), "medium_id": other_id, "label": "Q-001"})
+    cases = {
+        "{bad json": f"{marker} is damaged (not valid JSON",
+        foreign: f"{pool} holds medium Q-001 ({other_id}), not P-001",
+    }
+    for content, reason in cases.items():
+        marker.write_text(content)
+        run = durafs("verify")
+        assert run.code == 1, run.out
+        not_checked = [line for line in run.out.splitlines() if line.startswith("not checked")]
+        assert len(not_checked) == 2, run.out  # the data and the catalog volume
+        assert all(f"medium P-001 of pool p (last seen at {pool}) cannot be used: {reason}"
+                   in line for line in not_checked), run.out
+        assert "offline" not in run.out
+        listed = durafs("media", "list", "--json").json()[0]
+        assert listed["online"] is False and listed["reason"].startswith(reason)
+        assert reason in durafs("media", "list").out
+        run = durafs("backup", source, "--pool", "p", "--media-timeout", "0")
+        assert run.code == 3, run.err
+        assert f"waiting for medium P-001 of pool p (last seen at {pool}): {reason}" in run.err
+        assert "bring it online" not in run.err and f"cannot be used: {reason}" in run.err
+        tried = tmp_path / "tried"
+        run = durafs("restore", f"default/latest{source}", tried, "--media-timeout", "0")
+        assert run.code == 1, run.err
+        expected = f"{tried / 'f'}: medium P-001 of pool p (last seen at {pool}) cannot be used: "
+        assert expected + reason in run.err
+    # a restore still waits (the right disk may come there), and goes on once it does
+    out = tmp_path / "out"
+    with durafs_process("restore", "--media-timeout", "60", f"default/latest{source}", out,
+                        stderr=subprocess.PIPE, env=os.environ) as proc:
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()
+        assert reason in line, line
+        marker.write_bytes(good)
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 0, err
+    assert (out / "f").read_text() == "x"
 
 
 def test_a_command_meeting_a_damaged_index_names_it_and_says_how_to_rebuild(
