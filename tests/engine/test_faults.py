@@ -6,6 +6,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -20,6 +21,7 @@ import apsw
 import pytest
 
 from durafs.engine.home import Home
+from durafs.format.age import CT_CHUNK_SIZE, parse_header
 from tests.engine.cli import (
     checkpoint_names,
     durafs,
@@ -258,6 +260,40 @@ def test_damaged_volume_names_exactly_the_hurt_chunks_and_paths(tmp_path: Path) 
     for i in range(20):
         if i != 7:
             assert (out / f"file{i}").read_bytes() == (source / f"file{i}").read_bytes()
+
+
+@pytest.mark.parametrize("encryption", ["none", "key"])
+def test_every_chunk_past_a_cut_is_told_where_the_volume_really_ends(
+    tmp_path: Path, encryption: str
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(4):  # incompressible: frames of ~100 kB, one after the other
+        (source / f"f{i}").write_bytes(os.urandom(100_000))
+    pool = setup_catalog(tmp_path, encryption=encryption)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    volume = next((pool / "volumes").glob("*-data-*"))
+    cut = 150_000
+    os.truncate(volume, cut)
+    end = cut  # in plaintext offsets, as the chunks' are
+    if encryption != "none":
+        data = volume.read_bytes()
+        payload = cut - (parse_header(data)[1] + 16)  # less age's header and nonce
+        end = payload - -(-payload // CT_CHUNK_SIZE) * 16  # less a tag per STREAM chunk
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 1, run.out
+    damage = run.json()["damage"]
+    # f0 lies before the cut; f1 across it; f2 and f3 wholly past it
+    assert sorted(p for d in damage for p in d["paths"]) == [
+        f"default/{checkpoint_names()[0]}{source}/f{i}" for i in (1, 2, 3)]
+    wanted = re.compile(rf"{re.escape(volume.name)}: volume ends at {end}, "
+                        r"expected data up to (\d+)")
+    ends = []
+    for d in damage:
+        found = wanted.fullmatch(d["reason"])
+        assert found, d["reason"]
+        ends.append(int(found[1]))
+    assert len(set(ends)) == 3 and min(ends) > end
 
 
 def _flip(path: Path, offset: int) -> None:
