@@ -385,6 +385,39 @@ def test_recover_rebuilds_the_index_from_the_medium(
     assert stats.get("bytes_new", 0) == 0
 
 
+def test_recover_reads_a_medium_named_twice_once_and_refuses_two_copies_up_front(
+    tmp_path: Path,
+) -> None:
+    source, pool = one_file_backed_up(tmp_path)
+    names = checkpoint_names()
+    identity = tmp_path / "identity.txt"
+    assert durafs("key", "export-identity", identity).code == 0
+    shutil.rmtree(Home().path)
+    # a copy of the disk, say: the same medium at another place
+    copy = tmp_path / "copy"
+    shutil.copytree(pool, copy)
+    run = durafs("recover", "--path", pool, "--path", copy, "--identity", identity)
+    assert run.code == 2
+    medium_id = json.loads((pool / "DURAFS-MEDIUM.json").read_text())["medium_id"]
+    assert run.err == (f"durafs: {pool} and {copy} hold the same medium P-001 ({medium_id}): "
+                       "give only one of them\n")
+    assert not Home().path.exists()  # refused before anything was written
+    run = durafs("recover", "--path", pool, "--path", tmp_path / "nothing", "--identity", identity)
+    assert run.code == 2 and "nothing: no durafs medium marker found" in run.err, run.err
+    assert not Home().path.exists()
+    # one directory, however it is spelled, is one medium: read once
+    link = tmp_path / "link"
+    link.symlink_to(pool)
+    run = durafs("recover", "--path", pool, "--path", f"{pool}/", "--path", link,
+                 "--identity", identity, "--json")
+    assert run.code == 0, run.err
+    assert (run.json()["media"], run.json()["problems"]) == (1, [])
+    assert checkpoint_names() == names
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert (out / "f").read_text() == "x"
+
+
 def test_recover_names_files_whose_data_volume_is_lost(tmp_path: Path) -> None:
     """A file whose chunks no volume on the media holds must not come back as zeros: it is
     named and left out (so the next backup stores it again), the rest is recovered."""
