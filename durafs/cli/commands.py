@@ -50,6 +50,8 @@ class _MediumListing(TypedDict):
     kind: str
     state: str
     online: bool
+    #: why it is not online (None when it is): its path is missing, or what is wrong there
+    reason: str | None
     used: int
     capacity: int | None
     path: str | None
@@ -174,17 +176,19 @@ def media_list(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
         rows: list[_MediumListing] = []
         for m in catalog.media():
-            online = open_medium(m).is_online()
+            status = open_medium(m).status()
             rows.append({"pool": m.pool, "label": m.label, "kind": m.kind, "state": m.state,
-                         "online": online, "used": m.used, "capacity": m.capacity,
+                         "online": status.online, "reason": status.reason,
+                         "used": m.used, "capacity": m.capacity,
                          "path": m.path, "location": m.location})
     if args.json:
         print_json(rows)
     else:
-        print_table(("pool", "label", "state", "online", "used", "capacity", "path", "location"),
+        print_table(("pool", "label", "state", "online", "used", "capacity", "path", "location",
+                     "reason"),
                     [(r["pool"], r["label"], r["state"], "yes" if r["online"] else "no",
                       human_size(r["used"]), human_size(r["capacity"]) if r["capacity"] else "-",
-                      r["path"], r["location"]) for r in rows])
+                      r["path"], r["location"], r["reason"] or "") for r in rows])
     return 0
 
 

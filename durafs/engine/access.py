@@ -12,7 +12,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from durafs.engine.poolwriter import describe_offline, open_medium
+from durafs.engine.poolwriter import (
+    describe_offline,
+    describe_unavailable,
+    open_medium,
+    waiting_for,
+)
 from durafs.errors import CatalogError, FormatError, MediumOfflineError, VolumeMissingError
 from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
@@ -68,16 +73,18 @@ class VolumeAccess:
     def online_medium(self, row: MediumRow) -> Medium:
         """The medium's driver once it is online (waiting per *wait*)."""
         deadline = None if self.wait is None else time.monotonic() + self.wait
-        told = False
+        told = None
         while True:
             medium = open_medium(row)
-            if medium.is_online():
+            status = medium.status()
+            if status.online:
                 return medium
             if deadline is not None and time.monotonic() >= deadline:
-                raise MediumOfflineError(f"{describe_offline(row)} is offline")
-            if not told:
-                self.on_wait(f"waiting for {describe_offline(row)}: bring it online")
-                told = True
+                raise MediumOfflineError(describe_unavailable(row, status))
+            message = waiting_for(row, status)
+            if message != told:  # told again when what is at its place changes
+                self.on_wait(message)
+                told = message
             if self._stopped.wait(POLL_SECONDS):
                 raise WaitStopped(describe_offline(row))
 

@@ -21,7 +21,7 @@ from durafs.format.keys import CatalogKeys
 from durafs.format.writer import VolumeWriter, new_header
 from durafs.index.catalog import Catalog
 from durafs.index.rows import MediumRow, NewChunk, PoolRow, VolumeRow
-from durafs.media.base import Medium, StoredVolume, VolumeSink
+from durafs.media.base import Medium, MediumStatus, StoredVolume, VolumeSink
 from durafs.media.directory import DirectoryMedium
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,22 @@ def describe_offline(row: MediumRow) -> str:
     if row.location:
         where += f", kept at {row.location}"
     return f"medium {row.label} of pool {row.pool} ({where})"
+
+
+def describe_unavailable(row: MediumRow, status: MediumStatus) -> str:
+    """Why a medium that is not online cannot be used, for errors and reports: it is
+    offline, or something else is at its place (a damaged marker, another medium)."""
+    if status.absent:
+        return f"{describe_offline(row)} is offline"
+    return f"{describe_offline(row)} cannot be used: {status.reason}"
+
+
+def waiting_for(row: MediumRow, status: MediumStatus) -> str:
+    """What a run waiting for a medium tells the user: bring it online, or what is wrong
+    with what is at its place (the run still waits: the right disk may come there)."""
+    if status.absent:
+        return f"waiting for {describe_offline(row)}: bring it online"
+    return f"waiting for {describe_offline(row)}: {status.reason}"
 
 
 class PoolWriter:
@@ -281,17 +297,19 @@ class PoolWriter:
         """An online medium of the pool with room for a volume (and *need* bytes), not one
         of *skip* (media ids), waiting for an offline one if none is."""
         deadline = None if self.media_timeout is None else time.monotonic() + self.media_timeout
-        told: set[int] = set()
+        told: dict[int, str] = {}  # what the user was last told about each medium
         while True:
-            offline, short = [], []  # short: why each other medium cannot take it
+            offline: list[tuple[MediumRow, MediumStatus]] = []
+            short: list[str] = []  # why each other medium cannot take it
             for row in self.catalog.media(self.pool.id):
                 if row.id in skip or not self._takes_volumes(row):
                     if row.state != "retired":
                         short.append(f"{row.label} full")
                     continue
                 medium = open_medium(row)
-                if not medium.is_online():
-                    offline.append(row)
+                status = medium.status()
+                if not status.online:
+                    offline.append((row, status))
                     continue
                 free = medium.free_bytes()
                 if free is None or free >= max(MIN_VOLUME, need) + SLACK:
@@ -307,12 +325,13 @@ class PoolWriter:
                     f"({'; '.join(short) or 'it has none'}): add one with "
                     f"`durafs media add {self.pool.name} --path PATH`"
                 )
-            for row in offline:
-                if row.id not in told:
-                    told.add(row.id)
-                    self.on_wait(f"waiting for {describe_offline(row)}: bring it online")
+            for row, status in offline:
+                message = waiting_for(row, status)
+                if told.get(row.id) != message:  # told again when what is there changes
+                    told[row.id] = message
+                    self.on_wait(message)
             if deadline is not None and time.monotonic() >= deadline:
-                names = ", ".join(describe_offline(r) for r in offline)
+                names = "; ".join(describe_unavailable(r, s) for r, s in offline)
                 raise MediumOfflineError(
                     f"no writable medium online in pool {self.pool.name}: {names}")
             time.sleep(POLL_SECONDS)

@@ -33,6 +33,7 @@ from durafs.format.keys import CatalogKeys, read_keys_file
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
 from durafs.index.rows import LOST_VOLUME_PREFIX, Entry, NewChunk, pack_pieces, pack_xattrs
+from durafs.media.base import MediumMarker
 from durafs.media.directory import DirectoryMedium
 
 DEFAULT_VOLUME_SIZE = 1 << 30
@@ -56,6 +57,41 @@ class RecoverResult:
     chunks: int = 0
     checkpoints: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+
+
+def _media_at(paths: list[str]) -> list[tuple[DirectoryMedium, MediumMarker]]:
+    """The media at *paths* with their markers, each medium once, in the order given.
+
+    All are read before anything is written: a path holding no medium, media of two
+    catalogs, or one medium at two places is refused while the catalog directory is still
+    empty, not as a recover cut short. One directory named twice (a trailing slash, a
+    symlink to it) is read once.
+    """
+    found: dict[str, tuple[DirectoryMedium, MediumMarker]] = {}
+    for path in paths:
+        medium = DirectoryMedium(path)
+        marker = medium.marker()
+        if marker is None:
+            raise UsageError(f"{medium.describe()}: no durafs medium marker found")
+        seen = found.get(marker.medium_id)
+        if seen is None:
+            found[marker.medium_id] = (medium, marker)
+        elif not _same_directory(seen[0].path, medium.path):
+            # copies of one disk: their volumes may differ, and the index holds one place
+            raise UsageError(
+                f"{seen[0].path} and {medium.path} hold the same medium {marker.label} "
+                f"({marker.medium_id}): give only one of them")
+    media = list(found.values())
+    for _, marker in media[1:]:
+        marker.check_catalog(media[0][1].catalog_id)
+    return media
+
+
+def _same_directory(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them went away since its marker was read
+        return a == b
 
 
 def _scrypt_params(keys_file: bytes) -> tuple[str, int]:
@@ -87,12 +123,8 @@ class Recover:
         self._left_out = 0
 
     def run(self, paths: list[str]) -> RecoverResult:
-        media = [DirectoryMedium(p) for p in paths]
         catalog: Catalog | None = None
-        for medium in media:
-            marker = medium.marker()
-            if marker is None:
-                raise UsageError(f"{medium.describe()}: no durafs medium marker found")
+        for medium, marker in _media_at(paths):
             if catalog is None:
                 catalog = self._adopt(medium)
             marker.check_catalog(catalog.catalog_id)
@@ -122,7 +154,7 @@ class Recover:
         catalog.set_meta("encryption", keys.encryption)
         return catalog
 
-    def _medium(self, catalog: Catalog, medium: DirectoryMedium, marker: Any) -> None:
+    def _medium(self, catalog: Catalog, medium: DirectoryMedium, marker: MediumMarker) -> None:
         pool = catalog.pool(marker.pool) or catalog.add_pool(
             marker.pool, "dir", volume_size=DEFAULT_VOLUME_SIZE)
         row = catalog.add_medium(pool.id, uuid=marker.medium_id, label=marker.label,

@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,8 @@ class _Plan:
     leader_pieces: dict[bytes, list[tuple[int, int, int]]] = field(default_factory=dict)
     #: Links given their group's content because its first name was not restored.
     heirs: set[bytes] = field(default_factory=set)
+    #: The group's file each link was made to (pass 3), counted as restored with it.
+    linked: list[RestoredFile] = field(default_factory=list)
     #: Directories in walk order (parents first), with "may hold ACLs it did not get".
     dirs: list[tuple[bytes, TreeEntry, bool]] = field(default_factory=list)
     #: Per directory: do objects created in it inherit ACLs (has it a default ACL)?
@@ -142,6 +145,10 @@ class Restore:
         #: How every object under TARGET is made, and every path reached (`Placer`).
         self._place: Placer
         self._at: AtPath
+        #: What went wrong, by path: one problem per path, whatever else befell it later
+        #: (a damaged copy, then dropped in favour of the old file, is one problem).
+        self._problems: dict[bytes, str] = {}
+        self._problems_lock = threading.Lock()  # workers report too
 
     def run(self, checkpoint: CheckpointRow, path: bytes, target: bytes) -> RestoreResult:
         """Restore *path* of *checkpoint*: a directory's contents become *target*'s, anything
@@ -181,11 +188,16 @@ class Restore:
                         raise
             finally:  # whatever ended the run, no directory keeps the permission it lent
                 self._place.put_modes_back()
-        done = [f for f in plan.files
-                if f.state == "created" and not f.damaged and not f.reported]
-        self.result.files = len(done)
-        self.result.bytes = sum(f.entry.size for f in done)
-        self.result.problems.sort()  # workers report in no fixed order
+        done = {f for f in plan.files if f.state == "created" and not f.damaged
+                and not f.reported}
+        # every name counts, as in the backup's totals: a hard link made to a file
+        # restored whole is one more file restored (one to a damaged one is a problem)
+        names = [*done, *(f for f in plan.linked if f in done)]
+        self.result.files = len(names)
+        self.result.bytes = sum(f.entry.size for f in names)
+        # sorted: workers report in no fixed order
+        self.result.problems = sorted(f"{os.fsdecode(path)}: {reason}"
+                                      for path, reason in self._problems.items())
         return self.result
 
     # -- pass 1: the walk ---------------------------------------------------------------
@@ -472,6 +484,7 @@ class Restore:
                 continue
             if leader.damaged:  # every name of damaged content is named
                 self._problem(dest, f"a hard link to {os.fsdecode(leader.dest)}, which is damaged")
+            plan.linked.append(leader)
         for dest, entry, inherits in reversed(plan.dirs):
             try:
                 self._place.dir_metadata(dest, entry, inherits)
@@ -555,5 +568,9 @@ class Restore:
             self._problem(file.dest, exc)
 
     def _problem(self, path: bytes, exc: BaseException | str, more: str = "") -> None:
+        """Report *path*; what befalls a path already reported is added to its problem."""
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        self.result.problems.append(f"{os.fsdecode(path)}: {reason}{more}")  # atomic: threads
+        reason += more
+        with self._problems_lock:
+            known = self._problems.get(path)
+            self._problems[path] = reason if known is None else f"{known}; {reason}"

@@ -26,7 +26,8 @@ from __future__ import annotations
 import datetime
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -297,6 +298,15 @@ class AgeWriter:
 # --------------------------------------------------------------------------- reading
 
 
+class PayloadEndsError(TruncatedError):
+    """A read lies wholly past the payload's last chunk, which is itself damaged or cut
+    short (*cause*): the file was cut before the chunk asked for."""
+
+    def __init__(self, name: str, first: int, cause: str) -> None:
+        self.cause = cause
+        super().__init__(f"{_p(name)}age payload ends before chunk {first}: {cause}")
+
+
 class AgeReader:
     """Random access to an age file through ``read_at(offset, length) -> bytes``.
 
@@ -416,7 +426,8 @@ class AgeReader:
         final = self._n_chunks - 1
         if first > final:
             if not self._end_verified:
-                self._read_known(final, final)
+                with self._asked_past_end(first):
+                    self._read_known(final, final)
             return []
         last = min(last, final)
         want = (last - first + 1) * CT_CHUNK_SIZE
@@ -433,6 +444,20 @@ class AgeReader:
             self._end_verified = True
         return parts
 
+    @contextmanager
+    def _asked_past_end(self, first: int) -> Iterator[None]:
+        """Around checking the chunk before *first*, the one asked for, which lies past the
+        payload's end: what is wrong there is told as the payload ending before *first*.
+        Without this every read past a cut would blame the same last chunk alone, as if
+        the data asked for were in it."""
+        try:
+            yield
+        except PayloadEndsError as exc:  # found by checking further back
+            raise PayloadEndsError(self.name, first, exc.cause) from exc
+        except (IntegrityError, TruncatedError) as exc:
+            cause = str(exc).removeprefix(_p(self.name))
+            raise PayloadEndsError(self.name, first, cause) from exc
+
     def _read_unknown(self, first: int, last: int) -> list[bytearray]:
         """Decrypt chunks first..last while discovering where the payload ends."""
         pos = self._start + first * CT_CHUNK_SIZE
@@ -442,7 +467,8 @@ class AgeReader:
             piece = data[k * CT_CHUNK_SIZE : (k + 1) * CT_CHUNK_SIZE]
             if not piece:
                 if k == 0 and index > 0:
-                    self._read_unknown(index - 1, index - 1)  # is chunk index-1 the final one?
+                    with self._asked_past_end(index):  # is chunk index-1 the final one?
+                        self._read_unknown(index - 1, index - 1)
                 if self._n_chunks is None:
                     raise TruncatedError(
                         f"{_p(self.name)}age payload ends after chunk {index - 1} "

@@ -76,12 +76,19 @@ class VolumeReader:
 
     def read(self, offset: int, length: int) -> bytes:
         """Exactly *length* plaintext bytes at *offset*, or TruncatedError."""
+        end = offset + length
+        if self.plain_size is not None and end > self.plain_size:
+            # Not read at all: the volume is known to end first. (Reading would report
+            # the end as where this read stopped, not where the volume does, and an
+            # encrypted one would blame its last age chunk for data lying beyond it.)
+            raise TruncatedError(
+                f"{self.name}: volume ends at {self.plain_size}, expected data up to {end}"
+            )
         data = self._read(offset, length)
         if len(data) != length:
-            raise TruncatedError(
-                f"{self.name}: volume ends at {offset + len(data)}, "
-                f"expected data up to {offset + length}"
-            )
+            # a read wholly past the end returns nothing: the end is before it, not at it
+            where = f"at {offset + len(data)}" if data else f"before {offset}"
+            raise TruncatedError(f"{self.name}: volume ends {where}, expected data up to {end}")
         return data
 
     def read_chunk(self, offset: int, length: int, size: int, chunk_id: bytes) -> bytes:

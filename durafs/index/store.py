@@ -176,8 +176,18 @@ class StoreCatalog:
                 ),
             )
         except IndexConstraintError as exc:
-            raise UsageError(f"medium {label!r} ({uuid}) is already known or invalid") from exc
+            raise UsageError(self._medium_clash(uuid, label)) from exc
         return self._one_medium("m.id = ?", self.db.conn.last_insert_rowid())
+
+    def _medium_clash(self, uuid: str, label: str) -> str:
+        """Why a medium could not be recorded: which one already holds its id or label."""
+        for known, what in ((self.medium_by_uuid(uuid), "id"),
+                            (self.medium_by_label(label), "label")):
+            if known is not None:
+                seen = f", last seen at {known.path}" if known.path else ""
+                return (f"medium {label!r} ({uuid}): its {what} is already that of medium "
+                        f"{known.label} ({known.uuid}) of pool {known.pool}{seen}")
+        return f"medium {label!r} ({uuid}): not a valid medium record"
 
     def medium(self, medium_id: int) -> MediumRow | None:
         return self._medium_where("m.id = ?", medium_id)

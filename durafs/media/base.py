@@ -87,6 +87,22 @@ class MediumMarker:
 
 
 @dataclass(frozen=True, slots=True)
+class MediumStatus:
+    """Whether a medium is online and, when it is not, why.
+
+    ``absent``: nothing is at the medium's place (its path or marker is missing), the
+    ordinary offline medium on a shelf. Otherwise something is there that is not this
+    medium, or cannot be told to be: a damaged or unreadable marker, another medium's.
+    Then ``reason`` names the place and what is wrong, for the user to act on: waiting
+    alone will not bring the medium online.
+    """
+
+    online: bool
+    reason: str | None = None
+    absent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StoredVolume:
     """A volume safely on a medium.
 
@@ -224,6 +240,14 @@ class Medium(ABC):
     def is_online(self, expected: MediumMarker | None = None) -> bool:
         """True if reachable with a readable marker and (if given) *expected*'s
         ``medium_id``: the right medium is loaded. Never raises for a damaged marker."""
+
+    def status(self, expected: MediumMarker | None = None) -> MediumStatus:
+        """``is_online``, and why not: what is at the medium's place instead (see
+        MediumStatus). Never raises for a damaged marker. Drivers that can tell more than
+        present or absent override it."""
+        if self.is_online(expected):
+            return MediumStatus(True)
+        return MediumStatus(False, f"{self!r} is offline", absent=True)
 
     @abstractmethod
     def initialize(self, marker: MediumMarker, keys_file_name: str, keys_file: bytes) -> None:

@@ -37,6 +37,7 @@ from durafs.errors import (
     MediumFullError,
     MediumOfflineError,
     MediumRefusedError,
+    UnsupportedVersionError,
     UsageError,
     VolumeMissingError,
 )
@@ -46,6 +47,7 @@ from durafs.media.base import (
     KEYS_FILE_NAMES,
     Medium,
     MediumMarker,
+    MediumStatus,
     StoredVolume,
     VolumeSink,
 )
@@ -148,18 +150,32 @@ class DirectoryMedium(Medium):
         return MediumMarker.from_json(data, where)
 
     def is_online(self, expected: MediumMarker | None = None) -> bool:
+        return self.status(expected).online
+
+    def status(self, expected: MediumMarker | None = None) -> MediumStatus:
+        where = os.path.join(self.path, MARKER_NAME)
         try:
-            found = self.marker()
-        except DurafsError:  # damaged or unreadable marker: not the medium asked for
-            return False
-        if found is None:
-            return False
+            found = MediumMarker.from_json(read_small(where), where)
+        except OSError as exc:
+            if exc.errno in GONE_ERRNOS:
+                there = os.path.isdir(self.path)
+                missing = f"has no {MARKER_NAME}" if there else "does not exist"
+                return MediumStatus(False, f"{self.path} {missing}", absent=True)
+            return MediumStatus(False, f"{where} cannot be read ({exc.strerror or exc})")
+        except UnsupportedVersionError as exc:  # says what it is, naming the file
+            return MediumStatus(False, str(exc))
+        except DurafsError as exc:
+            detail = str(exc).removeprefix(f"{where}: ")
+            return MediumStatus(False, f"{where} is damaged ({detail})")
         want = expected.medium_id if expected is not None else self._medium_id
         if want is not None and found.medium_id != want:
-            return False
+            name = expected.label if expected is not None else self._label or want
+            return MediumStatus(
+                False, f"{self.path} holds medium {found.label} ({found.medium_id}), not {name}"
+            )
         if expected is not None:
             self._adopt(found)
-        return True
+        return MediumStatus(True)
 
     def _adopt(self, marker: MediumMarker) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -20,7 +21,14 @@ import apsw
 import pytest
 
 from durafs.engine.home import Home
-from tests.engine.cli import checkpoint_names, durafs, one_file_backed_up, setup_catalog
+from durafs.format.age import CT_CHUNK_SIZE, parse_header
+from tests.engine.cli import (
+    checkpoint_names,
+    durafs,
+    durafs_process,
+    one_file_backed_up,
+    setup_catalog,
+)
 from tests.support.lockedxattr import locked_xattrs
 from tests.support.oddtree import (
     compare_trees,
@@ -254,6 +262,40 @@ def test_damaged_volume_names_exactly_the_hurt_chunks_and_paths(tmp_path: Path) 
             assert (out / f"file{i}").read_bytes() == (source / f"file{i}").read_bytes()
 
 
+@pytest.mark.parametrize("encryption", ["none", "key"])
+def test_every_chunk_past_a_cut_is_told_where_the_volume_really_ends(
+    tmp_path: Path, encryption: str
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(4):  # incompressible: frames of ~100 kB, one after the other
+        (source / f"f{i}").write_bytes(os.urandom(100_000))
+    pool = setup_catalog(tmp_path, encryption=encryption)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    volume = next((pool / "volumes").glob("*-data-*"))
+    cut = 150_000
+    os.truncate(volume, cut)
+    end = cut  # in plaintext offsets, as the chunks' are
+    if encryption != "none":
+        data = volume.read_bytes()
+        payload = cut - (parse_header(data)[1] + 16)  # less age's header and nonce
+        end = payload - -(-payload // CT_CHUNK_SIZE) * 16  # less a tag per STREAM chunk
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 1, run.out
+    damage = run.json()["damage"]
+    # f0 lies before the cut; f1 across it; f2 and f3 wholly past it
+    assert sorted(p for d in damage for p in d["paths"]) == [
+        f"default/{checkpoint_names()[0]}{source}/f{i}" for i in (1, 2, 3)]
+    wanted = re.compile(rf"{re.escape(volume.name)}: volume ends at {end}, "
+                        r"expected data up to (\d+)")
+    ends = []
+    for d in damage:
+        found = wanted.fullmatch(d["reason"])
+        assert found, d["reason"]
+        ends.append(int(found[1]))
+    assert len(set(ends)) == 3 and min(ends) > end
+
+
 def _flip(path: Path, offset: int) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -341,6 +383,39 @@ def test_recover_rebuilds_the_index_from_the_medium(
     # and backups continue where they left off: nothing new to store
     stats = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
     assert stats.get("bytes_new", 0) == 0
+
+
+def test_recover_reads_a_medium_named_twice_once_and_refuses_two_copies_up_front(
+    tmp_path: Path,
+) -> None:
+    source, pool = one_file_backed_up(tmp_path)
+    names = checkpoint_names()
+    identity = tmp_path / "identity.txt"
+    assert durafs("key", "export-identity", identity).code == 0
+    shutil.rmtree(Home().path)
+    # a copy of the disk, say: the same medium at another place
+    copy = tmp_path / "copy"
+    shutil.copytree(pool, copy)
+    run = durafs("recover", "--path", pool, "--path", copy, "--identity", identity)
+    assert run.code == 2
+    medium_id = json.loads((pool / "DURAFS-MEDIUM.json").read_text())["medium_id"]
+    assert run.err == (f"durafs: {pool} and {copy} hold the same medium P-001 ({medium_id}): "
+                       "give only one of them\n")
+    assert not Home().path.exists()  # refused before anything was written
+    run = durafs("recover", "--path", pool, "--path", tmp_path / "nothing", "--identity", identity)
+    assert run.code == 2 and "nothing: no durafs medium marker found" in run.err, run.err
+    assert not Home().path.exists()
+    # one directory, however it is spelled, is one medium: read once
+    link = tmp_path / "link"
+    link.symlink_to(pool)
+    run = durafs("recover", "--path", pool, "--path", f"{pool}/", "--path", link,
+                 "--identity", identity, "--json")
+    assert run.code == 0, run.err
+    assert (run.json()["media"], run.json()["problems"]) == (1, [])
+    assert checkpoint_names() == names
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert (out / "f").read_text() == "x"
 
 
 def test_recover_keeps_files_whose_data_volume_is_lost_as_lost(tmp_path: Path) -> None:
@@ -731,9 +806,60 @@ def test_verify_of_an_offline_medium_is_not_a_success(tmp_path: Path) -> None:
         # nothing found damaged, but nothing checked either: a script must not read "ok" alone
         assert (report["ok"], report["complete"], len(report["offline"])) == (
             True, False, len(volumes))
+        # simply not there: offline, as for any disk on its shelf
+        assert all(line.endswith("is offline") for line in not_checked)
+    listed = durafs("media", "list", "--json").json()[0]
+    assert (listed["online"], listed["reason"]) == (False, f"{pool} does not exist")
     (tmp_path / "unplugged").rename(pool)
     assert durafs("verify", "--read-data").code == 0
     assert durafs("verify", "--json").json()["complete"] is True
+    assert durafs("media", "list", "--json").json()[0]["reason"] is None
+
+
+def test_a_damaged_or_foreign_marker_at_a_media_path_is_named_not_called_offline(
+    tmp_path: Path,
+) -> None:
+    source, pool = one_file_backed_up(tmp_path)
+    marker = pool / "DURAFS-MEDIUM.json"
+    good = marker.read_bytes()
+    other_id = "0" * 32  # another medium of the same catalog: a swapped disk
+    foreign = json.dumps({**json.loads(good), "medium_id": other_id, "label": "Q-001"})
+    cases = {
+        "{bad json": f"{marker} is damaged (not valid JSON",
+        foreign: f"{pool} holds medium Q-001 ({other_id}), not P-001",
+    }
+    for content, reason in cases.items():
+        marker.write_text(content)
+        run = durafs("verify")
+        assert run.code == 1, run.out
+        not_checked = [line for line in run.out.splitlines() if line.startswith("not checked")]
+        assert len(not_checked) == 2, run.out  # the data and the catalog volume
+        assert all(f"medium P-001 of pool p (last seen at {pool}) cannot be used: {reason}"
+                   in line for line in not_checked), run.out
+        assert "offline" not in run.out
+        listed = durafs("media", "list", "--json").json()[0]
+        assert listed["online"] is False and listed["reason"].startswith(reason)
+        assert reason in durafs("media", "list").out
+        run = durafs("backup", source, "--pool", "p", "--media-timeout", "0")
+        assert run.code == 3, run.err
+        assert f"waiting for medium P-001 of pool p (last seen at {pool}): {reason}" in run.err
+        assert "bring it online" not in run.err and f"cannot be used: {reason}" in run.err
+        tried = tmp_path / "tried"
+        run = durafs("restore", f"default/latest{source}", tried, "--media-timeout", "0")
+        assert run.code == 1, run.err
+        expected = f"{tried / 'f'}: medium P-001 of pool p (last seen at {pool}) cannot be used: "
+        assert expected + reason in run.err
+    # a restore still waits (the right disk may come there), and goes on once it does
+    out = tmp_path / "out"
+    with durafs_process("restore", "--media-timeout", "60", f"default/latest{source}", out,
+                        stderr=subprocess.PIPE, env=os.environ) as proc:
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()
+        assert reason in line, line
+        marker.write_bytes(good)
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 0, err
+    assert (out / "f").read_text() == "x"
 
 
 def test_a_command_meeting_a_damaged_index_names_it_and_says_how_to_rebuild(

@@ -56,6 +56,8 @@ def test_a_key_that_does_not_open_the_media_names_them_as_given(
 ) -> None:
     pool, _ = _lost_catalog(tmp_path, monkeypatch)
     monkeypatch.setenv("DURAFS_PASSPHRASE", "not the key")
+    # every path must hold a medium (all are checked before any is opened): the same one
+    (tmp_path / "second").symlink_to(pool)
     run = durafs("recover", "--path", pool, "--path", tmp_path / "second")
     assert run.code == 2, run
     # the paths as the user wrote them, not a Python list

@@ -334,8 +334,11 @@ def test_overwrite_writes_beside_and_renames_so_a_failed_copy_loses_nothing(
     assert (out / "good").read_bytes() == b"new content\n"
     assert elsewhere.read_text() == "old good\n"
     assert (out / "bad").read_text() == "precious old copy\n"
-    assert any(p.startswith(f"{out / 'bad'}: left as it was") for p in run.json()["problems"])
-    assert run.json()["files"] == 1
+    # one problem for the one path: what was wrong with the copy, and what became of it
+    (problem,) = run.json()["problems"]
+    assert problem.startswith(f"{out / 'bad'}: ") and " chunk " in problem
+    assert problem.endswith("; left as it was (the backup's copy is damaged)")
+    assert (run.json()["files"], run.json()["bytes"]) == (1, len(b"new content\n"))
     assert sorted(os.listdir(out)) == ["bad", "good"]  # no temporary name left behind
 
 
@@ -383,9 +386,11 @@ def test_a_hard_link_takes_over_when_its_first_name_is_not_restored(tmp_path: Pa
     out = tmp_path / "out"
     out.mkdir()
     (out / "a").write_text("something else\n")
-    run = durafs("restore", f"default/latest{source}", out)
+    run = durafs("restore", f"default/latest{source}", out, "--json")
     assert run.code == 1
     assert run.err.count("exists (use --overwrite)") == 1
+    # b took the content over and c is a link to it: two names restored
+    assert (run.json()["files"], run.json()["bytes"]) == (2, 2 * len("shared content\n"))
     assert (out / "a").read_text() == "something else\n"
     assert (out / "b").read_text() == "shared content\n"
     assert os.stat(out / "b").st_ino == os.stat(out / "c").st_ino
@@ -413,6 +418,7 @@ def test_a_hard_link_group_goes_on_to_the_next_link_until_one_takes_over(
     assert (out / "b").read_text() == "something else b\n"
     assert sorted(run.json()["problems"]) == [
         f"{out / name}: exists (use --overwrite)" for name in ("a", "b")]
+    assert run.json()["files"] == 2  # c and its link d
 
 
 @pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "new-files"])
@@ -440,8 +446,30 @@ def test_hard_links_to_a_damaged_file_are_named_and_replace_nothing(
     else:  # the damaged copy, with holes, under both names
         assert os.stat(out / "a").st_ino == os.stat(out / "b").st_ino
     assert sorted(os.listdir(out)) == ["a", "b"]
-    assert {p.split(": ")[0] for p in run.json()["problems"]} == {
-        os.fspath(out / "a"), os.fspath(out / "b")}
+    # one problem per name, and neither name counted as restored
+    assert sorted(p.split(": ")[0] for p in run.json()["problems"]) == [
+        os.fspath(out / "a"), os.fspath(out / "b")]
+    assert (run.json()["files"], run.json()["bytes"]) == (0, 0)
+
+
+def test_a_restore_counts_every_name_as_the_backup_did(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("hi\n")
+    os.link(source / "a", source / "b")
+    (source / "sub").mkdir()
+    os.link(source / "a", source / "sub" / "c")
+    (source / "alone").write_text("on its own\n")
+    setup_catalog(tmp_path, encryption="none")
+    backup = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
+    assert backup["files"] == 4
+    listed = durafs("checkpoints", "--json").json()[0]
+    run = durafs("restore", f"default/latest{source}", tmp_path / "out", "--json")
+    assert run.code == 0, run.err
+    assert (run.json()["files"], run.json()["bytes"]) == (listed["files"], listed["bytes"])
+    assert (run.json()["files"], run.json()["bytes"]) == (4, 3 * len("hi\n") + len("on its own\n"))
+    run = durafs("restore", f"default/latest{source}", tmp_path / "again")
+    assert run.out == "restored 4 files, 20 B\n"
 
 
 def test_bad_paths_and_targets_are_told_in_words(tmp_path: Path) -> None:
@@ -505,7 +533,7 @@ def test_a_file_the_full_target_cannot_hold_is_named_and_not_left_half_written(
         full = f"{out / 'big'}: No space left on device"
         if overwrite:  # the old file stays, and the backup is not blamed
             assert run.json()["problems"] == [
-                full, f"{out / 'big'}: left as it was (the backup's copy could not be written)"]
+                f"{full}; left as it was (the backup's copy could not be written)"]
             assert os.listdir(out) == ["big"]
             assert (out / "big").read_text() == "the old content\n"
         else:

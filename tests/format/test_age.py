@@ -535,6 +535,22 @@ def test_chunk_boundary_truncation_is_reported_as_truncation() -> None:
         reader(cut, known=False).read(CHUNK_SIZE, 10 * CHUNK_SIZE)
 
 
+def test_a_read_past_a_cut_names_the_chunk_asked_for() -> None:
+    """Each read lying past the cut says the payload ends before its own chunk: the last
+    chunk's damage alone would blame that chunk for data that is not in it."""
+    encrypted = RA_FILES[5 * CHUNK_SIZE + 1234][1]
+    cut = encrypted[: parse_header(encrypted)[1] + 16 + 2 * CT_CHUNK_SIZE + 100]
+    for known in (True, False):
+        r = reader(cut, known=known, name="vol-3")
+        with pytest.raises(IntegrityError, match=r"^vol-3: age payload chunk 2 failed"):
+            r.read(2 * CHUNK_SIZE, 10)  # in the chunk the cut left short
+        for index in (3, 4):
+            with pytest.raises(TruncatedError) as info:
+                reader(cut, known=known, name="vol-3").read(index * CHUNK_SIZE + 5, 10)
+            assert str(info.value) == (f"vol-3: age payload ends before chunk {index}: "
+                                       "age payload chunk 2 failed authentication")
+
+
 def crafted(chunks: list[tuple[bytes, bool]]) -> bytes:
     """An age file whose payload chunks are sealed as given (plaintext, last flag)."""
     header, file_key = encrypt_header([RECIPIENT])

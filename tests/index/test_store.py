@@ -60,8 +60,12 @@ def test_media(catalog: Catalog) -> None:
     assert disk.created_ns == 5 and disk.last_seen_ns is None
     assert catalog.medium_by_label("HDD-001") == disk == catalog.medium_by_uuid("u-1")
     assert catalog.medium(disk.id) == disk
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError) as info:
         catalog.add_medium(pool.id, uuid="u-2", label="HDD-001")
+    assert str(info.value) == ("medium 'HDD-001' (u-2): its label is already that of medium "
+                               "HDD-001 (u-1) of pool usb, last seen at /mnt/a")
+    with pytest.raises(UsageError, match=r"\(u-1\): its id is already that of medium HDD-001"):
+        catalog.add_medium(pool.id, uuid="u-1", label="HDD-009")
     other = catalog.add_medium(pool.id, uuid="u-2", label="HDD-000")
     assert [m.label for m in catalog.media(pool.id)] == ["HDD-000", "HDD-001"]
     assert catalog.media(pool.id + 100) == []

@@ -89,6 +89,10 @@ def test_foreign_medium_is_not_the_one_asked_for(tmp_path: Path) -> None:
     assert DirectoryMedium(tmp_path / "d").is_online() is True
     assert DirectoryMedium(tmp_path / "d").is_online(wanted) is False
     assert medium.is_online(medium.marker()) is True
+    status = DirectoryMedium(tmp_path / "d").status(wanted)
+    assert (status.online, status.absent) == (False, False)
+    assert status.reason == (f"{tmp_path / 'd'} holds medium HDD-001 "
+                             f"({medium.medium_id}), not HDD-002")
 
 
 def test_initialize_refuses_a_non_empty_unrelated_directory(tmp_path: Path) -> None:
@@ -147,6 +151,10 @@ def test_unknown_marker_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedVersionError, match="version 2"):
         fresh.marker()
     assert fresh.is_online() is False
+    status = fresh.status()
+    assert not status.absent
+    assert status.reason is not None and status.reason.startswith(
+        f"{tmp_path / 'd' / MARKER_NAME}: format version 2 is not supported")
     with pytest.raises(UnsupportedVersionError):
         fresh.list_volumes()
     with pytest.raises(UnsupportedVersionError):
@@ -161,6 +169,20 @@ def test_damaged_marker(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match=MARKER_NAME):
         DirectoryMedium(tmp_path / "d").marker()
     assert DirectoryMedium(tmp_path / "d").is_online() is False
+    # what is wrong is said, naming the file: not the same as a medium simply not there
+    status = DirectoryMedium(tmp_path / "d").status()
+    assert (status.online, status.absent) == (False, False)
+    assert status.reason is not None
+    assert status.reason.startswith(f"{tmp_path / 'd' / MARKER_NAME} is damaged (not valid JSON")
+
+
+def test_an_unreadable_marker_is_named_with_its_reason(tmp_path: Path) -> None:
+    new_medium(tmp_path / "d")
+    os.remove(tmp_path / "d" / MARKER_NAME)
+    (tmp_path / "d" / MARKER_NAME).mkdir()  # EISDIR on read: unreadable, not missing
+    status = DirectoryMedium(tmp_path / "d").status()
+    assert (status.online, status.absent) == (False, False)
+    assert status.reason == f"{tmp_path / 'd' / MARKER_NAME} cannot be read (Is a directory)"
 
 
 def test_missing_keys_file_is_a_format_error(tmp_path: Path) -> None:
@@ -376,6 +398,9 @@ def test_offline_when_the_directory_goes_away_and_back(tmp_path: Path) -> None:
 
     assert medium.marker() is None
     assert medium.is_online() is False and medium.is_online(marker) is False
+    status = medium.status(marker)
+    assert (status.online, status.absent) == (False, True)
+    assert status.reason == f"{tmp_path / 'd'} does not exist"
     with pytest.raises(MediumOfflineError, match="HDD-007") as info:
         medium.open_volume(stored.name)
     assert str(tmp_path / "d") in str(info.value)
@@ -399,6 +424,8 @@ def test_an_empty_mount_point_is_offline(tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()
     medium = DirectoryMedium(tmp_path / "mnt", label="HDD-003")
     assert medium.marker() is None and not medium.is_online()
+    status = medium.status()
+    assert status.absent and status.reason == f"{tmp_path / 'mnt'} has no {MARKER_NAME}"
     with pytest.raises(MediumOfflineError, match=r"HDD-003.*no DURAFS-MEDIUM\.json"):
         medium.open_volume("000001-data-abc.tar")
 
