@@ -8,7 +8,7 @@ import stat
 import sys
 import time
 import uuid
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from durafs.cli.output import (
     Progress,
@@ -27,8 +27,12 @@ from durafs.errors import CryptoError, FormatError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
+from durafs.index.db import IndexDamagedError
 from durafs.media.base import MediumMarker
 from durafs.media.directory import DirectoryMedium
+
+if TYPE_CHECKING:
+    from durafs.engine.verify import VerifyResult
 
 Args = argparse.Namespace
 
@@ -153,6 +157,33 @@ def media_add(home: Home, args: Args) -> int:
     with home.catalog() as catalog:
         label = _add_medium(catalog, keys, args.pool, args)
     print(shown(f"pool {args.pool}: medium {label} at {os.path.abspath(args.path)}"))
+    return 0
+
+
+def pool_set(home: Home, args: Args) -> int:
+    with home.catalog() as catalog:
+        pool = catalog.pool(args.name)
+        if pool is None:
+            raise UsageError(f"no pool named {args.name!r} (see `durafs pool list`)")
+        catalog.set_volume_size(pool.id, args.volume_size)
+    print(shown(f"pool {args.name}: volumes of {human_size(args.volume_size)} from now on"))
+    return 0
+
+
+def media_set(home: Home, args: Args) -> int:
+    if args.capacity is None and args.location is None:
+        raise UsageError("nothing to change: give --capacity and/or --location")
+    with home.catalog() as catalog:
+        medium = catalog.medium_by_label(args.label)
+        if medium is None:
+            raise UsageError(f"no medium labelled {args.label!r} (see `durafs media list`)")
+        fields: dict[str, Any] = {}
+        if args.capacity is not None:  # 0 stands for 'none' (see _capacity)
+            fields["capacity"] = args.capacity or None
+        if args.location is not None:
+            fields["location"] = args.location
+        catalog.update_medium(medium.id, **fields)
+    print(shown(f"medium {args.label}: updated"))
     return 0
 
 
@@ -373,20 +404,34 @@ def restore(home: Home, args: Args) -> int:
 
 
 def verify(home: Home, args: Args) -> int:
-    from durafs.engine.verify import Verify
+    result = _verified(home, args)
+    _print_verify(result, json_out=args.json)
+    # volumes on offline media were not checked: done, but not all of it (exit 1)
+    return 0 if result.ok and not result.offline else 1
+
+
+def _verified(home: Home, args: Args) -> VerifyResult:
+    from durafs.engine.verify import Verify, VerifyResult
 
     keys = home.keys(read=True)
     fraction = 1.0 if args.read_data else (args.read_data_subset or 0) / 100
-    # not read-only: a volume found missing is noted, so backups store its chunks again
-    with home.catalog() as catalog:
-        access = VolumeAccess(catalog, keys, wait=0)
-        progress = Progress(what="volumes")
-        try:
-            result = Verify(catalog, access, fraction=fraction, progress=progress).run(args.pool)
-        finally:
-            access.close()
-            progress.done()
-    if args.json:
+    try:
+        # not read-only: a volume found missing is noted, so backups store it again
+        with home.catalog() as catalog:
+            access = VolumeAccess(catalog, keys, wait=0)
+            progress = Progress(what="volumes")
+            try:
+                return Verify(catalog, access, fraction=fraction,
+                              progress=progress).run(args.pool)
+            finally:
+                access.close()
+                progress.done()
+    except IndexDamagedError as exc:  # damage SQLite met before verify's own check did
+        return VerifyResult(structure=[str(exc)])
+
+
+def _print_verify(result: VerifyResult, *, json_out: bool) -> None:
+    if json_out:
         # ok: no damage found; complete: every volume was reached (offline lists the rest)
         print_json({"ok": result.ok, "complete": not result.offline, "volumes": result.volumes,
                     "chunks_read": result.chunks_read,
@@ -409,8 +454,6 @@ def verify(home: Home, args: Args) -> int:
             print(f"DAMAGE: {d.volume} chunk {d.chunk[:16]}: {d.reason}")
             for p in d.paths:
                 print(f"  affects {shown(p)}")
-    # volumes on offline media were not checked: done, but not all of it (exit 1)
-    return 0 if result.ok and not result.offline else 1
 
 
 def recover(home: Home, args: Args) -> int:

@@ -80,6 +80,11 @@ def _text(text: str) -> str:
     return text
 
 
+def _capacity(text: str) -> int:
+    """A medium's capacity: a size, or 'none' (0) for no limit but the disk's own."""
+    return 0 if text.strip().lower() == "none" else positive_size(text)
+
+
 def _add(sub: argparse._SubParsersAction[_Parser], name: str, func: Callable[..., int],
          help_text: str) -> _Parser:
     parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -120,11 +125,18 @@ def build_parser() -> _Parser:
     p.add_argument("--location", default="", type=_text)
     p = _add(psub, "list", commands.pool_list, "list pools")
     p.add_argument("--json", action="store_true")
+    p = _add(psub, "set", commands.pool_set, "change a pool's settings")
+    p.add_argument("name", type=_text)
+    p.add_argument("--volume-size", type=positive_size, required=True)
 
     media = _add(sub, "media", commands.key_help, "media")
     msub = media.add_subparsers(dest="media_command", required=True, parser_class=_Parser)
     p = _add(msub, "list", commands.media_list, "list every medium")
     p.add_argument("--json", action="store_true")
+    p = _add(msub, "set", commands.media_set, "change what durafs knows of a medium")
+    p.add_argument("label", type=_text)
+    p.add_argument("--capacity", type=_capacity, help="usable bytes, or 'none' for no limit")
+    p.add_argument("--location", type=_text, help="where it is kept (free text)")
     p = _add(msub, "add", commands.media_add, "add a medium (a directory or disk) to a pool")
     p.add_argument("pool", type=_text)
     p.add_argument("--path", required=True, type=_text)

@@ -301,7 +301,8 @@ class PoolWriter:
         while True:
             offline: list[tuple[MediumRow, MediumStatus]] = []
             short: list[str] = []  # why each other medium cannot take it
-            for row in self.catalog.media(self.pool.id):
+            # in the order they were added: a pool fills its media in turn
+            for row in sorted(self.catalog.media(self.pool.id), key=lambda m: m.id):
                 if row.id in skip or not self._takes_volumes(row):
                     if row.state != "retired":
                         short.append(f"{row.label} full")
@@ -429,7 +430,7 @@ class MovingSink(VolumeSink):
         It does not wait for an offline one: the run would hang on this thread, where an
         interrupt never arrives."""
         offline = []
-        for row in self._media:
+        for row in sorted(self._media, key=lambda m: m.id):
             if row.state != "active" or row.id in tried:
                 continue
             medium = open_medium(row)

@@ -54,6 +54,10 @@ class IndexConstraintError(CatalogError):
     """A statement broke a UNIQUE, CHECK or FOREIGN KEY constraint of the schema."""
 
 
+class IndexDamagedError(CatalogError):
+    """SQLite found the index file damaged (a page it read is not what it wrote)."""
+
+
 class Index:
     """One APSW connection to the index, with S3QL-style helpers.
 
@@ -209,7 +213,7 @@ def _translated(sql: str, path: Path) -> Iterator[None]:
     except apsw.BusyError as exc:
         raise CatalogError("index is locked by another writer (is durafsd running?)") from exc
     except (apsw.CorruptError, apsw.NotADBError) as exc:
-        raise CatalogError(f"the index {path} is damaged ({exc}): {REBUILD}") from exc
+        raise IndexDamagedError(f"the index {path} is damaged ({exc}): {REBUILD}") from exc
     except apsw.Error as exc:
         raise CatalogError(f"index error: {exc} (in: {sql.split(chr(10))[0][:80]})") from exc
 

@@ -132,6 +132,10 @@ class StoreCatalog:
             raise UsageError(f"bad pool {name!r} (kind {kind!r}, size {volume_size})") from exc
         return self._pool_by_id(self.db.conn.last_insert_rowid())
 
+    def set_volume_size(self, pool_id: int, volume_size: int) -> None:
+        """The target size of the pool's next data volumes."""
+        self.db.execute("UPDATE pools SET volume_size = ? WHERE id = ?", (volume_size, pool_id))
+
     def pool(self, name: str) -> PoolRow | None:
         row = self.db.get_row(f"{_POOL} WHERE name = ?", (name,))
         return _pool_row(row) if row else None

@@ -478,6 +478,28 @@ def test_an_empty_source_or_target_is_refused_not_taken_for_the_cwd(
     assert len(durafs("checkpoints", "--json").json()) == 1
 
 
+def test_pool_and_media_settings_can_be_changed(tmp_path: Path) -> None:
+    """What the media do not record (a recover gives defaults) can be set again, and a
+    disk's place changes as it moves between shelves."""
+    setup_catalog(tmp_path)
+    assert durafs("pool", "set", "p", "--volume-size", "256M").code == 0
+    assert durafs("pool", "list", "--json").json()[0]["volume_size"] == 256 << 20
+    assert durafs("media", "set", "P-001", "--capacity", "10M", "--location", "shelf 2").code == 0
+    (medium,) = durafs("media", "list", "--json").json()
+    assert (medium["capacity"], medium["location"]) == (10 << 20, "shelf 2")
+    assert durafs("media", "set", "P-001", "--capacity", "none").code == 0
+    (medium,) = durafs("media", "list", "--json").json()
+    assert (medium["capacity"], medium["location"]) == (None, "shelf 2")
+    for args, message in [
+        (("media", "set", "NOPE", "--location", "x"), "no medium labelled 'NOPE'"),
+        (("media", "set", "P-001"), "nothing to change"),
+        (("pool", "set", "q", "--volume-size", "1G"), "no pool named 'q'"),
+        (("pool", "set", "p", "--volume-size", "0"), "less than a byte"),
+    ]:
+        run = durafs(*args)
+        assert run.code == 2 and message in run.err, (args, run.err)
+
+
 def test_an_unencrypted_catalog_has_no_identity_to_export(tmp_path: Path) -> None:
     setup_catalog(tmp_path, encryption="none")
     run = durafs("key", "export-identity", tmp_path / "id")

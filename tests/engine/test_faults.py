@@ -555,6 +555,17 @@ def test_a_lost_catalog_volume_is_written_again_with_the_deltas_after_it(
         assert (out / "f").read_text() == text
 
 
+def test_a_pool_fills_its_media_in_the_order_they_were_added(tmp_path: Path) -> None:
+    source, pool = one_file_backed_up(tmp_path)
+    # a medium added later whose label sorts first takes nothing while the first has room
+    assert durafs("media", "add", "p", "--path", tmp_path / "later", "--label", "A-0").code == 0
+    (source / "f").write_text("changed")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    assert not (tmp_path / "later" / "volumes").exists() or not any(
+        (tmp_path / "later" / "volumes").iterdir())
+    assert len(list((pool / "volumes").glob("*-data-*"))) == 2
+
+
 def test_backup_waits_for_an_offline_medium_and_names_it(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
@@ -788,6 +799,16 @@ def test_verify_finds_a_damaged_index_and_says_how_to_rebuild_it(tmp_path: Path)
     structure = run.json()["structure"]
     named = f"the index {Home().index_path} "
     assert structure[0].startswith(named + "is damaged: ") and "recover" in structure[-1]
+    # the schema's own page: SQLite refuses the file before verify's check can run, and
+    # verify still reports it as damage, on stdout
+    with open(Home().index_path, "r+b") as f:
+        f.seek(100)
+        f.write(b"\xff" * 300)
+    run = durafs("verify", "--json")
+    assert run.code == 1, run.err
+    report = run.json()
+    assert not report["ok"] and report["structure"][0].startswith(named + "is damaged (")
+    assert "durafs recover" in report["structure"][0]
 
 
 def test_verify_of_an_offline_medium_is_not_a_success(tmp_path: Path) -> None:
