@@ -98,7 +98,15 @@ def build_parser() -> _Parser:
                         "/var/lib/durafs as root, ~/.local/share/durafs otherwise)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_setup_commands(sub)
+    _add_media_commands(sub)
+    _add_data_commands(sub)
+    _add_mount_commands(sub)
+    return parser
 
+
+def _add_setup_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """init and key."""
     p = _add(sub, "init", commands.init, "create a new catalog")
     p.add_argument("--encryption", choices=("key", "password", "none"), default="key")
     p.add_argument("--work-factor", type=_work_factor, default=18,
@@ -113,6 +121,9 @@ def build_parser() -> _Parser:
                    help="encrypt the identity file with a passphrase "
                         "(DURAFS_IDENTITY_PASSPHRASE or a prompt)")
 
+
+def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """pool and media."""
     pool = _add(sub, "pool", commands.key_help, "pools of media")
     psub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
     p = _add(psub, "add", commands.pool_add, "add a pool (and its first medium)")
@@ -144,6 +155,9 @@ def build_parser() -> _Parser:
     p.add_argument("--capacity", type=positive_size)
     p.add_argument("--location", default="", type=_text)
 
+
+def _add_data_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """backup, the listings, restore, verify and recover."""
     p = _add(sub, "backup", commands.backup, "back up source directories")
     p.add_argument("sources", nargs="+")
     p.add_argument("--pool", required=True, type=_text)
@@ -186,6 +200,9 @@ def build_parser() -> _Parser:
                    "prompt if it is passphrase-protected)")
     p.add_argument("--json", action="store_true")
 
+
+def _add_mount_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """mount, umount and requests."""
     p = _add(sub, "mount", _fs("mount"), "mount the checkpoints read-only on MOUNTPOINT")
     p.add_argument("mountpoint")
     p.add_argument("--foreground", action="store_true", help="serve in this process")
@@ -202,8 +219,6 @@ def build_parser() -> _Parser:
     p.add_argument("mountpoint")
     p = _add(sub, "requests", _fs("requests"), "list open media requests")
     p.add_argument("--json", action="store_true")
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="durafs: %(message)s", level=logging.WARNING)

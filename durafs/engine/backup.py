@@ -230,7 +230,9 @@ class Backup:
             if new_plan:
                 self.catalog.drop_unused_plan(plan.id)
 
-    def _run_plan(self, plan: PlanRow) -> BackupResult:
+    def _prepare(self, plan: PlanRow) -> bool:
+        """Everything before the walk: what a killed run left taken in, the catalog
+        volume planned, the pre-backup hook run. Whether the plan has a checkpoint."""
         if not self.opts.dry_run:
             adopt_orphan_volumes(self.catalog, self.keys, self.pool)
             write_missing_catalogs(self.catalog, self.writer, plan.name)
@@ -245,6 +247,10 @@ class Backup:
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
         if prev:
             self._reread_xattrs = {os.fsencode(p) for p in prev[-1].stats.get(XATTRS_UNREAD, ())}
+        return bool(prev)
+
+    def _run_plan(self, plan: PlanRow) -> BackupResult:
+        had_checkpoint = self._prepare(plan)
         name = self._checkpoint_name(plan.name)
         created = time.time_ns()
         try:
@@ -253,7 +259,7 @@ class Backup:
                 sources=[os.fsdecode(s) for s in self.opts.sources],
             ) as tree, concurrent.futures.ThreadPoolExecutor(WORKERS, "durafs-cpu") as pool:
                 self._tree, self._pool = tree, pool
-                self._prev = PrevTree(tree, enabled=bool(prev))
+                self._prev = PrevTree(tree, enabled=had_checkpoint)
                 try:
                     self._walk()
                     self._drain(final=True)

@@ -18,7 +18,7 @@ from durafs.format.keys import CatalogKeys
 from durafs.format.reader import VolumeReader
 from durafs.index.catalog import Catalog
 from durafs.index.rows import MediumRow, NewChunk, PoolRow
-from durafs.media.base import StoredVolume
+from durafs.media.base import Medium, StoredVolume
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +53,30 @@ def adopt_orphan_volumes(catalog: Catalog, keys: CatalogKeys, pool: PoolRow) -> 
                             taken[stored.seq])
                 continue
             try:
-                with medium.open_volume(stored.name) as handle:
-                    reader = VolumeReader(handle.read_at, identities=keys.identities,
-                                          size=handle.size, name=stored.name,
-                                          catalog_id=keys.catalog_id)
-                    manifest = reader.read_manifest()
-                    plain = reader.plain_size or 0
-                    if stored.kind == "catalog":
-                        adopted += _adopt_catalog_volume(catalog, pool, row, stored, reader,
-                                                         plain)
-                        continue
+                adopted += _adopt(catalog, keys, pool, row, medium, stored)
             except DurafsError as exc:
                 log.warning("not adopting %s: %s", stored.name, exc)
-                continue
-            with catalog.db.transaction():
-                volume = catalog.add_volume(
-                    row.id, uuid=stored.volume_id, kind="data", seq=stored.seq,
-                    name=stored.name, plain_size=plain, stored_size=stored.stored_size)
-                catalog.add_chunks(pool.id, volume.id, [
-                    NewChunk(c.id, c.offset, c.length, c.size, c.raw) for c in manifest.chunks])
-            adopted += 1
     return adopted
+
+
+def _adopt(catalog: Catalog, keys: CatalogKeys, pool: PoolRow, row: MediumRow,
+           medium: Medium, stored: StoredVolume) -> int:
+    """Record the orphan volume *stored* of *medium* (see `adopt_orphan_volumes`): 1 if
+    it was, 0 if it was left (a catalog volume its checkpoint does not lack)."""
+    with medium.open_volume(stored.name) as handle:
+        reader = VolumeReader(handle.read_at, identities=keys.identities,
+                              size=handle.size, name=stored.name, catalog_id=keys.catalog_id)
+        manifest = reader.read_manifest()
+        plain = reader.plain_size or 0
+        if stored.kind == "catalog":
+            return _adopt_catalog_volume(catalog, pool, row, stored, reader, plain)
+    with catalog.db.transaction():
+        volume = catalog.add_volume(
+            row.id, uuid=stored.volume_id, kind="data", seq=stored.seq,
+            name=stored.name, plain_size=plain, stored_size=stored.stored_size)
+        catalog.add_chunks(pool.id, volume.id, [
+            NewChunk(c.id, c.offset, c.length, c.size, c.raw) for c in manifest.chunks])
+    return 1
 
 
 def _adopt_catalog_volume(
