@@ -99,12 +99,14 @@ class Placer:
         except FileExistsError:
             if not self.overwrite:
                 raise FileExistsError("exists (use --overwrite)") from None
-        temp, _ = self._beside(dest, lambda path: make_node(path, entry, self.at))
-        try:
-            self.put_in_place(temp, dest)
-        except BaseException:  # a directory is there, say, or Ctrl-C
-            self.remove(temp)
-            raise
+        # made and renamed over it as one step: a Ctrl-C between would leave the temporary
+        with held():
+            temp, _ = self._beside(dest, lambda path: make_node(path, entry, self.at))
+            try:
+                self.put_in_place(temp, dest)
+            except BaseException:  # a directory is there, say
+                self.remove(temp)
+                raise
 
     def replacing(self, dest: bytes, create: Callable[..., _T], *args: Any) -> _T:
         """``create(*args)``, which makes *dest*; if something is there already, it is
@@ -114,8 +116,9 @@ class Placer:
         except FileExistsError:
             if not self.overwrite:
                 raise FileExistsError("exists (use --overwrite)") from None
-        self.remove(dest)
-        return create(*args)
+        with held():  # a Ctrl-C between would leave nothing where the old thing was
+            self.remove(dest)
+            return create(*args)
 
     def link(self, existing: bytes, new: bytes) -> None:
         """Hard-link *new* to *existing* (never following a symlink)."""

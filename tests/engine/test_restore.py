@@ -709,3 +709,29 @@ def test_a_restore_waiting_for_an_offline_medium_ends_at_a_signal(
     (tmp_path / "unplugged").rename(pool)
     assert durafs("restore", f"default/latest{source}", out).code == 0
     assert compare_trees(source, out) == []
+
+
+def test_a_ctrl_c_during_an_overwriting_restore_leaves_no_temporary_and_nothing_removed(
+    tmp_path: Path,
+) -> None:
+    """Whenever the SIGINT comes, every name still holds the old copy or the new one, and
+    no `.durafs-restore-*` temporary stays (a node is made beside the old one and renamed
+    over it as one step)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(3000):
+        (source / f"l{i}").symlink_to(f"target{i}")
+    setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    out = tmp_path / "out"
+    rng = random.Random(7)
+    for _ in range(4):
+        assert durafs("restore", f"default/latest{source}", out, "--overwrite").code == 0
+        with durafs_process("restore", f"default/latest{source}", out, "--overwrite",
+                            stderr=subprocess.DEVNULL) as proc:
+            time.sleep(rng.uniform(0.3, 0.8))
+            proc.send_signal(signal.SIGINT)
+        assert proc.returncode in (0, 128 + signal.SIGINT)
+        names = sorted(p.name for p in out.iterdir())
+        assert names == sorted(f"l{i}" for i in range(3000))
+        assert all(os.readlink(out / f"l{i}") == f"target{i}" for i in range(3000))
