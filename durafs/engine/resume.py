@@ -121,6 +121,8 @@ def write_missing_catalogs(catalog: Catalog, writer: PoolWriter, plan: str) -> i
         if checkpoint.stats.get("pool") != writer.pool.name:
             continue
         uuid = catalog.get_meta(META_KEY.format(pool=writer.pool.name, checkpoint=checkpoint.id))
+        if uuid is not None and not lost:
+            continue  # the usual case, on every backup: one look per checkpoint
         volume = catalog.volume_by_uuid(uuid) if uuid is not None else None
         if volume is None:
             broken = False  # nothing can be a delta of a checkpoint without a volume
