@@ -375,7 +375,7 @@ def _restore_target(target: str) -> bytes:
     rather than taken for the current directory, whose contents and metadata it gets."""
     if not target:
         raise UsageError("TARGET is empty (give a directory; '.' for the current one)")
-    return os.path.abspath(os.fsencode(target))
+    return physical_path(os.fsencode(target))  # `..` as for a source
 
 
 def restore(home: Home, args: Args) -> int:
