@@ -61,8 +61,7 @@ class Placer:
         try:
             return self.create(dest), None
         except FileExistsError:
-            if not self.overwrite:
-                raise FileExistsError("exists (use --overwrite)") from None
+            self._may_replace()
         with self.at(dest) as (dir_fd, name):
             if stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                 raise IsADirectoryError(errno.EISDIR, "Is a directory")
@@ -97,8 +96,7 @@ class Placer:
         try:
             return make_node(dest, entry, self.at)
         except FileExistsError:
-            if not self.overwrite:
-                raise FileExistsError("exists (use --overwrite)") from None
+            self._may_replace()
         # made and renamed over it as one step: a Ctrl-C between would leave the temporary
         with held():
             temp, _ = self._beside(dest, lambda path: make_node(path, entry, self.at))
@@ -114,8 +112,7 @@ class Placer:
         try:
             return create(*args)
         except FileExistsError:
-            if not self.overwrite:
-                raise FileExistsError("exists (use --overwrite)") from None
+            self._may_replace()
         with held():  # a Ctrl-C between would leave nothing where the old thing was
             self.remove(dest)
             return create(*args)
@@ -124,6 +121,11 @@ class Placer:
         """Hard-link *new* to *existing* (never following a symlink)."""
         with self.at(existing) as (src_fd, src), self.at(new) as (dst_fd, dst):
             os.link(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+
+    def _may_replace(self) -> None:
+        """Something is where an object is to be made: only --overwrite replaces it."""
+        if not self.overwrite:
+            raise FileExistsError("exists (use --overwrite)") from None
 
     def _beside(self, dest: bytes, create: Callable[[bytes], _T]) -> tuple[bytes, _T]:
         """``create(temp)`` for a new temporary name beside *dest*: (temp, its result)."""
