@@ -261,11 +261,15 @@ class Operations(pyfuse3.Operations):
         return value
 
     async def _online(self, inode: int) -> bytes:
-        """``yes`` if reading the file now needs no medium that is offline."""
+        """``yes`` if reading the file now needs no medium that is offline, ``no`` if it
+        does, ``lost`` if it needs a volume gone from its medium (verify names it; the
+        next backup of the file stores it again)."""
         try:
             plan = self.tree.read_plan(inode)
         except (IsADirectory, NoSuchAttribute) as exc:
             raise NoSuchAttribute("only files have user.durafs.online") from exc
+        if self.reader.needs_lost(plan, self.tree.is_lost):
+            return b"lost"
         return b"yes" if await self.reader.available(plan) else b"no"
 
     async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:

@@ -491,6 +491,12 @@ class Reader:
                 by_medium.setdefault(volume.medium_id, []).append(volume)
         return by_medium
 
+    def needs_lost(self, plan: ReadPlan, is_lost: Callable[[VolumeRow], bool]) -> bool:
+        """Whether reading *plan* needs a volume gone from its medium (*is_lost*) that
+        is not staged either: no medium brought online makes it readable."""
+        return any(is_lost(volume) for volumes in self._missing(plan).values()
+                   for volume in volumes)
+
     async def available(self, plan: ReadPlan) -> bool:
         """True if reading *plan* now needs no medium that is offline."""
         for medium_id in self._missing(plan):

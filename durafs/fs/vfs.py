@@ -52,6 +52,7 @@ from durafs.fs.inodes import (
 )
 from durafs.index.catalog import Catalog
 from durafs.index.rows import (
+    LOST_VOLUME_PREFIX,
     VERSION_COLUMNS,
     CheckpointRow,
     ChunkRow,
@@ -188,6 +189,8 @@ class _Plans:
     by_cp_name: dict[tuple[int, bytes], CheckpointRow] = field(default_factory=dict)
     by_seq: dict[tuple[int, int], CheckpointRow] = field(default_factory=dict)
     stats: FsStats | None = None
+    #: Volumes `durafs verify` found gone from their online medium (table lost_volumes).
+    lost_volumes: frozenset[int] = frozenset()
 
 
 def blocks_of(version: VersionRow) -> int:
@@ -247,7 +250,14 @@ class Tree:
             snap.checkpoints[cp.plan_id].append(cp)
             snap.by_cp_name[(cp.plan_id, os.fsencode(cp.name))] = cp
             snap.by_seq[(cp.plan_id, cp.seq)] = cp
+        snap.lost_volumes = frozenset(self.catalog.lost_volume_ids())
         return snap
+
+    def is_lost(self, volume: VolumeRow) -> bool:
+        """Whether *volume* is known to be gone from its medium: found missing by `durafs
+        verify`, or a stand-in `durafs recover` made for content on no medium."""
+        return (volume.uuid.startswith(LOST_VOLUME_PREFIX)
+                or volume.id in self.plans().lost_volumes)
 
     # -- nodes ----------------------------------------------------------------------------
 
