@@ -219,7 +219,8 @@ def requests(home: Home, args: Args) -> int:
     now = time.time_ns()
     print_table(
         ("medium", "pool", "where", "reason", "since", "who waits", "mount", "pid"),
-        [(r.get("medium"), r.get("pool"), r.get("location") or r.get("path") or "-",
+        [(r.get("medium"), r.get("pool"),
+          r.get("offline_reason") or r.get("location") or r.get("path") or "-",
           r.get("reason"), f"{r.get('since')} ({(now - r.get('since_ns', now)) // 10**9} s)",
           _who(r), r.get("mountpoint"), r.get("pid")) for r in rows],
     )

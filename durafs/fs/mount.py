@@ -266,6 +266,7 @@ def assemble(config: MountConfig) -> Iterator[Parts]:
         reader = Reader(source, requests, policy=config.policy, cache_bytes=config.cache_bytes,
                         neighbours=tree.chunks_after, run_window=config.run_window)
         requests.probe = reader.fresh_probe
+        requests.explain = reader.offline_reason
         yield Parts(tree, reader, requests, Operations(tree, reader))
 
 

@@ -50,6 +50,7 @@ from durafs.fs.errors import Interrupted
 from durafs.fs.requests import INTERRUPT_POLL, MediaRequests
 from durafs.fs.vfs import LRU, ReadPlan
 from durafs.index.rows import ChunkRow, FilePiece, MediumRow, VolumeRow
+from durafs.media.base import MediumStatus
 from durafs.media.filehandle import FileVolumeHandle
 from durafs.priority import background_thread
 
@@ -237,6 +238,9 @@ class ChunkSource:
         self.keys = keys
         self.access = access
         self.staging = staging
+        #: Medium id -> why the last probe found it not online though something is at
+        #: its place (see MediumStatus); set on probing threads (dict ops are atomic).
+        self.offline_reasons: dict[int, str | None] = {}
         self._lock = threading.Lock()
         self._staged: OrderedDict[int, tuple[FileVolumeHandle, VolumeReader]] = OrderedDict()
 
@@ -285,12 +289,18 @@ class ChunkSource:
         return reader
 
     def is_online(self, medium: MediumRow) -> bool:
-        """Probe the medium (directory media: read its marker); never raises."""
+        """Probe the medium (directory media: read its marker); never raises. Why one
+        that is not online is not simply absent goes to `offline_reasons`."""
         try:
-            return open_medium(medium).is_online()
+            status = open_medium(medium).status()
         except (DurafsError, OSError) as exc:
             log.debug("probe of medium %s failed: %s", medium.label, exc)
-            return False
+            status = MediumStatus(False, str(exc))
+        if status.online or status.absent:
+            self.offline_reasons.pop(medium.id, None)
+        else:  # a damaged marker, another medium: waiting alone will not help
+            self.offline_reasons[medium.id] = status.reason
+        return status.online
 
     def close(self) -> None:
         with self._lock:
@@ -490,6 +500,11 @@ class Reader:
             if not self.source.staging.has(volume):
                 by_medium.setdefault(volume.medium_id, []).append(volume)
         return by_medium
+
+    def offline_reason(self, medium: MediumRow) -> str | None:
+        """Why *medium* was found offline though something is at its place (a damaged
+        marker, another medium), or None: plainly absent, or online."""
+        return self.source.offline_reasons.get(medium.id)
 
     def needs_lost(self, plan: ReadPlan, is_lost: Callable[[VolumeRow], bool]) -> bool:
         """Whether reading *plan* needs a volume gone from its medium (*is_lost*) that

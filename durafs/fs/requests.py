@@ -51,6 +51,8 @@ INTERRUPT_POLL = 0.2
 GRACE_SECONDS = 1.0
 
 Probe = Callable[[MediumRow], Awaitable[bool]]
+#: Why a medium is offline though something is at its place, or None (see MediumStatus).
+Explain = Callable[[MediumRow], str | None]
 
 
 @dataclass(eq=False)
@@ -63,6 +65,9 @@ class MediaRequest:
     since_ns: int
     #: Who waits: one entry per waiting open, as published.
     who: list[dict[str, Any]] = field(default_factory=list)
+    #: What is at the medium's place instead (a damaged marker, another medium), as the
+    #: last probe found: bringing "the medium" will not help, mending that will.
+    offline_reason: str | None = None
     served: trio.Event = field(default_factory=trio.Event)
     poller: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -82,6 +87,7 @@ class MediaRequest:
             "location": m.location,
             "path": m.path,
             "reason": self.reason,
+            "offline_reason": self.offline_reason,
             "since_ns": self.since_ns,
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since_ns / 1e9)),
             "waiters": self.waiters,
@@ -101,12 +107,14 @@ class MediaRequests:
         *,
         mountpoint: str,
         probe: Probe,
+        explain: Explain = lambda medium: None,
         poll: float = POLL_SECONDS,
         grace: float = GRACE_SECONDS,
     ) -> None:
         self.directory = directory
         self.mountpoint = mountpoint
         self.probe = probe
+        self.explain = explain
         self.poll = poll
         self.grace = grace
         self._open: dict[int, MediaRequest] = {}
@@ -146,8 +154,9 @@ class MediaRequests:
                         raise Interrupted(f"{reason}: interrupted while waiting for "
                                           f"medium {medium.label}")
             if not request.served.is_set():
+                why = f": {request.offline_reason}" if request.offline_reason else ""
                 raise MediumOfflineError(f"{describe_offline(medium)} is offline "
-                                         f"(needed for {reason})")
+                                         f"(needed for {reason}){why}")
         finally:
             self._leave(request, waiter)
 
@@ -156,11 +165,13 @@ class MediaRequests:
         if request is None:
             if self._nursery is None:
                 raise RuntimeError("MediaRequests.start() was not called")
-            request = MediaRequest(uuid.uuid4().hex[:16], medium, reason, time.time_ns())
+            request = MediaRequest(uuid.uuid4().hex[:16], medium, reason, time.time_ns(),
+                                   offline_reason=self.explain(medium))
             self._open[medium.id] = request
             self._nursery.start_soon(self._poll, request)
-            log.warning("media request %s: bring %s online (for %s)", request.id,
-                        describe_offline(medium), reason)
+            why = f"; {request.offline_reason}" if request.offline_reason else ""
+            log.warning("media request %s: bring %s online (for %s)%s", request.id,
+                        describe_offline(medium), reason, why)
         request.who.append(waiter)
         self._publish(request)
         return request
@@ -191,6 +202,10 @@ class MediaRequests:
                 await trio.sleep(self.poll)
                 if await self.probe(request.medium):
                     break
+                why = self.explain(request.medium)
+                if why != request.offline_reason:  # e.g. the wrong disk went in
+                    request.offline_reason = why
+                    self._publish(request)
         if request.poller.cancel_called:
             return
         if self._open.get(request.medium.id) is request:

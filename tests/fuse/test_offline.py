@@ -188,6 +188,36 @@ def test_a_signal_ends_the_wait(world: World) -> None:
         wait_until(lambda: world.requests() == [], 4, "the request to be withdrawn")
 
 
+def test_a_request_says_what_is_at_the_medium_s_place_instead(world: World,
+                                                               tmp_path: Path) -> None:
+    """A disk whose marker is damaged is mounted right where the medium belongs: "bring
+    P-001 online" alone would send the user to the shelf. The request names the marker
+    and what is wrong with it, and a timed-out open says it too."""
+    with mounted(world.cat.home, tmp_path / "mnt", "--offline", "wait:3") as mnt, \
+            medium_away(world):
+        world.cat.pool.mkdir()
+        marker = world.cat.pool / "DURAFS-MEDIUM.json"
+        marker.write_text("{ not json")
+        try:
+            thread, result = _read_in_thread(world.file("four", mnt))
+            wait_until(lambda: len(world.requests()) == 1, 5, "the media request")
+            [request] = world.requests_cli()
+            why = str(request["offline_reason"])
+            assert why.startswith(f"{marker} is damaged"), why
+            assert f"{marker} is damaged" in durafs(world.cat.home, "requests").stdout
+            thread.join(timeout=5)
+            assert isinstance(result[0], OSError) and result[0].errno == errno.ENOMEDIUM
+        finally:
+            shutil.rmtree(world.cat.pool)
+    # a medium plainly away has no such reason
+    with medium_away(world):
+        thread, result = _read_in_thread(world.file("four"))
+        wait_until(lambda: len(world.requests()) == 1, 5, "the media request")
+        assert world.requests_cli()[0]["offline_reason"] is None
+    thread.join(timeout=5)
+    assert result == [(world.cat.source / "four").read_bytes()]
+
+
 def test_requests_ignores_files_of_dead_mounts(world: World) -> None:
     directory = world.cat.home / "requests"
     directory.mkdir(exist_ok=True)
