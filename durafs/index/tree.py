@@ -18,7 +18,6 @@ from __future__ import annotations
 import array
 import json
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -27,6 +26,7 @@ import apsw
 
 from durafs.errors import CatalogError, UsageError
 from durafs.index.db import Index
+from durafs.index.namematch import name_pattern
 from durafs.index.rows import (
     VERSION_COLUMNS,
     CheckpointRow,
@@ -34,15 +34,12 @@ from durafs.index.rows import (
     FilePiece,
     PlanRow,
     VersionRow,
-    name_text,
     unpack_pieces,
 )
 from durafs.index.store import chunks_by_id
 
 #: The checkpoint name that means "the newest one".
 LATEST = "latest"
-
-_GLOB_CHARS = re.compile(r"[*?\[]")
 
 #: Rows fetched per query when a directory is listed page by page.
 PAGE = 1000
@@ -102,7 +99,7 @@ _DELETED = """
         SELECT 1 FROM versions n WHERE n.path_id = v.path_id AND n.first_seq = :seq)"""
 
 _FIND = """
-    SELECT pl.name, c.name, c.seq, n.rowid FROM path_names n
+    SELECT pl.name, c.name, n.rowid, p.name, n.name FROM path_names n
     JOIN paths p ON p.id = n.rowid
     JOIN plans pl ON pl.id = p.plan_id
     JOIN versions v ON v.path_id = p.id
@@ -382,17 +379,15 @@ class TreeCatalog:
 
         A pattern with ``*``, ``?`` or ``[`` is a case-sensitive glob over the whole name
         (``*.jpg``); anything else matches as a case-sensitive substring. Each checkpoint
-        a matching path is in gives one result, by plan, checkpoint and path id. Names
-        are matched as text (see `durafs.index.rows.name_text`).
+        a matching path is in gives one result, by plan, checkpoint and path id. A byte
+        of a name that is not UTF-8 (a lone surrogate in *pattern*) matches only itself
+        (see `durafs.index.namematch`).
         """
-        # a pattern from the command line holds a name's undecodable bytes as lone
-        # surrogates: made text the way names are, it can match them (and be bound)
-        pattern = name_text(os.fsencode(pattern))
-        if not _GLOB_CHARS.search(pattern):
-            pattern = f"*{pattern}*"
-        rows = self.db.query(_FIND, {"pattern": pattern, "plan": plan})
-        paths: dict[int, bytes] = {}
-        for plan_name, checkpoint_name, _seq, path_id in rows:
+        match = name_pattern(pattern)
+        rows = self.db.query(_FIND, {"pattern": match.glob, "plan": plan})
+        paths: dict[int, bytes | None] = {}  # None: found by the glob, but no match
+        for plan_name, checkpoint_name, path_id, name, text in rows:
             if path_id not in paths:
-                paths[path_id] = self.path_of(path_id)
-            yield plan_name, checkpoint_name, paths[path_id]
+                paths[path_id] = self.path_of(path_id) if match.matches(name, text) else None
+            if (path := paths[path_id]) is not None:
+                yield plan_name, checkpoint_name, path
