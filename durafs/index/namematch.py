@@ -16,10 +16,20 @@ import os
 import re
 from dataclasses import dataclass
 
+from durafs.errors import UsageError
 from durafs.index.rows import name_text
 
 #: What stands for a byte that is not UTF-8 in the indexed text.
 REPLACED = "\ufffd"
+
+
+class PatternError(UsageError):
+    """A find pattern that cannot be matched: a set with a reversed range (``[z-a]``)."""
+
+    def __init__(self, pattern: str, reason: str) -> None:
+        super().__init__(f"find pattern '{pattern}': {reason}")
+        self.pattern = pattern
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +48,9 @@ class NamePattern:
 
 
 def name_pattern(pattern: str) -> NamePattern:
-    """*pattern* as typed: with ``*``, ``?`` or a ``[...]`` set, a glob over the whole
-    name; without, a substring. Its lone surrogates are bytes of a name not UTF-8."""
+    """*pattern* as typed: with ``*``, ``?`` or a ``[...]`` set (``[!...]`` or ``[^...]``
+    its complement), a glob over the whole name; without, a substring. Its lone
+    surrogates are bytes of a name not UTF-8. Raises `PatternError`."""
     globs: list[str] = []
     regexes: list[str] = []
     is_glob = False
@@ -58,30 +69,38 @@ def name_pattern(pattern: str) -> NamePattern:
 
 def _piece(pattern: str, i: int) -> tuple[str, str, int, bool]:
     """The piece of *pattern* at *i*: (its glob, its regex, the index after it, whether
-    it is a wildcard or a set)."""
+    it is a wildcard or a set). An unterminated ``[`` is itself, as in a shell."""
     char = pattern[i]
     if char == "*":
         return "*", ".*", i + 1, True
     if char == "?":
         return "?", ".", i + 1, True
     if char == "[":
-        first = i + 2 if pattern[i + 1 : i + 2] == "^" else i + 1
-        end = pattern.find("]", first + 1)  # a "]" first in a set is one of its characters
+        negated = pattern[i + 1 : i + 2] in ("!", "^")
+        start = i + 1 + negated
+        end = pattern.find("]", start + 1)  # a "]" first in a set is one of its characters
         if end >= 0:
-            return pattern[i : end + 1], _set_regex(pattern[i + 1 : end]), end + 1, True
+            body = pattern[start:end]
+            glob = f"[{'^' if negated else ''}{body}]"  # SQLite's GLOB negates with ^ only
+            return glob, _set_regex(pattern, body, negated), end + 1, True
+        return "[[]", re.escape(char), i + 1, False
     return char, re.escape(char), i + 1, False
 
 
-def _set_regex(body: str) -> str:
-    """The regex for the set ``[body]``, as SQLite's GLOB reads it: a leading ``^``
-    negates, ``a-z`` is a range, a ``-`` first or last is itself."""
-    negated = body.startswith("^")
-    body = body[1:] if negated else body
+def _set_regex(pattern: str, body: str, negated: bool) -> str:
+    """The regex for the set of characters *body* (of *pattern*), read as SQLite's GLOB
+    reads it: ``a-z`` is a range; a ``-`` first, last, right after a range or after the
+    ``]`` that begins a set is itself. A range that holds nothing (``z-a``) is refused,
+    not left to match nothing."""
     out = []
     i = 0
     while i < len(body):
-        if body[i + 1 : i + 2] == "-" and i + 2 < len(body):
-            out.append(f"{re.escape(body[i])}-{re.escape(body[i + 2])}")
+        starts_range = body[i + 1 : i + 2] == "-" and i + 2 < len(body)
+        if starts_range and (i > 0 or body[0] != "]"):  # as SQLite: "]" first is no start
+            low, high = body[i], body[i + 2]
+            if low > high:
+                raise PatternError(pattern, f"the range {low}-{high} holds no character")
+            out.append(f"{re.escape(low)}-{re.escape(high)}")
             i += 3
         else:
             out.append(re.escape(body[i]))

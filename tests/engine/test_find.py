@@ -41,3 +41,22 @@ def test_a_byte_that_is_not_utf8_matches_only_itself(tmp_path: Path) -> None:
     assert _found(source, os.fsdecode(b"a\xff?")) == {b"a\xff\xfe"}
     assert _found(source, os.fsdecode(b"*\xff")) == {b"a\xff"}
     assert _found(source, "a?") == {b"a\xff", b"a\xfe", real}
+
+
+def test_sets_are_read_as_a_shell_reads_them(tmp_path: Path) -> None:
+    names = [b"a.jpg", b"b.jpg", b"!x", b"^y", b"br[a]cket", b"c-d", b"]z"]
+    source = _backed_up(tmp_path, names)
+    assert _found(source, "[ab].jpg") == {b"a.jpg", b"b.jpg"}
+    # [!...] is the complement, as in a shell (and in --exclude); so is [^...]
+    for negated in ("[!ab]*", "[^ab]*"):
+        assert _found(source, negated) == {b"!x", b"^y", b"c-d", b"]z"}
+    assert _found(source, "[!^]?") == {b"!x", b"]z"}
+    assert _found(source, "[]]*") == {b"]z"}  # a "]" first is in the set
+    assert _found(source, "c[-]d") == {b"c-d"}
+    # an unterminated "[" is itself: a pattern with no other wildcard is a substring
+    assert _found(source, "[") == {b"br[a]cket"}
+    assert _found(source, "r[a") == {b"br[a]cket"}
+    # a set that can match nothing is a mistake, said as such (not an empty answer)
+    run = durafs("find", "[z-a]*")
+    assert run.code == 2 and "find pattern '[z-a]*': the range z-a" in run.err
+    assert len(run.err.splitlines()) == 1
