@@ -24,7 +24,8 @@ REPLACED = "\ufffd"
 
 
 class PatternError(UsageError):
-    """A find pattern that cannot be matched: a set with a reversed range (``[z-a]``)."""
+    """A find pattern that cannot match: one with a ``/``, or a set with a reversed range
+    (``[z-a]``)."""
 
     def __init__(self, pattern: str, reason: str) -> None:
         super().__init__(f"find pattern '{pattern}': {reason}")
@@ -51,6 +52,9 @@ def name_pattern(pattern: str) -> NamePattern:
     """*pattern* as typed: with ``*``, ``?`` or a ``[...]`` set (``[!...]`` or ``[^...]``
     its complement), a glob over the whole name; without, a substring. Its lone
     surrogates are bytes of a name not UTF-8. Raises `PatternError`."""
+    if "/" in pattern:  # it would match nothing, and be taken for a path not backed up
+        raise PatternError(pattern, "a name holds no '/' (find matches names, not paths; "
+                           "see a directory with durafs ls)")
     globs: list[str] = []
     regexes: list[str] = []
     is_glob = False

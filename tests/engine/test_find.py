@@ -60,3 +60,17 @@ def test_sets_are_read_as_a_shell_reads_them(tmp_path: Path) -> None:
     run = durafs("find", "[z-a]*")
     assert run.code == 2 and "find pattern '[z-a]*': the range z-a" in run.err
     assert len(run.err.splitlines()) == 1
+
+
+def test_a_pattern_with_a_slash_is_refused_not_an_empty_answer(tmp_path: Path) -> None:
+    # names hold no "/": "find sub/a.txt" found nothing, as if sub/a.txt was never backed up
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "a.txt").write_text("a")
+    setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    for pattern in ("sub/a.txt", "*/a.txt", "/"):
+        run = durafs("find", pattern)
+        assert run.code == 2 and f"find pattern '{pattern}': a name holds no '/'" in run.err
+        assert run.out == "" and len(run.err.splitlines()) == 1
+    assert durafs("find", "a.txt").out.endswith(f"{source}/sub/a.txt\n")
