@@ -98,15 +98,15 @@ _DELETED = """
     WHERE v.plan_id = :plan AND v.last_seq = :prev AND NOT EXISTS (
         SELECT 1 FROM versions n WHERE n.path_id = v.path_id AND n.first_seq = :seq)"""
 
+# The versions of the paths whose names match :pattern (of plan :plan, or of every plan):
+# one row per version, however many checkpoints it is in (`find` expands them).
 _FIND = """
-    SELECT pl.name, c.name, n.rowid, p.name, n.name FROM path_names n
+    SELECT p.plan_id, p.id, p.name, n.name, v.first_seq, v.last_seq FROM path_names n
     JOIN paths p ON p.id = n.rowid
-    JOIN plans pl ON pl.id = p.plan_id
     JOIN versions v ON v.path_id = p.id
-    JOIN checkpoints c ON c.plan_id = p.plan_id AND c.seq >= v.first_seq
-                      AND (v.last_seq IS NULL OR c.seq <= v.last_seq)
-    WHERE n.name GLOB :pattern AND (:plan IS NULL OR pl.name = :plan)
-    ORDER BY pl.name, c.seq, n.rowid"""
+    WHERE n.name GLOB :pattern
+      AND (:plan IS NULL OR p.plan_id = (SELECT id FROM plans WHERE name = :plan))
+    ORDER BY p.id, v.first_seq"""
 
 
 def dump_json(value: Any) -> str:
@@ -384,10 +384,19 @@ class TreeCatalog:
         (see `durafs.index.namematch`).
         """
         match = name_pattern(pattern)
-        rows = self.db.query(_FIND, {"pattern": match.glob, "plan": plan})
-        paths: dict[int, bytes | None] = {}  # None: found by the glob, but no match
-        for plan_name, checkpoint_name, path_id, name, text in rows:
-            if path_id not in paths:
-                paths[path_id] = self.path_of(path_id) if match.matches(name, text) else None
-            if (path := paths[path_id]) is not None:
-                yield plan_name, checkpoint_name, path
+        # versions, not (path, checkpoint) pairs, are read: memory grows with the paths
+        # found, not with the lines given (a path unchanged in 1000 checkpoints is 1 row)
+        found: dict[int, list[tuple[int, int, int | None]]] = {}
+        for plan_id, path_id, name, text, first, last in self.db.query(
+            _FIND, {"pattern": match.glob, "plan": plan}
+        ):
+            if match.matches(name, text):
+                found.setdefault(plan_id, []).append((path_id, first, last))
+        paths: dict[int, bytes] = {}
+        for checkpoint in self.checkpoints(plan):
+            seq = checkpoint.seq
+            for path_id, first, last in found.get(checkpoint.plan_id, ()):
+                if first <= seq and (last is None or seq <= last):
+                    if path_id not in paths:
+                        paths[path_id] = self.path_of(path_id)
+                    yield checkpoint.plan, checkpoint.name, paths[path_id]

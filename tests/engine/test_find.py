@@ -74,3 +74,10 @@ def test_a_pattern_with_a_slash_is_refused_not_an_empty_answer(tmp_path: Path) -
         assert run.code == 2 and f"find pattern '{pattern}': a name holds no '/'" in run.err
         assert run.out == "" and len(run.err.splitlines()) == 1
     assert durafs("find", "a.txt").out.endswith(f"{source}/sub/a.txt\n")
+
+
+def test_find_json_is_one_array_whatever_the_number_of_hits(tmp_path: Path) -> None:
+    source = _backed_up(tmp_path, [b"a1", b"a2", b"b"])
+    assert durafs("find", "nothing", "--json").out == "[]\n"
+    assert _found(source, "b") == {b"b"}
+    assert _found(source, "a") == {b"a1", b"a2"}
