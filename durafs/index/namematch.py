@@ -21,6 +21,8 @@ from durafs.index.rows import name_text
 
 #: What stands for a byte that is not UTF-8 in the indexed text.
 REPLACED = "\ufffd"
+#: How such a byte comes in a pattern (os.fsdecode's lone surrogates).
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 class PatternError(UsageError):
@@ -86,6 +88,9 @@ def _piece(pattern: str, i: int) -> tuple[str, str, int, bool]:
         if end >= 0:
             body = pattern[start:end]
             glob = f"[{'^' if negated else ''}{body}]"  # SQLite's GLOB negates with ^ only
+            if negated and _SURROGATE.search(body):
+                # in the index every byte not UTF-8 is U+FFFD: the set would refuse them all
+                glob = "?"
             return glob, _set_regex(pattern, body, negated), end + 1, True
         return "[[]", re.escape(char), i + 1, False
     return char, re.escape(char), i + 1, False
