@@ -109,6 +109,29 @@ _FIND = """
     ORDER BY p.id, v.first_seq"""
 
 
+def _in_checkpoints(
+    versions: dict[int, list[tuple[int, int, int | None]]], checkpoints: list[CheckpointRow],
+) -> Iterator[tuple[CheckpointRow, list[int]]]:
+    """Each of *checkpoints* (by plan and seq) with the path ids, in order, of the
+    *versions* ((first_seq, path id, last_seq or None) by plan id) it holds. One sweep per
+    plan: a version joins at its first checkpoint and leaves after its last, so the work
+    is what is given out, not checkpoints times versions."""
+    pending = {plan_id: sorted(rows, reverse=True) for plan_id, rows in versions.items()}
+    live: dict[int, dict[int, int | None]] = {plan_id: {} for plan_id in versions}
+    for checkpoint in checkpoints:
+        rows, here = pending.get(checkpoint.plan_id), live.get(checkpoint.plan_id)
+        if rows is None or here is None:
+            continue
+        while rows and rows[-1][0] <= checkpoint.seq:
+            _first, path_id, last = rows.pop()
+            here[path_id] = last
+        for path_id in [p for p, last in here.items() if last is not None
+                        and last < checkpoint.seq]:
+            del here[path_id]
+        if here:
+            yield checkpoint, sorted(here)
+
+
 def dump_json(value: Any) -> str:
     """Compact, stable JSON for the index's JSON columns (ASCII: any str survives)."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
@@ -391,12 +414,10 @@ class TreeCatalog:
             _FIND, {"pattern": match.glob, "plan": plan}
         ):
             if match.matches(name, text):
-                found.setdefault(plan_id, []).append((path_id, first, last))
+                found.setdefault(plan_id, []).append((first, path_id, last))
         paths: dict[int, bytes] = {}
-        for checkpoint in self.checkpoints(plan):
-            seq = checkpoint.seq
-            for path_id, first, last in found.get(checkpoint.plan_id, ()):
-                if first <= seq and (last is None or seq <= last):
-                    if path_id not in paths:
-                        paths[path_id] = self.path_of(path_id)
-                    yield checkpoint.plan, checkpoint.name, paths[path_id]
+        for checkpoint, path_ids in _in_checkpoints(found, self.checkpoints(plan)):
+            for path_id in path_ids:
+                if path_id not in paths:
+                    paths[path_id] = self.path_of(path_id)
+                yield checkpoint.plan, checkpoint.name, paths[path_id]
