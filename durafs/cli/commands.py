@@ -15,6 +15,7 @@ from durafs.cli.output import (
     human_size,
     name_fields,
     print_json,
+    print_json_items,
     print_table,
     shown,
 )
@@ -348,13 +349,14 @@ def ls(home: Home, args: Args) -> int:
 def find(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
         _known_plan(catalog, args.plan)
-        hits = [{"plan": p, "checkpoint": c, **name_fields("path", path)}
-                for p, c, path in catalog.find(args.pattern, args.plan)]
-    if args.json:
-        print_json(hits)
-    else:
-        for h in hits:
-            print(shown(f"{h['plan']}/{h['checkpoint']}{h['path']}"))
+        # printed as found, not gathered first: a find may give millions of lines
+        hits = ({"plan": p, "checkpoint": c, **name_fields("path", path)}
+                for p, c, path in catalog.find(args.pattern, args.plan))
+        if args.json:
+            print_json_items(hits)
+        else:
+            for h in hits:
+                print(shown(f"{h['plan']}/{h['checkpoint']}{h['path']}"))
     return 0
 
 

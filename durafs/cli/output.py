@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from durafs.errors import UsageError
@@ -84,6 +84,16 @@ def name_fields(key: str, name: bytes) -> dict[str, str]:
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=1, default=str)
     sys.stdout.write("\n")
+
+
+def print_json_items(items: Iterable[Any]) -> None:
+    """A JSON array of *items*, each written as it comes (on a line of its own), so that a
+    listing of millions is never held whole, in a list or in the text of the array."""
+    empty = True
+    for item in items:
+        sys.stdout.write(("[\n " if empty else ",\n ") + json.dumps(item, default=str))
+        empty = False
+    sys.stdout.write("[]\n" if empty else "\n]\n")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import array
 import json
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -27,6 +26,7 @@ import apsw
 
 from durafs.errors import CatalogError, UsageError
 from durafs.index.db import Index
+from durafs.index.namematch import name_pattern
 from durafs.index.rows import (
     VERSION_COLUMNS,
     CheckpointRow,
@@ -34,15 +34,12 @@ from durafs.index.rows import (
     FilePiece,
     PlanRow,
     VersionRow,
-    name_text,
     unpack_pieces,
 )
 from durafs.index.store import chunks_by_id
 
 #: The checkpoint name that means "the newest one".
 LATEST = "latest"
-
-_GLOB_CHARS = re.compile(r"[*?\[]")
 
 #: Rows fetched per query when a directory is listed page by page.
 PAGE = 1000
@@ -101,15 +98,38 @@ _DELETED = """
     WHERE v.plan_id = :plan AND v.last_seq = :prev AND NOT EXISTS (
         SELECT 1 FROM versions n WHERE n.path_id = v.path_id AND n.first_seq = :seq)"""
 
+# The versions of the paths whose names match :pattern (of plan :plan, or of every plan):
+# one row per version, however many checkpoints it is in (`find` expands them).
 _FIND = """
-    SELECT pl.name, c.name, c.seq, n.rowid FROM path_names n
+    SELECT p.plan_id, p.id, p.name, n.name, v.first_seq, v.last_seq FROM path_names n
     JOIN paths p ON p.id = n.rowid
-    JOIN plans pl ON pl.id = p.plan_id
     JOIN versions v ON v.path_id = p.id
-    JOIN checkpoints c ON c.plan_id = p.plan_id AND c.seq >= v.first_seq
-                      AND (v.last_seq IS NULL OR c.seq <= v.last_seq)
-    WHERE n.name GLOB :pattern AND (:plan IS NULL OR pl.name = :plan)
-    ORDER BY pl.name, c.seq, n.rowid"""
+    WHERE n.name GLOB :pattern
+      AND (:plan IS NULL OR p.plan_id = (SELECT id FROM plans WHERE name = :plan))
+    ORDER BY p.id, v.first_seq"""
+
+
+def _in_checkpoints(
+    versions: dict[int, list[tuple[int, int, int | None]]], checkpoints: list[CheckpointRow],
+) -> Iterator[tuple[CheckpointRow, list[int]]]:
+    """Each of *checkpoints* (by plan and seq) with the path ids, in order, of the
+    *versions* ((first_seq, path id, last_seq or None) by plan id) it holds. One sweep per
+    plan: a version joins at its first checkpoint and leaves after its last, so the work
+    is what is given out, not checkpoints times versions."""
+    pending = {plan_id: sorted(rows, reverse=True) for plan_id, rows in versions.items()}
+    live: dict[int, dict[int, int | None]] = {plan_id: {} for plan_id in versions}
+    for checkpoint in checkpoints:
+        rows, here = pending.get(checkpoint.plan_id), live.get(checkpoint.plan_id)
+        if rows is None or here is None:
+            continue
+        while rows and rows[-1][0] <= checkpoint.seq:
+            _first, path_id, last = rows.pop()
+            here[path_id] = last
+        for path_id in [p for p, last in here.items() if last is not None
+                        and last < checkpoint.seq]:
+            del here[path_id]
+        if here:
+            yield checkpoint, sorted(here)
 
 
 def dump_json(value: Any) -> str:
@@ -382,17 +402,22 @@ class TreeCatalog:
 
         A pattern with ``*``, ``?`` or ``[`` is a case-sensitive glob over the whole name
         (``*.jpg``); anything else matches as a case-sensitive substring. Each checkpoint
-        a matching path is in gives one result, by plan, checkpoint and path id. Names
-        are matched as text (see `durafs.index.rows.name_text`).
+        a matching path is in gives one result, by plan, checkpoint and path id. A byte
+        of a name that is not UTF-8 (a lone surrogate in *pattern*) matches only itself
+        (see `durafs.index.namematch`).
         """
-        # a pattern from the command line holds a name's undecodable bytes as lone
-        # surrogates: made text the way names are, it can match them (and be bound)
-        pattern = name_text(os.fsencode(pattern))
-        if not _GLOB_CHARS.search(pattern):
-            pattern = f"*{pattern}*"
-        rows = self.db.query(_FIND, {"pattern": pattern, "plan": plan})
+        match = name_pattern(pattern)
+        # versions, not (path, checkpoint) pairs, are read: memory grows with the paths
+        # found, not with the lines given (a path unchanged in 1000 checkpoints is 1 row)
+        found: dict[int, list[tuple[int, int, int | None]]] = {}
+        for plan_id, path_id, name, text, first, last in self.db.query(
+            _FIND, {"pattern": match.glob, "plan": plan}
+        ):
+            if match.matches(name, text):
+                found.setdefault(plan_id, []).append((first, path_id, last))
         paths: dict[int, bytes] = {}
-        for plan_name, checkpoint_name, _seq, path_id in rows:
-            if path_id not in paths:
-                paths[path_id] = self.path_of(path_id)
-            yield plan_name, checkpoint_name, paths[path_id]
+        for checkpoint, path_ids in _in_checkpoints(found, self.checkpoints(plan)):
+            for path_id in path_ids:
+                if path_id not in paths:
+                    paths[path_id] = self.path_of(path_id)
+                yield checkpoint.plan, checkpoint.name, paths[path_id]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -551,3 +552,20 @@ def test_keep_carries_the_previous_version_on(catalog: Catalog) -> None:
     assert writer.counts == {"entries": 11, "kept": 11, "new": 0}
     assert version_count(catalog) == before
     assert tree_at(catalog, plan, 2) == tree_at(catalog, plan, 1)
+
+
+def test_find_holds_the_paths_found_not_every_line_it_gives(catalog: Catalog) -> None:
+    # a path unchanged in C checkpoints is one version but C lines: reading the lines
+    # whole (a row each) took memory for paths x checkpoints, millions for a large find
+    plan = catalog.ensure_plan("p")
+    entries = [make_entry(b"/", "d"), *(make_entry(b"/f%05d" % i) for i in range(1000))]
+    for seq in range(1, 101):
+        commit(catalog, plan, seq, entries)
+    tracemalloc.start()
+    try:
+        lines = sum(1 for _ in catalog.find("f"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert lines == 100 * 1000
+    assert peak < 1_000_000, peak  # 26 MB before: over 200 bytes a line
