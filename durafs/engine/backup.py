@@ -73,7 +73,17 @@ from durafs.format.chunker import Chunker
 from durafs.format.frames import StoredChunk, codec_for_thread
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
-from durafs.index.rows import TYPE_OF_FMT, Entry, PlanRow, pack_pieces, pack_xattrs
+from durafs.index.rows import (
+    I64_MAX,
+    I64_MIN,
+    TYPE_OF_FMT,
+    Entry,
+    PlanRow,
+    pack_pieces,
+    pack_xattrs,
+    stored_int,
+    stored_ns,
+)
 from durafs.index.treewriter import TreeWriter
 
 log = logging.getLogger(__name__)
@@ -306,6 +316,10 @@ class Backup:
                 self.notes.append(Problem(item.path, item.reason))
                 continue
             self.stats["entries"] += 1
+            st = item.st
+            if not (I64_MIN < st.st_mtime_ns < I64_MAX and I64_MIN < st.st_atime_ns < I64_MAX
+                    and I64_MIN < st.st_ctime_ns < I64_MAX):
+                self._times_beyond(item)
             if not self._unchanged(item):
                 self._add(item)
             elif self._streams:
@@ -315,6 +329,18 @@ class Backup:
                     self._pump_streams()
             self._report()
         self._submit_batch()
+
+    def _times_beyond(self, item: ScanItem) -> None:
+        """Name *item*, whose times the index cannot hold: it is backed up with them
+        clamped (`stored_ns`), on every run, so the user can set them right."""
+        st = item.st
+        for what, ns in (("modification", st.st_mtime_ns), ("access", st.st_atime_ns),
+                         ("change", st.st_ctime_ns)):
+            if stored_ns(ns) != ns:
+                edge = "2262-04-11" if ns > 0 else "1677-09-21"
+                self.problems.append(Problem(item.path, (
+                    f"its {what} time ({ns} ns from 1970) is beyond {edge}, as far as "
+                    f"durafs records times: backed up as {edge}")))
 
     def _own_directories(self) -> dict[tuple[int, int], str]:
         """The catalog directory and every pool's directory media, by (st_dev, st_ino): a
@@ -355,7 +381,8 @@ class Backup:
             return None
         prev = self._prev.version(path)
         if prev is None or (prev.ino, prev.dev, prev.ctime_ns, prev.mode) != (
-                st.st_ino, st.st_dev, st.st_ctime_ns, stat.S_IMODE(st.st_mode)):
+                stored_int(st.st_ino), stored_int(st.st_dev), stored_ns(st.st_ctime_ns),
+                stat.S_IMODE(st.st_mode)):
             return None
         if prev.type != TYPE_OF_FMT.get(stat.S_IFMT(st.st_mode)):
             return None

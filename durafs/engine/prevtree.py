@@ -15,7 +15,7 @@ from collections import OrderedDict
 from typing import Any
 
 from durafs.engine.scan import ScanItem
-from durafs.index.rows import VersionRow, pack_xattrs
+from durafs.index.rows import VersionRow, pack_xattrs, stored_int, stored_ns
 from durafs.index.treewriter import TreeWriter
 
 #: A directory's previous listing: name -> (path id, version columns or None). The columns
@@ -82,7 +82,8 @@ def same_as_before(item: ScanItem, prev: VersionRow) -> bool:
     st = item.st
     rdev = st.st_rdev if item.type in ("c", "b") else 0
     now: tuple[Any, ...] = (
-        st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev, st.st_nlink,
+        stored_ns(st.st_mtime_ns), stored_ns(st.st_ctime_ns), st.st_size,
+        stored_int(st.st_ino), stored_int(st.st_dev), st.st_nlink,
         stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, rdev,
         item.user or None, item.group or None, item.target,
     )

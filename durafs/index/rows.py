@@ -110,6 +110,22 @@ def name_text(name: bytes) -> str:
     return name.decode("utf-8", "replace")
 
 
+#: The index's integers are SQLite's: signed, 64 bits.
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def stored_int(value: int) -> int:
+    """An unsigned 64-bit number (an inode or device number; overlayfs sets their high
+    bits) as the index holds it: the same 64 bits, read as signed."""
+    return value - (1 << 64) if value > I64_MAX else value
+
+
+def stored_ns(ns: int) -> int:
+    """A time in nanoseconds as the index can hold it: clamped to 1677-09-21 ...
+    2262-04-11 (tmpfs and XFS take times beyond; the engine names such files)."""
+    return I64_MIN if ns < I64_MIN else I64_MAX if ns > I64_MAX else ns
+
+
 @dataclass(slots=True)
 class PoolRow:
     """A pool (table ``pools``); *config* is the decoded JSON object."""
@@ -322,11 +338,11 @@ class Entry:
             uid=st.st_uid,
             gid=st.st_gid,
             size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
-            atime_ns=st.st_atime_ns,
-            ctime_ns=st.st_ctime_ns,
-            ino=st.st_ino,
-            dev=st.st_dev,
+            mtime_ns=stored_ns(st.st_mtime_ns),
+            atime_ns=stored_ns(st.st_atime_ns),
+            ctime_ns=stored_ns(st.st_ctime_ns),
+            ino=stored_int(st.st_ino),
+            dev=stored_int(st.st_dev),
             nlink=st.st_nlink,
             rdev=st.st_rdev if is_dev else 0,
             **extra,

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -171,6 +172,40 @@ def test_unreadable_paths_are_named_and_the_rest_is_kept(tmp_path: Path) -> None
         assert (out / "a.txt").exists() if (source / "a.txt").exists() else True
         restored = {p.name for p in out.rglob("*")}
         assert "secret.txt" not in restored and "closed" in restored
+
+
+def test_times_beyond_1677_2262_are_named_and_the_file_kept_with_them_clamped(
+    tmp_path: Path,
+) -> None:
+    """The index holds times as signed 64-bit nanoseconds (1677-2262); ext4 takes times
+    up to 2446, tmpfs any. Such a file made the whole backup fail with a traceback and
+    no checkpoint; now its data is kept, its times clamped and named on every run."""
+    shm = Path(tempfile.mkdtemp(prefix="durafs-times-", dir="/dev/shm"))  # tmpfs: any time
+    try:
+        source = shm / "src"
+        source.mkdir()
+        (source / "plain").write_bytes(b"plain")
+        odd = source / "odd"
+        odd.write_bytes(b"from the future")
+        year_1500, year_2300 = -14_831_769_600 * 10**9, 10_413_792_000 * 10**9
+        os.utime(odd, ns=(year_1500, year_2300))
+        setup_catalog(tmp_path, encryption="none")
+        for _ in range(2):
+            run = durafs("backup", source, "--pool", "p", "--json")
+            assert run.code == 1, run.err
+            problems = run.json()["problems"]
+            assert {p["path"] for p in problems} == {str(odd)}
+            reasons = " ".join(p["reason"] for p in problems)
+            assert "modification time" in reasons and "2262-04-11" in reasons
+            assert "access time" in reasons and "1677-09-21" in reasons
+        assert run.json()["stats"]["unchanged_files"] == 2  # the clamped times compare equal
+        out = tmp_path / "out"
+        assert durafs("restore", f"default/latest{source}", out).code == 0
+        assert (out / "odd").read_bytes() == b"from the future"
+        assert os.stat(out / "odd").st_mtime_ns == 2**63 - 1
+        assert os.stat(out / "plain").st_mtime_ns == os.stat(source / "plain").st_mtime_ns
+    finally:
+        shutil.rmtree(shm)
 
 
 def test_xattrs_that_could_not_be_read_are_read_again_by_the_next_backup(

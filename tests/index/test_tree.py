@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -569,3 +570,21 @@ def test_find_holds_the_paths_found_not_every_line_it_gives(catalog: Catalog) ->
         tracemalloc.stop()
     assert lines == 100 * 1000
     assert peak < 1_000_000, peak  # 26 MB before: over 200 bytes a line
+
+
+def test_entries_from_any_stat_fit_the_index(catalog: Catalog) -> None:
+    """st_ino and st_dev are unsigned 64-bit (overlayfs sets their high bits) and times
+    reach past what signed 64-bit nanoseconds hold: every such status still makes an
+    entry the index takes, the same one each time (so unchanged files compare equal)."""
+    huge = os.stat_result(
+        (stat.S_IFREG | 0o644, 2**64 - 1, 2**63 + 5, 1, 0, 0, 10, 1, 2, 3),
+        {"st_atime_ns": 10**22, "st_mtime_ns": -(10**22), "st_ctime_ns": 3},
+    )
+    entry = Entry.from_stat(b"/f", huge)
+    assert (entry.ino, entry.dev) == (-1, -(2**63) + 5)
+    assert (entry.atime_ns, entry.mtime_ns, entry.ctime_ns) == (2**63 - 1, -(2**63), 3)
+    plan = catalog.ensure_plan("p")
+    commit(catalog, plan, 1, [make_entry(b"/", "d"), entry])
+    (version,) = [v for path, v in catalog.walk(plan.id, 1, plan.root_id) if path == b"/f"]
+    assert (version.ino, version.dev, version.mtime_ns) == (-1, -(2**63) + 5, -(2**63))
+    assert Entry.from_stat(b"/f", huge) == entry
