@@ -80,6 +80,15 @@ def _text(text: str) -> str:
     return text
 
 
+def _medium_path(text: str) -> str:
+    """A directory medium's path: text (see _text), and never empty, which os.path.abspath
+    would take for the current directory (an unset shell variable, `--path "$DISK"`)."""
+    if not text:
+        raise argparse.ArgumentTypeError("a medium's path is empty (give a directory; "
+                                         "'.' for the current one)")
+    return _text(text)
+
+
 def _capacity(text: str) -> int:
     """A medium's capacity: a size, or 'none' (0) for no limit but the disk's own."""
     return 0 if text.strip().lower() == "none" else positive_size(text)
@@ -129,7 +138,7 @@ def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = _add(psub, "add", commands.pool_add, "add a pool (and its first medium)")
     p.add_argument("name", type=_text)
     p.add_argument("--kind", choices=("dir",), required=True)
-    p.add_argument("--path", required=True, type=_text)
+    p.add_argument("--path", required=True, type=_medium_path)
     p.add_argument("--volume-size", type=positive_size, default=parse_size("1G"))
     p.add_argument("--label", type=_text)
     p.add_argument("--capacity", type=positive_size)
@@ -150,7 +159,7 @@ def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--location", type=_text, help="where it is kept (free text)")
     p = _add(msub, "add", commands.media_add, "add a medium (a directory or disk) to a pool")
     p.add_argument("pool", type=_text)
-    p.add_argument("--path", required=True, type=_text)
+    p.add_argument("--path", required=True, type=_medium_path)
     p.add_argument("--label", type=_text)
     p.add_argument("--capacity", type=positive_size)
     p.add_argument("--location", default="", type=_text)
@@ -195,7 +204,7 @@ def _add_data_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     group.add_argument("--read-data-subset", type=_percent, metavar="PERCENT")
     p.add_argument("--json", action="store_true")
     p = _add(sub, "recover", commands.recover, "rebuild a lost index from directory media")
-    p.add_argument("--path", action="append", required=True, type=_text)
+    p.add_argument("--path", action="append", required=True, type=_medium_path)
     p.add_argument("--identity", help="age identity file (DURAFS_IDENTITY_PASSPHRASE or a "
                    "prompt if it is passphrase-protected)")
     p.add_argument("--json", action="store_true")
