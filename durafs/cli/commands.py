@@ -8,6 +8,7 @@ import stat
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from durafs.cli.output import (
@@ -116,7 +117,17 @@ def key_export(home: Home, args: Args) -> int:
     return 0
 
 
-def _add_medium(catalog: Catalog, keys: CatalogKeys, pool_name: str, args: Args) -> str:
+def _outside_catalog(home: Home, path: str) -> None:
+    """A medium in the catalog directory would be lost with it, and keep `recover` from
+    using that directory (it must be empty): refused before anything is written."""
+    own = os.path.realpath(home.path)
+    if Path(os.path.realpath(path)).is_relative_to(own):
+        raise UsageError(f"{path} is inside durafs's catalog directory ({own}): a medium "
+                         "must be somewhere else (another disk, ideally)")
+
+
+def _add_medium(home: Home, catalog: Catalog, keys: CatalogKeys, pool_name: str,
+                args: Args) -> str:
     pool = catalog.pool(pool_name)
     if pool is None:
         raise UsageError(f"no pool named {pool_name!r}")
@@ -134,6 +145,7 @@ def _add_medium(catalog: Catalog, keys: CatalogKeys, pool_name: str, args: Args)
     marker = MediumMarker(uuid.uuid4().hex, label, pool_name, keys.catalog_id, "dir",
                           time.time_ns(), {})
     path = os.path.abspath(args.path)
+    _outside_catalog(home, path)
     medium = DirectoryMedium(path, args.capacity)
     medium.initialize(marker, keys.keys_file_name, keys.keys_file())
     catalog.add_medium(pool.id, uuid=marker.medium_id, label=label, path=path,
@@ -147,7 +159,7 @@ def pool_add(home: Home, args: Args) -> int:
     # (its name taken, every backup to it refused for want of a medium)
     with home.catalog() as catalog, catalog.db.transaction():
         catalog.add_pool(args.name, args.kind, volume_size=args.volume_size)
-        label = _add_medium(catalog, keys, args.name, args)
+        label = _add_medium(home, catalog, keys, args.name, args)
     print(shown(f"pool {args.name}: medium {label} at {os.path.abspath(args.path)}"))
     return 0
 
@@ -155,7 +167,7 @@ def pool_add(home: Home, args: Args) -> int:
 def media_add(home: Home, args: Args) -> int:
     keys = home.keys(read=False)
     with home.catalog() as catalog:
-        label = _add_medium(catalog, keys, args.pool, args)
+        label = _add_medium(home, catalog, keys, args.pool, args)
     print(shown(f"pool {args.pool}: medium {label} at {os.path.abspath(args.path)}"))
     return 0
 

@@ -220,6 +220,7 @@ class DirectoryMedium(Medium):
         if keys_file_name not in KEYS_FILE_NAMES:
             raise UsageError(f"keys file must be named {' or '.join(KEYS_FILE_NAMES)}")
         payload = marker.to_json()  # refuses a bad marker before anything is written
+        self._check_not_nested(marker)
         self._make_root()
         existing = self.marker()
         if existing is not None:
@@ -234,6 +235,28 @@ class DirectoryMedium(Medium):
         except OSError as exc:
             raise self._error(exc, f"initializing as {marker.label}") from exc
         self._adopt(existing or marker)
+
+    def _check_not_nested(self, marker: MediumMarker) -> None:
+        """Refuse a place inside another medium's directory (any catalog's): its volumes
+        would count as that medium's foreign files, go with that disk wherever it goes,
+        and hide from `recover` given that medium. Asked of the directories there are
+        now, not of paths recorded: the disk of an offline medium once mounted at the
+        same place is not there."""
+        parent = os.path.realpath(os.path.dirname(self.path))
+        while True:
+            where = os.path.join(parent, MARKER_NAME)
+            if os.path.lexists(where):
+                try:
+                    label = MediumMarker.from_json(read_small(where), where).label
+                    found = f"medium {label}"
+                except (OSError, DurafsError):
+                    found = "a durafs medium"  # its marker damaged: still a medium's place
+                raise MediumRefusedError(
+                    f"{self.path} is inside {found} ({parent}); refusing to initialize it "
+                    f"as {marker.label}: choose a directory outside every medium")
+            if parent == os.path.dirname(parent):
+                return
+            parent = os.path.dirname(parent)
 
     def _make_root(self) -> None:
         try:

@@ -3,6 +3,7 @@ and what `media list` says of what is found at a medium's place."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,43 @@ def test_an_empty_medium_path_is_refused_not_taken_for_the_cwd(
     assert list(cwd.iterdir()) == []
     assert [m["label"] for m in durafs("media", "list", "--json").json()] == ["P-001"]
     assert [p["name"] for p in durafs("pool", "list", "--json").json()] == ["p"]
+
+
+def test_a_medium_inside_another_medium_or_the_catalog_is_refused(tmp_path: Path) -> None:
+    pool = setup_catalog(tmp_path)
+    home = Path(os.environ["DURAFS_HOME"])
+    for path, message in [
+        (pool / "sub", f"is inside medium P-001 ({pool})"),
+        (pool / "volumes" / "sub", f"is inside medium P-001 ({pool})"),
+        (tmp_path / "link" / "volumes" / "sub", f"is inside medium P-001 ({pool})"),
+        (home / "media", "is inside durafs's catalog directory"),
+        (home, "is inside durafs's catalog directory"),
+    ]:
+        (tmp_path / "link").unlink(missing_ok=True)
+        (tmp_path / "link").symlink_to(pool)
+        before = sorted(os.listdir(path.parent)) if path.parent.is_dir() else None
+        for args in (("media", "add", "p", "--path", path),
+                     ("pool", "add", "q", "--kind", "dir", "--path", path)):
+            run = durafs(*args)
+            assert run.code == 2 and message in run.err, (args, run.err)
+        if before is not None:  # nothing made there
+            assert sorted(os.listdir(path.parent)) == before
+    assert [m["label"] for m in durafs("media", "list", "--json").json()] == ["P-001"]
+    assert [p["name"] for p in durafs("pool", "list", "--json").json()] == ["p"]
+
+
+def test_a_medium_may_take_the_place_of_an_offline_one(tmp_path: Path) -> None:
+    """Disks taking turns at one mount point: the path of an offline medium, or one inside
+    it, is free when that medium's directory is not there."""
+    pool = setup_catalog(tmp_path)
+    pool.rename(tmp_path / "shelf")  # the disk unplugged: its mount point is empty
+    pool.mkdir()
+    assert durafs("media", "add", "p", "--path", pool / "durafs").code == 0
+    media = durafs("media", "list", "--json").json()
+    assert [(m["label"], m["online"]) for m in media] == [("P-001", False), ("P-002", True)]
+    # and another catalog's medium is a medium too: nothing goes inside it
+    run = durafs("--home", tmp_path / "other", "init", "--encryption", "none")
+    assert run.code == 0, run.err
+    run = durafs("--home", tmp_path / "other", "pool", "add", "q", "--kind", "dir",
+                 "--path", pool / "durafs" / "x")
+    assert run.code == 2 and f"is inside medium P-002 ({pool / 'durafs'})" in run.err, run.err
