@@ -158,6 +158,10 @@ class DirectoryMedium(Medium):
             found = MediumMarker.from_json(read_small(where), where)
         except OSError as exc:
             if exc.errno in GONE_ERRNOS:
+                if os.path.exists(self.path) and not os.path.isdir(self.path):
+                    # something put in its place, not a disk taken away: waiting will not
+                    # bring the medium back until someone moves it
+                    return MediumStatus(False, f"{self.path} is not a directory")
                 there = os.path.isdir(self.path)
                 missing = f"has no {MARKER_NAME}" if there else "does not exist"
                 return MediumStatus(False, f"{self.path} {missing}", absent=True)

@@ -66,3 +66,23 @@ def test_a_medium_may_take_the_place_of_an_offline_one(tmp_path: Path) -> None:
     run = durafs("--home", tmp_path / "other", "pool", "add", "q", "--kind", "dir",
                  "--path", pool / "durafs" / "x")
     assert run.code == 2 and f"is inside medium P-002 ({pool / 'durafs'})" in run.err, run.err
+
+
+def test_a_file_in_place_of_a_medium_is_named_as_such(tmp_path: Path) -> None:
+    pool = setup_catalog(tmp_path, encryption="none")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    pool.rename(tmp_path / "moved")
+    pool.write_text("not a disk")
+    (medium,) = durafs("media", "list", "--json").json()
+    assert not medium["online"]
+    assert medium["reason"] == f"{pool} is not a directory"
+    run = durafs("backup", source, "--pool", "p", "--media-timeout", "0")
+    assert run.code == 3 and f"cannot be used: {pool} is not a directory" in run.err, run.err
+    pool.unlink()  # gone, as a disk taken away: no more than offline
+    (medium,) = durafs("media", "list", "--json").json()
+    assert medium["reason"] == f"{pool} does not exist"
+    pool.symlink_to(tmp_path / "unplugged")  # a link to a disk's mount: offline too
+    (medium,) = durafs("media", "list", "--json").json()
+    assert medium["reason"] == f"{pool} does not exist"
