@@ -127,6 +127,8 @@ class PoolWriter:
             self._medium_row, left = self._sink.row, self._sink.left
             self._tell_moved(stored, left)
         with self.catalog.db.transaction():
+            if left:  # moved to a medium an earlier run had found full: it has room again
+                self._reopen(self._medium_row)
             volume = self._record(stored, summary.plain_size, "data")
             ids = self.catalog.add_chunks(self.pool.id, volume.id, self.open.values())
             self._mark_full(left)
@@ -239,8 +241,9 @@ class PoolWriter:
         if kind == "data":
             # it can move on if the medium fills under it; a non-data volume is written
             # again elsewhere instead (write_volume). Another medium needs room for all of
-            # it: the limit, or its one chunk bigger than that (add_chunk)
-            media = self.catalog.media(self.pool.id)
+            # it: the limit, or its one chunk bigger than that (add_chunk). It may go where
+            # a new volume may: a disk an earlier run found full may have room again
+            media = [m for m in self.catalog.media(self.pool.id) if self._takes_volumes(m)]
             # the seq floors are read here: the sink moves on the volume's own thread
             taken = {m.id: self.catalog.next_volume_seq(m.id) - 1 for m in media}
             self._sink = MovingSink(
@@ -345,8 +348,9 @@ class MovingSink(VolumeSink):
 
     The volume's bytes name no medium (docs/FORMAT.md: the header has the catalog, the
     pool, the volume), so they are the same wherever they land. This runs on the volume's
-    own thread, so it never touches the catalog: *media* are the pool's media as the volume
-    started; the PoolWriter records `left` (the media it filled) and `row` (where it is).
+    own thread, so it never touches the catalog: *media* are the pool's media that could take
+    a volume as it started (`PoolWriter._takes_volumes`); the PoolWriter records `left`
+    (the media it filled) and `row` (where it is).
     A driver that cannot keep what it wrote (`VolumeSink.keep_if_full`) fails as before.
     """
 
@@ -426,12 +430,13 @@ class MovingSink(VolumeSink):
     def _medium_with_room(
         self, tried: set[int], full: MediumFullError
     ) -> tuple[MediumRow, Medium]:
-        """An online medium of the pool, not one of *tried*, with room for the volume.
+        """An online medium of the pool (of *media*, those that may take volumes), not one
+        of *tried*, with room for the volume.
         It does not wait for an offline one: the run would hang on this thread, where an
         interrupt never arrives."""
         offline = []
         for row in sorted(self._media, key=lambda m: m.id):
-            if row.state != "active" or row.id in tried:
+            if row.id in tried:
                 continue
             medium = open_medium(row)
             try:
