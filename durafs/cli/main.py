@@ -80,6 +80,14 @@ def _text(text: str) -> str:
     return text
 
 
+def _new_name(text: str) -> str:
+    """A new pool's name or medium's label: text (see _text) that shows in tables, medium
+    markers and messages, so not empty or blank (nothing there to tell it by)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a name: it is empty or blank")
+    return _text(text)
+
+
 def _medium_path(text: str) -> str:
     """A directory medium's path: text (see _text), and never empty, which os.path.abspath
     would take for the current directory (an unset shell variable, `--path "$DISK"`)."""
@@ -136,11 +144,11 @@ def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     pool = _add(sub, "pool", commands.key_help, "pools of media")
     psub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
     p = _add(psub, "add", commands.pool_add, "add a pool (and its first medium)")
-    p.add_argument("name", type=_text)
+    p.add_argument("name", type=_new_name)
     p.add_argument("--kind", choices=("dir",), required=True)
     p.add_argument("--path", required=True, type=_medium_path)
     p.add_argument("--volume-size", type=positive_size, default=parse_size("1G"))
-    p.add_argument("--label", type=_text)
+    p.add_argument("--label", type=_new_name)
     p.add_argument("--capacity", type=positive_size)
     p.add_argument("--location", default="", type=_text)
     p = _add(psub, "list", commands.pool_list, "list pools")
@@ -160,7 +168,7 @@ def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = _add(msub, "add", commands.media_add, "add a medium (a directory or disk) to a pool")
     p.add_argument("pool", type=_text)
     p.add_argument("--path", required=True, type=_medium_path)
-    p.add_argument("--label", type=_text)
+    p.add_argument("--label", type=_new_name)
     p.add_argument("--capacity", type=positive_size)
     p.add_argument("--location", default="", type=_text)
 

@@ -86,3 +86,18 @@ def test_a_file_in_place_of_a_medium_is_named_as_such(tmp_path: Path) -> None:
     pool.symlink_to(tmp_path / "unplugged")  # a link to a disk's mount: offline too
     (medium,) = durafs("media", "list", "--json").json()
     assert medium["reason"] == f"{pool} does not exist"
+
+
+def test_an_empty_or_blank_pool_name_or_label_is_refused(tmp_path: Path) -> None:
+    setup_catalog(tmp_path)
+    for args in (("pool", "add", "", "--kind", "dir", "--path", tmp_path / "a"),
+                 ("pool", "add", " ", "--kind", "dir", "--path", tmp_path / "a"),
+                 ("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "a",
+                  "--label", ""),
+                 ("media", "add", "p", "--path", tmp_path / "a", "--label", ""),
+                 ("media", "add", "p", "--path", tmp_path / "a", "--label", "\t")):
+        run = durafs(*args)
+        assert run.code == 2 and "is not a name: it is empty or blank" in run.err, (
+            args, run.err)
+    assert not (tmp_path / "a").exists()
+    assert [m["label"] for m in durafs("media", "list", "--json").json()] == ["P-001"]
