@@ -29,6 +29,7 @@ from durafs.format import age
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
 from durafs.index.db import IndexDamagedError
+from durafs.index.rows import MediumRow
 from durafs.media.base import MediumMarker
 from durafs.media.directory import DirectoryMedium
 
@@ -183,8 +184,8 @@ def pool_set(home: Home, args: Args) -> int:
 
 
 def media_set(home: Home, args: Args) -> int:
-    if args.capacity is None and args.location is None:
-        raise UsageError("nothing to change: give --capacity and/or --location")
+    if args.capacity is None and args.location is None and args.path is None:
+        raise UsageError("nothing to change: give --capacity, --location and/or --path")
     with home.catalog() as catalog:
         medium = catalog.medium_by_label(args.label)
         if medium is None:
@@ -194,9 +195,24 @@ def media_set(home: Home, args: Args) -> int:
             fields["capacity"] = args.capacity or None
         if args.location is not None:
             fields["location"] = args.location
+        if args.path is not None:
+            fields["path"] = _found_at(medium, args.path)
         catalog.update_medium(medium.id, **fields)
     print(shown(f"medium {args.label}: updated"))
     return 0
+
+
+def _found_at(medium: MediumRow, path: str) -> str:
+    """*path* made absolute, once its marker shows it holds *medium*: a disk mounted at
+    another place than before. Anything else there (no marker, another medium's) is
+    refused, so a typo never sends the medium's next volumes somewhere it is not."""
+    where = os.path.abspath(path)
+    if medium.kind != "dir":
+        raise UsageError(f"medium {medium.label} is a {medium.kind} medium: it has no path")
+    status = DirectoryMedium(where, label=medium.label, medium_id=medium.uuid).status()
+    if not status.online:
+        raise UsageError(f"medium {medium.label} is not at {where}: {status.reason}")
+    return where
 
 
 def pool_list(home: Home, args: Args) -> int:

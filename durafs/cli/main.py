@@ -165,6 +165,8 @@ def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("label", type=_text)
     p.add_argument("--capacity", type=_capacity, help="usable bytes, or 'none' for no limit")
     p.add_argument("--location", type=_text, help="where it is kept (free text)")
+    p.add_argument("--path", type=_medium_path,
+                   help="where it is mounted now (its marker must be there)")
     p = _add(msub, "add", commands.media_add, "add a medium (a directory or disk) to a pool")
     p.add_argument("pool", type=_text)
     p.add_argument("--path", required=True, type=_medium_path)

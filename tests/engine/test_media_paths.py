@@ -101,3 +101,33 @@ def test_an_empty_or_blank_pool_name_or_label_is_refused(tmp_path: Path) -> None
             args, run.err)
     assert not (tmp_path / "a").exists()
     assert [m["label"] for m in durafs("media", "list", "--json").json()] == ["P-001"]
+
+
+def test_a_disk_mounted_elsewhere_is_told_where_it_is(tmp_path: Path) -> None:
+    """A disk comes back at another place (an automounter's /media/…/LABEL1): `media set
+    --path` says so, once the marker there shows it is that medium."""
+    pool = setup_catalog(tmp_path, encryption="none")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("first")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    moved = tmp_path / "elsewhere"
+    pool.rename(moved)
+    other = tmp_path / "other"
+    assert durafs("media", "add", "p", "--path", other).code == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path, reason in [(other, f"{other} holds medium P-002"),
+                         (empty, f"{empty} has no DURAFS-MEDIUM.json"),
+                         ("", "a medium's path is empty")]:
+        run = durafs("media", "set", "P-001", "--path", path)
+        assert run.code == 2 and reason in run.err, run.err
+    assert durafs("media", "list", "--json").json()[0]["path"] == str(pool)
+    run = durafs("media", "set", "P-001", "--path", moved)
+    assert run.code == 0, run.err
+    (medium, _) = durafs("media", "list", "--json").json()
+    assert (medium["path"], medium["online"]) == (str(moved), True)
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert (out / "f").read_text() == "first"
+    assert durafs("verify").code == 0
