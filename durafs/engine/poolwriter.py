@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from durafs.errors import MediumFullError, MediumOfflineError
+from durafs.errors import MediumFullError, MediumOfflineError, MediumReadOnlyError
 from durafs.format.frames import StoredChunk
 from durafs.format.keys import CatalogKeys
 from durafs.format.writer import VolumeWriter, new_header
@@ -96,6 +96,8 @@ class PoolWriter:
         self._limit = 0
         #: media this run found full: not taken again before the next run
         self._filled: set[int] = set()
+        #: media this run found refusing writes (read-only): passed over until the next run
+        self._read_only: set[int] = set()
         self.volumes_written = 0
         self.bytes_stored = 0
 
@@ -277,12 +279,16 @@ class PoolWriter:
                 log.warning("%s: trying another medium of pool %s", exc, self.pool.name)
                 self._set_full(row)
                 skip.add(row.id)
+            except MediumReadOnlyError as exc:
+                # not full: its state stays, and the next run tries it again
+                log.warning("%s: trying another medium of pool %s", exc, self.pool.name)
+                self._read_only.add(row.id)
 
     def _takes_volumes(self, row: MediumRow) -> bool:
         """Whether new volumes may go to *row*: an active medium, or a disk found full by
         an earlier run that may have room again (its files deleted, or what filled it
         while a volume was written gone: its free bytes tell)."""
-        if row.id in self._filled:
+        if row.id in self._filled or row.id in self._read_only:
             return False
         return row.state == "active" or (row.state == "full" and row.kind == "dir")
 
@@ -308,7 +314,8 @@ class PoolWriter:
             for row in sorted(self.catalog.media(self.pool.id), key=lambda m: m.id):
                 if row.id in skip or not self._takes_volumes(row):
                     if row.state != "retired":
-                        short.append(f"{row.label} full")
+                        why = "read-only" if row.id in self._read_only else "full"
+                        short.append(f"{row.label} {why}")
                     continue
                 medium = open_medium(row)
                 status = medium.status()

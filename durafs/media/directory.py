@@ -36,6 +36,7 @@ from durafs.errors import (
     MediumError,
     MediumFullError,
     MediumOfflineError,
+    MediumReadOnlyError,
     MediumRefusedError,
     UnsupportedVersionError,
     UsageError,
@@ -55,6 +56,7 @@ from durafs.media.filehandle import FileVolumeHandle
 from durafs.media.fsutil import (
     FULL_ERRNOS,
     GONE_ERRNOS,
+    READ_ONLY_ERRNOS,
     fsync_dir,
     locked_dir,
     read_small,
@@ -347,6 +349,10 @@ class DirectoryMedium(Medium):
                     self, fd, tmp_path, VolumeName(after_seq, kind, volume_id, encrypted),
                     limit)
         except OSError as exc:
+            if exc.errno in READ_ONLY_ERRNOS:  # not offline, nor broken: readable still
+                raise MediumReadOnlyError(
+                    f"{self.describe()}: creating volume {volume_id}: the medium cannot be "
+                    f"written ({exc.strerror})") from exc
             raise self._error(exc, f"creating volume {volume_id}") from exc
 
     def _open_temp(self, tmp_path: str, volume_id: str) -> int:
