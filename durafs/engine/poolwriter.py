@@ -343,8 +343,10 @@ class PoolWriter:
                     self.on_wait(message)
             if deadline is not None and time.monotonic() >= deadline:
                 names = "; ".join(describe_unavailable(r, s) for r, s in offline)
+                # and why none of the others took it, else the user wonders
+                others = f" ({'; '.join(short)})" if short else ""
                 raise MediumOfflineError(
-                    f"no writable medium online in pool {self.pool.name}: {names}")
+                    f"no writable medium online in pool {self.pool.name}: {names}{others}")
             time.sleep(POLL_SECONDS)
 
 

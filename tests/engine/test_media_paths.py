@@ -131,3 +131,22 @@ def test_a_disk_mounted_elsewhere_is_told_where_it_is(tmp_path: Path) -> None:
     assert durafs("restore", f"default/latest{source}", out).code == 0
     assert (out / "f").read_text() == "first"
     assert durafs("verify").code == 0
+
+
+def test_a_backup_waiting_in_vain_says_why_no_other_medium_took_the_volume(
+    tmp_path: Path
+) -> None:
+    pool = setup_catalog(tmp_path, encryption="none")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(os.urandom(2 << 20))
+    assert durafs("media", "set", "P-001", "--capacity", "1M").code == 0  # no room
+    second = tmp_path / "second"
+    assert durafs("media", "add", "p", "--path", second, "--location", "shelf 2").code == 0
+    second.rename(tmp_path / "unplugged")
+    run = durafs("backup", source, "--pool", "p", "--media-timeout", "0")
+    assert run.code == 3
+    assert (f"medium P-002 of pool p (last seen at {second}, kept at shelf 2) is offline"
+            in run.err), run.err
+    assert "(P-001 has " in run.err and " bytes free)" in run.err, run.err
+    assert os.listdir(pool / "volumes") == []
