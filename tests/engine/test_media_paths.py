@@ -4,11 +4,14 @@ and what `media list` says of what is found at a medium's place."""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.engine.cli import durafs, setup_catalog
+from tests.engine.cli import durafs, durafs_process, setup_catalog
+from tests.support.oddtree import compare_trees
 
 
 def test_an_empty_medium_path_is_refused_not_taken_for_the_cwd(
@@ -150,3 +153,24 @@ def test_a_backup_waiting_in_vain_says_why_no_other_medium_took_the_volume(
             in run.err), run.err
     assert "(P-001 has " in run.err and " bytes free)" in run.err, run.err
     assert os.listdir(pool / "volumes") == []
+
+
+def test_a_restore_waiting_for_a_medium_says_so_once(tmp_path: Path) -> None:
+    """Both restore workers wait for the offline medium: the user is told once."""
+    pool = setup_catalog(tmp_path, encryption="none", volume_size="1M")
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(8):
+        (source / f"f{i}").write_bytes(os.urandom(1 << 20))
+    assert durafs("backup", source, "--pool", "p").code == 0
+    shelf = tmp_path / "shelf"
+    pool.rename(shelf)
+    out = tmp_path / "out"
+    with durafs_process("restore", f"default/latest{source}", out, "--media-timeout", "60",
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        time.sleep(3)  # every worker is waiting by now
+        shelf.rename(pool)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert err.decode().count("waiting for medium P-001") == 1, err
+    assert compare_trees(source, out) == []
