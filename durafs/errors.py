@@ -71,6 +71,11 @@ class MediumFullError(MediumError):
     """The medium has no room left for the volume being written."""
 
 
+class MediumReadOnlyError(MediumError):
+    """The medium is online but refuses writes (mounted read-only, as a file system with
+    errors often is, or not writable by this user): it can be read, not given volumes."""
+
+
 class CatalogError(DurafsError):
     """The catalog index is missing, locked, or inconsistent."""
 

@@ -8,6 +8,7 @@ import stat
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from durafs.cli.output import (
@@ -29,6 +30,7 @@ from durafs.format import age
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
 from durafs.index.db import IndexDamagedError
+from durafs.index.rows import MediumRow
 from durafs.media.base import MediumMarker
 from durafs.media.directory import DirectoryMedium
 
@@ -117,7 +119,17 @@ def key_export(home: Home, args: Args) -> int:
     return 0
 
 
-def _add_medium(catalog: Catalog, keys: CatalogKeys, pool_name: str, args: Args) -> str:
+def _outside_catalog(home: Home, path: str) -> None:
+    """A medium in the catalog directory would be lost with it, and keep `recover` from
+    using that directory (it must be empty): refused before anything is written."""
+    own = os.path.realpath(home.path)
+    if Path(os.path.realpath(path)).is_relative_to(own):
+        raise UsageError(f"{path} is inside durafs's catalog directory ({own}): a medium "
+                         "must be somewhere else (another disk, ideally)")
+
+
+def _add_medium(home: Home, catalog: Catalog, keys: CatalogKeys, pool_name: str,
+                args: Args) -> str:
     pool = catalog.pool(pool_name)
     if pool is None:
         raise UsageError(f"no pool named {pool_name!r}")
@@ -135,6 +147,7 @@ def _add_medium(catalog: Catalog, keys: CatalogKeys, pool_name: str, args: Args)
     marker = MediumMarker(uuid.uuid4().hex, label, pool_name, keys.catalog_id, "dir",
                           time.time_ns(), {})
     path = os.path.abspath(args.path)
+    _outside_catalog(home, path)
     medium = DirectoryMedium(path, args.capacity)
     medium.initialize(marker, keys.keys_file_name, keys.keys_file())
     catalog.add_medium(pool.id, uuid=marker.medium_id, label=label, path=path,
@@ -148,7 +161,7 @@ def pool_add(home: Home, args: Args) -> int:
     # (its name taken, every backup to it refused for want of a medium)
     with home.catalog() as catalog, catalog.db.transaction():
         catalog.add_pool(args.name, args.kind, volume_size=args.volume_size)
-        label = _add_medium(catalog, keys, args.name, args)
+        label = _add_medium(home, catalog, keys, args.name, args)
     print(shown(f"pool {args.name}: medium {label} at {os.path.abspath(args.path)}"))
     return 0
 
@@ -156,7 +169,7 @@ def pool_add(home: Home, args: Args) -> int:
 def media_add(home: Home, args: Args) -> int:
     keys = home.keys(read=False)
     with home.catalog() as catalog:
-        label = _add_medium(catalog, keys, args.pool, args)
+        label = _add_medium(home, catalog, keys, args.pool, args)
     print(shown(f"pool {args.pool}: medium {label} at {os.path.abspath(args.path)}"))
     return 0
 
@@ -172,8 +185,8 @@ def pool_set(home: Home, args: Args) -> int:
 
 
 def media_set(home: Home, args: Args) -> int:
-    if args.capacity is None and args.location is None:
-        raise UsageError("nothing to change: give --capacity and/or --location")
+    if args.capacity is None and args.location is None and args.path is None:
+        raise UsageError("nothing to change: give --capacity, --location and/or --path")
     with home.catalog() as catalog:
         medium = catalog.medium_by_label(args.label)
         if medium is None:
@@ -183,9 +196,24 @@ def media_set(home: Home, args: Args) -> int:
             fields["capacity"] = args.capacity or None
         if args.location is not None:
             fields["location"] = args.location
+        if args.path is not None:
+            fields["path"] = _found_at(medium, args.path)
         catalog.update_medium(medium.id, **fields)
     print(shown(f"medium {args.label}: updated"))
     return 0
+
+
+def _found_at(medium: MediumRow, path: str) -> str:
+    """*path* made absolute, once its marker shows it holds *medium*: a disk mounted at
+    another place than before. Anything else there (no marker, another medium's) is
+    refused, so a typo never sends the medium's next volumes somewhere it is not."""
+    where = os.path.abspath(path)
+    if medium.kind != "dir":
+        raise UsageError(f"medium {medium.label} is a {medium.kind} medium: it has no path")
+    status = DirectoryMedium(where, label=medium.label, medium_id=medium.uuid).status()
+    if not status.online:
+        raise UsageError(f"medium {medium.label} is not at {where}: {status.reason}")
+    return where
 
 
 def pool_list(home: Home, args: Args) -> int:

@@ -80,6 +80,23 @@ def _text(text: str) -> str:
     return text
 
 
+def _new_name(text: str) -> str:
+    """A new pool's name or medium's label: text (see _text) that shows in tables, medium
+    markers and messages, so not empty or blank (nothing there to tell it by)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a name: it is empty or blank")
+    return _text(text)
+
+
+def _medium_path(text: str) -> str:
+    """A directory medium's path: text (see _text), and never empty, which os.path.abspath
+    would take for the current directory (an unset shell variable, `--path "$DISK"`)."""
+    if not text:
+        raise argparse.ArgumentTypeError("a medium's path is empty (give a directory; "
+                                         "'.' for the current one)")
+    return _text(text)
+
+
 def _capacity(text: str) -> int:
     """A medium's capacity: a size, or 'none' (0) for no limit but the disk's own."""
     return 0 if text.strip().lower() == "none" else positive_size(text)
@@ -127,11 +144,11 @@ def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     pool = _add(sub, "pool", commands.key_help, "pools of media")
     psub = pool.add_subparsers(dest="pool_command", required=True, parser_class=_Parser)
     p = _add(psub, "add", commands.pool_add, "add a pool (and its first medium)")
-    p.add_argument("name", type=_text)
+    p.add_argument("name", type=_new_name)
     p.add_argument("--kind", choices=("dir",), required=True)
-    p.add_argument("--path", required=True, type=_text)
+    p.add_argument("--path", required=True, type=_medium_path)
     p.add_argument("--volume-size", type=positive_size, default=parse_size("1G"))
-    p.add_argument("--label", type=_text)
+    p.add_argument("--label", type=_new_name)
     p.add_argument("--capacity", type=positive_size)
     p.add_argument("--location", default="", type=_text)
     p = _add(psub, "list", commands.pool_list, "list pools")
@@ -148,10 +165,12 @@ def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("label", type=_text)
     p.add_argument("--capacity", type=_capacity, help="usable bytes, or 'none' for no limit")
     p.add_argument("--location", type=_text, help="where it is kept (free text)")
+    p.add_argument("--path", type=_medium_path,
+                   help="where it is mounted now (its marker must be there)")
     p = _add(msub, "add", commands.media_add, "add a medium (a directory or disk) to a pool")
     p.add_argument("pool", type=_text)
-    p.add_argument("--path", required=True, type=_text)
-    p.add_argument("--label", type=_text)
+    p.add_argument("--path", required=True, type=_medium_path)
+    p.add_argument("--label", type=_new_name)
     p.add_argument("--capacity", type=positive_size)
     p.add_argument("--location", default="", type=_text)
 
@@ -195,7 +214,7 @@ def _add_data_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     group.add_argument("--read-data-subset", type=_percent, metavar="PERCENT")
     p.add_argument("--json", action="store_true")
     p = _add(sub, "recover", commands.recover, "rebuild a lost index from directory media")
-    p.add_argument("--path", action="append", required=True, type=_text)
+    p.add_argument("--path", action="append", required=True, type=_medium_path)
     p.add_argument("--identity", help="age identity file (DURAFS_IDENTITY_PASSPHRASE or a "
                    "prompt if it is passphrase-protected)")
     p.add_argument("--json", action="store_true")

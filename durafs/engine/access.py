@@ -57,6 +57,9 @@ class VolumeAccess:
         self._open: OrderedDict[int, tuple[VolumeHandle, VolumeReader]] = OrderedDict()
         self._media: dict[int, MediumRow] = {m.id: m for m in catalog.media()}
         self._stopped = threading.Event()
+        #: what the user was last told of each medium being waited for: threads waiting
+        #: for the same medium (a restore's workers) tell it once between them
+        self._told: dict[int, str] = {}
 
     def medium_row(self, medium_id: int) -> MediumRow:
         """The medium's row; all rows are read at once (a small table), again only when an
@@ -73,18 +76,23 @@ class VolumeAccess:
     def online_medium(self, row: MediumRow) -> Medium:
         """The medium's driver once it is online (waiting per *wait*)."""
         deadline = None if self.wait is None else time.monotonic() + self.wait
-        told = None
         while True:
             medium = open_medium(row)
             status = medium.status()
             if status.online:
+                with self._lock:
+                    self._told.pop(row.id, None)  # a later wait for it is told again
                 return medium
             if deadline is not None and time.monotonic() >= deadline:
+                with self._lock:
+                    self._told.pop(row.id, None)  # a later wait is told again
                 raise MediumOfflineError(describe_unavailable(row, status))
             message = waiting_for(row, status)
-            if message != told:  # told again when what is at its place changes
+            with self._lock:  # told again when what is at its place changes
+                new = self._told.get(row.id) != message
+                self._told[row.id] = message
+            if new:
                 self.on_wait(message)
-                told = message
             if self._stopped.wait(POLL_SECONDS):
                 raise WaitStopped(describe_offline(row))
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from durafs.errors import MediumFullError, MediumOfflineError
+from durafs.errors import MediumFullError, MediumOfflineError, MediumReadOnlyError
 from durafs.format.frames import StoredChunk
 from durafs.format.keys import CatalogKeys
 from durafs.format.writer import VolumeWriter, new_header
@@ -96,6 +96,8 @@ class PoolWriter:
         self._limit = 0
         #: media this run found full: not taken again before the next run
         self._filled: set[int] = set()
+        #: media this run found refusing writes (read-only): passed over until the next run
+        self._read_only: set[int] = set()
         self.volumes_written = 0
         self.bytes_stored = 0
 
@@ -127,6 +129,8 @@ class PoolWriter:
             self._medium_row, left = self._sink.row, self._sink.left
             self._tell_moved(stored, left)
         with self.catalog.db.transaction():
+            if left:  # moved to a medium an earlier run had found full: it has room again
+                self._reopen(self._medium_row)
             volume = self._record(stored, summary.plain_size, "data")
             ids = self.catalog.add_chunks(self.pool.id, volume.id, self.open.values())
             self._mark_full(left)
@@ -239,8 +243,9 @@ class PoolWriter:
         if kind == "data":
             # it can move on if the medium fills under it; a non-data volume is written
             # again elsewhere instead (write_volume). Another medium needs room for all of
-            # it: the limit, or its one chunk bigger than that (add_chunk)
-            media = self.catalog.media(self.pool.id)
+            # it: the limit, or its one chunk bigger than that (add_chunk). It may go where
+            # a new volume may: a disk an earlier run found full may have room again
+            media = [m for m in self.catalog.media(self.pool.id) if self._takes_volumes(m)]
             # the seq floors are read here: the sink moves on the volume's own thread
             taken = {m.id: self.catalog.next_volume_seq(m.id) - 1 for m in media}
             self._sink = MovingSink(
@@ -274,12 +279,16 @@ class PoolWriter:
                 log.warning("%s: trying another medium of pool %s", exc, self.pool.name)
                 self._set_full(row)
                 skip.add(row.id)
+            except MediumReadOnlyError as exc:
+                # not full: its state stays, and the next run tries it again
+                log.warning("%s: trying another medium of pool %s", exc, self.pool.name)
+                self._read_only.add(row.id)
 
     def _takes_volumes(self, row: MediumRow) -> bool:
         """Whether new volumes may go to *row*: an active medium, or a disk found full by
         an earlier run that may have room again (its files deleted, or what filled it
         while a volume was written gone: its free bytes tell)."""
-        if row.id in self._filled:
+        if row.id in self._filled or row.id in self._read_only:
             return False
         return row.state == "active" or (row.state == "full" and row.kind == "dir")
 
@@ -305,7 +314,8 @@ class PoolWriter:
             for row in sorted(self.catalog.media(self.pool.id), key=lambda m: m.id):
                 if row.id in skip or not self._takes_volumes(row):
                     if row.state != "retired":
-                        short.append(f"{row.label} full")
+                        why = "read-only" if row.id in self._read_only else "full"
+                        short.append(f"{row.label} {why}")
                     continue
                 medium = open_medium(row)
                 status = medium.status()
@@ -333,8 +343,10 @@ class PoolWriter:
                     self.on_wait(message)
             if deadline is not None and time.monotonic() >= deadline:
                 names = "; ".join(describe_unavailable(r, s) for r, s in offline)
+                # and why none of the others took it, else the user wonders
+                others = f" ({'; '.join(short)})" if short else ""
                 raise MediumOfflineError(
-                    f"no writable medium online in pool {self.pool.name}: {names}")
+                    f"no writable medium online in pool {self.pool.name}: {names}{others}")
             time.sleep(POLL_SECONDS)
 
 
@@ -345,8 +357,9 @@ class MovingSink(VolumeSink):
 
     The volume's bytes name no medium (docs/FORMAT.md: the header has the catalog, the
     pool, the volume), so they are the same wherever they land. This runs on the volume's
-    own thread, so it never touches the catalog: *media* are the pool's media as the volume
-    started; the PoolWriter records `left` (the media it filled) and `row` (where it is).
+    own thread, so it never touches the catalog: *media* are the pool's media that could take
+    a volume as it started (`PoolWriter._takes_volumes`); the PoolWriter records `left`
+    (the media it filled) and `row` (where it is).
     A driver that cannot keep what it wrote (`VolumeSink.keep_if_full`) fails as before.
     """
 
@@ -426,12 +439,13 @@ class MovingSink(VolumeSink):
     def _medium_with_room(
         self, tried: set[int], full: MediumFullError
     ) -> tuple[MediumRow, Medium]:
-        """An online medium of the pool, not one of *tried*, with room for the volume.
+        """An online medium of the pool (of *media*, those that may take volumes), not one
+        of *tried*, with room for the volume.
         It does not wait for an offline one: the run would hang on this thread, where an
         interrupt never arrives."""
         offline = []
         for row in sorted(self._media, key=lambda m: m.id):
-            if row.state != "active" or row.id in tried:
+            if row.id in tried:
                 continue
             medium = open_medium(row)
             try:

@@ -36,6 +36,7 @@ from durafs.errors import (
     MediumError,
     MediumFullError,
     MediumOfflineError,
+    MediumReadOnlyError,
     MediumRefusedError,
     UnsupportedVersionError,
     UsageError,
@@ -55,6 +56,7 @@ from durafs.media.filehandle import FileVolumeHandle
 from durafs.media.fsutil import (
     FULL_ERRNOS,
     GONE_ERRNOS,
+    READ_ONLY_ERRNOS,
     fsync_dir,
     locked_dir,
     read_small,
@@ -158,6 +160,10 @@ class DirectoryMedium(Medium):
             found = MediumMarker.from_json(read_small(where), where)
         except OSError as exc:
             if exc.errno in GONE_ERRNOS:
+                if os.path.exists(self.path) and not os.path.isdir(self.path):
+                    # something put in its place, not a disk taken away: waiting will not
+                    # bring the medium back until someone moves it
+                    return MediumStatus(False, f"{self.path} is not a directory")
                 there = os.path.isdir(self.path)
                 missing = f"has no {MARKER_NAME}" if there else "does not exist"
                 return MediumStatus(False, f"{self.path} {missing}", absent=True)
@@ -220,6 +226,7 @@ class DirectoryMedium(Medium):
         if keys_file_name not in KEYS_FILE_NAMES:
             raise UsageError(f"keys file must be named {' or '.join(KEYS_FILE_NAMES)}")
         payload = marker.to_json()  # refuses a bad marker before anything is written
+        self._check_not_nested(marker)
         self._make_root()
         existing = self.marker()
         if existing is not None:
@@ -234,6 +241,28 @@ class DirectoryMedium(Medium):
         except OSError as exc:
             raise self._error(exc, f"initializing as {marker.label}") from exc
         self._adopt(existing or marker)
+
+    def _check_not_nested(self, marker: MediumMarker) -> None:
+        """Refuse a place inside another medium's directory (any catalog's): its volumes
+        would count as that medium's foreign files, go with that disk wherever it goes,
+        and hide from `recover` given that medium. Asked of the directories there are
+        now, not of paths recorded: the disk of an offline medium once mounted at the
+        same place is not there."""
+        parent = os.path.realpath(os.path.dirname(self.path))
+        while True:
+            where = os.path.join(parent, MARKER_NAME)
+            if os.path.lexists(where):
+                try:
+                    label = MediumMarker.from_json(read_small(where), where).label
+                    found = f"medium {label}"
+                except (OSError, DurafsError):
+                    found = "a durafs medium"  # its marker damaged: still a medium's place
+                raise MediumRefusedError(
+                    f"{self.path} is inside {found} ({parent}); refusing to initialize it "
+                    f"as {marker.label}: choose a directory outside every medium")
+            if parent == os.path.dirname(parent):
+                return
+            parent = os.path.dirname(parent)
 
     def _make_root(self) -> None:
         try:
@@ -320,6 +349,10 @@ class DirectoryMedium(Medium):
                     self, fd, tmp_path, VolumeName(after_seq, kind, volume_id, encrypted),
                     limit)
         except OSError as exc:
+            if exc.errno in READ_ONLY_ERRNOS:  # not offline, nor broken: readable still
+                raise MediumReadOnlyError(
+                    f"{self.describe()}: creating volume {volume_id}: the medium cannot be "
+                    f"written ({exc.strerror})") from exc
             raise self._error(exc, f"creating volume {volume_id}") from exc
 
     def _open_temp(self, tmp_path: str, volume_id: str) -> int:

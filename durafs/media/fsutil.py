@@ -20,6 +20,8 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 GONE_ERRNOS = frozenset(
     {errno.ENOENT, errno.ENOTDIR, errno.ENOTCONN, errno.ESTALE, errno.ENODEV, errno.ENXIO}
 )
+#: The medium refuses writes: a read-only mount, or permissions (an immutable directory).
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 #: flock is not supported on this file system (some network and FUSE file systems).
 _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL})
 

@@ -60,7 +60,8 @@ def test_kill_9_during_backups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     pool = setup_catalog(tmp_path)
     # how long one full backup takes, to spread the kills over a whole run
     home = os.environ["DURAFS_HOME"]
-    monkeypatch.setenv("DURAFS_HOME", os.fspath(tmp_path / "probe"))
+    # its own catalog, beside (not around) its medium
+    monkeypatch.setenv("DURAFS_HOME", os.fspath(tmp_path / "probe" / "home"))
     started = time.monotonic()
     setup_catalog(tmp_path / "probe")
     assert durafs("backup", source, "--pool", "p").code == 0
