@@ -5,7 +5,8 @@ A hook runs in a session of its own, so that an interrupted backup ends it with 
 started (a signal sent to durafs alone reaches none of them), and with /dev/null as its
 input: its output is captured, so nobody would see what it asks. Should durafs itself be
 killed while a hook runs (kill -9, the OOM killer), a watcher process ends the hook's
-process group in its place.
+process group in its place. A hook gets durafs's environment without the passphrases
+(`PASSPHRASE_VARIABLES`): a hook is the plan's business, the keys are not.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 import signal
 import subprocess
 import time
+
+from durafs.engine.home import PASSPHRASE_VARIABLES
 
 #: Seconds an interrupted hook gets to end on SIGTERM before its process group is killed.
 HOOK_GRACE = 5.0
@@ -32,7 +35,7 @@ def run_hook(command: str, what: str) -> str | None:
     with subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           errors="replace",  # what a hook writes need not be UTF-8
-                          start_new_session=True) as hook:
+                          env=_hook_environment(), start_new_session=True) as hook:
         watch = _HookWatch(hook.pid)
         try:
             _, stderr = hook.communicate()
@@ -44,6 +47,12 @@ def run_hook(command: str, what: str) -> str | None:
     if hook.returncode == 0:
         return None
     return f"{what} `{command}` failed (exit {hook.returncode}): {stderr.strip()}"
+
+
+def _hook_environment() -> dict[str, str]:
+    # a hook's commands (and whatever they log or send on) have no use for the passphrase
+    # that opens every volume; DURAFS_HOME and the rest stay, a script may want them
+    return {k: v for k, v in os.environ.items() if k not in PASSPHRASE_VARIABLES}
 
 
 class _HookWatch:
