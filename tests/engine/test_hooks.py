@@ -3,11 +3,21 @@ that a backup whose pre-hook ran always runs its post-hook."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.engine.cli import durafs, setup_catalog
+from tests.engine.cli import checkpoint_names, durafs, durafs_process, setup_catalog
+
+
+def _source(tmp_path: Path) -> Path:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    return source
 
 
 def test_a_hook_gets_no_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,3 +35,60 @@ def test_a_hook_gets_no_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     for when in ("pre", "post"):
         env = Path(f"{seen}.{when}").read_text()
         assert "secret" not in env and "DURAFS_HOME=" in env
+
+
+def test_a_hook_that_writes_a_lot_costs_no_memory_and_is_quoted_by_its_end(
+    tmp_path: Path,
+) -> None:
+    """A hook may write a dump to stdout by mistake, or a verbose tool's log to stderr:
+    durafs held all of it in memory (1.3 GB for 400 MB), and quoted all of stderr in the
+    failure message. stdout is dropped; of stderr the end, where the reason is."""
+    source = _source(tmp_path)
+    setup_catalog(tmp_path)
+    noise = "yes | head -c 256M"
+    hook = f"{noise}; {noise} >&2; echo the reason >&2; exit 7"
+    with durafs_process("backup", source, "--pool", "p", "--pre-hook", hook,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        assert proc.stderr is not None
+        message = proc.stderr.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)  # its own peak memory, as Popen cannot
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 2, message
+    assert "failed (exit 7): …y" in message and message.endswith("y\\ny\\nthe reason\n")
+    assert len(message) < 8192
+    assert usage.ru_maxrss < 200 * 1024, usage.ru_maxrss  # KiB
+    assert checkpoint_names() == []
+
+
+def _backup_within(seconds: float, *args: str | os.PathLike[str]) -> tuple[int, str]:
+    """`durafs backup ARGS…` as a child process that must end within *seconds*: its exit
+    status and stderr."""
+    with durafs_process("backup", *args, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE) as proc:
+        try:
+            _, err = proc.communicate(timeout=seconds)
+        finally:
+            proc.kill()
+    return proc.returncode, err.decode()
+
+
+def test_what_a_hook_leaves_running_does_not_hold_the_backup(tmp_path: Path) -> None:
+    """A hook is over when its shell is: one that starts a command in the background
+    (`sleep 600 &`, a service) held the backup until that command ended, since it kept
+    the hook's stderr open."""
+    source = _source(tmp_path)
+    setup_catalog(tmp_path)
+    pid_file = tmp_path / "pid"
+    leave = f"sleep 600 & echo $! > {pid_file}"
+    try:
+        for hook in ("--pre-hook", "--post-hook"):
+            code, err = _backup_within(30, source, "--pool", "p", hook, leave)
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            assert code == 0, err
+        # a failing one is quoted by what it wrote before it ended
+        code, err = _backup_within(30, source, "--pool", "p", "--post-hook",
+                                   f"{leave}; echo why >&2; exit 3")
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert code == 1 and "post-backup hook" in err and "(exit 3): why" in err
+    assert len(checkpoint_names()) == 3
