@@ -61,7 +61,18 @@ def run_hook(command: str, what: str) -> str | None:
             watch.stand_down()
     if hook.returncode == 0:
         return None
-    return f"{what} `{command}` failed (exit {hook.returncode}): {stderr.text()}"
+    return f"{what} `{command}` failed ({_ending(hook.returncode)}): {stderr.text()}"
+
+
+def _ending(returncode: int) -> str:
+    """How a hook's shell ended, as a message says it: Popen's -N is signal N, which no
+    exit status can be (`exit -9` read as a status the hook chose)."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"killed by signal {-returncode}"
 
 
 class _Tail:

@@ -92,3 +92,18 @@ def test_what_a_hook_leaves_running_does_not_hold_the_backup(tmp_path: Path) -> 
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert code == 1 and "post-backup hook" in err and "(exit 3): why" in err
     assert len(checkpoint_names()) == 3
+
+
+def test_a_hook_killed_by_a_signal_is_said_to_be(tmp_path: Path) -> None:
+    """A hook ended by a signal (the OOM killer, a timeout) was reported as `exit -9`."""
+    source = _source(tmp_path)
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p", "--pre-hook", "echo dying >&2; kill -9 $$")
+    assert run.code == 2 and "failed (killed by SIGKILL): dying" in run.err
+    run = durafs("backup", source, "--pool", "p", "--pre-hook", "", "--post-hook",
+                 "kill -s TERM $$")
+    assert run.code == 1 and "post-backup hook `kill -s TERM $$` failed (killed by SIGTERM)" \
+        in run.err
+    run = durafs("backup", source, "--pool", "p", "--post-hook", "kill -s RTMIN+1 $$")
+    assert run.code == 1 and "failed (killed by signal 35)" in run.err
+    assert len(checkpoint_names()) == 2
