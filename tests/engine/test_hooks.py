@@ -107,3 +107,38 @@ def test_a_hook_killed_by_a_signal_is_said_to_be(tmp_path: Path) -> None:
     run = durafs("backup", source, "--pool", "p", "--post-hook", "kill -s RTMIN+1 $$")
     assert run.code == 1 and "failed (killed by signal 35)" in run.err
     assert len(checkpoint_names()) == 2
+
+
+def test_the_post_hook_runs_after_a_backup_that_failed_or_was_interrupted(
+    tmp_path: Path,
+) -> None:
+    """A pre-hook quiesces a database, stops a service: its post-hook must undo that
+    however the backup ends. It ran only after a checkpoint, so a medium offline, a full
+    disk, a Ctrl-C left the database quiesced. A post-hook failing then is named too."""
+    source = _source(tmp_path)
+    pool = setup_catalog(tmp_path)
+    state = tmp_path / "state"
+    pool.rename(tmp_path / "away")  # the pool's only medium is offline
+    run = durafs("backup", source, "--pool", "p", "--media-timeout", "0.2",
+                 "--pre-hook", f"echo quiesced >> {state}",
+                 "--post-hook", f"echo resumed >> {state}; echo still busy >&2; exit 4")
+    assert run.code == 3 and "offline" in run.err.splitlines()[-1], run.err
+    assert "post-backup hook `echo resumed" in run.err and "(exit 4): still busy" in run.err
+    assert state.read_text() == "quiesced\nresumed\n"
+    # interrupted while it waits for the medium
+    state.unlink()
+    with durafs_process("backup", source, "--pool", "p", "--post-hook",
+                        f"echo resumed >> {state}", stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE) as proc:
+        assert proc.stderr is not None
+        assert "waiting for medium" in proc.stderr.readline().decode()
+        assert state.read_text() == "quiesced\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert state.read_text() == "quiesced\nresumed\n"
+    assert checkpoint_names() == []
+    # a failing pre-hook is no backup begun: nothing to undo
+    state.unlink()
+    run = durafs("backup", source, "--pool", "p", "--pre-hook", f"echo half >> {state}; false")
+    assert run.code == 2 and state.read_text() == "half\n"
