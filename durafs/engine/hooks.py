@@ -7,7 +7,9 @@ input: nobody would see what it asks (its stdout goes to /dev/null, the end of i
 into the message should it fail). Should durafs itself be
 killed while a hook runs (kill -9, the OOM killer), a watcher process ends the hook's
 process group in its place. A hook gets durafs's environment without the passphrases
-(`PASSPHRASE_VARIABLES`): a hook is the plan's business, the keys are not.
+(`PASSPHRASE_VARIABLES`): a hook is the plan's business, the keys are not. It runs in
+`/`: it is saved with the plan and run by every later backup of it, from wherever that
+is started (cron, a shell elsewhere), so `./dump.sh` must not work only from one place.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def run_hook(command: str, what: str) -> str | None:
     try:
         hook = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=write_end,
-                                env=_hook_environment(), start_new_session=True)
+                                env=_hook_environment(), start_new_session=True,
+                                cwd="/")  # the same for every backup, wherever run from
     finally:
         os.close(write_end)  # the hook's now: the tail ends when the last holder closes it
     with hook:

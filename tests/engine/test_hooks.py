@@ -142,3 +142,19 @@ def test_the_post_hook_runs_after_a_backup_that_failed_or_was_interrupted(
     state.unlink()
     run = durafs("backup", source, "--pool", "p", "--pre-hook", f"echo half >> {state}; false")
     assert run.code == 2 and state.read_text() == "half\n"
+
+
+def test_a_hook_runs_in_the_same_directory_wherever_the_backup_is_run_from(
+    tmp_path: Path,
+) -> None:
+    """A hook is saved with the plan and run by later backups started elsewhere (cron,
+    another shell): run in durafs's working directory, `./dump.sh` worked from the
+    directory it was given in and failed (exit 2) from every other."""
+    source = _source(tmp_path)
+    setup_catalog(tmp_path)
+    where = tmp_path / "where"
+    for cwd in (source, tmp_path):
+        with durafs_process("backup", source, "--pool", "p", "--pre-hook", f"pwd > {where}",
+                            cwd=cwd, stdout=subprocess.DEVNULL) as proc:
+            assert proc.wait(30) == 0
+        assert where.read_text() == "/\n"
