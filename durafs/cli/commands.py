@@ -21,7 +21,7 @@ from durafs.cli.output import (
     shown,
 )
 from durafs.engine.access import VolumeAccess
-from durafs.engine.backup import Backup, BackupOptions
+from durafs.engine.backup import Backup, BackupOptions, BackupResult
 from durafs.engine.excludes import ExcludePatternError, check_patterns
 from durafs.engine.fsmeta import at_path
 from durafs.engine.home import Home, read_passphrase
@@ -314,19 +314,29 @@ def backup(home: Home, args: Args) -> int:
     for problem in (*result.notes, *result.problems):
         _say(str(problem))
     if args.json:
-        print_json({"plan": result.plan, "checkpoint": result.checkpoint, "stats": result.stats,
+        print_json({"plan": result.plan, "checkpoint": result.checkpoint,
+                    "dry_run": args.dry_run, "stats": result.stats,
                     "problems": [{**name_fields("path", p.path), "reason": p.reason}
                                  for p in result.problems],
                     "notes": [{**name_fields("path", p.path), "reason": p.reason}
                               for p in result.notes]})
     else:
-        s = result.stats
-        what = ("would back up" if args.dry_run
-                else f"checkpoint {shown(result.plan)}/{result.checkpoint}:")
-        print(f"{what} {s.get('files', 0)} files, {human_size(s.get('bytes', 0))}; "
-              f"{s.get('changed_files', 0)} new or changed, "
-              f"{human_size(s.get('bytes_new', 0))} new data")
+        print(_backup_summary(result, args.dry_run))
     return 1 if result.problems else 0
+
+
+def _backup_summary(result: BackupResult, dry_run: bool) -> str:
+    """A backup's one line. A dry run reads no file, so it cannot know how much of what
+    it would read is new data (a first backup's 0 B new data read as nothing to store):
+    it says how much it would read."""
+    s = result.stats
+    counts = (f"{s.get('files', 0)} files, {human_size(s.get('bytes', 0))}; "
+              f"{s.get('changed_files', 0)} new or changed")
+    if dry_run:
+        return (f"would back up {counts}, {human_size(s.get('bytes_to_read', 0))} to read "
+                "(how much of it is new data is known only once it is read)")
+    return (f"checkpoint {shown(result.plan)}/{result.checkpoint}: {counts}, "
+            f"{human_size(s.get('bytes_new', 0))} new data")
 
 
 def _known_plan(catalog: Catalog, plan: str | None) -> None:

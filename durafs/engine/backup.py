@@ -77,6 +77,7 @@ from durafs.index.rows import (
     I64_MAX,
     I64_MIN,
     TYPE_OF_FMT,
+    CheckpointRow,
     Entry,
     PlanRow,
     pack_pieces,
@@ -177,6 +178,7 @@ class Backup:
         if pool is None:
             raise UsageError(f"no pool named {options.pool!r} (see `durafs pool list`)")
         self.pool = pool
+        self._say = on_wait  # what the user is told while the run goes on
         self.writer = PoolWriter(catalog, keys, pool, on_wait=on_wait,
                                  media_timeout=options.media_timeout)
         self.chunker = Chunker(keys.id_key)
@@ -252,15 +254,32 @@ class Backup:
         self._chunks.start()
         self._own = self._own_directories()
         self._refuse_only_own_data()
-        self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
         if prev:
             self._reread_xattrs = {os.fsencode(p) for p in prev[-1].stats.get(XATTRS_UNREAD, ())}
+        self._run_hook(plan.config.get("pre_hook"), "pre-backup hook", fatal=True)
         return bool(prev)
 
     def _run_plan(self, plan: PlanRow) -> BackupResult:
         had_checkpoint = self._prepare(plan)
+        # The pre-backup hook has run: the post-backup hook runs however the run ends (what
+        # the one did, a database quiesced, a service stopped, the other must undo).
+        try:
+            checkpoint = self._take_checkpoint(plan, had_checkpoint)
+        except BaseException:
+            self._post_hook_after_failure(plan)
+            raise
+        if checkpoint is None:  # a dry run
+            return BackupResult(plan.name, None, dict(self.stats), self.problems, self.notes)
+        self._run_hook(plan.config.get("post_hook"), "post-backup hook", fatal=False)
+        self._report(force=True)
+        return BackupResult(plan.name, checkpoint.name, dict(self.stats), self.problems,
+                            self.notes)
+
+    def _take_checkpoint(self, plan: PlanRow, had_checkpoint: bool) -> CheckpointRow | None:
+        """The walk and all it stores, recorded as a checkpoint with its catalog volume;
+        None for a dry run, which records nothing."""
         name = self._checkpoint_name(plan.name)
         created = time.time_ns()
         try:
@@ -281,8 +300,7 @@ class Backup:
                     self.writer.abort()
                     raise
                 if self.opts.dry_run:
-                    return BackupResult(plan.name, None, dict(self.stats), self.problems,
-                                        self.notes)
+                    return None
                 self.stats["pool"] = self.pool.name
                 self.stats["problems"] = len(self.problems)
                 stats = dict(self.stats)
@@ -295,10 +313,7 @@ class Backup:
             write_catalog_volume(self.catalog, self.writer, checkpoint, self._spool)
         finally:
             self._spool.close()
-        self._run_hook(plan.config.get("post_hook"), "post-backup hook", fatal=False)
-        self._report(force=True)
-        return BackupResult(plan.name, checkpoint.name, dict(self.stats), self.problems,
-                            self.notes)
+        return checkpoint
 
     def _walk(self) -> None:
         items = scan(self.opts.sources, excludes=self.opts.excludes,
@@ -765,6 +780,17 @@ class Backup:
         if fatal:
             raise UsageError(failure)
         self.problems.append(Problem(b"(" + socket.gethostname().encode() + b")", failure))
+
+    def _post_hook_after_failure(self, plan: PlanRow) -> None:
+        """The post-backup hook after a failure or an interrupt that ends the run: its own
+        failure is told on the spot (the run's failure is the one that sets the exit
+        status). A second Ctrl-C ends it as it ends any hook."""
+        command = plan.config.get("post_hook")
+        if not command or self.opts.dry_run:
+            return
+        failure = run_hook(command, "post-backup hook")
+        if failure is not None:
+            self._say(failure)
 
     def _report(self, *, force: bool = False) -> None:
         self._reporter.report(force=force)

@@ -48,6 +48,11 @@ def default_home() -> Path:
     return Path.home() / ".local" / "share" / "durafs"
 
 
+#: The environment variables durafs takes passphrases from (`read_passphrase`'s *env*):
+#: secrets no command durafs runs (a hook) is given.
+PASSPHRASE_VARIABLES = ("DURAFS_PASSPHRASE", "DURAFS_IDENTITY_PASSPHRASE")
+
+
 def read_passphrase(prompt: str, *, env: str = "DURAFS_PASSPHRASE", confirm: bool = False) -> bytes:
     """The passphrase from *env*, or asked on the terminal; never logged."""
     value = os.environ.get(env)

@@ -3,9 +3,13 @@ database, say), whose failure the backup reports.
 
 A hook runs in a session of its own, so that an interrupted backup ends it with all it
 started (a signal sent to durafs alone reaches none of them), and with /dev/null as its
-input: its output is captured, so nobody would see what it asks. Should durafs itself be
+input: nobody would see what it asks (its stdout goes to /dev/null, the end of its stderr
+into the message should it fail). Should durafs itself be
 killed while a hook runs (kill -9, the OOM killer), a watcher process ends the hook's
-process group in its place.
+process group in its place. A hook gets durafs's environment without the passphrases
+(`PASSPHRASE_VARIABLES`): a hook is the plan's business, the keys are not. It runs in
+`/`: it is saved with the plan and run by every later backup of it, from wherever that
+is started (cron, a shell elsewhere), so `./dump.sh` must not work only from one place.
 """
 
 from __future__ import annotations
@@ -13,10 +17,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
+
+from durafs.engine.home import PASSPHRASE_VARIABLES
 
 #: Seconds an interrupted hook gets to end on SIGTERM before its process group is killed.
 HOOK_GRACE = 5.0
+#: How much of the end of what a failing hook wrote to stderr its message quotes (the
+#: reason is usually last; a hook may write without bound, durafs keeps no more).
+STDERR_KEPT = 4096
+#: Seconds a failed hook's stderr is waited for once its shell has ended: what the shell
+#: wrote is in the pipe already, but a command it left running may hold the pipe for ever.
+STDERR_LINGER = 1.0
 #: The watch kept on a hook by a process of its own (`sh -c WATCH sh PGID`): its input is
 #: a pipe only durafs writes to, so reaching its end without a line means durafs died
 #: (kill -9, the OOM killer) while the hook ran; it then ends the hook's process group as
@@ -27,15 +40,23 @@ _HOOK_WATCH = (f'IFS= read -r _ || {{ kill -15 "-$1"; sleep {HOOK_GRACE:g}; '
 
 
 def run_hook(command: str, what: str) -> str | None:
-    """Run the shell *command* (*what* names it in messages) to its end; None if it
-    succeeded, else why it failed, with what it wrote to stderr."""
-    with subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          errors="replace",  # what a hook writes need not be UTF-8
-                          start_new_session=True) as hook:
+    """Run the shell *command* (*what* names it in messages) until its shell ends (what it
+    left running in the background is not waited for: a service it started, say); None if
+    it succeeded, else why it failed, with the end of what it wrote to stderr. Its stdout
+    goes to /dev/null: nobody reads it, and it may be a whole dump written by mistake."""
+    read_end, write_end = os.pipe()
+    stderr = _Tail(read_end)
+    try:
+        hook = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=write_end,
+                                env=_hook_environment(), start_new_session=True,
+                                cwd="/")  # the same for every backup, wherever run from
+    finally:
+        os.close(write_end)  # the hook's now: the tail ends when the last holder closes it
+    with hook:
         watch = _HookWatch(hook.pid)
         try:
-            _, stderr = hook.communicate()
+            hook.wait()
         except BaseException:
             _end_hook(hook)
             raise
@@ -43,7 +64,57 @@ def run_hook(command: str, what: str) -> str | None:
             watch.stand_down()
     if hook.returncode == 0:
         return None
-    return f"{what} `{command}` failed (exit {hook.returncode}): {stderr.strip()}"
+    return f"{what} `{command}` failed ({_ending(hook.returncode)}): {stderr.text()}"
+
+
+def _ending(returncode: int) -> str:
+    """How a hook's shell ended, as a message says it: Popen's -N is signal N, which no
+    exit status can be (`exit -9` read as a status the hook chose)."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"killed by signal {-returncode}"
+
+
+class _Tail:
+    """The last STDERR_KEPT bytes written to the pipe *fd*, read on a thread of its own to
+    the pipe's end (then *fd* is closed): a hook may write without bound, and may leave
+    commands running that hold the pipe long after the hook has ended."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._kept = bytearray()
+        self._cut = False  # whether more was written than is kept
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, name="durafs-hook-stderr",
+                                        daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while chunk := os.read(self._fd, 65536):
+                with self._lock:
+                    self._kept += chunk
+                    self._cut = self._cut or len(self._kept) > STDERR_KEPT
+                    del self._kept[:-STDERR_KEPT]
+        finally:
+            os.close(self._fd)
+
+    def text(self) -> str:
+        """What is kept, once the pipe has ended or STDERR_LINGER has passed."""
+        self._thread.join(STDERR_LINGER)
+        with self._lock:
+            kept, cut = bytes(self._kept), self._cut
+        text = kept.decode(errors="replace").strip()  # a hook's output need not be UTF-8
+        return f"…{text}" if cut else text
+
+
+def _hook_environment() -> dict[str, str]:
+    # a hook's commands (and whatever they log or send on) have no use for the passphrase
+    # that opens every volume; DURAFS_HOME and the rest stay, a script may want them
+    return {k: v for k, v in os.environ.items() if k not in PASSPHRASE_VARIABLES}
 
 
 class _HookWatch:
@@ -74,7 +145,7 @@ class _HookWatch:
         self._watcher.wait()
 
 
-def _end_hook(hook: subprocess.Popen[str]) -> None:
+def _end_hook(hook: subprocess.Popen[bytes]) -> None:
     """End the hook's process group: SIGTERM (its traps may clean up), then SIGKILL for
     whatever is left once its shell has ended or HOOK_GRACE has passed (the shell is left
     unreaped meanwhile, so the group's id stays its own)."""

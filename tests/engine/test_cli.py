@@ -72,6 +72,27 @@ def test_dry_run_stores_nothing(tmp_path: Path) -> None:
     assert not log.exists()
 
 
+def test_a_dry_run_says_what_it_would_read_not_that_nothing_is_new(tmp_path: Path) -> None:
+    """A dry run reads no file, so it cannot know how much new data a backup would store;
+    it said `0 B new data` of a first backup, which stores everything."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(3000))
+    (source / "b").write_bytes(os.urandom(1000))
+    setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p", "--dry-run")
+    assert run.code == 0 and "0 B new data" not in run.out
+    assert run.out.startswith("would back up 2 files, 3.9 KiB; 2 new or changed, 3.9 KiB to read")
+    report = durafs("backup", source, "--pool", "p", "--dry-run", "--json").json()
+    assert report["dry_run"] is True and report["checkpoint"] is None
+    assert report["stats"]["bytes_to_read"] == 4000 and "bytes_new" not in report["stats"]
+    report = durafs("backup", source, "--pool", "p", "--json").json()
+    assert report["dry_run"] is False and report["stats"]["bytes_new"] == 4000
+    (source / "b").write_bytes(os.urandom(500))
+    run = durafs("backup", source, "--pool", "p", "--dry-run")
+    assert "1 new or changed, 500 B to read" in run.out
+
+
 def test_hooks_run_around_the_backup_and_failures_are_reported(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
