@@ -49,20 +49,33 @@ def default_home() -> Path:
 
 
 def read_passphrase(prompt: str, *, env: str = "DURAFS_PASSPHRASE", confirm: bool = False) -> bytes:
-    """The passphrase from *env*, or asked on the terminal; never logged."""
-    value = os.environ.get(env)
+    """The passphrase from *env*, or asked on the terminal; never logged. *confirm*: a new
+    passphrase, asked twice."""
+    # the bytes as given: a value that is not UTF-8 cannot be encoded back from os.environ
+    value = os.environb.get(env.encode())
     if value is not None:
         if not value:
             raise UsageError(f"{env} is set but empty: a passphrase cannot be empty")
-        return value.encode()
+        return value
     if not os.isatty(0):
         raise UsageError(f"a passphrase is needed: set {env} or run on a terminal")
-    first = getpass.getpass(prompt)
+    first = _ask(prompt)
     if not first:
         raise UsageError("a passphrase cannot be empty")
-    if confirm and getpass.getpass("again: ") != first:
+    if confirm and _ask("again: ") != first:
         raise UsageError("the passphrases do not match")
-    return first.encode()
+    return first
+
+
+def _ask(prompt: str) -> bytes:
+    """One passphrase typed on the terminal. The errors say nothing of what was typed (a
+    decoding error's own message would show a byte of it and where it was)."""
+    try:
+        return getpass.getpass(prompt).encode()
+    except EOFError:  # Ctrl-D
+        raise UsageError("no passphrase given (the input ended)") from None
+    except UnicodeDecodeError:
+        raise UsageError("the passphrase typed is not UTF-8 text") from None
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""Keys and secrets end to end: passphrases however they come, the files that hold keys,
+and no secret where it does not belong (error messages, other processes)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from durafs.engine.home import Home
+
+
+def _typed(args: list[str], answers: list[bytes], env: dict[str, str] | None = None
+           ) -> tuple[int, bytes]:
+    """`durafs ARGS…` on a terminal of its own, typing each of *answers* at a prompt (a
+    line ending in ':') and a newline after it: its exit status and what it showed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(sys.executable, [sys.executable, "-m", "durafs.cli.main", *args],
+                  env if env is not None else dict(os.environ))
+    shown = b""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # EIO: the child is gone
+            break
+        if not data:
+            break
+        shown += data
+        if answers and shown.rstrip().endswith(b":"):
+            time.sleep(0.05)  # the terminal's echo is off once getpass reads
+            os.write(fd, answers.pop(0))
+            shown += b"<typed>"
+    os.close(fd)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), shown
+
+
+def test_a_passphrase_prompt_ended_or_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
+    code, shown = _typed(["init", "--encryption", "password"], [b"\x04"])  # Ctrl-D
+    assert code == 2 and b"no passphrase given" in shown, shown
+    assert b"Traceback" not in shown and not Home().path.exists()
+    code, shown = _typed(["init", "--encryption", "password"], [b"ab\xffcd\r"])
+    assert code == 2 and b"the passphrase typed is not UTF-8 text" in shown, shown
+    assert b"Traceback" not in shown and b"0xff" not in shown and not Home().path.exists()
+    code, shown = _typed(["init", "--encryption", "password", "--work-factor", "10"],
+                         [b"p\xc3\xa4ss\r", b"p\xc3\xa4ss\r"])
+    assert code == 0, shown
+
+
+def _run(*args: str, env: dict[bytes, bytes]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "durafs.cli.main", *args], env=env,
+                          capture_output=True, check=False)
+
+
+def _env(**secrets: bytes) -> dict[bytes, bytes]:
+    return {**os.environb, **{k.encode(): v for k, v in secrets.items()}}
+
+
+def test_a_passphrase_in_the_environment_that_is_not_utf8_is_no_traceback(
+    tmp_path: Path,
+) -> None:
+    right = _env(DURAFS_PASSPHRASE=b"right")
+    made = _run("init", "--encryption", "password", "--work-factor", "10", env=right)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "pool").mkdir()
+    odd = _env(DURAFS_PASSPHRASE=b"ab\xffcd")
+    run = _run("pool", "add", "p", "--kind", "dir", "--path", os.fspath(tmp_path / "pool"),
+               env=odd)
+    assert run.returncode == 2 and b"wrong passphrase" in run.stderr, run.stderr
+    assert b"Traceback" not in run.stderr
