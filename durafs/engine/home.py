@@ -24,6 +24,7 @@ import getpass
 import json
 import os
 import secrets
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,15 +57,32 @@ def read_passphrase(prompt: str, *, env: str = "DURAFS_PASSPHRASE", confirm: boo
     if value is not None:
         if not value:
             raise UsageError(f"{env} is set but empty: a passphrase cannot be empty")
-        return value
+        return _typeable(value, f"{env}: ") if confirm else value
     if not os.isatty(0):
         raise UsageError(f"a passphrase is needed: set {env} or run on a terminal")
     first = _ask(prompt)
     if not first:
         raise UsageError("a passphrase cannot be empty")
-    if confirm and _ask("again: ") != first:
-        raise UsageError("the passphrases do not match")
+    if confirm:
+        _typeable(first, "")
+        if _ask("again: ") != first:
+            raise UsageError("the passphrases do not match")
     return first
+
+
+def _typeable(passphrase: bytes, source: str) -> bytes:
+    """A new passphrase must be one `age` can be given on a terminal, where it asks for
+    it when media are read by hand (docs/FORMAT.md §9): UTF-8 text without control
+    characters (a newline would end the line typed; most others edit it)."""
+    try:
+        text = passphrase.decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"{source}a new passphrase must be UTF-8 text, as typed on a "
+                         "terminal (`age` asks for it there)") from None
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise UsageError(f"{source}a new passphrase cannot hold control characters (a "
+                         "newline, a tab): it could not be typed where `age` asks for it")
+    return passphrase
 
 
 def _ask(prompt: str) -> bytes:

@@ -71,3 +71,23 @@ def test_a_passphrase_in_the_environment_that_is_not_utf8_is_no_traceback(
                env=odd)
     assert run.returncode == 2 and b"wrong passphrase" in run.stderr, run.stderr
     assert b"Traceback" not in run.stderr
+
+
+def test_a_new_passphrase_is_one_age_can_be_given_on_a_terminal(tmp_path: Path) -> None:
+    for bad, why in ((b"two\nlines", b"control characters"), (b"end\n", b"control characters"),
+                     (b"ab\xffcd", b"UTF-8 text")):
+        run = _run("init", "--encryption", "password", env=_env(DURAFS_PASSPHRASE=bad))
+        assert run.returncode == 2 and why in run.stderr, (bad, run.stderr)
+        assert b"DURAFS_PASSPHRASE" in run.stderr and not Home().path.exists()
+    # Ctrl-V Ctrl-A: a control character typed (the terminal takes it literally)
+    code, shown = _typed(["init", "--encryption", "password"], [b"a\x16\x01b\r"])
+    assert code == 2 and b"control characters" in shown, shown
+    assert _run("init", env=_env()).returncode == 0
+    run = _run("key", "export-identity", os.fspath(tmp_path / "id"), "--protect",
+               env=_env(DURAFS_IDENTITY_PASSPHRASE=b"tab\there"))
+    assert run.returncode == 2 and b"DURAFS_IDENTITY_PASSPHRASE" in run.stderr, run.stderr
+    assert not (tmp_path / "id").exists()
+    # one typed in UTF-8 is fine, and reading takes the bytes as ever
+    run = _run("key", "export-identity", os.fspath(tmp_path / "id"), "--protect",
+               env=_env(DURAFS_IDENTITY_PASSPHRASE="pässwörd ✓".encode()))
+    assert run.returncode == 0, run.stderr
