@@ -36,6 +36,9 @@ from durafs.index.catalog import Catalog, open_catalog
 from durafs.media.fsutil import fsync_dir
 
 CONFIG_FORMAT = 1
+#: The environment variables that may hold a passphrase: never passed on to the commands
+#: durafs runs (a plan's hooks).
+SECRET_ENV = ("DURAFS_PASSPHRASE", "DURAFS_IDENTITY_PASSPHRASE")
 DEFAULT_WORK_FACTOR = 18
 
 
@@ -94,6 +97,12 @@ def _ask(prompt: str) -> bytes:
         raise UsageError("no passphrase given (the input ended)") from None
     except UnicodeDecodeError:
         raise UsageError("the passphrase typed is not UTF-8 text") from None
+
+
+def env_without_secrets() -> dict[bytes, bytes]:
+    """This process's environment without the variables of SECRET_ENV."""
+    secret = {name.encode() for name in SECRET_ENV}
+    return {k: v for k, v in os.environb.items() if k not in secret}
 
 
 @dataclass

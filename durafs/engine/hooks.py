@@ -15,6 +15,8 @@ import signal
 import subprocess
 import time
 
+from durafs.engine.home import env_without_secrets
+
 #: Seconds an interrupted hook gets to end on SIGTERM before its process group is killed.
 HOOK_GRACE = 5.0
 #: The watch kept on a hook by a process of its own (`sh -c WATCH sh PGID`): its input is
@@ -29,7 +31,8 @@ _HOOK_WATCH = (f'IFS= read -r _ || {{ kill -15 "-$1"; sleep {HOOK_GRACE:g}; '
 def run_hook(command: str, what: str) -> str | None:
     """Run the shell *command* (*what* names it in messages) to its end; None if it
     succeeded, else why it failed, with what it wrote to stderr."""
-    with subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
+    # a hook is any command, written into the plan by whoever set it: no passphrase for it
+    with subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL, env=env_without_secrets(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           errors="replace",  # what a hook writes need not be UTF-8
                           start_new_session=True) as hook:
@@ -56,6 +59,7 @@ class _HookWatch:
             # a session of its own: a Ctrl-C on the terminal is durafs's to handle
             self._watcher = subprocess.Popen(
                 ["sh", "-c", _HOOK_WATCH, "sh", str(pgid)], stdin=read_end,
+                env=env_without_secrets(),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             os.close(self._write_end)

@@ -91,3 +91,20 @@ def test_a_new_passphrase_is_one_age_can_be_given_on_a_terminal(tmp_path: Path) 
     run = _run("key", "export-identity", os.fspath(tmp_path / "id"), "--protect",
                env=_env(DURAFS_IDENTITY_PASSPHRASE="pässwörd ✓".encode()))
     assert run.returncode == 0, run.stderr
+
+
+def test_hooks_are_not_given_the_passphrases(tmp_path: Path) -> None:
+    secrets = _env(DURAFS_PASSPHRASE=b"catalog secret", DURAFS_IDENTITY_PASSPHRASE=b"id secret")
+    assert _run("init", "--encryption", "password", "--work-factor", "10", env=secrets
+                ).returncode == 0
+    assert _run("pool", "add", "p", "--kind", "dir", "--path", os.fspath(tmp_path / "pool"),
+                env=secrets).returncode == 0
+    (tmp_path / "src").mkdir()
+    seen = tmp_path / "seen"
+    hook = f"env > {seen}.pre; cat /proc/$$/environ > {seen}.raw"
+    run = _run("backup", os.fspath(tmp_path / "src"), "--pool", "p", "--pre-hook", hook,
+               "--post-hook", f"env > {seen}.post", env=secrets)
+    assert run.returncode == 0, run.stderr
+    for what in ("pre", "post", "raw"):
+        text = Path(f"{seen}.{what}").read_bytes()
+        assert b"PATH=" in text and b"secret" not in text and b"PASSPHRASE" not in text, what
