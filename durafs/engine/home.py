@@ -156,7 +156,7 @@ class Home:
         password) is the one every later command is checked against."""
         if self.exists():
             raise UsageError(f"{self.path} already holds a durafs catalog")
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._make()
         with open_catalog(self.index_path) as catalog:
             catalog.set_meta("encryption", encryption)
             config = HomeConfig(catalog.catalog_id, encryption)
@@ -177,11 +177,20 @@ class Home:
         self._save(config)
         return config
 
+    def _make(self) -> None:
+        """Create the catalog directory, for its owner alone: its index names every file
+        backed up, and whoever may write in it can swap its configuration or its keys
+        (encryption 'none', a recipient of theirs; `keys/` is private, not its place).
+        mkdir's mode, unlike the umask's default, holds under any umask. A directory
+        that exists (made for it by its owner) is left as it is."""
+        with contextlib.suppress(FileExistsError):
+            self.path.mkdir(parents=True, mode=0o700)
+
     def begin_recover(self) -> None:
         """Mark this directory as being rebuilt by `durafs recover` until `end_recover`,
         so no other command trusts what a recover cut short left here; clears what one
         left (a recover starts afresh)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._make()
         self._recovering = True
         fd = os.open(self.recovering, os.O_WRONLY | os.O_CREAT, 0o600)
         os.fsync(fd)

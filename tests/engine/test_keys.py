@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import shutil
 import subprocess
 import sys
 import time
@@ -108,3 +109,42 @@ def test_hooks_are_not_given_the_passphrases(tmp_path: Path) -> None:
     for what in ("pre", "post", "raw"):
         text = Path(f"{seen}.{what}").read_bytes()
         assert b"PATH=" in text and b"secret" not in text and b"PASSPHRASE" not in text, what
+
+
+def _with_umask(umask: str, *args: str, env: dict[bytes, bytes]
+                ) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["sh", "-c", f'umask {umask}; exec "$@"', "sh", sys.executable,
+                           "-m", "durafs.cli.main", *args], env=env, capture_output=True,
+                          check=False)
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {os.fspath(p.relative_to(root)): p.stat().st_mode & 0o777
+            for p in (root, *root.rglob("*"))}
+
+
+def test_the_catalog_directory_is_its_owners_alone_under_any_umask(tmp_path: Path) -> None:
+    home = Home().path
+    for umask in ("000", "022"):
+        run = _with_umask(umask, "init", env=_env())
+        assert run.returncode == 0, run.stderr
+        # nobody else may read the index (every name backed up) or swap config and keys
+        modes = _modes(home)
+        assert modes["."] == 0o700, modes
+        assert modes["keys"] == 0o700 and modes["keys/identity.txt"] == 0o600, modes
+        identity = tmp_path / f"id-{umask}"
+        run = _with_umask(umask, "key", "export-identity", os.fspath(identity), env=_env())
+        assert run.returncode == 0 and _modes(identity)["."] == 0o600, run.stderr
+        if umask == "000":
+            pool = tmp_path / "pool"
+            assert _with_umask(umask, "pool", "add", "p", "--kind", "dir", "--path",
+                               os.fspath(pool), env=_env()).returncode == 0
+            assert _with_umask(umask, "backup", os.fspath(tmp_path), "--pool", "p",
+                               env=_env()).returncode == 0
+            shutil.rmtree(home)
+            run = _with_umask(umask, "recover", "--path", os.fspath(pool), "--identity",
+                              os.fspath(identity), env=_env())
+            assert run.returncode == 0, run.stderr
+            assert _modes(home)["."] == 0o700
+            assert _with_umask(umask, "verify", env=_env()).returncode == 0
+        shutil.rmtree(home)
