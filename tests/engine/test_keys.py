@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 from durafs.engine.home import Home
+from tests.engine.cli import durafs
+from tests.support.oddtree import fill, tmpfs
+from tests.support.straced import calls, child_env, python_command, require_strace, run_traced
 
 
 def _typed(args: list[str], answers: list[bytes], env: dict[str, str] | None = None
@@ -148,3 +151,23 @@ def test_the_catalog_directory_is_its_owners_alone_under_any_umask(tmp_path: Pat
             assert _modes(home)["."] == 0o700
             assert _with_umask(umask, "verify", env=_env()).returncode == 0
         shutil.rmtree(home)
+
+
+def test_an_identity_file_is_written_whole_and_synced_or_not_at_all(tmp_path: Path) -> None:
+    assert durafs("init").code == 0
+    with tmpfs(tmp_path / "small", size="64k") as small:
+        fill(small / "filler")
+        run = durafs("key", "export-identity", small / "id.txt")
+        assert run.code == 2, run
+        assert run.err == (f"durafs: {small / 'id.txt'}: cannot be written "
+                           "(No space left on device)\n")
+        assert not (small / "id.txt").exists()  # no empty file that passes for the key
+    # on the disk before durafs says it wrote it: it may be the only copy of the key
+    require_strace("seeing the file synced")
+    log, identity = tmp_path / "strace.log", tmp_path / "id.txt"
+    run = run_traced(log, ["-e", "trace=fsync,fdatasync", "-P", os.fspath(identity)],
+                     python_command("-m", "durafs.cli.main", "key", "export-identity", identity),
+                     env=child_env())
+    assert run.returncode == 0, run.stderr
+    assert calls(log, "fsync") + calls(log, "fdatasync") >= 1, log.read_text()
+    assert identity.read_text().count("AGE-SECRET-KEY-1") == 1
