@@ -33,7 +33,7 @@ from durafs.errors import BusyError, CatalogError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import KEYS_FILE_ENCRYPTED, CatalogKeys, read_keys_file
 from durafs.index.catalog import Catalog, open_catalog
-from durafs.media.fsutil import fsync_dir
+from durafs.media.fsutil import fsync_dir, write_all, write_file_durably
 
 CONFIG_FORMAT = 1
 #: The environment variables that may hold a passphrase: never passed on to the commands
@@ -166,7 +166,8 @@ class Home:
         if encryption == "key":
             identity = age.X25519Identity.generate()
             _write_private(self.keys_dir / "identity.txt", identity.to_str() + "\n")
-            (self.keys_dir / "recipient.txt").write_text(identity.recipient().to_str() + "\n")
+            _write_private(self.keys_dir / "recipient.txt",
+                           identity.recipient().to_str() + "\n", 0o644)
         elif encryption == "password":
             config.scrypt_salt = secrets.token_bytes(16).hex()
             config.scrypt_work_factor = work_factor
@@ -217,14 +218,17 @@ class Home:
         if identity is not None:
             ident = age.X25519Identity.parse(identity)
             _write_private(self.keys_dir / "identity.txt", ident.to_str() + "\n")
-            (self.keys_dir / "recipient.txt").write_text(ident.recipient().to_str() + "\n")
+            _write_private(self.keys_dir / "recipient.txt", ident.recipient().to_str() + "\n",
+                           0o644)
         self._save(config)
 
     def _save(self, config: HomeConfig) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(config.__dict__, indent=1) + "\n")
-        os.replace(tmp, self.config_path)
+        """Write config.json, the last file a new catalog gets (a directory without it is
+        no catalog), after the keys' directory is synced, and synced itself."""
+        fsync_dir(os.fspath(self.keys_dir))
+        data = (json.dumps(config.__dict__, indent=1) + "\n").encode()
+        write_file_durably(os.fspath(self.path), self.config_path.name, data, 0o644,
+                           self.config_path.with_suffix(".tmp").name)
 
     @contextlib.contextmanager
     def plan_lock(self, plan: str) -> Iterator[None]:
@@ -310,7 +314,13 @@ def _scrypt_recipient(config: HomeConfig, passphrase: bytes) -> age.ScryptRecipi
                                salt=bytes.fromhex(config.scrypt_salt))
 
 
-def _write_private(path: Path, content: str | bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content.encode() if isinstance(content, str) else content)
+def _write_private(path: Path, content: str | bytes, mode: int = 0o600) -> None:
+    """Write a key file and sync it: in mode key, identity.txt is the only copy of the
+    identity until it is exported, and a backup writes volumes only it can open (their
+    directory is synced by `_sync_keys`)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        write_all(fd, content.encode() if isinstance(content, str) else content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

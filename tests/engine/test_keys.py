@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -171,3 +172,20 @@ def test_an_identity_file_is_written_whole_and_synced_or_not_at_all(tmp_path: Pa
     assert run.returncode == 0, run.stderr
     assert calls(log, "fsync") + calls(log, "fdatasync") >= 1, log.read_text()
     assert identity.read_text().count("AGE-SECRET-KEY-1") == 1
+
+
+def test_a_new_catalogs_keys_are_synced_before_it_is_one(tmp_path: Path) -> None:
+    # identity.txt is the only copy of the key until it is exported, and a backup writes
+    # volumes only it opens: a power cut must not leave an empty file in its place
+    require_strace("seeing the files synced")
+    log, home = tmp_path / "strace.log", Home()
+    run = run_traced(log, ["-y", "-e", "trace=fsync,fdatasync"],
+                     python_command("-m", "durafs.cli.main", "init"), env=child_env())
+    assert run.returncode == 0, run.stderr
+    synced = re.findall(r"sync\(\d+<(.*)>\)", log.read_text())
+    key_files = [os.fspath(home.keys_dir / n) for n in ("id-key", "identity.txt")]
+    assert set(key_files) < set(synced), synced
+    # then their directory, and last config.json and the catalog directory that holds it:
+    # together they make it a catalog
+    assert synced.index(os.fspath(home.keys_dir)) > max(map(synced.index, key_files)), synced
+    assert synced[-1] == os.fspath(home.path), synced
