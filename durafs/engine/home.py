@@ -25,11 +25,12 @@ import json
 import os
 import secrets
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from durafs.errors import BusyError, CatalogError, NoIdentityError, UsageError
+from durafs.errors import BusyError, CatalogError, CryptoError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import KEYS_FILE_ENCRYPTED, CatalogKeys, read_keys_file
 from durafs.index.catalog import Catalog, open_catalog
@@ -40,6 +41,7 @@ CONFIG_FORMAT = 1
 #: durafs runs (a plan's hooks).
 SECRET_ENV = ("DURAFS_PASSPHRASE", "DURAFS_IDENTITY_PASSPHRASE")
 DEFAULT_WORK_FACTOR = 18
+_T = TypeVar("_T")
 
 
 def default_home() -> Path:
@@ -260,9 +262,11 @@ class Home:
     def recipient(self) -> str:
         path = self.keys_dir / "recipient.txt"
         if not path.exists():
-            self.config()  # no catalog at all is another error than a catalog without one
+            # no catalog at all is another error than a catalog without one
+            if self.config().encryption == "key":
+                raise CatalogError(f"{path} is missing: this catalog cannot write volumes")
             raise UsageError("this catalog has no age recipient (encryption is not 'key')")
-        return path.read_text().strip()
+        return _read_key(path, age.X25519Recipient.parse).to_str()
 
     def identity(self) -> age.X25519Identity:
         path = self.keys_dir / "identity.txt"
@@ -274,13 +278,13 @@ class Home:
             raise UsageError(
                 f"{path} is missing: reading needs the identity (durafs recover --identity)"
             )
-        return age.parse_identities(path.read_text())[0]
+        return _read_key(path, age.parse_identities)[0]
 
     def keys(self, *, read: bool | None) -> CatalogKeys:
         """Keys to write volumes, and with *read* also to read them (identity/passphrase);
         *read* None: the identity too if this host has it (write-only hosts may not)."""
         config = self.config()
-        id_key = bytes.fromhex((self.keys_dir / "id-key").read_text().strip())
+        id_key = _read_key(self.keys_dir / "id-key", _parse_id_key)
         keys = CatalogKeys(config.catalog_id, config.encryption, id_key)
         if config.encryption == "key":
             keys.recipients = [age.X25519Recipient.parse(self.recipient())]
@@ -307,6 +311,30 @@ class Home:
         except NoIdentityError:
             raise UsageError(f"wrong passphrase: it does not open this catalog's keys "
                              f"({self.passphrase_check})") from None
+
+
+def _read_key(path: Path, parse: Callable[[str], _T]) -> _T:
+    """*parse* of the key file at *path*; one that is missing or damaged is named with
+    why, never with what it holds (a secret)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise CatalogError(f"{path}: damaged (not text)") from None
+    try:
+        return parse(text)
+    except CryptoError as exc:  # its messages never show the key
+        raise CatalogError(f"{path}: damaged ({exc})") from None
+    except ValueError:
+        raise CatalogError(f"{path}: damaged (not the key it should hold)") from None
+
+
+def _parse_id_key(text: str) -> bytes:
+    key = bytes.fromhex(text.strip())
+    if len(key) != 32:
+        raise ValueError("the chunk-id key must be 32 bytes")
+    return key
 
 
 def _scrypt_recipient(config: HomeConfig, passphrase: bytes) -> age.ScryptRecipient:

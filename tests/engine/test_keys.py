@@ -189,3 +189,33 @@ def test_a_new_catalogs_keys_are_synced_before_it_is_one(tmp_path: Path) -> None
     # together they make it a catalog
     assert synced.index(os.fspath(home.keys_dir)) > max(map(synced.index, key_files)), synced
     assert synced[-1] == os.fspath(home.path), synced
+
+
+def test_a_damaged_key_file_of_the_catalog_is_named_never_shown(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    assert durafs("init").code == 0
+    assert durafs("pool", "add", "p", "--kind", "dir", "--path", tmp_path / "pool").code == 0
+    assert durafs("backup", source, "--pool", "p").code == 0
+    backup = ["backup", os.fspath(source), "--pool", "p"]
+    restore = ["restore", "default/latest", os.fspath(tmp_path / "out")]
+    # what needs each file (a host may keep the recipient alone, and write only)
+    needs = {"id-key": (backup, restore), "recipient.txt": (backup, ["key", "recipient"]),
+             "identity.txt": (restore,)}
+    for name, damage in (("id-key", "ab" * 31), ("id-key", "SECRETzz"), ("id-key", None),
+                         ("recipient.txt", "age1SECRET"), ("identity.txt", "AGE-SECRET-KEY-1Q"),
+                         ("identity.txt", "\udcff SECRET")):
+        path = Home().keys_dir / name
+        kept = path.read_bytes()
+        if damage is None:
+            path.unlink()
+        else:
+            path.write_bytes(damage.encode(errors="surrogateescape"))
+        for args in needs[name]:
+            run = _run(*args, env=_env())
+            assert run.returncode == 3, (name, damage, args, run.stderr)
+            assert run.stderr.startswith(f"durafs: {path}: ".encode()), (name, run.stderr)
+            assert b"SECRET" not in run.stderr and b"Traceback" not in run.stderr
+        path.write_bytes(kept)
+    assert durafs("restore", "default/latest", tmp_path / "out").code == 0
