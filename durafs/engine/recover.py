@@ -82,8 +82,13 @@ def _media_at(paths: list[str]) -> list[tuple[DirectoryMedium, MediumMarker]]:
                 f"{seen[0].path} and {medium.path} hold the same medium {marker.label} "
                 f"({marker.medium_id}): give only one of them")
     media = list(found.values())
-    for _, marker in media[1:]:
-        marker.check_catalog(media[0][1].catalog_id)
+    first, first_marker = media[0]
+    for medium, marker in media[1:]:
+        if marker.catalog_id != first_marker.catalog_id:  # the user gave a wrong path
+            raise UsageError(
+                f"{medium.path}: medium {marker.label} belongs to catalog {marker.catalog_id}, "
+                f"{first.path} to catalog {first_marker.catalog_id}: recover one catalog at "
+                "a time")
     return media
 
 

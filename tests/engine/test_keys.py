@@ -219,3 +219,20 @@ def test_a_damaged_key_file_of_the_catalog_is_named_never_shown(tmp_path: Path) 
             assert b"SECRET" not in run.stderr and b"Traceback" not in run.stderr
         path.write_bytes(kept)
     assert durafs("restore", "default/latest", tmp_path / "out").code == 0
+
+
+def test_recover_of_media_of_two_catalogs_names_the_one_that_differs(tmp_path: Path) -> None:
+    pools = []
+    for name in ("one", "two"):
+        home = tmp_path / name
+        env = _env(DURAFS_HOME=os.fsencode(home))
+        pools.append(tmp_path / f"{name}-pool")
+        for args in (["init"], ["key", "export-identity", f"{home}.id"],
+                     ["pool", "add", "p", "--kind", "dir", "--path", os.fspath(pools[-1])]):
+            assert _run(*args, env=env).returncode == 0
+    # the same label (P-001) on both: only the path tells them apart
+    run = durafs("recover", "--path", pools[0], "--path", pools[1], "--identity",
+                 tmp_path / "one.id")
+    assert run.code == 2, run
+    assert run.err.startswith(f"durafs: {pools[1]}: medium P-001 belongs to catalog "), run
+    assert f"{pools[0]} to catalog" in run.err and not Home().path.exists(), run
