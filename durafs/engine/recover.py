@@ -10,6 +10,7 @@ missing or unreadable, that checkpoint is reported and the others are still reco
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 from durafs.engine.catalogchain import ChainedTree
 from durafs.engine.catalogspool import DEPTH_KEY, META_KEY
 from durafs.engine.home import Home, HomeConfig
-from durafs.errors import DurafsError, FormatError, UsageError
+from durafs.errors import DurafsError, FormatError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.catalog import (
     XATTRS_UNREAD,
@@ -108,6 +109,21 @@ def _scrypt_params(keys_file: bytes) -> tuple[str, int]:
     return salt.hex(), int(args[2])
 
 
+def _opening_identity(keys_file: bytes, identities: list[Any]) -> str | None:
+    """The key (of an identity file that may hold several) that opens the media's keys
+    file, which the catalog keeps: its recipient is the one new volumes are written to,
+    and the identity the one that reads the old ones. None for a passphrase or no key."""
+    if not keys_file.startswith(age.VERSION_LINE):
+        return None
+    header, _ = age.parse_header(keys_file)
+    for identity in identities:
+        if isinstance(identity, age.X25519Identity):
+            with contextlib.suppress(NoIdentityError):
+                age.unwrap_file_key(header, [identity])
+                return identity.to_str()
+    return None
+
+
 class Recover:
     def __init__(
         self, home: Home, identities: list[Any],
@@ -146,8 +162,7 @@ class Recover:
         config = HomeConfig(keys.catalog_id, keys.encryption)
         if keys.encryption == "password":
             config.scrypt_salt, config.scrypt_work_factor = _scrypt_params(data)
-        identity = next((i.to_str() for i in self.identities
-                         if isinstance(i, age.X25519Identity)), None)
+        identity = _opening_identity(data, self.identities)
         self.home.begin_recover()
         self.home.adopt(config, keys.id_key, identity, data)
         self.keys = keys

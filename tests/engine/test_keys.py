@@ -236,3 +236,30 @@ def test_recover_of_media_of_two_catalogs_names_the_one_that_differs(tmp_path: P
     assert run.code == 2, run
     assert run.err.startswith(f"durafs: {pools[1]}: medium P-001 belongs to catalog "), run
     assert f"{pools[0]} to catalog" in run.err and not Home().path.exists(), run
+
+
+def test_recover_keeps_the_key_that_opens_the_media_of_an_identity_file_of_several(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    other = _env(DURAFS_HOME=os.fsencode(tmp_path / "other"))
+    assert _run("init", env=other).returncode == 0
+    assert _run("key", "export-identity", os.fspath(tmp_path / "other.id"), env=other
+                ).returncode == 0
+    assert durafs("init").code == 0
+    assert durafs("pool", "add", "p", "--kind", "dir", "--path", tmp_path / "pool").code == 0
+    assert durafs("backup", source, "--pool", "p").code == 0
+    assert durafs("key", "export-identity", tmp_path / "own.id").code == 0
+    recipient = durafs("key", "recipient").out
+    # a key ring: the other key first, as `age -i` takes it
+    ring = tmp_path / "ring.txt"
+    ring.write_bytes((tmp_path / "other.id").read_bytes() + (tmp_path / "own.id").read_bytes())
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", tmp_path / "pool", "--identity", ring)
+    assert run.code == 0, run
+    assert durafs("key", "recipient").out == recipient  # new volumes: to the same key
+    assert durafs("restore", "default/latest", tmp_path / "out").code == 0
+    assert durafs("backup", source, "--pool", "p").code == 0
+    assert durafs("verify", "--read-data").code == 0
