@@ -278,7 +278,17 @@ class Home:
             raise UsageError(
                 f"{path} is missing: reading needs the identity (durafs recover --identity)"
             )
-        return _read_key(path, age.parse_identities)[0]
+        identity = _read_key(path, age.parse_identities)[0]
+        # another key (an identity file of another catalog put back on a write-only host)
+        # would have every volume reported as damage: its own recipient must be the one
+        # volumes are written to (a host without it reads only: nothing to compare)
+        recipient = path.with_name("recipient.txt")
+        own = identity.recipient().to_str()
+        theirs = self.recipient() if recipient.exists() else own
+        if own != theirs:
+            raise UsageError(f"{path}: not this catalog's identity: its public key is {own}, "
+                             f"the catalog's ({recipient.name}) {theirs}")
+        return identity
 
     def keys(self, *, read: bool | None) -> CatalogKeys:
         """Keys to write volumes, and with *read* also to read them (identity/passphrase);

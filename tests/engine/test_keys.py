@@ -263,3 +263,28 @@ def test_recover_keeps_the_key_that_opens_the_media_of_an_identity_file_of_sever
     assert durafs("restore", "default/latest", tmp_path / "out").code == 0
     assert durafs("backup", source, "--pool", "p").code == 0
     assert durafs("verify", "--read-data").code == 0
+
+
+def test_an_identity_that_is_not_the_catalogs_is_refused_not_taken_for_damage(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    other = _env(DURAFS_HOME=os.fsencode(tmp_path / "other"))
+    assert _run("init", env=other).returncode == 0
+    assert durafs("init").code == 0
+    assert durafs("pool", "add", "p", "--kind", "dir", "--path", tmp_path / "pool").code == 0
+    assert durafs("backup", source, "--pool", "p").code == 0
+    own = Home().keys_dir / "identity.txt"
+    kept = own.read_bytes()
+    own.write_bytes((tmp_path / "other" / "keys" / "identity.txt").read_bytes())
+    for args in (["verify"], ["verify", "--read-data"], ["restore", "default/latest",
+                                                         tmp_path / "out"]):
+        run = durafs(*args)
+        assert run.code == 2, (args, run)
+        assert run.err.startswith(f"durafs: {own}: not this catalog's identity"), run
+        assert "DAMAGE" not in run.out and "AGE-SECRET-KEY" not in run.err
+    assert not (tmp_path / "out").exists()
+    own.write_bytes(kept)
+    assert durafs("verify", "--read-data").code == 0
