@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
 import sys
@@ -33,6 +34,7 @@ from durafs.index.db import IndexDamagedError
 from durafs.index.rows import MediumRow
 from durafs.media.base import MediumMarker
 from durafs.media.directory import DirectoryMedium
+from durafs.media.fsutil import fsync_dir, write_all
 
 if TYPE_CHECKING:
     from durafs.engine.verify import VerifyResult
@@ -106,17 +108,32 @@ def key_export(home: Home, args: Args) -> int:
     if args.protect:
         passphrase = read_passphrase("identity passphrase: ", env="DURAFS_IDENTITY_PASSPHRASE",
                                      confirm=True)
-    data = age.write_identity_file(home.identity(), passphrase)
-    try:
-        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise UsageError(f"{args.file}: exists already (not overwritten)") from None
-    except OSError as exc:
-        raise UsageError(f"{args.file}: cannot be written ({exc.strerror})") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    _write_new_file(args.file, age.write_identity_file(home.identity(), passphrase))
     print(f"wrote {shown(args.file)}")
     return 0
+
+
+def _write_new_file(path: str, data: bytes) -> None:
+    """Write *path*, a file that must not exist yet (nor be a symlink), private and on the
+    disk before this returns: it may be the only copy of a key. A file that could not be
+    written whole (a full disk) is removed: a part of a key file would pass for one."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path}: exists already (not overwritten)") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be written ({exc.strerror})") from None
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(path)
+        raise UsageError(f"{path}: cannot be written ({exc.strerror})") from None
+    os.close(fd)
+    # the file is on the disk; its name too, unless the file system cannot sync a directory
+    with contextlib.suppress(OSError):
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 def _outside_catalog(home: Home, path: str) -> None:

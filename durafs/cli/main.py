@@ -21,7 +21,7 @@ from durafs.cli import commands
 from durafs.cli.output import parse_size, positive_size, shown
 from durafs.engine.home import Home
 from durafs.errors import DurafsError, UsageError
-from durafs.format.age_keys import MAX_WORK_FACTOR, MIN_WORK_FACTOR
+from durafs.format.age_keys import MAX_READ_WORK_FACTOR, MIN_WORK_FACTOR
 
 log = logging.getLogger("durafs")
 N = TypeVar("N", int, float)
@@ -66,8 +66,9 @@ _percent = _number(lambda text: float(text.rstrip("%")), lambda v: 0 < v <= 100,
 #: A wait: 0 or more, finite (no wait is "forever": leave the option out).
 _seconds = _number(float, lambda v: 0 <= v < math.inf, "a number of seconds (0 or more)")
 #: scrypt's cost as log2 N, in the range age allows (checked before anything is made).
-_work_factor = _number(int, lambda v: MIN_WORK_FACTOR <= v <= MAX_WORK_FACTOR,
-                       f"a work factor in {MIN_WORK_FACTOR}..{MAX_WORK_FACTOR}")
+# a catalog made with more could be read neither by durafs nor by `age -d`
+_work_factor = _number(int, lambda v: MIN_WORK_FACTOR <= v <= MAX_READ_WORK_FACTOR,
+                       f"a work factor in {MIN_WORK_FACTOR}..{MAX_READ_WORK_FACTOR}")
 
 
 def _text(text: str) -> str:

@@ -24,18 +24,24 @@ import getpass
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from durafs.errors import BusyError, CatalogError, NoIdentityError, UsageError
+from durafs.errors import BusyError, CatalogError, CryptoError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import KEYS_FILE_ENCRYPTED, CatalogKeys, read_keys_file
 from durafs.index.catalog import Catalog, open_catalog
-from durafs.media.fsutil import fsync_dir
+from durafs.media.fsutil import fsync_dir, write_all, write_file_durably
 
 CONFIG_FORMAT = 1
+#: The environment variables that may hold a passphrase: never passed on to the commands
+#: durafs runs (a plan's hooks).
+SECRET_ENV = ("DURAFS_PASSPHRASE", "DURAFS_IDENTITY_PASSPHRASE")
 DEFAULT_WORK_FACTOR = 18
+_T = TypeVar("_T")
 
 
 def default_home() -> Path:
@@ -48,26 +54,57 @@ def default_home() -> Path:
     return Path.home() / ".local" / "share" / "durafs"
 
 
-#: The environment variables durafs takes passphrases from (`read_passphrase`'s *env*):
-#: secrets no command durafs runs (a hook) is given.
-PASSPHRASE_VARIABLES = ("DURAFS_PASSPHRASE", "DURAFS_IDENTITY_PASSPHRASE")
-
-
 def read_passphrase(prompt: str, *, env: str = "DURAFS_PASSPHRASE", confirm: bool = False) -> bytes:
-    """The passphrase from *env*, or asked on the terminal; never logged."""
-    value = os.environ.get(env)
+    """The passphrase from *env*, or asked on the terminal; never logged. *confirm*: a new
+    passphrase, asked twice."""
+    # the bytes as given: a value that is not UTF-8 cannot be encoded back from os.environ
+    value = os.environb.get(env.encode())
     if value is not None:
         if not value:
             raise UsageError(f"{env} is set but empty: a passphrase cannot be empty")
-        return value.encode()
+        return _typeable(value, f"{env}: ") if confirm else value
     if not os.isatty(0):
         raise UsageError(f"a passphrase is needed: set {env} or run on a terminal")
-    first = getpass.getpass(prompt)
+    first = _ask(prompt)
     if not first:
         raise UsageError("a passphrase cannot be empty")
-    if confirm and getpass.getpass("again: ") != first:
-        raise UsageError("the passphrases do not match")
-    return first.encode()
+    if confirm:
+        _typeable(first, "")
+        if _ask("again: ") != first:
+            raise UsageError("the passphrases do not match")
+    return first
+
+
+def _typeable(passphrase: bytes, source: str) -> bytes:
+    """A new passphrase must be one `age` can be given on a terminal, where it asks for
+    it when media are read by hand (docs/FORMAT.md §9): UTF-8 text without control
+    characters (a newline would end the line typed; most others edit it)."""
+    try:
+        text = passphrase.decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"{source}a new passphrase must be UTF-8 text, as typed on a "
+                         "terminal (`age` asks for it there)") from None
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise UsageError(f"{source}a new passphrase cannot hold control characters (a "
+                         "newline, a tab): it could not be typed where `age` asks for it")
+    return passphrase
+
+
+def _ask(prompt: str) -> bytes:
+    """One passphrase typed on the terminal. The errors say nothing of what was typed (a
+    decoding error's own message would show a byte of it and where it was)."""
+    try:
+        return getpass.getpass(prompt).encode()
+    except EOFError:  # Ctrl-D
+        raise UsageError("no passphrase given (the input ended)") from None
+    except UnicodeDecodeError:
+        raise UsageError("the passphrase typed is not UTF-8 text") from None
+
+
+def env_without_secrets() -> dict[bytes, bytes]:
+    """This process's environment without the variables of SECRET_ENV."""
+    secret = {name.encode() for name in SECRET_ENV}
+    return {k: v for k, v in os.environb.items() if k not in secret}
 
 
 @dataclass
@@ -121,7 +158,7 @@ class Home:
         password) is the one every later command is checked against."""
         if self.exists():
             raise UsageError(f"{self.path} already holds a durafs catalog")
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._make()
         with open_catalog(self.index_path) as catalog:
             catalog.set_meta("encryption", encryption)
             config = HomeConfig(catalog.catalog_id, encryption)
@@ -131,7 +168,8 @@ class Home:
         if encryption == "key":
             identity = age.X25519Identity.generate()
             _write_private(self.keys_dir / "identity.txt", identity.to_str() + "\n")
-            (self.keys_dir / "recipient.txt").write_text(identity.recipient().to_str() + "\n")
+            _write_private(self.keys_dir / "recipient.txt",
+                           identity.recipient().to_str() + "\n", 0o644)
         elif encryption == "password":
             config.scrypt_salt = secrets.token_bytes(16).hex()
             config.scrypt_work_factor = work_factor
@@ -142,11 +180,20 @@ class Home:
         self._save(config)
         return config
 
+    def _make(self) -> None:
+        """Create the catalog directory, for its owner alone: its index names every file
+        backed up, and whoever may write in it can swap its configuration or its keys
+        (encryption 'none', a recipient of theirs; `keys/` is private, not its place).
+        mkdir's mode, unlike the umask's default, holds under any umask. A directory
+        that exists (made for it by its owner) is left as it is."""
+        with contextlib.suppress(FileExistsError):
+            self.path.mkdir(parents=True, mode=0o700)
+
     def begin_recover(self) -> None:
         """Mark this directory as being rebuilt by `durafs recover` until `end_recover`,
         so no other command trusts what a recover cut short left here; clears what one
         left (a recover starts afresh)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._make()
         self._recovering = True
         fd = os.open(self.recovering, os.O_WRONLY | os.O_CREAT, 0o600)
         os.fsync(fd)
@@ -173,14 +220,17 @@ class Home:
         if identity is not None:
             ident = age.X25519Identity.parse(identity)
             _write_private(self.keys_dir / "identity.txt", ident.to_str() + "\n")
-            (self.keys_dir / "recipient.txt").write_text(ident.recipient().to_str() + "\n")
+            _write_private(self.keys_dir / "recipient.txt", ident.recipient().to_str() + "\n",
+                           0o644)
         self._save(config)
 
     def _save(self, config: HomeConfig) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(config.__dict__, indent=1) + "\n")
-        os.replace(tmp, self.config_path)
+        """Write config.json, the last file a new catalog gets (a directory without it is
+        no catalog), after the keys' directory is synced, and synced itself."""
+        fsync_dir(os.fspath(self.keys_dir))
+        data = (json.dumps(config.__dict__, indent=1) + "\n").encode()
+        write_file_durably(os.fspath(self.path), self.config_path.name, data, 0o644,
+                           self.config_path.with_suffix(".tmp").name)
 
     @contextlib.contextmanager
     def plan_lock(self, plan: str) -> Iterator[None]:
@@ -212,9 +262,11 @@ class Home:
     def recipient(self) -> str:
         path = self.keys_dir / "recipient.txt"
         if not path.exists():
-            self.config()  # no catalog at all is another error than a catalog without one
+            # no catalog at all is another error than a catalog without one
+            if self.config().encryption == "key":
+                raise CatalogError(f"{path} is missing: this catalog cannot write volumes")
             raise UsageError("this catalog has no age recipient (encryption is not 'key')")
-        return path.read_text().strip()
+        return _read_key(path, age.X25519Recipient.parse).to_str()
 
     def identity(self) -> age.X25519Identity:
         path = self.keys_dir / "identity.txt"
@@ -226,13 +278,23 @@ class Home:
             raise UsageError(
                 f"{path} is missing: reading needs the identity (durafs recover --identity)"
             )
-        return age.parse_identities(path.read_text())[0]
+        identity = _read_key(path, age.parse_identities)[0]
+        # another key (an identity file of another catalog put back on a write-only host)
+        # would have every volume reported as damage: its own recipient must be the one
+        # volumes are written to (a host without it reads only: nothing to compare)
+        recipient = path.with_name("recipient.txt")
+        own = identity.recipient().to_str()
+        theirs = self.recipient() if recipient.exists() else own
+        if own != theirs:
+            raise UsageError(f"{path}: not this catalog's identity: its public key is {own}, "
+                             f"the catalog's ({recipient.name}) {theirs}")
+        return identity
 
     def keys(self, *, read: bool | None) -> CatalogKeys:
         """Keys to write volumes, and with *read* also to read them (identity/passphrase);
         *read* None: the identity too if this host has it (write-only hosts may not)."""
         config = self.config()
-        id_key = bytes.fromhex((self.keys_dir / "id-key").read_text().strip())
+        id_key = _read_key(self.keys_dir / "id-key", _parse_id_key)
         keys = CatalogKeys(config.catalog_id, config.encryption, id_key)
         if config.encryption == "key":
             keys.recipients = [age.X25519Recipient.parse(self.recipient())]
@@ -261,12 +323,42 @@ class Home:
                              f"({self.passphrase_check})") from None
 
 
+def _read_key(path: Path, parse: Callable[[str], _T]) -> _T:
+    """*parse* of the key file at *path*; one that is missing or damaged is named with
+    why, never with what it holds (a secret)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise CatalogError(f"{path}: damaged (not text)") from None
+    try:
+        return parse(text)
+    except CryptoError as exc:  # its messages never show the key
+        raise CatalogError(f"{path}: damaged ({exc})") from None
+    except ValueError:
+        raise CatalogError(f"{path}: damaged (not the key it should hold)") from None
+
+
+def _parse_id_key(text: str) -> bytes:
+    key = bytes.fromhex(text.strip())
+    if len(key) != 32:
+        raise ValueError("the chunk-id key must be 32 bytes")
+    return key
+
+
 def _scrypt_recipient(config: HomeConfig, passphrase: bytes) -> age.ScryptRecipient:
     return age.ScryptRecipient(passphrase, work_factor=config.scrypt_work_factor,
                                salt=bytes.fromhex(config.scrypt_salt))
 
 
-def _write_private(path: Path, content: str | bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(content.encode() if isinstance(content, str) else content)
+def _write_private(path: Path, content: str | bytes, mode: int = 0o600) -> None:
+    """Write a key file and sync it: in mode key, identity.txt is the only copy of the
+    identity until it is exported, and a backup writes volumes only it can open (their
+    directory is synced by `_sync_keys`)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        write_all(fd, content.encode() if isinstance(content, str) else content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -7,7 +7,7 @@ input: nobody would see what it asks (its stdout goes to /dev/null, the end of i
 into the message should it fail). Should durafs itself be
 killed while a hook runs (kill -9, the OOM killer), a watcher process ends the hook's
 process group in its place. A hook gets durafs's environment without the passphrases
-(`PASSPHRASE_VARIABLES`): a hook is the plan's business, the keys are not. It runs in
+(`durafs.engine.home.SECRET_ENV`): a hook is the plan's business, the keys are not. It runs in
 `/`: it is saved with the plan and run by every later backup of it, from wherever that
 is started (cron, a shell elsewhere), so `./dump.sh` must not work only from one place.
 """
@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 
-from durafs.engine.home import PASSPHRASE_VARIABLES
+from durafs.engine.home import env_without_secrets
 
 #: Seconds an interrupted hook gets to end on SIGTERM before its process group is killed.
 HOOK_GRACE = 5.0
@@ -49,7 +49,7 @@ def run_hook(command: str, what: str) -> str | None:
     try:
         hook = subprocess.Popen(command, shell=True, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=write_end,
-                                env=_hook_environment(), start_new_session=True,
+                                env=env_without_secrets(), start_new_session=True,
                                 cwd="/")  # the same for every backup, wherever run from
     finally:
         os.close(write_end)  # the hook's now: the tail ends when the last holder closes it
@@ -111,12 +111,6 @@ class _Tail:
         return f"…{text}" if cut else text
 
 
-def _hook_environment() -> dict[str, str]:
-    # a hook's commands (and whatever they log or send on) have no use for the passphrase
-    # that opens every volume; DURAFS_HOME and the rest stay, a script may want them
-    return {k: v for k, v in os.environ.items() if k not in PASSPHRASE_VARIABLES}
-
-
 class _HookWatch:
     """Ends the process group *pgid* (a hook's) should durafs die before `stand_down`:
     a hook's commands (a database dump, say) must not go on after the backup is gone."""
@@ -127,6 +121,7 @@ class _HookWatch:
             # a session of its own: a Ctrl-C on the terminal is durafs's to handle
             self._watcher = subprocess.Popen(
                 ["sh", "-c", _HOOK_WATCH, "sh", str(pgid)], stdin=read_end,
+                env=env_without_secrets(),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             os.close(self._write_end)

@@ -10,6 +10,7 @@ missing or unreadable, that checkpoint is reported and the others are still reco
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 from durafs.engine.catalogchain import ChainedTree
 from durafs.engine.catalogspool import DEPTH_KEY, META_KEY
 from durafs.engine.home import Home, HomeConfig
-from durafs.errors import DurafsError, FormatError, UsageError
+from durafs.errors import DurafsError, FormatError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.catalog import (
     XATTRS_UNREAD,
@@ -82,8 +83,13 @@ def _media_at(paths: list[str]) -> list[tuple[DirectoryMedium, MediumMarker]]:
                 f"{seen[0].path} and {medium.path} hold the same medium {marker.label} "
                 f"({marker.medium_id}): give only one of them")
     media = list(found.values())
-    for _, marker in media[1:]:
-        marker.check_catalog(media[0][1].catalog_id)
+    first, first_marker = media[0]
+    for medium, marker in media[1:]:
+        if marker.catalog_id != first_marker.catalog_id:  # the user gave a wrong path
+            raise UsageError(
+                f"{medium.path}: medium {marker.label} belongs to catalog {marker.catalog_id}, "
+                f"{first.path} to catalog {first_marker.catalog_id}: recover one catalog at "
+                "a time")
     return media
 
 
@@ -101,6 +107,21 @@ def _scrypt_params(keys_file: bytes) -> tuple[str, int]:
         raise UsageError("keys file is not passphrase-encrypted")
     salt = age._b64decode(args[1].encode(), "scrypt salt")
     return salt.hex(), int(args[2])
+
+
+def _opening_identity(keys_file: bytes, identities: list[Any]) -> str | None:
+    """The key (of an identity file that may hold several) that opens the media's keys
+    file, which the catalog keeps: its recipient is the one new volumes are written to,
+    and the identity the one that reads the old ones. None for a passphrase or no key."""
+    if not keys_file.startswith(age.VERSION_LINE):
+        return None
+    header, _ = age.parse_header(keys_file)
+    for identity in identities:
+        if isinstance(identity, age.X25519Identity):
+            with contextlib.suppress(NoIdentityError):
+                age.unwrap_file_key(header, [identity])
+                return identity.to_str()
+    return None
 
 
 class Recover:
@@ -141,8 +162,7 @@ class Recover:
         config = HomeConfig(keys.catalog_id, keys.encryption)
         if keys.encryption == "password":
             config.scrypt_salt, config.scrypt_work_factor = _scrypt_params(data)
-        identity = next((i.to_str() for i in self.identities
-                         if isinstance(i, age.X25519Identity)), None)
+        identity = _opening_identity(data, self.identities)
         self.home.begin_recover()
         self.home.adopt(config, keys.id_key, identity, data)
         self.keys = keys

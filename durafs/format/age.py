@@ -64,6 +64,7 @@ from durafs.format.age_keys import (
     _WORK_FACTOR_RE,
     _X25519_INFO,
     _ZERO_NONCE,
+    MAX_READ_WORK_FACTOR,
     ScryptIdentity,
     ScryptRecipient,
     X25519Identity,
@@ -583,7 +584,7 @@ def write_identity_file(
 
 
 def read_identity_file(
-    data: bytes, passphrase: bytes | None, *, max_work_factor: int = 22
+    data: bytes, passphrase: bytes | None, *, max_work_factor: int = MAX_READ_WORK_FACTOR
 ) -> list[X25519Identity]:
     """Parse an identity file, decrypting it first if it is passphrase-protected."""
     if data.startswith(b"age-encryption.org/"):

@@ -46,6 +46,9 @@ _WORK_FACTOR_RE = re.compile(rb"[1-9][0-9]*")
 #: The scrypt work factors (log2 N) a passphrase recipient accepts.
 MIN_WORK_FACTOR = 1
 MAX_WORK_FACTOR = 40
+#: The most a passphrase identity takes by default: age's own limit, so `age -d` refuses a
+#: file made with more (and scrypt at 2**22 already needs 4 GiB of memory).
+MAX_READ_WORK_FACTOR = 22
 _SECRET_HRP = "AGE-SECRET-KEY-"
 _RECIPIENT_HRP = "age"
 
@@ -102,7 +105,7 @@ class ScryptRecipient:
 class ScryptIdentity:
     """Decrypt with a passphrase; refuses work factors above ``max_work_factor``."""
 
-    def __init__(self, passphrase: bytes, max_work_factor: int = 22):
+    def __init__(self, passphrase: bytes, max_work_factor: int = MAX_READ_WORK_FACTOR):
         self._passphrase = passphrase
         self.max_work_factor = max_work_factor
 
