@@ -22,13 +22,11 @@ import collections
 import concurrent.futures
 import logging
 import os
-import queue
 import socket
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, cast
 
 from durafs.engine.catalogspool import MAX_DELTAS, CatalogSpool
@@ -37,14 +35,11 @@ from durafs.engine.collector import gc_relaxed
 from durafs.engine.dedup import PoolChunks
 from durafs.engine.excludes import check_patterns
 from durafs.engine.filereader import (
-    END,
     READ_ATTEMPTS,
-    RESTART,
     WHOLE_READ,
     FileRead,
     ReadRequest,
     SparseReader,
-    StreamItem,
     StreamReader,
     WholeFileReader,
     same_content_stat,
@@ -52,6 +47,7 @@ from durafs.engine.filereader import (
 from durafs.engine.hooks import run_hook
 from durafs.engine.known import KnownChunks
 from durafs.engine.memory import Trimmer, limit_arenas
+from durafs.engine.owndata import own_directories, refuse_only_own_data
 from durafs.engine.pipeline import (
     BatchJob,
     ChunkJob,
@@ -65,7 +61,8 @@ from durafs.engine.poolwriter import PoolWriter
 from durafs.engine.prevtree import PrevTree, same_as_before
 from durafs.engine.progress import Reporter
 from durafs.engine.resume import adopt_orphan_volumes, write_missing_catalogs
-from durafs.engine.scan import ScanItem, ScanNote, ScanProblem, own_data_around, scan
+from durafs.engine.scan import ScanItem, ScanNote, ScanProblem, scan
+from durafs.engine.streams import STREAM_POLL, Streams
 from durafs.engine.switching import switch_interval
 from durafs.errors import CatalogError, UsageError
 from durafs.format.catalog import XATTRS_UNREAD
@@ -101,16 +98,9 @@ PREFETCH = 512
 #: Chunks smaller than this are compressed without asking the index first (the lookup
 #: costs more than compressing them).
 INLINE_MAX = 256 * 1024
-#: Large files streamed at once (one per worker: while batches of small files wait for
-#: a worker, the walking thread pumps the streams, so none can hold up another).
-MAX_STREAMS = WORKERS
-#: Chunks a streamed file's worker may have encoded ahead of the walking thread.
-STREAM_AHEAD = 3
 #: Unchanged paths walked between two looks at the streaming files' queues (a look costs
 #: more than skipping an unchanged path; a worker encodes a chunk in milliseconds).
 PUMP_EVERY = 16
-#: Seconds between looks at a streaming file's queue while waiting for another job.
-STREAM_POLL = 0.002
 #: Files handed to a worker together (one future per batch, not per file) ...
 BATCH_FILES = 64
 #: ... or fewer when they add up to this many bytes.
@@ -210,15 +200,12 @@ class Backup:
         self._batch_bytes = 0
         self._reader = WholeFileReader(self.chunker, self._encode,
                                        follow_symlinks=options.follow_symlinks)
-        self._streamer = StreamReader(self.chunker, self._encode,
-                                      follow_symlinks=options.follow_symlinks)
         self._sparse = SparseReader(self.chunker, follow_symlinks=options.follow_symlinks)
-        # files streaming now (each holds a worker while its queue is full, so the
-        # walking thread pumps them all whenever it waits), and later large files waiting
-        # their turn while the walk goes on
-        self._streams: list[StreamJob] = []
+        self._streams = Streams(
+            StreamReader(self.chunker, self._encode, follow_symlinks=options.follow_symlinks),
+            self._jobs, max_streams=WORKERS, store=self._store_streamed,
+            finish=self._finish_read)
         self._pump_countdown = PUMP_EVERY
-        self._later_streams: collections.deque[tuple[Unit, ScanItem]] = collections.deque()
         self._units: collections.deque[Unit] = collections.deque()
         self._in_flight = 0
         self._inline = InlineReads()
@@ -252,8 +239,8 @@ class Backup:
         self._spool = CatalogSpool(self.catalog, plan.name, self.pool.name,
                                    max_deltas=self.opts.max_deltas)
         self._chunks.start()
-        self._own = self._own_directories()
-        self._refuse_only_own_data()
+        self._own = own_directories(self.catalog, self.pool.id)
+        refuse_only_own_data(self.opts.sources, self._own)
         prev = self.catalog.checkpoints(plan.name)
         self._trust_prev = bool(prev) and prev[-1].stats.get("pool") == self.pool.name
         if prev:
@@ -288,6 +275,7 @@ class Backup:
                 sources=[os.fsdecode(s) for s in self.opts.sources],
             ) as tree, concurrent.futures.ThreadPoolExecutor(WORKERS, "durafs-cpu") as pool:
                 self._tree, self._pool = tree, pool
+                self._streams.submit = pool.submit
                 self._prev = PrevTree(tree, enabled=had_checkpoint)
                 try:
                     self._walk()
@@ -295,7 +283,7 @@ class Backup:
                 except BaseException:
                     # workers streaming a file wait for the walk to take their chunks:
                     # release them, and drop the jobs not started, before the pool joins
-                    self._streamer.stop.set()
+                    self._streams.reader.stop.set()
                     pool.shutdown(wait=False, cancel_futures=True)
                     self.writer.abort()
                     raise
@@ -337,11 +325,11 @@ class Backup:
                 self._times_beyond(item)
             if not self._unchanged(item):
                 self._add(item)
-            elif self._streams:
+            elif self._streams.active:
                 self._pump_countdown -= 1
                 if self._pump_countdown <= 0:
                     self._pump_countdown = PUMP_EVERY
-                    self._pump_streams()
+                    self._streams.pump_all()
             self._report()
         self._submit_batch()
 
@@ -356,35 +344,6 @@ class Backup:
                 self.problems.append(Problem(item.path, (
                     f"its {what} time ({ns} ns from 1970) is beyond {edge}, as far as "
                     f"durafs records times: backed up as {edge}")))
-
-    def _own_directories(self) -> dict[tuple[int, int], str]:
-        """The catalog directory and every pool's directory media, by (st_dev, st_ino): a
-        source that contains them gets them as empty directories, a source inside them is
-        not backed up (see `scan`'s *own*)."""
-        own = {self.catalog.db.path.parent: "durafs's catalog directory"}
-        for medium in self.catalog.media():
-            if medium.kind == "dir" and medium.path:
-                whose = "this pool" if medium.pool_id == self.pool.id else f"pool {medium.pool}"
-                own.setdefault(Path(medium.path), f"medium {medium.label} of {whose}")
-        found: dict[tuple[int, int], str] = {}
-        for path, what in own.items():
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue  # offline, or gone: nothing of it can be met
-            found[(st.st_dev, st.st_ino)] = what
-        return found
-
-    def _refuse_only_own_data(self) -> None:
-        """A run whose every source is durafs's own data would record nothing: refused
-        as a configuration error (one such source among others is a problem the scan
-        names, while the others are backed up)."""
-        reasons = [own_data_around(b"/" + os.path.abspath(src).lstrip(b"/"), self._own)
-                   for src in map(os.fsencode, self.opts.sources)]
-        if reasons and all(reasons):
-            named = "; ".join(f"{os.fsdecode(src)} is in {what}"
-                              for src, what in zip(self.opts.sources, reasons, strict=True))
-            raise UsageError(f"nothing to back up: {named}, which is never backed up")
 
     def _known_object(
         self, path: bytes, st: os.stat_result,
@@ -415,7 +374,7 @@ class Backup:
             self._record(unit)
         else:
             self._units.append(unit)
-        if len(self._jobs) >= 64 or not self._jobs or self._streams:
+        if len(self._jobs) >= 64 or not self._jobs or self._streams.active:
             self._drain(final=False)
 
     def _unchanged(self, item: ScanItem) -> bool:
@@ -539,57 +498,16 @@ class Backup:
 
     def _submit_stream(self, unit: Unit, item: ScanItem) -> None:
         unit.reading = True
-        if len(self._streams) >= MAX_STREAMS:
-            self._later_streams.append((unit, item))
+        if self._streams.full():
+            self._streams.wait_turn(unit, item)
             return
         self._submit_batch()
-        self._start_stream(unit, item)
+        self._streams.start(unit, item)
 
-    def _start_stream(self, unit: Unit, item: ScanItem) -> None:
-        chunks: queue.Queue[StreamItem] = queue.Queue(STREAM_AHEAD)
-        future = self._pool.submit(self._streamer.read, ReadRequest(item.path, item.st), chunks)
-        job = StreamJob(unit, item, chunks, future)
-        self._streams.append(job)
-        self._jobs.append(job)
-
-    def _pump_streams(self, *, until_done: bool = False) -> None:
-        """Store the chunks every streaming worker has ready; with *until_done*, go on
-        until no file streams (the waiting ones included)."""
-        while self._streams:
-            for job in list(self._streams):
-                self._pump(job)
-            if not until_done or not self._streams:
-                return
-            self._pump(self._streams[0], wait=STREAM_POLL)
-
-    def _pump(self, job: StreamJob, *, wait: float = 0.0) -> None:
-        """Store the chunks *job*'s worker has ready, waiting up to *wait* seconds for the
-        first; once its END is taken, the job is finished."""
-        while not job.ended:
-            try:
-                got = job.chunks.get(timeout=wait) if wait else job.chunks.get_nowait()
-            except queue.Empty:
-                return
-            wait = 0.0
-            if got == END:
-                job.ended = True
-            elif got == RESTART:
-                job.unit.pieces = []
-            else:
-                assert not isinstance(got, str)
-                self.stats["bytes_read"] += got[1].size
-                self._trimmer.add(got[1].size)
-                self._store_chunk(job.unit, got[1], got[0])
-        self._finish_stream(job)
-
-    def _finish_stream(self, job: StreamJob) -> None:
-        if job.finished:
-            return
-        job.finished = True
-        self._streams = [s for s in self._streams if s is not job]  # jobs compare by value
-        self._finish_read(job.unit, job.item, job.future.result())
-        if self._later_streams:
-            self._start_stream(*self._later_streams.popleft())
+    def _store_streamed(self, unit: Unit, stored: StoredChunk, offset: int) -> None:
+        self.stats["bytes_read"] += stored.size
+        self._trimmer.add(stored.size)
+        self._store_chunk(unit, stored, offset)
 
     # -- sparse files, read by this thread ------------------------------------------
 
@@ -646,12 +564,12 @@ class Backup:
             head = self._jobs.popleft()
             assert isinstance(head, StreamJob)
             while not head.finished:
-                self._pump_streams()
-                self._pump(head, wait=STREAM_POLL)
+                self._streams.pump_all()
+                self._streams.pump(head, wait=STREAM_POLL)
             return
         job = self._jobs[index]
-        while self._streams and not job.future.done():
-            self._pump_streams()
+        while self._streams.active and not job.future.done():
+            self._streams.pump_all()
             pending: Any = job.future  # not a Done: that is always done
             concurrent.futures.wait([pending], timeout=STREAM_POLL)
         del self._jobs[index]  # by position: jobs compare by value
@@ -709,7 +627,7 @@ class Backup:
             self._submit_batch()
         # past MAX_WAITING_UNITS the walk waits for the large files: entries after them
         # cannot be recorded before them, and they must not pile up in memory
-        self._pump_streams(until_done=final or len(self._units) > MAX_WAITING_UNITS)
+        self._streams.pump_all(until_done=final or len(self._units) > MAX_WAITING_UNITS)
         self._prefetch()
         while self._jobs:
             index = self._next_job()
