@@ -26,7 +26,7 @@ from durafs.engine.backup import Backup, BackupOptions, BackupResult
 from durafs.engine.excludes import ExcludePatternError, check_patterns
 from durafs.engine.fsmeta import at_path
 from durafs.engine.home import Home, read_passphrase
-from durafs.errors import CryptoError, FormatError, NoIdentityError, UsageError
+from durafs.errors import CryptoError, DurafsError, FormatError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
@@ -280,11 +280,12 @@ def _save_hooks(catalog: Catalog, args: Args) -> None:
     catalog.ensure_plan(args.plan, config)  # stores a config that differs
 
 
-def _backup_source(src: str) -> bytes:
-    """*src* as an absolute path; a missing one, or a symlink to something not a directory,
-    is a usage error. A source that exists but cannot be looked at (a directory above it
-    unreadable, a loop) is the scan's to report, by name and reason, while the other
-    sources are backed up: only ENOENT means a typo. Any length works, as in the scan."""
+def _backup_source(src: str, *, missing_ok: bool) -> bytes:
+    """*src* as an absolute path; a missing one (unless *missing_ok*: a pre-hook may make
+    it), or a symlink to something not a directory, is a usage error. A source that exists
+    but cannot be looked at (a directory above it unreadable, a loop) is the scan's to
+    report, by name and reason, while the other sources are backed up: only ENOENT means a
+    typo. Any length works, as in the scan."""
     if not src:  # an unset shell variable, say: not the current directory
         raise UsageError("a source path is empty")
     path = physical_path(os.fsencode(src))
@@ -297,6 +298,8 @@ def _backup_source(src: str) -> bytes:
             except OSError:
                 linked_dir = False
     except FileNotFoundError:
+        if missing_ok:
+            return path
         raise UsageError(f"{src}: no such file or directory") from None
     except OSError:
         return path
@@ -307,8 +310,27 @@ def _backup_source(src: str) -> bytes:
     return path
 
 
+def _pre_hook_in_effect(home: Home, args: Args) -> bool:
+    """Whether a pre-backup hook will run first: given now, or saved with the plan."""
+    if args.pre_hook is not None:
+        return bool(args.pre_hook) and not args.dry_run
+    try:
+        with home.catalog(readonly=True) as catalog:
+            plan = catalog.plan(args.plan)
+    except DurafsError:  # no catalog yet, say: the backup itself tells
+        return False
+    return plan is not None and bool(plan.config.get("pre_hook")) and not args.dry_run
+
+
 def backup(home: Home, args: Args) -> int:
-    sources = [_backup_source(src) for src in args.sources]
+    try:
+        sources = [_backup_source(src, missing_ok=False) for src in args.sources]
+    except UsageError:
+        # a source the pre-hook makes (a database dump, say) need not be there yet: the
+        # walk names it (exit 1) if the hook did not make it
+        if not _pre_hook_in_effect(home, args):
+            raise
+        sources = [_backup_source(src, missing_ok=True) for src in args.sources]
     try:
         # before the keys, the catalog and the plan's lock: neither a passphrase prompt
         # nor a busy plan comes before this usage error

@@ -190,3 +190,22 @@ def test_a_hook_runs_in_the_same_directory_wherever_the_backup_is_run_from(
                             cwd=cwd, stdout=subprocess.DEVNULL) as proc:
             assert proc.wait(30) == 0
         assert where.read_text() == "/\n"
+
+
+def test_a_source_the_pre_hook_makes_need_not_be_there_before_it(tmp_path: Path) -> None:
+    """The usual setup: the pre-hook writes a database dump, the backup takes it. The dump
+    not being there yet refused the first run (exit 2) before the hook could make it. A
+    source still missing after the hook is named (exit 1); with no hook, a missing source
+    is a typo (exit 2) as before."""
+    setup_catalog(tmp_path)
+    dump = tmp_path / "dump.sql"
+    run = durafs("backup", dump, "--pool", "p", "--pre-hook", f"echo rows > {dump}")
+    assert run.code == 0, run.err
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{dump}", out).code == 0
+    assert (out / "dump.sql").read_text() == "rows\n"
+    dump.unlink()
+    run = durafs("backup", dump, "--pool", "p", "--pre-hook", "true")  # makes nothing
+    assert run.code == 1 and f"{dump}: no such file or directory" in run.err.lower(), run.err
+    run = durafs("backup", dump, "--pool", "p", "--pre-hook", "")  # no hook any more
+    assert run.code == 2 and f"{dump}: no such file or directory" in run.err, run.err
