@@ -570,6 +570,10 @@ def recover(home: Home, args: Args) -> int:
     else:
         print(f"recovered {len(result.checkpoints)} checkpoints from {result.volumes} volumes "
               f"on {result.media} media ({result.chunks} chunks)")
+    # the media hold no plan's hooks: a backup run without its pre-hook (a database not
+    # quiesced) would look like any other
+    _say("plans come back without their hooks: give --pre-hook/--post-hook again with the "
+         "next backup of a plan that had them")
     for problem in result.problems:
         _say(problem)
     return 1 if result.problems else 0

@@ -408,6 +408,7 @@ def test_recover_rebuilds_the_index_from_the_medium(
     shutil.rmtree(Home().path)
     run = durafs("recover", "--path", pool, *args)
     assert run.code == 0, run.err
+    assert "plans come back without their hooks" in run.err  # the media do not hold them
     assert checkpoint_names() == before
     for name in before:
         out = tmp_path / f"out-{name}"
