@@ -83,6 +83,9 @@ MARGIN_MIN = 1 << 20
 MARGIN_MAX = 64 << 20
 #: Volumes (and keys in mode none) hold data in the clear; only the owner reads them.
 _DATA_MODE = 0o600
+#: A medium's directories: others may read (volumes are 0600 anyway), never delete, whatever
+#: the umask (under umask 000 anyone could have removed or swapped volumes).
+_DIR_MODE = 0o755
 _MARKER_MODE = 0o644
 #: mkfs creates it; it is not someone's data that initialize must protect.
 _FS_DIRS = frozenset({"lost+found"})
@@ -237,7 +240,7 @@ class DirectoryMedium(Medium):
             if existing is None:
                 self._write_fresh(payload, keys_file_name, keys_file)
             else:
-                os.makedirs(self.volumes_path, exist_ok=True)
+                os.makedirs(self.volumes_path, _DIR_MODE, exist_ok=True)
         except OSError as exc:
             raise self._error(exc, f"initializing as {marker.label}") from exc
         self._adopt(existing or marker)
@@ -266,7 +269,7 @@ class DirectoryMedium(Medium):
 
     def _make_root(self) -> None:
         try:
-            os.mkdir(self.path, 0o755)
+            os.mkdir(self.path, _DIR_MODE)
         except FileExistsError:
             if not os.path.isdir(self.path):
                 raise MediumRefusedError(f"{self.path} is not a directory") from None
@@ -312,7 +315,7 @@ class DirectoryMedium(Medium):
                     os.unlink(os.path.join(self.path, other))
                 except FileNotFoundError:
                     pass
-        os.makedirs(self.volumes_path, exist_ok=True)
+        os.makedirs(self.volumes_path, _DIR_MODE, exist_ok=True)
         fsync_dir(self.path)
         write_file_durably(self.path, MARKER_NAME, payload, _MARKER_MODE, TEMP_PREFIX + MARKER_NAME)
 
@@ -342,7 +345,7 @@ class DirectoryMedium(Medium):
             if any(v.volume_id == volume_id for v in self._scan_volume_names()):
                 raise MediumError(f"{self.describe()}: volume {volume_id} is already on it")
             limit = None if self.capacity is None else max(0, self.capacity - self._used())
-            os.makedirs(self.volumes_path, exist_ok=True)
+            os.makedirs(self.volumes_path, _DIR_MODE, exist_ok=True)
             with held():  # a Ctrl-C must not cut between creating the file and its sink
                 fd = self._open_temp(tmp_path, volume_id)
                 return DirectorySink(

@@ -57,6 +57,21 @@ def test_initialize_writes_the_spec_layout(tmp_path: Path) -> None:
     assert DirectoryMedium(path).marker() == marker  # another instance reads the same
 
 
+def test_a_medium_s_directories_are_never_writable_by_others(tmp_path: Path) -> None:
+    """Under umask 000 the volumes directory was 0777: anyone could delete or swap the
+    volumes (which are 0600, so read by nobody else)."""
+    old = os.umask(0)
+    try:
+        medium = DirectoryMedium(tmp_path / "disk")
+        medium.initialize(new_marker("HDD-001"), KEYS_FILE_ENCRYPTED, KEYS_BYTES)
+        (tmp_path / "disk" / "volumes").rmdir()  # as on a disk whose volumes/ went missing
+        store(medium, b"x" * 100)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "disk", tmp_path / "disk" / "volumes"):
+        assert path.stat().st_mode & 0o777 == 0o755, path
+
+
 def test_plain_keys_file_in_mode_none(tmp_path: Path) -> None:
     medium = DirectoryMedium(tmp_path / "d")
     medium.initialize(new_marker(), KEYS_FILE_PLAIN, b'{"magic":"durafs-keys"}')
