@@ -535,6 +535,11 @@ def _print_verify(result: VerifyResult, *, json_out: bool) -> None:
                 print(f"  affects {shown(p)}")
 
 
+#: An identity file holds a few keys of ~75 bytes each (or them encrypted): anything
+#: larger is something else, read no further.
+IDENTITY_FILE_MAX = 1024 * 1024
+
+
 def recover(home: Home, args: Args) -> int:
     from durafs.engine.recover import Recover
 
@@ -542,9 +547,12 @@ def recover(home: Home, args: Args) -> int:
     if args.identity:
         try:
             with open(args.identity, "rb") as f:
-                data = f.read()
+                data = f.read(IDENTITY_FILE_MAX + 1)
         except OSError as exc:
             raise UsageError(f"identity file {args.identity}: {exc.strerror}") from exc
+        if len(data) > IDENTITY_FILE_MAX:  # /dev/zero, a volume given by mistake
+            raise UsageError(f"identity file {args.identity}: over {IDENTITY_FILE_MAX} bytes, "
+                             "not an identity file (`durafs key export-identity` writes one)")
         passphrase = None
         if data.startswith(b"age-encryption.org/v1"):
             passphrase = read_passphrase("identity passphrase: ", env="DURAFS_IDENTITY_PASSPHRASE")

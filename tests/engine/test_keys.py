@@ -288,3 +288,12 @@ def test_an_identity_that_is_not_the_catalogs_is_refused_not_taken_for_damage(
     assert not (tmp_path / "out").exists()
     own.write_bytes(kept)
     assert durafs("verify", "--read-data").code == 0
+
+
+def test_recover_reads_no_more_of_an_identity_file_than_one_can_be(tmp_path: Path) -> None:
+    """`--identity /dev/zero` (or a volume given by mistake) was read whole into memory,
+    without end for /dev/zero; a file larger than any identity is refused at once."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    run = durafs("recover", "--path", pool, "--identity", "/dev/zero")
+    assert run.code == 2 and "/dev/zero: over 1048576 bytes" in run.err, run
