@@ -238,19 +238,25 @@ def test_recover_of_media_of_two_catalogs_names_the_one_that_differs(tmp_path: P
     assert f"{pools[0]} to catalog" in run.err and not Home().path.exists(), run
 
 
-def test_recover_keeps_the_key_that_opens_the_media_of_an_identity_file_of_several(
-    tmp_path: Path,
-) -> None:
+def _backed_up_beside_another_catalog(tmp_path: Path) -> Path:
+    """A catalog (the test's DURAFS_HOME) with one backup of a small source, which it
+    returns, to pool *tmp_path*/pool; and another catalog in *tmp_path*/other."""
     source = tmp_path / "src"
     source.mkdir()
     (source / "f").write_text("x")
-    other = _env(DURAFS_HOME=os.fsencode(tmp_path / "other"))
-    assert _run("init", env=other).returncode == 0
-    assert _run("key", "export-identity", os.fspath(tmp_path / "other.id"), env=other
-                ).returncode == 0
+    assert _run("init", env=_env(DURAFS_HOME=os.fsencode(tmp_path / "other"))).returncode == 0
     assert durafs("init").code == 0
     assert durafs("pool", "add", "p", "--kind", "dir", "--path", tmp_path / "pool").code == 0
     assert durafs("backup", source, "--pool", "p").code == 0
+    return source
+
+
+def test_recover_keeps_the_key_that_opens_the_media_of_an_identity_file_of_several(
+    tmp_path: Path,
+) -> None:
+    source = _backed_up_beside_another_catalog(tmp_path)
+    assert _run("key", "export-identity", os.fspath(tmp_path / "other.id"),
+                env=_env(DURAFS_HOME=os.fsencode(tmp_path / "other"))).returncode == 0
     assert durafs("key", "export-identity", tmp_path / "own.id").code == 0
     recipient = durafs("key", "recipient").out
     # a key ring: the other key first, as `age -i` takes it
@@ -268,14 +274,7 @@ def test_recover_keeps_the_key_that_opens_the_media_of_an_identity_file_of_sever
 def test_an_identity_that_is_not_the_catalogs_is_refused_not_taken_for_damage(
     tmp_path: Path,
 ) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_text("x")
-    other = _env(DURAFS_HOME=os.fsencode(tmp_path / "other"))
-    assert _run("init", env=other).returncode == 0
-    assert durafs("init").code == 0
-    assert durafs("pool", "add", "p", "--kind", "dir", "--path", tmp_path / "pool").code == 0
-    assert durafs("backup", source, "--pool", "p").code == 0
+    _backed_up_beside_another_catalog(tmp_path)
     own = Home().keys_dir / "identity.txt"
     kept = own.read_bytes()
     own.write_bytes((tmp_path / "other" / "keys" / "identity.txt").read_bytes())
