@@ -554,7 +554,11 @@ def recover(home: Home, args: Args) -> int:
             raise UsageError(f"identity file {args.identity}: over {IDENTITY_FILE_MAX} bytes, "
                              "not an identity file (`durafs key export-identity` writes one)")
         passphrase = None
-        if data.startswith(b"age-encryption.org/v1"):
+        try:
+            protected = age.dearmor(data).startswith(b"age-encryption.org/v1")
+        except CryptoError as exc:
+            raise UsageError(f"identity file {args.identity}: {exc}") from exc
+        if protected:
             passphrase = read_passphrase("identity passphrase: ", env="DURAFS_IDENTITY_PASSPHRASE")
         try:
             identities = list(age.read_identity_file(data, passphrase))

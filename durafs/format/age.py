@@ -23,6 +23,8 @@ the whole API, so callers use ``from durafs.format import age`` and ``age.X``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import io
 import os
@@ -583,10 +585,31 @@ def write_identity_file(
     return out.getvalue()
 
 
+#: The lines around an age file in ASCII armor (`age -a`, `age -p -a`): PEM, base64 body.
+ARMOR_BEGIN = b"-----BEGIN AGE ENCRYPTED FILE-----"
+ARMOR_END = b"-----END AGE ENCRYPTED FILE-----"
+
+
+def dearmor(data: bytes) -> bytes:
+    """The binary age file inside ASCII armor; *data* itself when it is not armored."""
+    text = data.strip()
+    if not text.startswith(ARMOR_BEGIN):
+        return data
+    if not text.endswith(ARMOR_END):
+        raise CryptoError(f"an armored age file without its last line ({ARMOR_END.decode()})")
+    body = text[len(ARMOR_BEGIN) : -len(ARMOR_END)]
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except binascii.Error as exc:
+        raise CryptoError(f"an armored age file whose body is not base64 ({exc})") from None
+
+
 def read_identity_file(
     data: bytes, passphrase: bytes | None, *, max_work_factor: int = MAX_READ_WORK_FACTOR
 ) -> list[X25519Identity]:
-    """Parse an identity file, decrypting it first if it is passphrase-protected."""
+    """Parse an identity file, decrypting it first if it is passphrase-protected (binary
+    or armored, as `age -p` and `age -p -a` write it)."""
+    data = dearmor(data)
     if data.startswith(b"age-encryption.org/"):
         if passphrase is None:
             raise NoIdentityError("the identity file is passphrase-protected: need a passphrase")

@@ -3,6 +3,7 @@ configuration error (exit 2) naming the file, as a missing or unreadable one is.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -62,3 +63,23 @@ def test_a_key_that_does_not_open_the_media_names_them_as_given(
     assert run.code == 2, run
     # the paths as the user wrote them, not a Python list
     assert f"does not open the media at {pool}, {tmp_path / 'second'}" in run.err, run
+
+
+def test_a_protected_identity_file_in_ascii_armor_opens_the_media(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`age -p -a` writes a protected identity in ASCII armor (PEM: base64 in lines of
+    64 between BEGIN and END lines); it was refused as "not an AGE-SECRET-KEY-1 key"."""
+    pool, identity = _lost_catalog(tmp_path, monkeypatch)
+    body = base64.b64encode(identity.read_bytes()).decode()
+    armored = tmp_path / "identity.age.asc"
+    armored.write_text("-----BEGIN AGE ENCRYPTED FILE-----\n"
+                       + "".join(body[i : i + 64] + "\n" for i in range(0, len(body), 64))
+                       + "-----END AGE ENCRYPTED FILE-----\n")
+    broken = tmp_path / "broken.asc"
+    broken.write_text(armored.read_text().replace("-----END", "--END"))
+    run = durafs("recover", "--path", pool, "--identity", broken)
+    assert run.code == 2 and "armored age file" in run.err, run
+    run = durafs("recover", "--path", pool, "--identity", armored)
+    assert run.code == 0, run
+    assert durafs("restore", "default/latest", tmp_path / "out").code == 0
