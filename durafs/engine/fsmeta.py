@@ -200,9 +200,10 @@ def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: b
     restored, or creating the children changes the mtime again. Content must be written
     before, since a write clears setuid/setgid and file capabilities.
 
-    Without *is_root*: ownership is changed only to our own uid / a group we belong to, and
-    ``security.*`` / ``trusted.*`` xattrs are skipped. Steps that fail do not stop the
-    others; afterwards one OSError names every failure. Sockets are skipped (never created).
+    Without *is_root*: ownership is changed only to our own uid / a group we belong to (the
+    rest is a failure), and ``security.*`` / ``trusted.*`` xattrs the kernel refuses are one
+    failure. Steps that fail do not stop the others; afterwards one OSError names every
+    failure, so nothing is lost unsaid. Sockets are skipped (never created).
     ``inherited=False`` says the object cannot carry ACLs it was not given (it was created
     in a directory without a default ACL): its xattrs are then not listed.
     No step follows a symlink at *path*: one put there in place of the object is changed
@@ -276,14 +277,20 @@ def _apply_owner(
     target: bytes | int, entry: TreeEntry, is_root: bool, *, dir_fd: int | None = None,
     follow_symlinks: bool = True,
 ) -> None:
+    """Give *target* *entry*'s owner; without root, the part this process may give (itself,
+    its own groups), and an error naming the rest: an owner lost is never silent."""
     uid, gid = entry.uid, entry.gid
     if not is_root:
         # An unprivileged process may only "give" a file to itself and its own groups.
         uid = uid if uid == os.geteuid() else -1
         gid = gid if gid == os.getegid() or gid in os.getgroups() else -1
-        if uid == -1 and gid == -1:
-            return
-    os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+    if uid != -1 or gid != -1:
+        os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+    lost = [f"{what} {want}" for what, want, given in
+            (("user", entry.uid, uid), ("group", entry.gid, gid)) if given == -1]
+    if lost:
+        raise PermissionError(errno.EPERM, f"{' and '.join(lost)} not given (only root may "
+                              "give a file to another user, or to a group it is not in)")
 
 
 def _apply_xattrs(
@@ -295,14 +302,22 @@ def _apply_xattrs(
     if not entry.xattrs and not acls:
         return  # nothing to set and nothing to remove: no listing either
     nofollow = {} if isinstance(target, int) else {"follow_symlinks": False}
-    wanted = {k: v for k, v in entry.xattrs.items() if is_root or not _privileged(k)}
+    wanted = entry.xattrs
     if acls:
         _drop_inherited_acls(target, wanted, failures, nofollow)
+    refused: list[str] = []  # privileged xattrs an unprivileged process may not set
     for key, value in wanted.items():
         try:
             os.setxattr(target, key, value, **nofollow)
         except OSError as exc:
-            failures.append((exc, f"xattr {os.fsdecode(key)}"))
+            if not is_root and _privileged(key) and exc.errno == errno.EPERM:
+                refused.append(os.fsdecode(key))
+            else:
+                failures.append((exc, f"xattr {os.fsdecode(key)}"))
+    if refused:  # named together, with the reason, not one "Operation not permitted" each
+        failures.append((PermissionError(errno.EPERM, "not set (only root may set "
+                                         "security.* and trusted.* xattrs)"),
+                         f"xattr {', '.join(refused)}"))
 
 
 def _drop_inherited_acls(
