@@ -201,7 +201,8 @@ def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: b
     before, since a write clears setuid/setgid and file capabilities.
 
     Without *is_root*: ownership is changed only to our own uid / a group we belong to (the
-    rest is a failure), and ``security.*`` / ``trusted.*`` xattrs the kernel refuses are one
+    rest is a failure, and a file keeps no set-user-ID or set-group-ID bit of an owner it
+    did not get), and ``security.*`` / ``trusted.*`` xattrs the kernel refuses are one
     failure. Steps that fail do not stop the others; afterwards one OSError names every
     failure, so nothing is lost unsaid. Sockets are skipped (never created).
     ``inherited=False`` says the object cannot carry ACLs it was not given (it was created
@@ -218,7 +219,7 @@ def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: b
         acls = inherited and entry.type != "l"  # symlinks carry no ACLs
         _apply_xattrs(fd_path(dir_fd, name), entry, is_root, failures, acls)
         if entry.type != "l":
-            _step(failures, "mode", _chmod_nofollow, name, entry.mode & 0o7777, dir_fd)
+            _step(failures, "mode", _chmod_nofollow, name, _given_mode(entry, is_root), dir_fd)
         _step(failures, "times", os.utime, name, ns=(entry.atime_ns, entry.mtime_ns),
               dir_fd=dir_fd, follow_symlinks=False)
     _raise_failures(failures, path)
@@ -232,7 +233,7 @@ def apply_fd_metadata(fd: int, path: bytes, entry: TreeEntry, *, is_root: bool,
     failures: list[tuple[OSError, str]] = []
     _step(failures, "owner", _apply_owner, fd, entry, is_root)
     _apply_xattrs(fd, entry, is_root, failures, inherited)
-    _step(failures, "mode", os.chmod, fd, entry.mode & 0o7777)
+    _step(failures, "mode", os.chmod, fd, _given_mode(entry, is_root))
     _step(failures, "times", os.utime, fd, ns=(entry.atime_ns, entry.mtime_ns))
     _raise_failures(failures, path)
 
@@ -279,18 +280,45 @@ def _apply_owner(
 ) -> None:
     """Give *target* *entry*'s owner; without root, the part this process may give (itself,
     its own groups), and an error naming the rest: an owner lost is never silent."""
-    uid, gid = entry.uid, entry.gid
-    if not is_root:
-        # An unprivileged process may only "give" a file to itself and its own groups.
-        uid = uid if uid == os.geteuid() else -1
-        gid = gid if gid == os.getegid() or gid in os.getgroups() else -1
+    uid, gid = _given_owner(entry, is_root)
     if uid != -1 or gid != -1:
         os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
     lost = [f"{what} {want}" for what, want, given in
             (("user", entry.uid, uid), ("group", entry.gid, gid)) if given == -1]
-    if lost:
-        raise PermissionError(errno.EPERM, f"{' and '.join(lost)} not given (only root may "
-                              "give a file to another user, or to a group it is not in)")
+    if not lost:
+        return
+    dropped = entry.mode & ~_given_mode(entry, is_root)
+    bits = [name for bit, name in ((stat.S_ISUID, "set-user-ID"), (stat.S_ISGID, "set-group-ID"))
+            if dropped & bit]
+    raise PermissionError(errno.EPERM, f"{' and '.join(lost)} not given (only root may give a "
+                          "file to another user, or to a group it is not in)"
+                          + (f"; {' and '.join(bits)} left off" if bits else ""))
+
+
+def _given_owner(entry: TreeEntry, is_root: bool) -> tuple[int, int]:
+    """The uid and gid of *entry* this process may give, each -1 if it may not."""
+    if is_root:
+        return entry.uid, entry.gid
+    # An unprivileged process may only "give" a file to itself and its own groups.
+    uid = entry.uid if entry.uid == os.geteuid() else -1
+    gid = entry.gid if entry.gid == os.getegid() or entry.gid in os.getgroups() else -1
+    return uid, gid
+
+
+def _given_mode(entry: TreeEntry, is_root: bool) -> int:
+    """*entry*'s permission bits, but for a set-user-ID (set-group-ID) bit whose user (group)
+    was not given: root's set-user-ID program restored by alice would run as alice for
+    whoever starts it (cp and tar leave such bits off too). A directory's set-group-ID bit
+    only hands its group on to new files, and stays."""
+    mode = entry.mode & 0o7777
+    if entry.type == "d":
+        return mode
+    uid, gid = _given_owner(entry, is_root)
+    if uid == -1:
+        mode &= ~stat.S_ISUID
+    if gid == -1:
+        mode &= ~stat.S_ISGID
+    return mode
 
 
 def _apply_xattrs(

@@ -4,6 +4,7 @@ owner, a privileged xattr) is named with its reason, and the rest is restored.""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -57,3 +58,23 @@ def test_owners_and_xattrs_a_user_cannot_give_are_named_not_dropped(tmp_path: Pa
         assert "trusted.note: not set (only root may" in named[str(out / "theirs")]
         assert "not given" not in named[str(out / "mine")]
         assert "trusted.note: not set" in named[str(out / "mine")]
+
+
+def test_set_id_bits_are_left_off_a_program_whose_owner_was_not_given(tmp_path: Path) -> None:
+    # root's set-user-ID program restored by a user as theirs would run as that user for
+    # whoever starts it; one the user owns keeps its bits
+    require_root("switching to another user (root may give any owner)")
+    with world_dir() as world:
+        source = _backed_up_by_root(world, {"roots": (0, 0, 0o6755),
+                                            "mine": (NOBODY, NOBODY, 0o6755),
+                                            "group": (NOBODY, 0, 0o6755)})
+        out = world / "out"
+        code, err = _restore_as_nobody("--home", world / "home", "restore",
+                                       f"default/latest{source}", out)
+        assert code == 1, err
+        modes = {name: stat.S_IMODE(os.stat(out / name).st_mode)
+                 for name in ("roots", "mine", "group")}
+        assert modes == {"roots": 0o755, "mine": 0o6755, "group": 0o4755}
+        assert "set-user-ID and set-group-ID left off" in err
+        assert "group 0 not given (only root may give a file to another user, or to a group "\
+               "it is not in); set-group-ID left off" in err
