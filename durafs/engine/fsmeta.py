@@ -200,9 +200,11 @@ def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: b
     restored, or creating the children changes the mtime again. Content must be written
     before, since a write clears setuid/setgid and file capabilities.
 
-    Without *is_root*: ownership is changed only to our own uid / a group we belong to, and
-    ``security.*`` / ``trusted.*`` xattrs are skipped. Steps that fail do not stop the
-    others; afterwards one OSError names every failure. Sockets are skipped (never created).
+    Without *is_root*: ownership is changed only to our own uid / a group we belong to (the
+    rest is a failure, and a file keeps no set-user-ID or set-group-ID bit of an owner it
+    did not get), and ``security.*`` / ``trusted.*`` xattrs the kernel refuses are one
+    failure. Steps that fail do not stop the others; afterwards one OSError names every
+    failure, so nothing is lost unsaid. Sockets are skipped (never created).
     ``inherited=False`` says the object cannot carry ACLs it was not given (it was created
     in a directory without a default ACL): its xattrs are then not listed.
     No step follows a symlink at *path*: one put there in place of the object is changed
@@ -217,7 +219,7 @@ def apply_metadata(path: bytes, entry: TreeEntry, *, is_root: bool, inherited: b
         acls = inherited and entry.type != "l"  # symlinks carry no ACLs
         _apply_xattrs(fd_path(dir_fd, name), entry, is_root, failures, acls)
         if entry.type != "l":
-            _step(failures, "mode", _chmod_nofollow, name, entry.mode & 0o7777, dir_fd)
+            _step(failures, "mode", _chmod_nofollow, name, _given_mode(entry, is_root), dir_fd)
         _step(failures, "times", os.utime, name, ns=(entry.atime_ns, entry.mtime_ns),
               dir_fd=dir_fd, follow_symlinks=False)
     _raise_failures(failures, path)
@@ -231,7 +233,7 @@ def apply_fd_metadata(fd: int, path: bytes, entry: TreeEntry, *, is_root: bool,
     failures: list[tuple[OSError, str]] = []
     _step(failures, "owner", _apply_owner, fd, entry, is_root)
     _apply_xattrs(fd, entry, is_root, failures, inherited)
-    _step(failures, "mode", os.chmod, fd, entry.mode & 0o7777)
+    _step(failures, "mode", os.chmod, fd, _given_mode(entry, is_root))
     _step(failures, "times", os.utime, fd, ns=(entry.atime_ns, entry.mtime_ns))
     _raise_failures(failures, path)
 
@@ -276,14 +278,47 @@ def _apply_owner(
     target: bytes | int, entry: TreeEntry, is_root: bool, *, dir_fd: int | None = None,
     follow_symlinks: bool = True,
 ) -> None:
-    uid, gid = entry.uid, entry.gid
-    if not is_root:
-        # An unprivileged process may only "give" a file to itself and its own groups.
-        uid = uid if uid == os.geteuid() else -1
-        gid = gid if gid == os.getegid() or gid in os.getgroups() else -1
-        if uid == -1 and gid == -1:
-            return
-    os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+    """Give *target* *entry*'s owner; without root, the part this process may give (itself,
+    its own groups), and an error naming the rest: an owner lost is never silent."""
+    uid, gid = _given_owner(entry, is_root)
+    if uid != -1 or gid != -1:
+        os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+    lost = [f"{what} {want}" for what, want, given in
+            (("user", entry.uid, uid), ("group", entry.gid, gid)) if given == -1]
+    if not lost:
+        return
+    dropped = entry.mode & ~_given_mode(entry, is_root)
+    bits = [name for bit, name in ((stat.S_ISUID, "set-user-ID"), (stat.S_ISGID, "set-group-ID"))
+            if dropped & bit]
+    raise PermissionError(errno.EPERM, f"{' and '.join(lost)} not given (only root may give a "
+                          "file to another user, or to a group it is not in)"
+                          + (f"; {' and '.join(bits)} left off" if bits else ""))
+
+
+def _given_owner(entry: TreeEntry, is_root: bool) -> tuple[int, int]:
+    """The uid and gid of *entry* this process may give, each -1 if it may not."""
+    if is_root:
+        return entry.uid, entry.gid
+    # An unprivileged process may only "give" a file to itself and its own groups.
+    uid = entry.uid if entry.uid == os.geteuid() else -1
+    gid = entry.gid if entry.gid == os.getegid() or entry.gid in os.getgroups() else -1
+    return uid, gid
+
+
+def _given_mode(entry: TreeEntry, is_root: bool) -> int:
+    """*entry*'s permission bits, but for a set-user-ID (set-group-ID) bit whose user (group)
+    was not given: root's set-user-ID program restored by alice would run as alice for
+    whoever starts it (cp and tar leave such bits off too). A directory's set-group-ID bit
+    only hands its group on to new files, and stays."""
+    mode = entry.mode & 0o7777
+    if entry.type == "d":
+        return mode
+    uid, gid = _given_owner(entry, is_root)
+    if uid == -1:
+        mode &= ~stat.S_ISUID
+    if gid == -1:
+        mode &= ~stat.S_ISGID
+    return mode
 
 
 def _apply_xattrs(
@@ -295,14 +330,22 @@ def _apply_xattrs(
     if not entry.xattrs and not acls:
         return  # nothing to set and nothing to remove: no listing either
     nofollow = {} if isinstance(target, int) else {"follow_symlinks": False}
-    wanted = {k: v for k, v in entry.xattrs.items() if is_root or not _privileged(k)}
+    wanted = entry.xattrs
     if acls:
         _drop_inherited_acls(target, wanted, failures, nofollow)
+    refused: list[str] = []  # privileged xattrs an unprivileged process may not set
     for key, value in wanted.items():
         try:
             os.setxattr(target, key, value, **nofollow)
         except OSError as exc:
-            failures.append((exc, f"xattr {os.fsdecode(key)}"))
+            if not is_root and _privileged(key) and exc.errno == errno.EPERM:
+                refused.append(os.fsdecode(key))
+            else:
+                failures.append((exc, f"xattr {os.fsdecode(key)}"))
+    if refused:  # named together, with the reason, not one "Operation not permitted" each
+        failures.append((PermissionError(errno.EPERM, "not set (only root may set "
+                                         "security.* and trusted.* xattrs)"),
+                         f"xattr {', '.join(refused)}"))
 
 
 def _drop_inherited_acls(

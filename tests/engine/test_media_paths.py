@@ -174,3 +174,30 @@ def test_a_restore_waiting_for_a_medium_says_so_once(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert err.decode().count("waiting for medium P-001") == 1, err
     assert compare_trees(source, out) == []
+
+
+def test_a_restore_into_a_medium_or_the_catalog_is_refused(tmp_path: Path) -> None:
+    # it would give the medium's directory the backup's owner, mode and ACLs (letting
+    # others at the volumes), and mix the backup's files with durafs's own
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    source.chmod(0o777)
+    pool = setup_catalog(tmp_path)
+    assert durafs("backup", source, "--pool", "p").code == 0
+    home = Path(os.environ["DURAFS_HOME"])
+    (tmp_path / "link").symlink_to(pool)
+    for target, message in [
+        (pool, f"is medium P-001 of pool p ({pool})"),
+        (pool / "volumes" / "new", f"is inside medium P-001 of pool p ({pool})"),
+        (tmp_path / "link", f"is medium P-001 of pool p ({pool})"),
+        (home, "is durafs's catalog directory"),
+        (home / "out", "is inside durafs's catalog directory"),
+    ]:
+        run = durafs("restore", f"default/latest{source}", target, "--overwrite")
+        assert run.code == 2 and message in run.err, (target, run.err)
+    assert not (home / "out").exists() and not (pool / "volumes" / "new").exists()
+    assert not (pool / "f").exists() and os.stat(pool).st_mode & 0o777 == 0o755
+    assert durafs("verify").code == 0
+    # beside them, all is as ever
+    assert durafs("restore", f"default/latest{source}", tmp_path / "out").code == 0
