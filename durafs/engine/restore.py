@@ -453,11 +453,11 @@ class Restore:
                 except OSError:
                     file.damaged = file.unwritten = True
                     raise
-            if not file.damaged:  # a damaged file keeps today's time, so no tool trusts it
-                apply_fd_metadata(fd, file.dest, file.entry, is_root=self.is_root,
-                                  inherited=file.inherits)
         except OSError as exc:
             self._report(file, exc)
+        else:
+            if not file.damaged:  # a damaged file keeps today's time, so no tool trusts it
+                self._metadata(fd, file)
         finally:
             os.close(fd)
         if file.temp is not None:
@@ -465,6 +465,16 @@ class Restore:
         elif file.unwritten:
             self._drop(file)
         file.finished = True
+
+    def _metadata(self, fd: int, file: RestoredFile) -> None:
+        """Give the whole file *file* its owner, xattrs, mode and times. What it could not
+        be given (an owner without root, say) is named, but the file still counts as
+        restored: its content is all there."""
+        try:
+            apply_fd_metadata(fd, file.dest, file.entry, is_root=self.is_root,
+                              inherited=file.inherits)
+        except OSError as exc:
+            self._problem(file.dest, exc)
 
     # -- pass 3: hard links and directories ---------------------------------------------
 

@@ -3,6 +3,7 @@ owner, a privileged xattr) is named with its reason, and the rest is restored.""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from tests.engine.cli import durafs
 from tests.engine.test_restore import _restore_as_nobody
+from tests.support.nobody import as_nobody
 from tests.support.oddtree import require_root, world_dir
 
 NOBODY = 65534
@@ -58,6 +60,16 @@ def test_owners_and_xattrs_a_user_cannot_give_are_named_not_dropped(tmp_path: Pa
         assert "trusted.note: not set (only root may" in named[str(out / "theirs")]
         assert "not given" not in named[str(out / "mine")]
         assert "trusted.note: not set" in named[str(out / "mine")]
+        # the data is all there: both files count as restored, the problems besides
+        again = world / "again"
+        code, report = as_nobody(lambda: _json_restore("--home", world / "home", "restore",
+                                                       f"default/latest{source}", again))
+        assert code == 1 and report["files"] == 2 and len(report["problems"]) == 2, report
+
+
+def _json_restore(*args: str | os.PathLike[str]) -> tuple[int, dict[str, object]]:
+    run = durafs(*args, "--json")
+    return run.code, json.loads(run.out)
 
 
 def test_set_id_bits_are_left_off_a_program_whose_owner_was_not_given(tmp_path: Path) -> None:
