@@ -161,7 +161,10 @@ class Restore:
         try:
             os.makedirs(target, exist_ok=True)
         except FileExistsError:
-            raise UsageError(f"{os.fsdecode(target)}: exists and is not a directory") from None
+            what = ("is a symlink to nothing" if os.path.islink(target)
+                    and not os.path.exists(target) else "exists and is not a directory")
+            raise UsageError(f"{os.fsdecode(target)}: {what} (TARGET must be a directory, "
+                             "or not exist)") from None
         except OSError as exc:
             raise UsageError(f"{os.fsdecode(target)}: cannot be made ({exc.strerror})") from None
         # A TARGET that is a symlink means the directory it points to; inside TARGET no

@@ -481,6 +481,10 @@ def test_bad_paths_and_targets_are_told_in_words(tmp_path: Path) -> None:
     run = durafs("restore", f"default/latest{source}", tmp_path / "file")
     assert run.code == 2
     assert f"{tmp_path / 'file'}: exists and is not a directory" in run.err
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "deeper")
+    run = durafs("restore", f"default/latest{source}", tmp_path / "dangling")
+    assert run.code == 2
+    assert f"{tmp_path / 'dangling'}: is a symlink to nothing" in run.err
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
