@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 from typing import Any
 
 from durafs.errors import UsageError
@@ -20,9 +21,11 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.I)
     if not m:
         raise UsageError(f"{text!r} is not a size (examples: 512M, 10G)")
-    size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    # exact: a float would round 9223372036854775807 up past the limit
+    size = int(Fraction(m.group(1)) * _UNITS[m.group(2).upper()])
     if size >= 1 << 63:  # more than the index can record (SQLite's 64-bit integers)
-        raise UsageError(f"{text!r} is not a size: too large (at most 8E)")
+        raise UsageError(f"{text!r} is not a size: too large (at most {(1 << 63) - 1} "
+                         "bytes, 8 EiB less one)")
     return size
 
 

@@ -748,6 +748,13 @@ def test_sizes_out_of_range_are_usage_errors_that_touch_no_directory(tmp_path: P
     assert [p["volume_size"] for p in durafs("pool", "list", "--json").json()] == [1 << 30,
                                                                                   10 << 30]
     assert [m["capacity"] for m in durafs("media", "list", "--json").json()] == [None, 3 << 39]
+    # the largest size there is, exactly (a float rounded it up past the limit)
+    run = durafs("media", "add", "p", "--path", tmp_path / "huge", "--capacity",
+                 str((1 << 63) - 1))
+    assert run.code == 0, run.err
+    [huge] = [m for m in durafs("media", "list", "--json").json()
+              if m["path"] == str(tmp_path / "huge")]
+    assert huge["capacity"] == (1 << 63) - 1
 
 
 def test_names_that_are_not_utf8_are_usage_errors_not_tracebacks(tmp_path: Path) -> None:
