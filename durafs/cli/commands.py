@@ -548,7 +548,8 @@ def _print_verify(result: VerifyResult, *, json_out: bool) -> None:
                 print(f"lost: {shown(name)}: the next backup writes again what it held "
                       "(chunks from the sources that still have them, trees from the index)")
         for d in result.damage:
-            print(f"DAMAGE: {d.volume} chunk {d.chunk[:16]}: {d.reason}")
+            # the reason may name a medium's path, which the user chose
+            print(f"DAMAGE: {d.volume} chunk {d.chunk[:16]}: {shown(d.reason)}")
             for p in d.paths:
                 print(f"  affects {shown(p)}")
 

@@ -7,7 +7,8 @@ on the same medium. Data (``--read-data``): every byte of every volume is read f
 back and checked (docs/FORMAT.md §3.4), and a chunk the scan did not find sound is read at
 its recorded offset and checked against its id, so damage is named chunk by chunk, with
 every plan/checkpoint/path it hurts; everything else stays restorable. A random sample
-(``--read-data-subset``) reads only the chunks drawn.
+(``--read-data-subset``) reads only the chunks drawn. A volume that cannot be opened at
+all hurts every chunk it holds: all are named, whether data is read or not.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class Verify:
 
     def _volume(self, volume: VolumeRow) -> None:
         name = volume.name or volume.uuid
+        reader: VolumeReader | None = None
         try:
             try:
                 reader = self.access.reader(volume)
@@ -117,12 +119,21 @@ class Verify:
             return
         except (OSError, DurafsError) as exc:
             self.result.structure.append(f"{name}: {exc}")
-            if not self.fraction:
-                return
-            self._read_chunks(volume, name, scan_damage=False)  # the damage is named
+            if reader is None:  # not even opened: no chunk in it can be read
+                self._unreadable(volume, name, exc)
+            elif self.fraction:
+                self._read_chunks(volume, name, scan_damage=False)  # the damage is named
             return
         if self.fraction:
             self._read_chunks(volume, name, scan_damage=True)
+
+    def _unreadable(self, volume: VolumeRow, name: str, exc: Exception) -> None:
+        """A volume that cannot be opened (gone from its medium, another volume's file in
+        its place, a damaged header) hurts every chunk it holds: each is named with the
+        paths it hurts, though no data is read (without --read-data, and beyond the share
+        of them a --read-data-subset sample would have read)."""
+        for chunk in self._chunks_of(volume):
+            self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
 
     def _lost(self, volume: VolumeRow, lost: bool) -> None:
         """Note in the index whether *volume* is missing from its medium: the next
