@@ -534,7 +534,8 @@ def _print_verify(result: VerifyResult, *, json_out: bool) -> None:
                     "chunks_read": result.chunks_read,
                     "offline": result.offline, "structure": result.structure,
                     "lost": result.lost, "lost_unneeded": result.unneeded,
-                    "damage": [d.__dict__ for d in result.damage]})
+                    "damage": [d.__dict__ for d in result.damage],
+                    "damage_unneeded": result.frames_unneeded})
     else:
         print(f"{result.volumes} volumes checked, {result.chunks_read} chunks read")
         for line in result.offline:
@@ -547,6 +548,8 @@ def _print_verify(result: VerifyResult, *, json_out: bool) -> None:
             else:
                 print(f"lost: {shown(name)}: the next backup writes again what it held "
                       "(chunks from the sources that still have them, trees from the index)")
+        for line in result.frames_unneeded:
+            print(f"damaged, unneeded: {shown(line)}: no checkpoint uses it any more")
         for d in result.damage:
             # the reason may name a medium's path, which the user chose
             print(f"DAMAGE: {d.volume} chunk {d.chunk[:16]}: {shown(d.reason)}")

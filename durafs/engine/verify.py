@@ -50,6 +50,9 @@ class VerifyResult:
     lost: list[str] = field(default_factory=list)
     #: ... of which nothing needs any more (their chunks or trees were written again).
     unneeded: list[str] = field(default_factory=list)
+    #: Damaged frames no chunk row points at any more (a backup stored them again): no
+    #: checkpoint is hurt, so no damage, but the bytes on the medium are as they are.
+    frames_unneeded: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +71,8 @@ class Verify:
         self.result = VerifyResult()
         self._reporter = Reporter(None)
         self._bad: dict[int, Damage] = {}
+        self._sound: set[int] = set()  # chunks read and found what their ids say
+        self._in_lost: set[int] = set()  # chunks of volumes gone from their media
         self._lost_ids: set[int] = set()
 
     def run(self, pool: str | None) -> VerifyResult:
@@ -90,9 +95,22 @@ class Verify:
             self._volume(volume)
             self._reporter.add(volumes=1)
         self._reporter.report(force=True)
+        self._note_damage()
         if self._bad:
             self._name_paths()
         return self.result
+
+    def _note_damage(self) -> None:
+        """Note in the index the chunks found damaged, and those found sound again: the
+        next backup stores the damaged ones again from the sources that still have them
+        (see `damaged_chunks` in schema.sql). Chunks of a lost volume are noted with it;
+        a read-only index is left as it is."""
+        if self.catalog.db.readonly:
+            return
+        with self.catalog.db.transaction():
+            self.catalog.set_chunks_damaged(self._bad.keys() - self._in_lost, True)
+            healed = self.catalog.damaged_chunk_ids(list(self._sound))
+            self.catalog.set_chunks_damaged(healed, False)
 
     def _volume(self, volume: VolumeRow) -> None:
         name = volume.name or volume.uuid
@@ -134,6 +152,8 @@ class Verify:
         of them a --read-data-subset sample would have read)."""
         for chunk in self._chunks_of(volume):
             self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
+            if isinstance(exc, VolumeMissingError):
+                self._in_lost.add(chunk.id)
 
     def _lost(self, volume: VolumeRow, lost: bool) -> None:
         """Note in the index whether *volume* is missing from its medium: the next
@@ -177,30 +197,43 @@ class Verify:
             for chunk in chunks:
                 self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
             return
-        sound = self._scan(reader, name, scan_damage) if self.fraction >= 1 else {}
+        sound = self._scan(volume, reader, scan_damage) if self.fraction >= 1 else {}
         for chunk in chunks:
             self.result.chunks_read += 1
             if sound.get(chunk.offset) == (chunk.cid, chunk.length):
+                self._sound.add(chunk.id)
                 continue  # the scan read and checked it
             self._reporter.add(bytes=chunk.size, bytes_read=chunk.size)
             try:
                 reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
             except (OSError, DurafsError) as exc:
                 self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
+            else:
+                self._sound.add(chunk.id)
 
     def _scan(
-        self, reader: VolumeReader, name: str, report: bool
+        self, volume: VolumeRow, reader: VolumeReader, report: bool
     ) -> dict[int, tuple[bytes, int]]:
         """Every byte of the volume, front to back (docs/FORMAT.md §3.4): tar headers,
         padding, end blocks, every member against its manifest hash, the manifest against
         the seal, every frame against the id of what it holds. Returns (id, length) of each
         chunk found sound, by offset; a scan stops at the first damage (reported if
-        *report*), and the chunks it did not reach are then read one by one."""
+        *report*), and the chunks it did not reach are then read one by one. A frame
+        damaged where its blocks still hold together does not stop it."""
+        name = volume.name or volume.uuid
         sound: dict[int, tuple[bytes, int]] = {}
+        needed: set[int] | None = None
         for event in scan_reader(reader):
             if isinstance(event, ScannedChunk):
                 sound[event.offset] = (event.id, event.length)
                 self._reporter.add(bytes=event.size, bytes_read=event.size)
+            elif isinstance(event, ScanDamage) and event.frame:
+                # a damaged frame hurts its chunk alone, which is read on its own (and named
+                # as damage) if a row still points here; else a backup stored it again
+                if needed is None:
+                    needed = {c.offset for c in self._chunks_of(volume)}
+                if event.offset not in needed:
+                    self.result.frames_unneeded.append(event.message)
             elif isinstance(event, ScanDamage) and report:
                 self.result.structure.append(f"{name}: {event.message}")
         return sound

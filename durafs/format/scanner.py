@@ -55,10 +55,13 @@ class ScannedMember:
 
 @dataclass(frozen=True, slots=True)
 class ScanDamage:
-    """The scan stopped here: *offset* in the plaintext stream and what was wrong."""
+    """The scan stopped here: *offset* in the plaintext stream and what was wrong. With
+    *frame*, the damage is the frame at *offset* alone (its bytes are not the chunk the
+    manifest lists there): the scan went on past it, and more may follow."""
 
     offset: int
     message: str
+    frame: bool = False
 
 
 ScanEvent = VolumeHeader | ScannedChunk | ScannedMember | Manifest | ScanDamage
@@ -93,6 +96,9 @@ def scan_reader(
         yield from walker.walk()
     except DurafsError as exc:
         yield ScanDamage(walker.pos, str(exc))
+        return
+    for offset, message in walker.bad_frames:
+        yield ScanDamage(offset, message, frame=True)
 
 
 class _Walker:
@@ -105,6 +111,10 @@ class _Walker:
         self.members: dict[str, ScannedMember] = {}
         self.seal: dict[str, object] | None = None
         self._data_members = 0
+        #: frames whose blocks are whole but whose content is not: offset -> (length, why)
+        self.undecodable: dict[int, tuple[int, str]] = {}
+        #: frames at their place in the manifest whose bytes are damaged: (offset, why)
+        self.bad_frames: list[tuple[int, str]] = []
 
     def walk(self) -> Iterator[ScannedChunk | ScannedMember | Manifest]:
         manifest_data = b""
@@ -183,9 +193,13 @@ class _Walker:
             try:
                 plain = dobj.decompress(data[pos:])
             except zstandard.ZstdError as exc:
-                raise IntegrityError(
-                    f"{self.name}: damaged frame in {member} at offset {start + pos} ({exc})"
-                ) from exc
+                message = f"{self.name}: damaged frame in {member} at offset {start + pos} ({exc})"
+                length = frame_length(data, pos)
+                if length is None:  # not even its blocks can be told apart: nothing after
+                    raise IntegrityError(message) from exc
+                self.undecodable[start + pos] = (length, message)
+                pos += length
+                continue
             if not dobj.eof:
                 raise IntegrityError(f"{self.name}: incomplete frame in {member} at {start + pos}")
             length = size - pos - len(dobj.unused_data)
@@ -206,22 +220,36 @@ class _Walker:
             "manifest_len": scanned.size,
             "manifest_blake3": scanned.blake3.hex(),
             "members": len(self.members) + self._data_members,
-            "chunks": len(self.chunks),
+            "chunks": len(self.chunks) + len(self.undecodable),
         }
         if any(self.seal.get(k) != v for k, v in expected.items()):
             raise IntegrityError(f"{what}: damaged (the seal does not match the volume)")
         manifest = parse_manifest_lines(decompress_manifest(data, what), self.name)
         for entry in manifest.chunks:
             self._check_chunk(entry)
+        # a damaged frame spoils its data member's hash too: that is the same damage
+        spoiled = {entry.member for entry in manifest.chunks
+                   if any(offset == entry.offset for offset, _ in self.bad_frames)}
         for member_entry in manifest.members:
-            self._check_member(member_entry)
-        if len(manifest.chunks) != len(self.chunks):
+            if member_entry.name not in spoiled:
+                self._check_member(member_entry)
+        if len(manifest.chunks) != len(self.chunks) + len(self.undecodable):
             raise IntegrityError(f"{what}: lists another number of chunks than the volume holds")
         return manifest
 
     def _check_chunk(self, entry: ChunkEntry) -> None:
+        """A frame found at its place but holding other bytes is noted (`bad_frames`) and
+        the scan goes on: the volume's structure holds, and what it damages is that chunk
+        alone. No frame at all where the manifest has one is a broken volume."""
         found = self.chunks.get(entry.offset)
-        if found is None or found.id != entry.id or found.length != entry.length:
+        broken = self.undecodable.get(entry.offset)
+        if broken is not None and broken[0] == entry.length:
+            self.bad_frames.append((entry.offset, broken[1]))
+        elif found is not None and found.length == entry.length and found.id != entry.id:
+            self.bad_frames.append((entry.offset, f"{self.name}: chunk {entry.id.hex()[:16]} "
+                                    f"at offset {entry.offset} is damaged (its bytes are not "
+                                    "what its id says)"))
+        elif found is None or found.id != entry.id or found.length != entry.length:
             raise IntegrityError(
                 f"{self.name}: chunk {entry.id.hex()[:16]} at offset {entry.offset} "
                 "does not match the manifest"
@@ -231,3 +259,31 @@ class _Walker:
         found = self.members.get(entry.name)
         if found is None or found.blake3 != entry.blake3 or found.offset != entry.offset:
             raise IntegrityError(f"{self.name}: member {entry.name} does not match the manifest")
+
+
+#: zstd's frame magic number, as stored (little-endian 0xFD2FB528).
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def frame_length(data: bytes | memoryview, pos: int) -> int | None:
+    """The length of the zstd frame at *pos* of *data*, told from its header and block
+    headers alone (RFC 8878 §3.1.1), or None if they do not hold together: so that a frame
+    whose content is damaged can be stepped over to the frames after it."""
+    view = memoryview(data)
+    if bytes(view[pos : pos + 4]) != _ZSTD_MAGIC or pos + 5 > len(view):
+        return None
+    descriptor = view[pos + 4]
+    single = descriptor & 0x20
+    fcs = (1 if single else 0, 2, 4, 8)[descriptor >> 6]
+    here = pos + 5 + (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + fcs
+    while here + 3 <= len(view):
+        header = int.from_bytes(view[here : here + 3], "little")
+        kind, size = (header >> 1) & 3, header >> 3
+        if kind == 3:  # reserved: not a block
+            return None
+        here += 3 + (1 if kind == 1 else size)
+        if header & 1:  # the last block
+            here += 4 if descriptor & 4 else 0  # its checksum
+            return here - pos if here <= len(view) else None
+    return None
+

@@ -33,7 +33,7 @@ from durafs.format.header import FORMAT_VERSION
 log = logging.getLogger(__name__)
 
 #: The schema version this code reads and writes (PRAGMA user_version).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: How long a statement waits for a lock held by another connection, in milliseconds.
 #: Only the writer ever waits (for another writer); WAL readers do not take locks.
@@ -336,3 +336,15 @@ def _add_lost_volumes(index: Index) -> None:
 
 
 MIGRATIONS[1] = _add_lost_volumes
+
+
+def _add_damaged_chunks(index: Index) -> None:
+    """Schema 2 → 3: the `damaged_chunks` table (see schema.sql)."""
+    index.execute(
+        "CREATE TABLE damaged_chunks ("
+        " chunk_id INTEGER PRIMARY KEY REFERENCES chunks (id),"
+        " since_ns INTEGER NOT NULL) STRICT"
+    )
+
+
+MIGRATIONS[2] = _add_damaged_chunks

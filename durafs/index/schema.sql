@@ -115,7 +115,8 @@ CREATE TABLE lost_volumes (
 -- Where each chunk of file content is stored. One row per chunk per pool: deduplication
 -- is per pool, so the same content stored in two pools has two rows. A chunk that was
 -- stored twice in one pool (a resumed run) keeps its first location here, unless that
--- location is in a lost volume (`lost_volumes`): then the row moves to the new copy.
+-- location is in a lost volume (`lost_volumes`) or found damaged (`damaged_chunks`): then
+-- the row moves to the new copy.
 -- Invariant: the medium of volume_id belongs to pool_id.
 CREATE TABLE chunks (
     id        INTEGER PRIMARY KEY AUTOINCREMENT,  -- packed into versions.chunks: never reused
@@ -132,6 +133,18 @@ CREATE TABLE chunks (
 ) STRICT;
 CREATE UNIQUE INDEX chunks_pool_cid ON chunks (pool_id, cid);
 CREATE INDEX chunks_volume ON chunks (volume_id);
+
+
+-- Chunks `verify` found damaged where their row says they are (the frame unreadable, or
+-- not what its id says; or their whole volume unreadable). Like the chunks of lost
+-- volumes, they are not deduplicated against: a backup whose source still has such a
+-- chunk stores it again, and the chunk's row moves to that copy (its row here goes), so
+-- every checkpoint using it is whole again. A verify that reads one sound again drops its
+-- row here (the damage was a read error that passed). Nothing is removed for damage.
+CREATE TABLE damaged_chunks (
+    chunk_id INTEGER PRIMARY KEY REFERENCES chunks (id),  -- the chunk found damaged
+    since_ns INTEGER NOT NULL  -- when a verify first found it damaged
+) STRICT;
 
 
 -- A plan: sources, target pools, schedule, retention. Its checkpoints and trees hang
@@ -255,4 +268,4 @@ CREATE VIRTUAL TABLE path_names USING fts5 (
 );
 
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;

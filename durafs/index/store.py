@@ -40,9 +40,11 @@ _CHUNK = """
 # Id lists are bound with carray as one value: one statement however many ids, each id
 # one index probe. (No JOIN: see durafs.index.tree on what a join costs per execution.)
 _CHUNKS_BY_CID = f"{_CHUNK} WHERE c.pool_id = ? AND c.cid IN carray(?)"
-# The same, without the chunks of lost volumes (a backup stores those again).
+# The same, without the chunks of lost volumes or found damaged (a backup stores those
+# again).
 _USABLE_CHUNKS_BY_CID = (f"{_CHUNKS_BY_CID} AND c.volume_id NOT IN"
-                         " (SELECT volume_id FROM lost_volumes)")
+                         " (SELECT volume_id FROM lost_volumes)"
+                         " AND c.id NOT IN (SELECT chunk_id FROM damaged_chunks)")
 _CHUNKS_BY_ID = f"{_CHUNK} WHERE c.id IN carray(?)"
 _CHUNK_BY_ID = f"{_CHUNK} WHERE c.id = ?"
 # One seek in chunks_volume (its entries are ordered by volume, then id).
@@ -321,7 +323,8 @@ class StoreCatalog:
         self, pool_id: int, cids: Sequence[bytes], *, usable: bool = False,
     ) -> dict[bytes, ChunkRow]:
         """The chunks of *cids* already stored in pool *pool_id* (the dedup check, with
-        *usable*: then those in lost volumes are left out, to be stored again).
+        *usable*: then those in lost volumes or found damaged are left out, to be stored
+        again).
 
         One indexed probe per id in a single statement: 100 000 ids take a fraction of a
         second.
@@ -338,7 +341,8 @@ class StoreCatalog:
         """Record the chunks of volume *volume_id*; return chunks.id for every cid given.
 
         A cid the pool has already keeps its first location (and its id is returned),
-        unless that is in a lost volume: then its row moves here (`_move_lost`).
+        unless that is in a lost volume or found damaged: then its row moves here
+        (`_move_lost`).
         """
         chunks = list(chunks)
         with self.db.transaction():
@@ -367,17 +371,20 @@ class StoreCatalog:
     def _move_lost(
         self, volume_id: int, known: dict[bytes, ChunkRow], chunks: list[NewChunk],
     ) -> None:
-        """Point the rows of *known* chunks that are in lost volumes at their new copies
-        in *volume_id*: every checkpoint using them reads those from now on. A lost
-        volume stays recorded, chunks or not: its seq is never given again."""
+        """Point the rows of *known* chunks that are in lost volumes or found damaged at
+        their new copies in *volume_id*: every checkpoint using them reads those from now
+        on. A lost volume stays recorded, chunks or not: its seq is never given again."""
         lost = self.lost_volume_ids()
         if volume_id in lost:  # a stand-in for lost chunks (recover) takes none over
             return
+        damaged = self.damaged_chunk_ids([row.id for row in known.values()])
         moved = [(volume_id, c.offset, c.length, int(c.raw), known[c.cid].id)
-                 for c in chunks if c.cid in known and known[c.cid].volume_id in lost]
+                 for c in chunks if c.cid in known
+                 and (known[c.cid].volume_id in lost or known[c.cid].id in damaged)]
         self.db.executemany(
             "UPDATE chunks SET volume_id = ?, offset = ?, length = ?, raw = ? WHERE id = ?",
             moved)
+        self.set_chunks_damaged([row[-1] for row in moved], False)  # sound copies now
 
     def lost_volume_ids(self) -> set[int]:
         """The volumes found missing from their media (table ``lost_volumes``)."""
@@ -398,11 +405,33 @@ class StoreCatalog:
             "SELECT 1 FROM chunks WHERE volume_id = ? LIMIT 1", (volume_id,)) is not None
 
     def lost_chunk_ids(self, pool_id: int) -> set[int]:
-        """chunks.id of pool *pool_id*'s chunks in lost volumes (a backup reads again the
-        files using them, so their chunks are stored again)."""
+        """chunks.id of pool *pool_id*'s chunks in lost volumes or found damaged (a backup
+        reads again the files using them, so their chunks are stored again)."""
         return {row[0] for row in self.db.query(
             "SELECT c.id FROM chunks c JOIN lost_volumes l ON l.volume_id = c.volume_id"
-            " WHERE c.pool_id = ?", (pool_id,))}
+            " WHERE c.pool_id = ? UNION SELECT c.id FROM chunks c JOIN damaged_chunks d"
+            " ON d.chunk_id = c.id WHERE c.pool_id = ?", (pool_id, pool_id))}
+
+    def damaged_chunk_ids(self, among: Sequence[int] | None = None) -> set[int]:
+        """The chunks found damaged (table ``damaged_chunks``), or those of *among*."""
+        if among is None:
+            return {row[0] for row in self.db.query("SELECT chunk_id FROM damaged_chunks")}
+        if not among:
+            return set()
+        return {row[0] for row in self.db.query(
+            "SELECT chunk_id FROM damaged_chunks WHERE chunk_id IN carray(?)",
+            (apsw.carray(array.array("q", among)),))}
+
+    def set_chunks_damaged(self, chunk_ids: Iterable[int], damaged: bool) -> None:
+        """Record that the chunks of *chunk_ids* were found damaged, or sound again."""
+        if damaged:
+            now = time.time_ns()
+            self.db.executemany(
+                "INSERT OR IGNORE INTO damaged_chunks (chunk_id, since_ns) VALUES (?, ?)",
+                [(i, now) for i in chunk_ids])
+        else:
+            self.db.executemany("DELETE FROM damaged_chunks WHERE chunk_id = ?",
+                                [(i,) for i in chunk_ids])
 
     def _check_volume_pool(self, volume_id: int, pool_id: int) -> None:
         row = self.db.get_row(

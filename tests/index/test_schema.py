@@ -22,6 +22,7 @@ TABLES = {
     "media",
     "volumes",
     "lost_volumes",
+    "damaged_chunks",
     "chunks",
     "plans",
     "checkpoints",
@@ -40,7 +41,7 @@ def test_create_gives_a_sound_index(index_path: Path) -> None:
     with open_index(index_path) as index:
         names = {row[0] for row in index.query("SELECT name FROM sqlite_schema")}
         assert names >= TABLES
-        assert index.user_version == SCHEMA_VERSION == 2
+        assert index.user_version == SCHEMA_VERSION == 3
         assert index.get_val("PRAGMA integrity_check") == "ok"
         assert index.query("PRAGMA foreign_key_check") == []
         assert index.get_val("PRAGMA journal_mode") == "wal"
@@ -125,11 +126,14 @@ def test_a_version_1_index_gains_the_lost_volumes_table(index_path: Path, readon
     a read-only one (ls, restore, mount)."""
     with open_index(index_path) as index, index.transaction():
         index.execute("DROP TABLE lost_volumes")
+        index.execute("DROP TABLE damaged_chunks")
         index.execute("PRAGMA user_version = 1")
     with open_index(index_path, readonly=readonly) as index:
         assert index.user_version == SCHEMA_VERSION
         columns = [row[1] for row in index.query("PRAGMA table_info(lost_volumes)")]
         assert columns == ["volume_id", "since_ns"]
+        columns = [row[1] for row in index.query("PRAGMA table_info(damaged_chunks)")]
+        assert columns == ["chunk_id", "since_ns"]  # and then 2 -> 3
         assert index.get_val("PRAGMA integrity_check") == "ok"
 
 
