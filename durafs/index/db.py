@@ -326,25 +326,17 @@ def migrate(
         index.execute(f"PRAGMA user_version = {int(version)}")
 
 
-def _add_lost_volumes(index: Index) -> None:
-    """Schema 1 → 2: the `lost_volumes` table (see schema.sql)."""
-    index.execute(
-        "CREATE TABLE lost_volumes ("
-        " volume_id INTEGER PRIMARY KEY REFERENCES volumes (id),"
-        " since_ns INTEGER NOT NULL) STRICT"
-    )
+def _new_table(ddl: str) -> Callable[[Index], None]:
+    """A migration step that adds one table (as schema.sql declares it then)."""
+    def step(index: Index) -> None:
+        index.execute(ddl)
+    return step
 
 
-MIGRATIONS[1] = _add_lost_volumes
-
-
-def _add_damaged_chunks(index: Index) -> None:
-    """Schema 2 → 3: the `damaged_chunks` table (see schema.sql)."""
-    index.execute(
-        "CREATE TABLE damaged_chunks ("
-        " chunk_id INTEGER PRIMARY KEY REFERENCES chunks (id),"
-        " since_ns INTEGER NOT NULL) STRICT"
-    )
-
-
-MIGRATIONS[2] = _add_damaged_chunks
+# Schema 1 → 2: the `lost_volumes` table; 2 → 3: the `damaged_chunks` table.
+MIGRATIONS[1] = _new_table(
+    "CREATE TABLE lost_volumes (volume_id INTEGER PRIMARY KEY REFERENCES volumes (id),"
+    " since_ns INTEGER NOT NULL) STRICT")
+MIGRATIONS[2] = _new_table(
+    "CREATE TABLE damaged_chunks (chunk_id INTEGER PRIMARY KEY REFERENCES chunks (id),"
+    " since_ns INTEGER NOT NULL) STRICT")
