@@ -425,6 +425,9 @@ class MovingSink(VolumeSink):
             except MediumFullError:
                 self.left.append(row)
                 continue
+            except MediumReadOnlyError as exc:  # not full: the next run tries it again
+                log.warning("%s: trying another medium of pool %s", exc, self._pool)
+                continue
             new.keep_if_full()
             try:
                 old.copy_to(new)

@@ -49,3 +49,25 @@ def test_a_read_only_medium_is_passed_over(tmp_path: Path) -> None:
         assert [v.split("-")[1] for v in _volumes(first)] == ["data", "catalog"]
         assert _temp_files(first, second) == []
         restores_whole(source, tmp_path / "out2")
+
+
+def test_a_volume_moving_off_a_full_disk_passes_a_read_only_one_over(tmp_path: Path) -> None:
+    """The disk a volume was written to fills; the next disk of the pool is mounted
+    read-only: the volume goes on to the one after it (it stopped the run, exit 3)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(os.urandom(20 << 20))
+    with tmpfs(tmp_path / "a", size="8m") as a, tmpfs(tmp_path / "b", size="64m") as b, \
+            tmpfs(tmp_path / "c", size="64m") as c:
+        assert durafs("init", "--encryption", "none").code == 0
+        assert durafs("pool", "add", "p", "--kind", "dir", "--path", a / "pool").code == 0
+        assert durafs("media", "add", "p", "--path", b / "pool").code == 0
+        assert durafs("media", "add", "p", "--path", c / "pool").code == 0
+        _remount(b, "ro")
+        run = durafs("backup", source, "--pool", "p")
+        assert run.code == 0, run.err
+        assert [v.split("-")[1] for v in _volumes(c / "pool")] == ["data", "catalog"]
+        states = [m["state"] for m in durafs("media", "list", "--json").json()]
+        assert states == ["full", "active", "active"], states  # b: not marked full
+        restores_whole(source, tmp_path / "out")
+        _remount(b, "rw")
