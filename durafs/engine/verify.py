@@ -22,7 +22,13 @@ from typing import Any
 from durafs.engine.access import VolumeAccess
 from durafs.engine.catalogspool import catalog_volume_in_use
 from durafs.engine.progress import Reporter
-from durafs.errors import DurafsError, MediumOfflineError, UsageError, VolumeMissingError
+from durafs.errors import (
+    DurafsError,
+    MediumOfflineError,
+    UnsupportedVersionError,
+    UsageError,
+    VolumeMissingError,
+)
 from durafs.format.catalog import read_checkpoint
 from durafs.format.reader import VolumeReader
 from durafs.format.scanner import ScanDamage, ScannedChunk, scan_reader
@@ -72,7 +78,7 @@ class Verify:
         self._reporter = Reporter(None)
         self._bad: dict[int, Damage] = {}
         self._sound: set[int] = set()  # chunks read and found what their ids say
-        self._in_lost: set[int] = set()  # chunks of volumes gone from their media
+        self._in_lost: set[int] = set()  # chunks not to note as damaged (see _unreadable)
         self._lost_ids: set[int] = set()
 
     def run(self, pool: str | None) -> VerifyResult:
@@ -152,7 +158,8 @@ class Verify:
         of them a --read-data-subset sample would have read)."""
         for chunk in self._chunks_of(volume):
             self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
-            if isinstance(exc, VolumeMissingError):
+            if isinstance(exc, VolumeMissingError | UnsupportedVersionError):
+                # noted as lost instead; or written by a newer durafs: not damaged
                 self._in_lost.add(chunk.id)
 
     def _lost(self, volume: VolumeRow, lost: bool) -> None:
