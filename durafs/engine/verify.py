@@ -36,6 +36,13 @@ from durafs.index.catalog import Catalog
 from durafs.index.db import REBUILD
 from durafs.index.rows import ChunkRow, VolumeRow, unpack_pieces
 
+#: File versions read at once while naming the paths damage hurts.
+NAME_PAGE = 10_000
+_FILE_VERSIONS = (
+    "SELECT v.id, v.path_id, v.plan_id, v.first_seq, coalesce(v.last_seq, p.last_seq),"
+    " v.chunks, p.name FROM versions v JOIN plans p ON p.id = v.plan_id"
+    " WHERE v.id > ? AND v.type = 'f' AND v.chunks IS NOT NULL ORDER BY v.id LIMIT ?")
+
 
 @dataclass
 class Damage:
@@ -253,20 +260,19 @@ class Verify:
 
     def _name_paths(self) -> None:
         """Every plan/checkpoint/path whose content uses a damaged chunk (a full scan of
-        the file versions: damage is rare, and this keeps the index free of a reverse map)."""
-        rows = self.catalog.db.query(
-            "SELECT v.path_id, v.plan_id, v.first_seq, coalesce(v.last_seq, p.last_seq),"
-            " v.chunks, p.name FROM versions v JOIN plans p ON p.id = v.plan_id"
-            " WHERE v.type = 'f' AND v.chunks IS NOT NULL")
-        for path_id, plan_id, first, last, blob, plan in rows:
-            hit = {rid for _, rid, _ in unpack_pieces(blob)} & self._bad.keys()
-            if not hit:
-                continue
-            path = os.fsdecode(self.catalog.path_of(path_id))
-            for seq in range(first, last + 1):
-                checkpoint = self.catalog.checkpoint_by_seq(plan_id, seq)
-                if checkpoint is None:
+        the file versions, a page at a time: damage is rare, and this keeps the index free
+        of a reverse map)."""
+        names = {(c.plan_id, c.seq): c.name for c in self.catalog.checkpoints()}
+        after = 0
+        while rows := self.catalog.db.query(_FILE_VERSIONS, (after, NAME_PAGE)):
+            after = rows[-1][0]
+            for _id, path_id, plan_id, first, last, blob, plan in rows:
+                hit = {rid for _, rid, _ in unpack_pieces(blob)} & self._bad.keys()
+                if not hit:
                     continue
-                for rid in hit:
-                    self._bad[rid].paths.append(f"{plan}/{checkpoint.name}{path}")
+                path = os.fsdecode(self.catalog.path_of(path_id))
+                for seq in range(first, last + 1):
+                    name = names.get((plan_id, seq))
+                    for rid in hit if name is not None else ():
+                        self._bad[rid].paths.append(f"{plan}/{name}{path}")
         self.result.damage = list(self._bad.values())
