@@ -142,6 +142,10 @@ class Recover:
         self._stand_ins: dict[int, int] = {}
         #: Entries of the checkpoint being replayed that its index record goes without.
         self._left_out = 0
+        #: Where each volume read is (its medium and file name), by volume row id.
+        self._stored: dict[int, tuple[DirectoryMedium, str]] = {}
+        #: Later copies of chunks a pool already had, by (pool id, cid): (volume id, frame).
+        self._copies: dict[tuple[int, bytes], list[tuple[int, NewChunk]]] = {}
 
     def run(self, paths: list[str]) -> RecoverResult:
         catalog: Catalog | None = None
@@ -151,6 +155,7 @@ class Recover:
             marker.check_catalog(catalog.catalog_id)
             self._medium(catalog, medium, marker)
         assert catalog is not None
+        self._keep_sound_copies(catalog)
         self._replay(catalog)
         catalog.close()
         self.home.end_recover()
@@ -194,13 +199,18 @@ class Recover:
         reader = VolumeReader(handle.read_at, identities=self.identities, size=handle.size,
                               name=stored.name, catalog_id=self.keys.catalog_id)
         manifest = reader.read_manifest()
+        chunks = [NewChunk(c.id, c.offset, c.length, c.size, c.raw) for c in manifest.chunks]
         with catalog.db.transaction():
             volume = catalog.add_volume(
                 medium_id, uuid=reader.header.volume_id, kind=reader.header.kind,
                 seq=stored.seq, name=stored.name, plain_size=reader.plain_size or 0,
                 stored_size=stored.stored_size, created_ns=reader.header.created_ns)
-            catalog.add_chunks(pool_id, volume.id, [
-                NewChunk(c.id, c.offset, c.length, c.size, c.raw) for c in manifest.chunks])
+            known = catalog.lookup_chunks(pool_id, [c.cid for c in chunks])
+            catalog.add_chunks(pool_id, volume.id, chunks)
+        self._stored[volume.id] = (medium, stored.name)
+        for c in chunks:
+            if c.cid in known:
+                self._copies.setdefault((pool_id, c.cid), []).append((volume.id, c))
         self.result.volumes += 1
         self.result.chunks += len(manifest.chunks)
         if reader.header.kind == "catalog":
@@ -209,6 +219,41 @@ class Recover:
                 read_checkpoint(reader), reader, pool_id_name(catalog, pool_id), stored.name,
                 volume_id)
         self.progress(f"read {stored.name}")
+
+    def _keep_sound_copies(self, catalog: Catalog) -> None:
+        """A chunk stored more than once (a run resumed; or a backup stored again a chunk
+        verify found damaged) keeps its first copy, unless that one is damaged: then a sound
+        later copy takes its place. Else every checkpoint using it would read the damage
+        the heal had left behind. One found damaged with no sound copy is noted as such
+        (`damaged_chunks`): the next backup stores it again from a source that has it."""
+        for (pool_id, cid), copies in self._copies.items():
+            row = catalog.lookup_chunks(pool_id, [cid])[cid]
+            first = NewChunk(cid, row.offset, row.length, row.size, row.raw)
+            if self._sound(row.volume_id, first):
+                continue
+            with catalog.db.transaction():
+                catalog.set_chunks_damaged([row.id], True)
+                sound = next((v for v, c in copies if self._sound(v, c)), None)
+                if sound is not None:  # its row moves there (and is no longer damaged)
+                    catalog.add_chunks(pool_id, sound, [c for v, c in copies if v == sound])
+
+    def _sound(self, volume_id: int, chunk: NewChunk) -> bool:
+        """Whether the frame of *chunk* in volume *volume_id* is what its id says."""
+        assert self.keys is not None
+        medium, name = self._stored[volume_id]
+        try:
+            handle = medium.open_volume(name)
+        except (OSError, DurafsError):
+            return False
+        try:
+            reader = VolumeReader(handle.read_at, identities=self.identities, size=handle.size,
+                                  name=name, catalog_id=self.keys.catalog_id)
+            reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
+        except (OSError, DurafsError):
+            return False
+        finally:
+            handle.close()
+        return True
 
     def _replay(self, catalog: Catalog) -> None:
         by_checkpoint: dict[tuple[str, str], list[_CatalogVolume]] = {}

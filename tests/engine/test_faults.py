@@ -346,6 +346,35 @@ def test_a_chunk_found_damaged_is_stored_again_and_old_checkpoints_heal(
     assert report["stats"]["unchanged_files"] == 3, report
 
 
+def test_recover_after_a_heal_takes_the_sound_copy_of_a_chunk(tmp_path: Path) -> None:
+    """After a heal a chunk is on the medium twice: the damaged frame and the sound copy
+    the backup stored again. Recover kept the first copy of a chunk stored twice, the
+    damaged one, so every checkpoint (the one made after the heal too) lost the file
+    again, though the media held it whole. Now it checks such a chunk and takes a sound
+    copy."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "hurt").write_bytes(os.urandom(200_000))
+    (source / "fine").write_bytes(os.urandom(200_000))
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    _flip_a_byte_of(pool, source / "hurt")
+    assert durafs("verify", "--read-data").code == 1
+    assert durafs("backup", source, "--pool", "p").code == 0  # the heal
+    before = checkpoint_names()
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool)
+    assert run.code == 0, run.err
+    assert checkpoint_names() == before
+    for name in before:
+        out = tmp_path / f"out-{name}"
+        run = durafs("restore", f"default/{name}{source}", out)
+        assert run.code == 0, run.err
+        assert compare_trees(source, out) == []
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 0 and len(run.json()["damage_unneeded"]) == 1, run.out
+
+
 @pytest.mark.parametrize("encryption", ["none", "key"])
 def test_every_chunk_past_a_cut_is_told_where_the_volume_really_ends(
     tmp_path: Path, encryption: str
