@@ -85,6 +85,7 @@ class Verify:
         self._reporter = Reporter(None)
         self._bad: dict[int, Damage] = {}
         self._sound: set[int] = set()  # chunks read and found what their ids say
+        self._bad_in: dict[int, int] = {}  # damaged chunk -> the volume it was read from
         self._in_lost: set[int] = set()  # chunks not to note as damaged (see _unreadable)
         self._lost_ids: set[int] = set()
 
@@ -121,7 +122,9 @@ class Verify:
         if self.catalog.db.readonly:
             return
         with self.catalog.db.transaction():
-            self.catalog.set_chunks_damaged(self._bad.keys() - self._in_lost, True)
+            # a row a backup moved meanwhile (it stored the chunk again) is not damaged
+            self.catalog.note_damaged((i, self._bad_in[i]) for i in self._bad.keys()
+                                      - self._in_lost if i in self._bad_in)
             healed = self.catalog.damaged_chunk_ids(list(self._sound))
             self.catalog.set_chunks_damaged(healed, False)
 
@@ -165,6 +168,7 @@ class Verify:
         of them a --read-data-subset sample would have read)."""
         for chunk in self._chunks_of(volume):
             self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
+            self._bad_in[chunk.id] = volume.id
             if isinstance(exc, VolumeMissingError | UnsupportedVersionError):
                 # noted as lost instead; or written by a newer durafs: not damaged
                 self._in_lost.add(chunk.id)
@@ -210,8 +214,10 @@ class Verify:
         except (OSError, DurafsError) as exc:
             for chunk in chunks:
                 self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
+                self._bad_in[chunk.id] = volume.id
             return
-        sound = self._scan(volume, reader, scan_damage) if self.fraction >= 1 else {}
+        sound, stopped = self._scan(volume, reader) if self.fraction >= 1 else ({}, None)
+        hurt = False
         for chunk in chunks:
             self.result.chunks_read += 1
             if sound.get(chunk.offset) == (chunk.cid, chunk.length):
@@ -222,20 +228,39 @@ class Verify:
                 reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
             except (OSError, DurafsError) as exc:
                 self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
+                self._bad_in[chunk.id] = volume.id
+                hurt = True
             else:
                 self._sound.add(chunk.id)
+        if stopped is not None and scan_damage:
+            healed = (volume.kind == "data" and not hurt
+                      and _in_a_healed_member(reader, stopped.offset, {c.offset for c in chunks}))
+            self._where_the_scan_stopped(name, stopped.message, healed)
+
+    def _where_the_scan_stopped(self, name: str, message: str, healed: bool) -> None:
+        """The damage that stopped a scan (a damaged age chunk, a frame whose blocks do
+        not hold together, a tar header) is damage, unless *healed*: it lies in the data
+        of a member with frames a backup stored again, and every chunk of the volume reads
+        sound one by one. Then only the bytes on the medium are hurt, which durafs reads
+        around but `age -d` or `tar` by hand do not."""
+        if not healed:
+            self.result.structure.append(f"{name}: {message}")
+        else:
+            self.result.frames_unneeded.append(
+                f"{name}: {message} (no checkpoint needs what is there; by hand, `age -d` "
+                "and `tar` stop at it)")
 
     def _scan(
-        self, volume: VolumeRow, reader: VolumeReader, report: bool
-    ) -> dict[int, tuple[bytes, int]]:
+        self, volume: VolumeRow, reader: VolumeReader,
+    ) -> tuple[dict[int, tuple[bytes, int]], ScanDamage | None]:
         """Every byte of the volume, front to back (docs/FORMAT.md §3.4): tar headers,
         padding, end blocks, every member against its manifest hash, the manifest against
         the seal, every frame against the id of what it holds. Returns (id, length) of each
-        chunk found sound, by offset; a scan stops at the first damage (reported if
-        *report*), and the chunks it did not reach are then read one by one. A frame
-        damaged where its blocks still hold together does not stop it."""
-        name = volume.name or volume.uuid
+        chunk found sound, by offset, and what stopped the scan if it stopped at damage
+        (the chunks it did not reach are then read one by one). A frame damaged where its
+        blocks still hold together does not stop it."""
         sound: dict[int, tuple[bytes, int]] = {}
+        stopped: ScanDamage | None = None
         needed: set[int] | None = None
         for event in scan_reader(reader):
             if isinstance(event, ScannedChunk):
@@ -248,9 +273,9 @@ class Verify:
                     needed = {c.offset for c in self._chunks_of(volume)}
                 if event.offset not in needed:
                     self.result.frames_unneeded.append(event.message)
-            elif isinstance(event, ScanDamage) and report:
-                self.result.structure.append(f"{name}: {event.message}")
-        return sound
+            elif isinstance(event, ScanDamage):
+                stopped = event
+        return sound, stopped
 
     def _chunks_of(self, volume: VolumeRow) -> list[ChunkRow]:
         ids = [r[0] for r in self.catalog.db.query(
@@ -276,3 +301,16 @@ class Verify:
                     for rid in hit if name is not None else ():
                         self._bad[rid].paths.append(f"{plan}/{name}{path}")
         self.result.damage = list(self._bad.values())
+
+
+def _in_a_healed_member(reader: VolumeReader, offset: int, needed: set[int]) -> bool:
+    """Whether *offset*, where a scan stopped, starts the data of a member holding a frame
+    no chunk row points at any more (*needed*: the offsets rows point at): a frame a
+    backup stored again after verify found it damaged."""
+    try:
+        entries = reader.read_manifest().chunks
+    except (OSError, DurafsError):
+        return False
+    return any(e.offset - e.member_offset == offset and e.offset not in needed
+               for e in entries)
+

@@ -196,6 +196,7 @@ class _Walker:
                 message = f"{self.name}: damaged frame in {member} at offset {start + pos} ({exc})"
                 length = frame_length(data, pos)
                 if length is None:  # not even its blocks can be told apart: nothing after
+                    self.pos = start  # the damage is in this member's data
                     raise IntegrityError(message) from exc
                 self.undecodable[start + pos] = (length, message)
                 pos += length

@@ -422,6 +422,15 @@ class StoreCatalog:
             "SELECT chunk_id FROM damaged_chunks WHERE chunk_id IN carray(?)",
             (apsw.carray(array.array("q", among)),))}
 
+    def note_damaged(self, found: Iterable[tuple[int, int]]) -> None:
+        """Record the chunks of *found* (chunk id, volume id) as damaged, each only if its
+        row still points into that volume (a backup may have moved it to a new copy)."""
+        now = time.time_ns()
+        self.db.executemany(
+            "INSERT OR IGNORE INTO damaged_chunks (chunk_id, since_ns)"
+            " SELECT id, ? FROM chunks WHERE id = ? AND volume_id = ?",
+            [(now, chunk_id, volume_id) for chunk_id, volume_id in found])
+
     def set_chunks_damaged(self, chunk_ids: Iterable[int], damaged: bool) -> None:
         """Record that the chunks of *chunk_ids* were found damaged, or sound again."""
         if damaged:

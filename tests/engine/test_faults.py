@@ -286,9 +286,10 @@ def test_damaged_volume_names_exactly_the_hurt_chunks_and_paths(tmp_path: Path) 
             assert (out / f"file{i}").read_bytes() == (source / f"file{i}").read_bytes()
 
 
-def _flip_a_byte_of(pool: Path, file: Path) -> tuple[CheckpointRow, FilePiece]:
-    """Flip a byte in the middle of the frame of *file*'s first chunk, as stored in the
-    latest checkpoint on *pool*: (that checkpoint, the piece)."""
+def _flip_a_byte_of(pool: Path, file: Path, *, flip: bool = True,
+                    ) -> tuple[CheckpointRow, FilePiece]:
+    """Flip a byte in the middle of the frame of *file*'s first chunk (unless not
+    *flip*), as stored in the latest checkpoint on *pool*: (that checkpoint, the piece)."""
     with open_catalog(Home().index_path, readonly=True) as catalog:
         plan = catalog.plan("default")
         assert plan is not None
@@ -299,6 +300,8 @@ def _flip_a_byte_of(pool: Path, file: Path) -> tuple[CheckpointRow, FilePiece]:
         piece = catalog.file_chunks(victim)[0]
         volume = catalog.volume(piece.chunk.volume_id)
         assert volume is not None and volume.name
+    if not flip:
+        return checkpoint, piece
     with open(pool / "volumes" / volume.name, "r+b") as f:
         f.seek(piece.chunk.offset + piece.chunk.length // 2)
         byte = f.read(1)
@@ -604,6 +607,47 @@ def test_a_lost_newest_volume_file_does_not_stop_later_backups(
     out = tmp_path / "out"
     assert durafs("restore", f"default/latest{source}", out).code == 0
     assert (out / "f").read_text() == "and again"
+
+
+@pytest.mark.parametrize("where", ["age chunk", "block header"])
+def test_damage_that_stops_the_scan_heals_and_then_is_no_damage(
+    tmp_path: Path, where: str,
+) -> None:
+    """In an encrypted volume a flipped byte fails its age chunk; in a compressed frame a
+    flipped block header leaves no way to the frames after it. Either stops the scan.
+    Once a backup stored again what it hurt, every chunk of the volume reads sound one
+    by one: the damage is listed as needed by nothing (exit 0), not as damage forever."""
+    source = tmp_path / "src"
+    source.mkdir()
+    words = [b"alpha ", b"beta ", b"gamma\n", b"delta "]
+    for i in range(6):
+        (source / f"f{i}").write_bytes(os.urandom(200_000) if where == "age chunk" else
+                                       b"".join(random.Random(i).choices(words, k=40_000)))
+    pool = setup_catalog(tmp_path, encryption="key" if where == "age chunk" else "none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    (volume,) = (pool / "volumes").glob("*-data-*")
+    if where == "age chunk":
+        offset = volume.stat().st_size // 2
+    else:  # in the header of f3's frame (its content size, or its first block's header)
+        _, piece = _flip_a_byte_of(pool, source / "f3", flip=False)
+        offset = piece.chunk.offset + 6
+    with open(volume, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 1 and run.json()["damage"], run.out
+    assert durafs("backup", source, "--pool", "p").code == 0
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 0, run.out
+    assert run.json()["damage"] == [] and run.json()["structure"] == []
+    [unneeded] = run.json()["damage_unneeded"]
+    assert "damaged" in unneeded or "no checkpoint needs what is there" in unneeded, unneeded
+    for name in checkpoint_names():
+        out = tmp_path / f"out-{name}"
+        assert durafs("restore", f"default/{name}{source}", out).code == 0
+        assert compare_trees(source, out) == []
 
 
 def test_a_volume_found_lost_is_stored_again_and_old_checkpoints_heal(tmp_path: Path) -> None:
