@@ -179,3 +179,28 @@ def test_failed_volume_and_chunks_leave_nothing(catalog: Catalog) -> None:
         catalog.add_chunks(pool.id, volume.id, bad)
     assert catalog.volumes() == []
     assert catalog.db.get_val("SELECT count(*) FROM chunks") == 0
+
+
+def test_a_damaged_chunk_is_left_out_of_dedup_and_moves_to_its_new_copy(
+    catalog: Catalog,
+) -> None:
+    pool = catalog.add_pool("usb", "dir", volume_size=1 << 30)
+    disk = catalog.add_medium(pool.id, uuid="u-1", label="HDD-001")
+    first = add_volume(catalog, disk.id, 1)
+    chunks = new_chunks(3)
+    ids = catalog.add_chunks(pool.id, first.id, chunks)
+    hurt = ids[chunks[0].cid]
+    second = add_volume(catalog, disk.id, 2)
+    # noted only where the row still points: a verify beside a backup that moved it
+    catalog.note_damaged([(hurt, second.id)])
+    assert catalog.damaged_chunk_ids() == set()
+    catalog.note_damaged([(hurt, first.id)])
+    assert catalog.damaged_chunk_ids() == {hurt} == catalog.lost_chunk_ids(pool.id)
+    usable = catalog.lookup_chunks(pool.id, [c.cid for c in chunks], usable=True)
+    assert set(usable) == {chunks[1].cid, chunks[2].cid}
+    # stored again: the row (and its id, which file versions hold) moves to the new copy
+    again = NewChunk(chunks[0].cid, 500, 90, 4096, False)
+    assert catalog.add_chunks(pool.id, second.id, [again]) == {chunks[0].cid: hurt}
+    row = catalog.lookup_chunks(pool.id, [chunks[0].cid], usable=True)[chunks[0].cid]
+    assert (row.id, row.volume_id, row.offset) == (hurt, second.id, 500)
+    assert catalog.damaged_chunk_ids() == set()
