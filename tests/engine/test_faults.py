@@ -286,6 +286,14 @@ def test_damaged_volume_names_exactly_the_hurt_chunks_and_paths(tmp_path: Path) 
             assert (out / f"file{i}").read_bytes() == (source / f"file{i}").read_bytes()
 
 
+def _every_checkpoint_restores_whole(source: Path, tmp_path: Path) -> None:
+    for name in checkpoint_names():
+        out = tmp_path / f"out-{name}"
+        run = durafs("restore", f"default/{name}{source}", out)
+        assert run.code == 0, run.err
+        assert compare_trees(source, out) == []
+
+
 def _flip_a_byte_of(pool: Path, file: Path, *, flip: bool = True,
                     ) -> tuple[CheckpointRow, FilePiece]:
     """Flip a byte in the middle of the frame of *file*'s first chunk (unless not
@@ -339,11 +347,7 @@ def test_a_chunk_found_damaged_is_stored_again_and_old_checkpoints_heal(
     assert run.code == 0 and run.json()["damage"] == [], run.out
     [unneeded] = run.json()["damage_unneeded"]
     assert "damaged" in unneeded, unneeded
-    for name in checkpoint_names():
-        out = tmp_path / f"out-{name}"
-        run = durafs("restore", f"default/{name}{source}", out)
-        assert run.code == 0, run.err
-        assert compare_trees(source, out) == []
+    _every_checkpoint_restores_whole(source, tmp_path)
     # with nothing damaged any more, unchanged files are not read again
     report = durafs("backup", source, "--pool", "p", "--json").json()
     assert report["stats"]["unchanged_files"] == 3, report
@@ -369,11 +373,7 @@ def test_recover_after_a_heal_takes_the_sound_copy_of_a_chunk(tmp_path: Path) ->
     run = durafs("recover", "--path", pool)
     assert run.code == 0, run.err
     assert checkpoint_names() == before
-    for name in before:
-        out = tmp_path / f"out-{name}"
-        run = durafs("restore", f"default/{name}{source}", out)
-        assert run.code == 0, run.err
-        assert compare_trees(source, out) == []
+    _every_checkpoint_restores_whole(source, tmp_path)
     run = durafs("verify", "--read-data", "--json")
     assert run.code == 0 and len(run.json()["damage_unneeded"]) == 1, run.out
 
@@ -644,10 +644,7 @@ def test_damage_that_stops_the_scan_heals_and_then_is_no_damage(
     assert run.json()["damage"] == [] and run.json()["structure"] == []
     [unneeded] = run.json()["damage_unneeded"]
     assert "damaged" in unneeded or "no checkpoint needs what is there" in unneeded, unneeded
-    for name in checkpoint_names():
-        out = tmp_path / f"out-{name}"
-        assert durafs("restore", f"default/{name}{source}", out).code == 0
-        assert compare_trees(source, out) == []
+    _every_checkpoint_restores_whole(source, tmp_path)
 
 
 def test_a_volume_found_lost_is_stored_again_and_old_checkpoints_heal(tmp_path: Path) -> None:
@@ -665,12 +662,7 @@ def test_a_volume_found_lost_is_stored_again_and_old_checkpoints_heal(tmp_path: 
     run = durafs("verify", "--json")
     assert run.code == 1 and run.json()["lost"] == [data.name], run.out
     assert durafs("backup", source, "--pool", "p").code == 0  # unchanged, yet read again
-    names = checkpoint_names()
-    for name in names:
-        out = tmp_path / f"out-{name}"
-        run = durafs("restore", f"default/{name}{source}", out)
-        assert run.code == 0, run.err
-        assert compare_trees(source, out) == []
+    _every_checkpoint_restores_whole(source, tmp_path)
     # still lost, but nothing needs it: no damage; its seq is never given again
     run = durafs("verify", "--read-data", "--json")
     assert run.code == 0, run.out
