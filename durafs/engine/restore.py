@@ -116,6 +116,12 @@ def parse_spec(catalog: Catalog, spec: str) -> tuple[CheckpointRow, bytes]:
     if checkpoint is None:
         raise UsageError(f"no checkpoint {parts[1]!r} in plan {parts[0]!r}")
     path = b"/" + os.fsencode(parts[2]).strip(b"/") if len(parts) == 3 else b"/"
+    if len(parts) == 3 and parts[2].endswith("/") and path != b"/":
+        # as in a shell, a trailing / names a directory: `file/` is not the file
+        version = catalog.resolve(checkpoint.plan_id, checkpoint.seq, path)
+        if version is not None and version.type != "d":
+            raise UsageError(f"{os.fsdecode(path)}/: not a directory in "
+                             f"{checkpoint.plan}/{checkpoint.name} (drop the trailing /)")
     return checkpoint, path
 
 

@@ -481,6 +481,12 @@ def test_bad_paths_and_targets_are_told_in_words(tmp_path: Path) -> None:
     run = durafs("restore", f"default/latest{source}", tmp_path / "file")
     assert run.code == 2
     assert f"{tmp_path / 'file'}: exists and is not a directory" in run.err
+    # a trailing / names a directory, as in a shell (rsync refuses file/ too)
+    for command in (("restore", f"default/latest{source}/hello.txt/", tmp_path / "out2"),
+                    ("ls", f"default/latest{source}/hello.txt/")):
+        run = durafs(*command)
+        assert run.code == 2 and f"{source}/hello.txt/: not a directory" in run.err, run.err
+    assert not (tmp_path / "out2").exists()
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "deeper")
     run = durafs("restore", f"default/latest{source}", tmp_path / "dangling")
     assert run.code == 2
