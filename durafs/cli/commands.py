@@ -527,6 +527,10 @@ def _verified(home: Home, args: Args) -> VerifyResult:
         return VerifyResult(structure=[str(exc)])
 
 
+#: Paths a damaged chunk hurts that verify's text output shows (--json has them all).
+PATHS_SHOWN = 20
+
+
 def _print_verify(result: VerifyResult, *, json_out: bool) -> None:
     if json_out:
         # ok: no damage found; complete: every volume was reached (offline lists the rest)
@@ -553,8 +557,10 @@ def _print_verify(result: VerifyResult, *, json_out: bool) -> None:
         for d in result.damage:
             # the reason may name a medium's path, which the user chose
             print(f"DAMAGE: {d.volume} chunk {d.chunk[:16]}: {shown(d.reason)}")
-            for p in d.paths:
+            for p in d.paths[:PATHS_SHOWN]:
                 print(f"  affects {shown(p)}")
+            if len(d.paths) > PATHS_SHOWN:  # a chunk deduplicated into thousands of files
+                print(f"  ... and {len(d.paths) - PATHS_SHOWN} more (--json lists them all)")
 
 
 #: An identity file holds a few keys of ~75 bytes each (or them encrypted): anything

@@ -69,3 +69,23 @@ def test_a_volume_that_cannot_be_opened_names_every_path_it_hurts(
     out = tmp_path / "out"
     run = durafs("restore", f"default/latest{source}", out)
     assert run.code == 1 and all(f"f{i}" in run.err for i in range(8)), run.err
+
+
+def test_a_chunk_in_many_files_names_a_few_in_text_and_all_in_json(tmp_path: Path) -> None:
+    """One chunk deduplicated into thousands of files made thousands of lines per
+    checkpoint; the text shows the first 20 and says how many more, --json has them all."""
+    source = tmp_path / "src"
+    source.mkdir()
+    same = os.urandom(5000)
+    for i in range(25):
+        (source / f"copy{i:02d}").write_bytes(same)
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    for volume in (pool / "volumes").glob("*-data-*"):
+        volume.unlink()
+    run = durafs("verify", "--read-data")
+    assert run.code == 1
+    assert sum(line.startswith("  affects ") for line in run.out.splitlines()) == 20
+    assert "  ... and 5 more (--json lists them all)" in run.out.splitlines()
+    [damage] = durafs("verify", "--read-data", "--json").json()["damage"]
+    assert len(damage["paths"]) == 25
