@@ -539,7 +539,8 @@ def _print_verify(result: VerifyResult, *, json_out: bool) -> None:
                     "offline": result.offline, "structure": result.structure,
                     "lost": result.lost, "lost_unneeded": result.unneeded,
                     "damage": [d.__dict__ for d in result.damage],
-                    "damage_unneeded": result.frames_unneeded})
+                    "damage_unneeded": result.frames_unneeded,
+                    "unknown_volumes": result.unknown})
     else:
         print(f"{result.volumes} volumes checked, {result.chunks_read} chunks read")
         for line in result.offline:
@@ -552,6 +553,9 @@ def _print_verify(result: VerifyResult, *, json_out: bool) -> None:
             else:
                 print(f"lost: {shown(name)}: the next backup writes again what it held "
                       "(chunks from the sources that still have them, trees from the index)")
+        for line in result.unknown:
+            print(f"not in the index: {shown(line)} (left as it is; one a killed backup "
+                  "wrote is adopted by the next backup)")
         for line in result.frames_unneeded:
             print(f"damaged, unneeded: {shown(line)}: no checkpoint uses it any more")
         for d in result.damage:

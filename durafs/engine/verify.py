@@ -21,6 +21,7 @@ from typing import Any
 
 from durafs.engine.access import VolumeAccess
 from durafs.engine.catalogspool import catalog_volume_in_use
+from durafs.engine.poolwriter import open_medium
 from durafs.engine.progress import Reporter
 from durafs.errors import (
     DurafsError,
@@ -63,6 +64,8 @@ class VerifyResult:
     lost: list[str] = field(default_factory=list)
     #: ... of which nothing needs any more (their chunks or trees were written again).
     unneeded: list[str] = field(default_factory=list)
+    #: Volume files on online media that the index does not record (no damage).
+    unknown: list[str] = field(default_factory=list)
     #: Damaged frames no chunk row points at any more (a backup stored them again): no
     #: checkpoint is hurt, so no damage, but the bytes on the medium are as they are.
     frames_unneeded: list[str] = field(default_factory=list)
@@ -109,10 +112,24 @@ class Verify:
             self._volume(volume)
             self._reporter.add(volumes=1)
         self._reporter.report(force=True)
+        self._unknown_volumes(pool_id, {v.name for v in volumes})
         self._note_damage()
         if self._bad:
             self._name_paths()
         return self.result
+
+    def _unknown_volumes(self, pool_id: int | None, known: set[str | None]) -> None:
+        """Volume files on the online media that the index does not record: a volume a
+        killed backup wrote (the next backup adopts it), or one put there by hand. Named,
+        left as they are, no damage."""
+        for row in self.catalog.media(pool_id):
+            try:
+                medium = open_medium(row)
+                found = medium.list_volumes() if medium.is_online() else []
+            except (OSError, DurafsError):
+                continue  # offline, or not readable: its volumes are reported already
+            self.result.unknown += [f"{row.label}: {v.name}" for v in found
+                                    if v.name not in known]
 
     def _note_damage(self) -> None:
         """Note in the index the chunks found damaged, and those found sound again: the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,20 @@ def test_a_chunk_in_many_files_names_a_few_in_text_and_all_in_json(tmp_path: Pat
     assert "  ... and 5 more (--json lists them all)" in run.out.splitlines()
     [damage] = durafs("verify", "--read-data", "--json").json()["damage"]
     assert len(damage["paths"]) == 25
+
+
+def test_a_volume_file_the_index_does_not_record_is_named_not_damage(tmp_path: Path) -> None:
+    """A volume a killed backup wrote, or one copied there by hand, was passed over
+    without a word."""
+    source = tmp_path / "src"
+    _files(source, 2, 1000)
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    stray = pool / "volumes" / f"000099-data-{uuid.uuid4()}.tar"
+    stray.write_bytes(b"not recorded")
+    run = durafs("verify", "--json")
+    assert run.code == 0, run.out
+    assert run.json()["unknown_volumes"] == [f"P-001: {stray.name}"]
+    run = durafs("verify")
+    assert f"not in the index: P-001: {stray.name}" in run.out and run.code == 0
+    assert stray.read_bytes() == b"not recorded"
