@@ -8,7 +8,13 @@ import subprocess
 from pathlib import Path
 
 from tests.engine.cli import durafs
-from tests.engine.test_medium_fills import _temp_files, _volumes, restores_whole
+from tests.engine.test_medium_fills import (
+    _random_tree,
+    _temp_files,
+    _volumes,
+    backup_filled_mid_volume,
+    restores_whole,
+)
 from tests.support.oddtree import tmpfs
 
 
@@ -52,22 +58,27 @@ def test_a_read_only_medium_is_passed_over(tmp_path: Path) -> None:
 
 
 def test_a_volume_moving_off_a_full_disk_passes_a_read_only_one_over(tmp_path: Path) -> None:
-    """The disk a volume was written to fills; the next disk of the pool is mounted
-    read-only: the volume goes on to the one after it (it stopped the run, exit 3)."""
+    """The disk a volume is written to fills under it (another program); the next disk of
+    the pool is mounted read-only: the volume goes on to the one after it (the move
+    stopped there)."""
     source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_bytes(os.urandom(20 << 20))
-    with tmpfs(tmp_path / "a", size="8m") as a, tmpfs(tmp_path / "b", size="64m") as b, \
-            tmpfs(tmp_path / "c", size="64m") as c:
+    _random_tree(source, 4)
+    with tmpfs(tmp_path / "a", size="64m") as a, tmpfs(tmp_path / "b", size="64m") as b:
+        first, second, third = a / "pool", b / "pool", tmp_path / "third"
         assert durafs("init", "--encryption", "none").code == 0
-        assert durafs("pool", "add", "p", "--kind", "dir", "--path", a / "pool").code == 0
-        assert durafs("media", "add", "p", "--path", b / "pool").code == 0
-        assert durafs("media", "add", "p", "--path", c / "pool").code == 0
+        assert durafs("pool", "add", "p", "--kind", "dir", "--path", first).code == 0
+        assert durafs("media", "add", "p", "--path", second).code == 0
+        assert durafs("media", "add", "p", "--path", third).code == 0
         _remount(b, "ro")
-        run = durafs("backup", source, "--pool", "p")
+        try:
+            run, filled = backup_filled_mid_volume(first, a / "filler", source, "--pool", "p")
+        finally:
+            _remount(b, "rw")
+        assert filled
         assert run.code == 0, run.err
-        assert [v.split("-")[1] for v in _volumes(c / "pool")] == ["data", "catalog"]
-        states = [m["state"] for m in durafs("media", "list", "--json").json()]
-        assert states == ["full", "active", "active"], states  # b: not marked full
+        assert "went on on medium P-003" in run.err, run.err
+        assert [m["state"] for m in durafs("media", "list", "--json").json()] == [
+            "full", "active", "active"]  # the read-only one is not marked full
+        assert _volumes(first) == _volumes(second) == []
+        assert [v.split("-")[1] for v in _volumes(third)] == ["data", "catalog"]
         restores_whole(source, tmp_path / "out")
-        _remount(b, "rw")
