@@ -26,6 +26,7 @@ from durafs.engine.backup import Backup, BackupOptions, BackupResult
 from durafs.engine.excludes import ExcludePatternError, check_patterns
 from durafs.engine.fsmeta import at_path
 from durafs.engine.home import Home, read_passphrase
+from durafs.engine.owndata import own_paths, refuse_own_place
 from durafs.errors import CryptoError, DurafsError, FormatError, NoIdentityError, UsageError
 from durafs.format import age
 from durafs.format.keys import CatalogKeys
@@ -457,23 +458,6 @@ def _restore_target(target: str) -> bytes:
     return physical_path(os.fsencode(target))  # `..` as for a source
 
 
-def _target_outside_own_data(home: Home, catalog: Catalog, target: bytes) -> None:
-    """A restore into the catalog directory or a directory medium would put the backup's
-    files among durafs's own (with --overwrite, over them) and give that directory the
-    backup's owner, mode and ACLs, letting others at the volumes: refused."""
-    own = {os.path.realpath(home.path): "durafs's catalog directory"}
-    for medium in catalog.media():
-        if medium.kind == "dir" and medium.path:
-            own.setdefault(os.path.realpath(medium.path),
-                           f"medium {medium.label} of pool {medium.pool}")
-    at = Path(os.fsdecode(os.path.realpath(target)))
-    for path, what in own.items():
-        if at.is_relative_to(path):
-            where = "is" if at == Path(path) else "is inside"
-            raise UsageError(f"{os.fsdecode(target)} {where} {what} ({path}): "
-                             "restore somewhere else")
-
-
 def restore(home: Home, args: Args) -> int:
     from durafs.engine.restore import Restore, parse_spec
 
@@ -481,7 +465,9 @@ def restore(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
         checkpoint, path = parse_spec(catalog, args.spec)
         target = _restore_target(args.target)
-        _target_outside_own_data(home, catalog, target)
+        # among durafs's own files it would give their directory the backup's owner,
+        # mode and ACLs (letting others at the volumes): refused
+        refuse_own_place(os.fsdecode(target), own_paths(catalog), "restore")
         access = VolumeAccess(catalog, keys, wait=args.media_timeout, on_wait=_say)
         progress = Progress()
         try:

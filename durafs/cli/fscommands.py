@@ -18,7 +18,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -26,6 +25,7 @@ import trio
 from durafs import interrupts
 from durafs.cli.output import print_json, print_table, shown
 from durafs.engine.home import Home
+from durafs.engine.owndata import own_paths, refuse_own_place
 from durafs.errors import DurafsError, UsageError
 from durafs.fs.mount import (
     MountConfig,
@@ -181,18 +181,8 @@ def _detach(home: Home) -> None:
 def _refuse_own_data(home: Home, mountpoint: str) -> None:
     """A mount on, above or inside the catalog directory or a directory medium would hide
     what it serves from (on the catalog directory it would wait for itself forever)."""
-    own = {os.path.realpath(home.path): "durafs's catalog directory"}
     with home.catalog(readonly=True) as catalog:
-        for medium in catalog.media():
-            if medium.kind == "dir" and medium.path:
-                own.setdefault(os.path.realpath(medium.path),
-                               f"medium {medium.label} of pool {medium.pool}")
-    at = Path(mountpoint)
-    for path, what in own.items():
-        if at.is_relative_to(path) or Path(path).is_relative_to(at):
-            where = "is" if at == Path(path) else (
-                "is inside" if at.is_relative_to(path) else "holds")
-            raise UsageError(f"{mountpoint} {where} {what} ({path}): mount somewhere else")
+        refuse_own_place(mountpoint, own_paths(catalog), "mount", holding=True)
 
 
 def umount(home: Home, args: Args) -> int:

@@ -18,16 +18,34 @@ from durafs.index.catalog import Catalog
 OwnData = dict[tuple[int, int], str]
 
 
-def own_directories(catalog: Catalog, pool_id: int) -> OwnData:
-    """The catalog directory and every pool's directory media (those of pool *pool_id*
-    called "this pool"), found as they are now: one offline is nowhere to be met."""
-    own = {catalog.db.path.parent: "durafs's catalog directory"}
+def own_paths(catalog: Catalog, pool_id: int | None = None) -> dict[str, str]:
+    """The catalog directory and every pool's directory media: real path -> what it is, in
+    words (a medium of pool *pool_id* is "of this pool")."""
+    own = {os.path.realpath(catalog.db.path.parent): "durafs's catalog directory"}
     for medium in catalog.media():
         if medium.kind == "dir" and medium.path:
             whose = "this pool" if medium.pool_id == pool_id else f"pool {medium.pool}"
-            own.setdefault(Path(medium.path), f"medium {medium.label} of {whose}")
-    found: OwnData = {}
+            own.setdefault(os.path.realpath(medium.path), f"medium {medium.label} of {whose}")
+    return own
+
+
+def refuse_own_place(place: str, own: dict[str, str], doing: str, *,
+                     holding: bool = False) -> None:
+    """Refuse *place* (where to *doing*: mount, restore) on or inside one of *own*, or,
+    with *holding*, above one: a usage error naming both."""
+    at = Path(os.path.realpath(place))
     for path, what in own.items():
+        inside = at.is_relative_to(path)
+        if inside or (holding and Path(path).is_relative_to(at)):
+            where = "is" if at == Path(path) else "is inside" if inside else "holds"
+            raise UsageError(f"{place} {where} {what} ({path}): {doing} somewhere else")
+
+
+def own_directories(catalog: Catalog, pool_id: int) -> OwnData:
+    """`own_paths` found as they are now, by (st_dev, st_ino): one offline is nowhere to
+    be met."""
+    found: OwnData = {}
+    for path, what in own_paths(catalog, pool_id).items():
         try:
             st = os.stat(path)
         except OSError:

@@ -140,8 +140,8 @@ class Verify:
             return
         with self.catalog.db.transaction():
             # a row a backup moved meanwhile (it stored the chunk again) is not damaged
-            self.catalog.note_damaged((i, self._bad_in[i]) for i in self._bad.keys()
-                                      - self._in_lost if i in self._bad_in)
+            self.catalog.note_damaged((i, self._bad_in[i])
+                                      for i in self._bad.keys() - self._in_lost)
             healed = self.catalog.damaged_chunk_ids(list(self._sound))
             self.catalog.set_chunks_damaged(healed, False)
 
@@ -184,11 +184,15 @@ class Verify:
         paths it hurts, though no data is read (without --read-data, and beyond the share
         of them a --read-data-subset sample would have read)."""
         for chunk in self._chunks_of(volume):
-            self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
-            self._bad_in[chunk.id] = volume.id
+            self._hurt(chunk, volume, name, exc)
             if isinstance(exc, VolumeMissingError | UnsupportedVersionError):
                 # noted as lost instead; or written by a newer durafs: not damaged
                 self._in_lost.add(chunk.id)
+
+    def _hurt(self, chunk: ChunkRow, volume: VolumeRow, name: str, exc: Exception) -> None:
+        """Note *chunk* damaged, as read from *volume* (named *name* in the report)."""
+        self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
+        self._bad_in[chunk.id] = volume.id
 
     def _lost(self, volume: VolumeRow, lost: bool) -> None:
         """Note in the index whether *volume* is missing from its medium: the next
@@ -230,8 +234,7 @@ class Verify:
             reader = self.access.reader(volume)
         except (OSError, DurafsError) as exc:
             for chunk in chunks:
-                self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
-                self._bad_in[chunk.id] = volume.id
+                self._hurt(chunk, volume, name, exc)
             return
         sound, stopped = self._scan(volume, reader) if self.fraction >= 1 else ({}, None)
         hurt = False
@@ -244,8 +247,7 @@ class Verify:
             try:
                 reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
             except (OSError, DurafsError) as exc:
-                self._bad[chunk.id] = Damage(name, chunk.cid.hex(), str(exc))
-                self._bad_in[chunk.id] = volume.id
+                self._hurt(chunk, volume, name, exc)
                 hurt = True
             else:
                 self._sound.add(chunk.id)
