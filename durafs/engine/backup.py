@@ -463,7 +463,8 @@ class Backup:
             self._store_next()
 
     def _store_batch(self, job: BatchJob) -> None:
-        self._chunks.look_up(job.cids())
+        if not self._chunks.index_empty():  # a first backup's pool: nothing to ask
+            self._chunks.look_up(job.cids())
         for unit, item, read in zip(job.units, job.items, job.future.result(), strict=True):
             if not self._finish_read(unit, item, read):
                 continue

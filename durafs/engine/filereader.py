@@ -19,6 +19,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import blake3
 
@@ -57,9 +58,9 @@ class FileRead:
     size: int | None = None
 
 
-@dataclass(frozen=True)
-class ReadRequest:
-    """A file to read: its path and the status the walk saw (the read must match it)."""
+class ReadRequest(NamedTuple):
+    """A file to read: its path and the status the walk saw (the read must match it).
+    A tuple: the walking thread makes one per file."""
 
     path: bytes
     st: os.stat_result

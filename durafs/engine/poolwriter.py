@@ -108,12 +108,13 @@ class PoolWriter:
     ) -> dict[bytes, int]:
         """Store one new chunk; returns cid -> chunks.id of any volume committed meanwhile."""
         committed: dict[bytes, int] = {}
-        extra = len(stored.frame) + VolumeWriter.chunk_record_bound(files)
+        bound = VolumeWriter.chunk_record_bound(files)
+        extra = len(stored.frame) + bound
         if self._writer is not None and not self._fits(self._writer, extra):
             committed = self.commit()
         # a chunk bigger than the room left on a medium goes to one with room for it
         writer = self._writer or self._start("data", need=self._stored(FRESH_VOLUME + extra))
-        offset = writer.add_chunk(stored, files)
+        offset = writer.add_chunk(stored, files, bound)
         self.open[stored.id] = NewChunk(stored.id, offset, len(stored.frame), stored.size,
                                         stored.raw)
         return committed

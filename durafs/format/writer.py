@@ -129,14 +129,21 @@ class VolumeWriter:
     @staticmethod
     def chunk_record_bound(files: Sequence[tuple[bytes, int]]) -> int:
         """At most what a chunk's manifest record takes (a path byte escapes to 6)."""
-        return RECORD_BOUND + sum(6 * len(path) + 32 for path, _ in files)
+        bound = RECORD_BOUND + 32 * len(files)
+        for path, _ in files:
+            bound += 6 * len(path)
+        return bound
 
-    def add_chunk(self, chunk: StoredChunk, files: Sequence[tuple[bytes, int]] = ()) -> int:
+    def add_chunk(self, chunk: StoredChunk, files: Sequence[tuple[bytes, int]] = (),
+                  record_bound: int | None = None) -> int:
         """Append one stored chunk; return the plaintext offset of its frame.
 
-        *files* names the file pieces the chunk is: (path, offset in that file).
+        *files* names the file pieces the chunk is: (path, offset in that file);
+        *record_bound* is `chunk_record_bound` of them, when the caller has it already.
         """
-        self._manifest_bound += self.chunk_record_bound(files)
+        if record_bound is None:
+            record_bound = self.chunk_record_bound(files)
+        self._manifest_bound += record_bound
         if self._pending and self._pending_size + len(chunk.frame) > self._member_target:
             self._flush_member()
         offset = self.pos + tarfmt.BLOCK + self._pending_size

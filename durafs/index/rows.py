@@ -323,27 +323,20 @@ class Entry:
     hardlink_key: Hashable | None = None
 
     @classmethod
-    def from_stat(cls, path: bytes, st: os.stat_result, **extra: Any) -> Entry:
-        """An entry with the attributes of *st* (an lstat result); *extra* sets the rest."""
-        fmt = stat.S_IFMT(st.st_mode)
-        if fmt not in TYPE_OF_FMT:
-            raise CatalogError(f"{path!r}: unknown file type {fmt:#o}")
-        is_dev = fmt in (stat.S_IFCHR, stat.S_IFBLK)
-        extra.setdefault("uname", None)
-        extra.setdefault("gname", None)
+    def from_stat(
+        cls, path: bytes, st: os.stat_result, *, uname: str | None = None,
+        gname: str | None = None, target: bytes | None = None, xattrs: bytes | None = None,
+        hardlink_key: Hashable | None = None,
+    ) -> Entry:
+        """An entry with the attributes of *st* (an lstat result) and the rest as given.
+        (Positional: a backup makes one per path on the thread the workers wait for.)"""
+        mode = st.st_mode
+        kind = TYPE_OF_FMT.get(mode & 0o170000)
+        if kind is None:
+            raise CatalogError(f"{path!r}: unknown file type {stat.S_IFMT(mode):#o}")
         return cls(
-            path=path,
-            type=TYPE_OF_FMT[fmt],
-            mode=stat.S_IMODE(st.st_mode),
-            uid=st.st_uid,
-            gid=st.st_gid,
-            size=st.st_size,
-            mtime_ns=stored_ns(st.st_mtime_ns),
-            atime_ns=stored_ns(st.st_atime_ns),
-            ctime_ns=stored_ns(st.st_ctime_ns),
-            ino=stored_int(st.st_ino),
-            dev=stored_int(st.st_dev),
-            nlink=st.st_nlink,
-            rdev=st.st_rdev if is_dev else 0,
-            **extra,
+            path, kind, mode & 0o7777, st.st_uid, st.st_gid, uname, gname, st.st_size,
+            stored_ns(st.st_mtime_ns), stored_ns(st.st_atime_ns), stored_ns(st.st_ctime_ns),
+            stored_int(st.st_ino), stored_int(st.st_dev), st.st_nlink,
+            st.st_rdev if kind in ("c", "b") else 0, target, xattrs, None, None, hardlink_key,
         )
