@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import blake3
 
-from durafs.engine.fsmeta import at_path, data_regions
-from durafs.format.chunker import Chunker
+from durafs.engine.fsmeta import LONG_PATH, at_path, data_regions
+from durafs.format.chunker import SMALL_FILE_MAX, Chunker
 from durafs.format.frames import StoredChunk
 
 #: Files up to this size are read whole; larger ones stream through the chunker.
@@ -93,9 +93,12 @@ class WholeFileReader:
             data = self._buffer().read_all(fd, expected.st_size)
             result = FileRead(blake3=blake3.blake3(data, max_threads=1).digest(),
                               size=len(data))
-            offset = 0
-            for piece in self.chunker.cut_buffer(data):
-                if piece:  # an empty file has no chunk at all
+            if len(data) <= SMALL_FILE_MAX:  # most files: one chunk (an empty one none)
+                if data:
+                    result.pieces.append((0, self.encode(data)))
+            else:
+                offset = 0
+                for piece in self.chunker.cut_buffer(data):
                     result.pieces.append((offset, self.encode(piece)))
                     offset += len(piece)
             result.st = os.fstat(fd)
@@ -262,11 +265,11 @@ def open_source_file(path: bytes, seen: os.stat_result, *, follow: bool) -> int:
     a FIFO put in its place (whose open would block) or someone else's file reached
     through a directory swapped for a symlink is refused."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
-    with at_path(path) as (dir_fd, name):
-        try:
-            fd = os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
-        except PermissionError:  # O_NOATIME needs ownership of the file
-            fd = os.open(name, flags, dir_fd=dir_fd)
+    if len(path) < LONG_PATH:  # most: no directory to open first, no context manager
+        fd = _open_noatime(path, flags, None)
+    else:
+        with at_path(path) as (dir_fd, name):
+            fd = _open_noatime(name, flags, dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_uid) != (seen.st_dev, seen.st_uid):
@@ -276,6 +279,13 @@ def open_source_file(path: bytes, seen: os.stat_result, *, follow: bool) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _open_noatime(name: bytes, flags: int, dir_fd: int | None) -> int:
+    try:
+        return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
+    except PermissionError:  # O_NOATIME needs ownership of the file
+        return os.open(name, flags, dir_fd=dir_fd)
 
 
 class ReadBuffer:
