@@ -18,8 +18,9 @@ from typing import NoReturn, TypeVar
 
 from durafs import interrupts
 from durafs.cli import commands
-from durafs.cli.output import parse_size, positive_size, shown
+from durafs.cli.output import human_size, parse_size, positive_size, shown
 from durafs.engine.home import Home
+from durafs.engine.poolwriter import MIN_VOLUME
 from durafs.errors import DurafsError, UsageError
 from durafs.format.age_keys import MAX_READ_WORK_FACTOR, MIN_WORK_FACTOR
 
@@ -100,7 +101,17 @@ def _medium_path(text: str) -> str:
 
 def _capacity(text: str) -> int:
     """A medium's capacity: a size, or 'none' (0) for no limit but the disk's own."""
-    return 0 if text.strip().lower() == "none" else positive_size(text)
+    return 0 if text.strip().lower() == "none" else _medium_size(text)
+
+
+def _medium_size(text: str) -> int:
+    """A medium's capacity, which must take a volume: a smaller one could only ever be
+    'full' (said at the first backup, long after the typo)."""
+    size = positive_size(text)
+    if size < MIN_VOLUME:
+        raise UsageError(f"{text!r} is too small for a medium's capacity: it must have room "
+                         f"for a volume ({human_size(MIN_VOLUME)} at least)")
+    return size
 
 
 def _add(sub: argparse._SubParsersAction[_Parser], name: str, func: Callable[..., int],
@@ -150,7 +161,7 @@ def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--path", required=True, type=_medium_path)
     p.add_argument("--volume-size", type=positive_size, default=parse_size("1G"))
     p.add_argument("--label", type=_new_name)
-    p.add_argument("--capacity", type=positive_size)
+    p.add_argument("--capacity", type=_medium_size)
     p.add_argument("--location", default="", type=_text)
     p = _add(psub, "list", commands.pool_list, "list pools")
     p.add_argument("--json", action="store_true")
@@ -172,7 +183,7 @@ def _add_media_commands(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("pool", type=_text)
     p.add_argument("--path", required=True, type=_medium_path)
     p.add_argument("--label", type=_new_name)
-    p.add_argument("--capacity", type=positive_size)
+    p.add_argument("--capacity", type=_medium_size)
     p.add_argument("--location", default="", type=_text)
 
 

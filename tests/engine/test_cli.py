@@ -742,6 +742,14 @@ def test_sizes_out_of_range_are_usage_errors_that_touch_no_directory(tmp_path: P
             assert not where.exists()
     assert [p["name"] for p in durafs("pool", "list", "--json").json()] == ["p"]
     assert len(durafs("media", "list", "--json").json()) == 1
+    # a capacity with no room for a volume could only ever be full
+    for command in (("pool", "add", "q", "--kind", "dir"), ("media", "add", "p")):
+        where = tmp_path / "tiny"
+        run = durafs(*command, "--path", where, "--capacity", "1K")
+        assert run.code == 2 and "'1K' is too small for a medium's capacity" in run.err, run.err
+        assert "1.0 MiB at least" in run.err and not where.exists()
+    run = durafs("media", "set", "P-001", "--capacity", "1000K")
+    assert run.code == 2 and "too small" in run.err, run.err
     run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "q",
                  "--volume-size", "10GiB", "--capacity", "1.5T")
     assert run.code == 0, run.err
