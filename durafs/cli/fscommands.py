@@ -24,7 +24,7 @@ import trio
 
 from durafs import interrupts
 from durafs.cli.output import print_json, print_table, shown
-from durafs.engine.home import Home
+from durafs.engine.home import Home, forget_secret_env
 from durafs.engine.owndata import own_paths, refuse_own_place
 from durafs.errors import DurafsError, UsageError
 from durafs.fs.mount import (
@@ -52,6 +52,7 @@ MOUNT_OPTIONS = frozenset({"allow_other"})
 
 def mount(home: Home, args: Args) -> int:
     config = _config(home, args)
+    forget_secret_env()  # the keys are read: a passphrase given lives on in memory only
     prepare_mountpoint(config.mountpoint)  # errors now, before any fork
     if os.listdir(config.mountpoint):
         log.warning("%s is not empty: what is in it stays hidden while the tree is mounted",

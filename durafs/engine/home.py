@@ -19,6 +19,7 @@ Layout of ``$DURAFS_HOME`` (default ``/var/lib/durafs`` as root, else
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import getpass
 import json
@@ -105,6 +106,28 @@ def env_without_secrets() -> dict[bytes, bytes]:
     """This process's environment without the variables of SECRET_ENV."""
     secret = {name.encode() for name in SECRET_ENV}
     return {k: v for k, v in os.environb.items() if k not in secret}
+
+
+def forget_secret_env() -> None:
+    """Drop the variables of SECRET_ENV from this process's environment, once what they
+    hold has been read, in a process that lives on (a mount): /proc/PID/environ shows
+    anyone running as the same user the environment the process started with, even
+    under ptrace restrictions. That copy is the block the kernel set up at exec, which
+    unsetenv leaves as it was, so the values there are overwritten first."""
+    names = [name.encode() for name in SECRET_ENV if name.encode() in os.environb]
+    if not names:
+        return
+    with contextlib.suppress(ValueError, OSError):  # no glibc `environ`: unset them only
+        entries = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
+        i = 0
+        while (address := entries[i]) is not None:
+            entry = ctypes.string_at(address)
+            name = entry.partition(b"=")[0]
+            if name in names:
+                ctypes.memset(address + len(name) + 1, 0, len(entry) - len(name) - 1)
+            i += 1
+    for name in names:
+        del os.environb[name]  # unsetenv as well
 
 
 @dataclass

@@ -311,3 +311,35 @@ def test_the_device_is_polled_while_busy_and_never_while_idle(tmp_path: Path) ->
     match = re.search(r"requests taken by polling the device: (\d+); waits asleep: (\d+)", log)
     assert match, log
     assert int(match.group(1)) > 0  # ls's requests came within the spin
+
+
+def test_a_mount_forgets_the_passphrase_of_its_environment(tmp_path: Path) -> None:
+    """A mount lives on, and /proc/PID/environ shows its starting environment to anyone
+    running as the same user (ptrace restrictions or not): the passphrase must not stay
+    there. The files still read: the keys are in memory."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "hello").write_text("hello\n")
+    home, mnt = tmp_path / "home", tmp_path / "mnt"
+    secret = f"correct horse {os.getpid()} battery staple"
+    env = {**os.environ, "DURAFS_PASSPHRASE": secret, "DURAFS_BENIGN": "kept"}
+    for args in (("init", "--encryption", "password", "--work-factor", "10"),
+                 ("pool", "add", "p", "--kind", "dir", "--path", tmp_path / "pool"),
+                 ("backup", source, "--pool", "p")):
+        run = subprocess.run(durafs_command(home, *args), env=env, capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert run.returncode == 0, (args, run.stderr)
+    mnt.mkdir()
+    try:
+        run = subprocess.run(durafs_command(home, "mount", mnt), env=env, capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert run.returncode == 0, run.stderr
+        environ = Path(f"/proc/{server_pid(home, mnt)}/environ").read_bytes()
+        assert secret.encode() not in environ
+        assert b"DURAFS_BENIGN=kept" in environ  # the rest is left as it was
+        inside = mnt / "default" / "latest" / str(source).lstrip("/") / "hello"
+        assert inside.read_text() == "hello\n"
+    finally:
+        if is_mounted(mnt):
+            durafs(home, "umount", mnt, check=False)
+        force_unmount(mnt)
