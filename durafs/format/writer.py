@@ -275,7 +275,7 @@ class VolumeWriter:
                 chunk.id, data_offset + member_offset, len(chunk.frame), chunk.size,
                 chunk.raw, name, member_offset, member_pos, files,
             )
-            self._record(entry.to_record())
+            self._manifest.write(entry.to_line())
             member_offset += len(chunk.frame)
             member_pos += chunk.size
         for part in parts:
