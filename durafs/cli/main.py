@@ -18,9 +18,9 @@ from typing import NoReturn, TypeVar
 
 from durafs import interrupts
 from durafs.cli import commands
-from durafs.cli.output import human_size, parse_size, positive_size, shown
+from durafs.cli.output import parse_size, positive_size, shown
 from durafs.engine.home import Home
-from durafs.engine.poolwriter import MIN_VOLUME
+from durafs.engine.poolwriter import MIN_CAPACITY
 from durafs.errors import DurafsError, UsageError
 from durafs.format.age_keys import MAX_READ_WORK_FACTOR, MIN_WORK_FACTOR
 
@@ -108,9 +108,9 @@ def _medium_size(text: str) -> int:
     """A medium's capacity, which must take a volume: a smaller one could only ever be
     'full' (said at the first backup, long after the typo)."""
     size = positive_size(text)
-    if size < MIN_VOLUME:
+    if size < MIN_CAPACITY:
         raise UsageError(f"{text!r} is too small for a medium's capacity: it must have room "
-                         f"for a volume ({human_size(MIN_VOLUME)} at least)")
+                         f"for a volume ({MIN_CAPACITY // 1024} KiB at least)")
     return size
 
 

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 MIN_VOLUME = 1024 * 1024
 #: Room kept free beyond what a volume takes (rounding, the file system's own needs).
 SLACK = 64 * 1024
+#: The least capacity a medium may be given: a medium takes a new volume only with room
+#: for MIN_VOLUME and SLACK (`_choose_medium`), besides its own files (its marker and keys
+#: file, a few hundred bytes: another SLACK leaves room for long names).
+MIN_CAPACITY = MIN_VOLUME + 2 * SLACK
 #: At most what a volume takes before its first chunk (tar headers, the volume header).
 FRESH_VOLUME = 64 * 1024
 #: At most what age adds before the payload (header, recipient stanzas, nonce).

@@ -747,7 +747,7 @@ def test_sizes_out_of_range_are_usage_errors_that_touch_no_directory(tmp_path: P
         where = tmp_path / "tiny"
         run = durafs(*command, "--path", where, "--capacity", "1K")
         assert run.code == 2 and "'1K' is too small for a medium's capacity" in run.err, run.err
-        assert "1.0 MiB at least" in run.err and not where.exists()
+        assert "1152 KiB at least" in run.err and not where.exists()
     run = durafs("media", "set", "P-001", "--capacity", "1000K")
     assert run.code == 2 and "too small" in run.err, run.err
     run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "q",
@@ -763,6 +763,24 @@ def test_sizes_out_of_range_are_usage_errors_that_touch_no_directory(tmp_path: P
     [huge] = [m for m in durafs("media", "list", "--json").json()
               if m["path"] == str(tmp_path / "huge")]
     assert huge["capacity"] == (1 << 63) - 1
+
+
+def test_the_least_capacity_taken_leaves_room_for_a_backup(tmp_path: Path) -> None:
+    """A medium takes a new volume only with room for the smallest one and the slack kept
+    free beside it, its own marker and keys file apart: a capacity of 1 MiB was accepted
+    as "room for a volume", and the first backup found the medium full."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    setup_catalog(tmp_path)
+    for capacity in ("1M", "1151K", "1152K"):  # the first one taken is used
+        run = durafs("pool", "add", "q", "--kind", "dir", "--path", tmp_path / "q",
+                     "--capacity", capacity)
+        if run.code == 0:
+            break
+        assert run.code == 2 and "1152 KiB at least" in run.err, run.err
+    run = durafs("backup", source, "--pool", "q")
+    assert run.code == 0, (capacity, run.err)
 
 
 def test_names_that_are_not_utf8_are_usage_errors_not_tracebacks(tmp_path: Path) -> None:

@@ -143,7 +143,7 @@ def test_a_backup_waiting_in_vain_says_why_no_other_medium_took_the_volume(
     source = tmp_path / "src"
     source.mkdir()
     (source / "f").write_bytes(os.urandom(2 << 20))
-    assert durafs("media", "set", "P-001", "--capacity", "1M").code == 0  # no room
+    assert durafs("media", "set", "P-001", "--capacity", "1152K").code == 0  # no room for 2M
     second = tmp_path / "second"
     assert durafs("media", "add", "p", "--path", second, "--location", "shelf 2").code == 0
     second.rename(tmp_path / "unplugged")
