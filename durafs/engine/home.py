@@ -121,10 +121,9 @@ def forget_secret_env() -> None:
         entries = ctypes.POINTER(ctypes.c_void_p).in_dll(ctypes.CDLL(None), "environ")
         i = 0
         while (address := entries[i]) is not None:
-            entry = ctypes.string_at(address)
-            name = entry.partition(b"=")[0]
-            if name in names:
-                ctypes.memset(address + len(name) + 1, 0, len(entry) - len(name) - 1)
+            name, equals, value = ctypes.string_at(address).partition(b"=")
+            if equals and name in names:  # execve takes an entry without "=" too
+                ctypes.memset(address + len(name) + 1, 0, len(value))
             i += 1
     for name in names:
         del os.environb[name]  # unsetenv as well

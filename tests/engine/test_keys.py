@@ -115,6 +115,35 @@ def test_hooks_are_not_given_the_passphrases(tmp_path: Path) -> None:
         assert b"PATH=" in text and b"secret" not in text and b"PASSPHRASE" not in text, what
 
 
+#: Runs ``python -c ARGV[1]`` with exactly the environment strings ARGV[2:], through the
+#: C library's execve: an entry without "=" cannot be given through os.execve.
+_EXEC_RAW = """
+import ctypes, sys
+argv = [sys.executable.encode(), b"-c", sys.argv[1].encode()]
+env = [entry.encode() for entry in sys.argv[2:]]
+def strings(items): return (ctypes.c_char_p * (len(items) + 1))(*items, None)
+ctypes.CDLL(None).execve(argv[0], strings(argv), strings(env))
+sys.exit("execve failed")
+"""
+
+
+def test_an_environment_entry_without_a_value_is_passed_over_when_secrets_are_forgotten(
+) -> None:
+    """execve takes any strings as the environment, a bare "DURAFS_PASSPHRASE" as well
+    (Python leaves such an entry out of os.environ): `forget_secret_env` measured its
+    value as -1 bytes and cleared memory from there on, where it was to clear only the
+    passphrase of the entry beside it (a crash, if nothing worse)."""
+    forget = ("from durafs.engine.home import forget_secret_env; forget_secret_env(); "
+              "import sys; sys.stdout.buffer.write(open('/proc/self/environ', 'rb').read())")
+    for entries in (["DURAFS_PASSPHRASE", "DURAFS_PASSPHRASE=the secret"],
+                    ["DURAFS_PASSPHRASE=the secret", "DURAFS_PASSPHRASE"]):
+        env = [f"PYTHONPATH={child_env()['PYTHONPATH']}", *entries, "OTHER=kept"]
+        run = subprocess.run(python_command("-c", _EXEC_RAW, forget, *env),
+                             capture_output=True, timeout=60, check=False)
+        assert run.returncode == 0, (entries, run.returncode, run.stderr)
+        assert b"the secret" not in run.stdout and b"OTHER=kept" in run.stdout, run.stdout
+
+
 def _with_umask(umask: str, *args: str, env: dict[bytes, bytes]
                 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["sh", "-c", f'umask {umask}; exec "$@"', "sh", sys.executable,
