@@ -33,8 +33,10 @@ from durafs.format.header import (
 from durafs.serial import SerialWorker
 
 #: Data members are closed once they reach this size: large enough that per-member tar
-#: overhead (1 KiB at most) is noise, small enough to bound the writer's memory.
-MEMBER_TARGET = 8 * 1024 * 1024
+#: overhead (1 KiB at most) is noise, small enough to bound the writer's memory (the one
+#: being filled and two more the volume's thread is writing; 8 MiB took 12 MiB more at the
+#: backup's peak, which a less frequent malloc_trim needs, see engine/memory.py).
+MEMBER_TARGET = 4 * 1024 * 1024
 _COPY = 1024 * 1024
 #: At least what one manifest record takes, but for the paths in a chunk's record: the
 #: largest (a chunk's) is ~200 bytes of hex id, offsets and keys.
