@@ -33,7 +33,7 @@ from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
 from durafs.index.db import IndexDamagedError
 from durafs.index.rows import MediumRow
-from durafs.media.base import MediumMarker
+from durafs.media.base import Medium, MediumMarker
 from durafs.media.directory import DirectoryMedium
 from durafs.media.fsutil import fsync_dir, write_all
 
@@ -254,11 +254,12 @@ def media_list(home: Home, args: Args) -> int:
     with home.catalog(readonly=True) as catalog:
         rows: list[_MediumListing] = []
         for m in catalog.media():
-            status = open_medium(m).status()
+            medium = open_medium(m)
+            status = medium.status()
             rows.append({"pool": m.pool, "label": m.label, "kind": m.kind, "state": m.state,
                          "online": status.online, "reason": status.reason,
-                         "used": m.used, "capacity": m.capacity,
-                         "path": m.path, "location": m.location})
+                         "used": _used_now(medium, m) if status.online else m.used,
+                         "capacity": m.capacity, "path": m.path, "location": m.location})
     if args.json:
         print_json(rows)
     else:
@@ -268,6 +269,15 @@ def media_list(home: Home, args: Args) -> int:
                       human_size(r["used"]), human_size(r["capacity"]) if r["capacity"] else "-",
                       r["path"], r["location"], r["reason"] or "") for r in rows])
     return 0
+
+
+def _used_now(medium: Medium, row: MediumRow) -> int:
+    """What durafs's files take on an online medium now (files deleted or copied there by
+    hand included); what the index last recorded if it cannot be measured."""
+    try:
+        return medium.used_bytes()
+    except (OSError, DurafsError):
+        return row.used
 
 
 def _save_hooks(catalog: Catalog, args: Args) -> None:

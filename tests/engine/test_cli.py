@@ -252,6 +252,19 @@ def test_listings_and_keys(tmp_path: Path) -> None:
     assert media[0]["location"] == "shelf 2"
     table = durafs("media", "list").out
     assert "P-001" in table and "shelf 2" in table
+    # what durafs's files take now, not what the index last recorded: a volume deleted
+    # by hand (or a temporary file a killed backup left) shows at once
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(os.urandom(300_000))
+    assert durafs("backup", source, "--pool", "p").code == 0
+    pool = Path(media[0]["path"])
+    on_disk = sum(f.stat().st_size for f in pool.rglob("*") if f.is_file())
+    assert durafs("media", "list", "--json").json()[0]["used"] == on_disk
+    [data] = pool.glob("volumes/*-data-*")
+    gone = data.stat().st_size
+    data.unlink()
+    assert durafs("media", "list", "--json").json()[0]["used"] == on_disk - gone
     recipient = durafs("key", "recipient").out.strip()
     assert recipient.startswith("age1")
     identity = tmp_path / "id.txt"
