@@ -271,7 +271,7 @@ class PoolWriter:
         whose free bytes looked enough but where the volume's file cannot even be made (no
         inode left, a quota) takes no new volume, as a full one; the next one is tried."""
         while True:
-            row, medium = self._choose_medium(need, skip)
+            row, medium = self._choose_medium(need, skip, data=kind == "data")
             free = medium.free_bytes()
             limit = (self.pool.volume_size if free is None
                      else min(self.pool.volume_size, free - SLACK))
@@ -297,6 +297,24 @@ class PoolWriter:
             return False
         return row.state == "active" or (row.state == "full" and row.kind == "dir")
 
+    def _room_for_itself(self, need: int, skip: set[int]) -> tuple[MediumRow, Medium] | None:
+        """An online medium short of a data volume's room (MIN_VOLUME) that still has
+        *need* bytes and the slack: where a backup that filled the pool's last disk to just
+        under that writes its catalog volume, instead of storing its data and then failing
+        (one that outgrows the room is written again elsewhere, see `write_volume`). It
+        stays full for data."""
+        for row in sorted(self.catalog.media(self.pool.id), key=lambda m: m.id):
+            if row.id in skip or row.id in self._read_only or not (
+                    row.state == "active" or (row.state == "full" and row.kind == "dir")):
+                continue
+            medium = open_medium(row)
+            if not medium.status().online:
+                continue
+            free = medium.free_bytes()
+            if free is None or free >= need + SLACK:
+                return row, medium
+        return None
+
     def _set_full(self, row: MediumRow) -> None:
         self._filled.add(row.id)
         if row.state != "full":
@@ -307,9 +325,12 @@ class PoolWriter:
             log.warning("medium %s has room again: it takes new volumes", row.label)
             self.catalog.update_medium(row.id, state="active")
 
-    def _choose_medium(self, need: int, skip: set[int]) -> tuple[MediumRow, Medium]:
+    def _choose_medium(self, need: int, skip: set[int], *,
+                       data: bool = True) -> tuple[MediumRow, Medium]:
         """An online medium of the pool with room for a volume (and *need* bytes), not one
-        of *skip* (media ids), waiting for an offline one if none is."""
+        of *skip* (media ids), waiting for an offline one if none is. When none has that
+        room and none is offline, a volume that is not *data* (a catalog volume, often a
+        few KiB) goes where it fits (`_room_for_itself`) before the run gives up."""
         deadline = None if self.media_timeout is None else time.monotonic() + self.media_timeout
         told: dict[int, str] = {}  # what the user was last told about each medium
         while True:
@@ -335,6 +356,9 @@ class PoolWriter:
                     self._set_full(row)
                 short.append(f"{row.label} has {free} bytes free")
             if not offline:
+                fits = None if data else self._room_for_itself(need, skip)
+                if fits is not None:
+                    return fits
                 room = f"room for a volume of {need} bytes" if need > MIN_VOLUME else "room"
                 raise MediumFullError(
                     f"pool {self.pool.name} has no medium with {room} left "

@@ -205,3 +205,28 @@ def test_a_restore_into_a_medium_or_the_catalog_is_refused(tmp_path: Path) -> No
     assert durafs("verify").code == 0
     # beside them, all is as ever
     assert durafs("restore", f"default/latest{source}", tmp_path / "out").code == 0
+
+
+def test_a_backup_that_leaves_a_disk_short_of_a_volume_still_writes_its_catalog_there(
+    tmp_path: Path
+) -> None:
+    """A medium with less room than a data volume needs takes no new data volume, but the
+    checkpoint's catalog volume (a few KiB here) still fits: a backup whose data left the
+    pool's only disk just short of that room used to store its data and then fail, "no
+    medium with room left", its checkpoint missing from the media."""
+    pool = setup_catalog(tmp_path, encryption="none")
+    source = tmp_path / "src"
+    source.mkdir()
+    assert durafs("media", "set", "P-001", "--capacity", "1152K").code == 0
+    (source / "f").write_bytes(os.urandom(80_000))  # leaves < 1 MiB + 64 KiB of room
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    kinds = sorted(name.split("-")[1] for name in os.listdir(pool / "volumes"))
+    assert kinds == ["catalog", "data"]
+    assert durafs("verify", "--read-data").code == 0
+    (medium,) = durafs("media", "list", "--json").json()
+    assert medium["state"] == "full"  # for data
+    # more data needs another medium, and says so
+    (source / "g").write_bytes(os.urandom(200_000))
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 3 and "no medium with room" in run.err, run.err
