@@ -15,7 +15,7 @@ import zstandard
 
 from durafs.errors import DurafsError, FormatError, IntegrityError, TruncatedError
 from durafs.format import tarfmt
-from durafs.format.frames import codec_for_thread
+from durafs.format.frames import ZSTD_MAGIC, codec_for_thread
 from durafs.format.header import (
     DATA_MEMBER_PREFIX,
     HEADER_MEMBER,
@@ -262,16 +262,12 @@ class _Walker:
             raise IntegrityError(f"{self.name}: member {entry.name} does not match the manifest")
 
 
-#: zstd's frame magic number, as stored (little-endian 0xFD2FB528).
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
 def frame_length(data: bytes | memoryview, pos: int) -> int | None:
     """The length of the zstd frame at *pos* of *data*, told from its header and block
     headers alone (RFC 8878 §3.1.1), or None if they do not hold together: so that a frame
     whose content is damaged can be stepped over to the frames after it."""
     view = memoryview(data)
-    if bytes(view[pos : pos + 4]) != _ZSTD_MAGIC or pos + 5 > len(view):
+    if bytes(view[pos : pos + 4]) != ZSTD_MAGIC or pos + 5 > len(view):
         return None
     descriptor = view[pos + 4]
     single = descriptor & 0x20
@@ -287,4 +283,3 @@ def frame_length(data: bytes | memoryview, pos: int) -> int | None:
             here += 4 if descriptor & 4 else 0  # its checksum
             return here - pos if here <= len(view) else None
     return None
-
