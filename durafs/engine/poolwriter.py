@@ -289,11 +289,12 @@ class PoolWriter:
                 log.warning("%s: trying another medium of pool %s", exc, self.pool.name)
                 self._read_only.add(row.id)
 
-    def _takes_volumes(self, row: MediumRow) -> bool:
+    def _takes_volumes(self, row: MediumRow, *, data: bool = True) -> bool:
         """Whether new volumes may go to *row*: an active medium, or a disk found full by
         an earlier run that may have room again (its files deleted, or what filled it
-        while a volume was written gone: its free bytes tell)."""
-        if row.id in self._filled or row.id in self._read_only:
+        while a volume was written gone: its free bytes tell). One this run filled takes
+        no new *data* volume; whether another still fits, its free bytes tell."""
+        if (data and row.id in self._filled) or row.id in self._read_only:
             return False
         return row.state == "active" or (row.state == "full" and row.kind == "dir")
 
@@ -304,8 +305,7 @@ class PoolWriter:
         (one that outgrows the room is written again elsewhere, see `write_volume`). It
         stays full for data."""
         for row in sorted(self.catalog.media(self.pool.id), key=lambda m: m.id):
-            if row.id in skip or row.id in self._read_only or not (
-                    row.state == "active" or (row.state == "full" and row.kind == "dir")):
+            if row.id in skip or not self._takes_volumes(row, data=False):
                 continue
             medium = open_medium(row)
             if not medium.status().online:
