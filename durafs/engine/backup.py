@@ -199,7 +199,8 @@ class Backup:
         self._batch: list[tuple[Unit, ScanItem]] = []
         self._batch_bytes = 0
         self._reader = WholeFileReader(self.chunker, self._encode,
-                                       follow_symlinks=options.follow_symlinks)
+                                       follow_symlinks=options.follow_symlinks,
+                                       encode_pack=self._encode_pack)
         self._sparse = SparseReader(self.chunker, follow_symlinks=options.follow_symlinks)
         self._streams = Streams(
             StreamReader(self.chunker, self._encode, follow_symlinks=options.follow_symlinks),
@@ -465,12 +466,19 @@ class Backup:
     def _store_batch(self, job: BatchJob) -> None:
         if not self._chunks.index_empty():  # a first backup's pool: nothing to ask
             self._chunks.look_up(job.cids())
+        packed = []
         for unit, item, read in zip(job.units, job.items, job.future.result(), strict=True):
             if not self._finish_read(unit, item, read):
                 continue
             for offset, stored in read.pieces:
                 self.stats["bytes_read"] += stored.size
-                self._store_chunk(unit, stored, offset)
+                if stored.pack is not None:
+                    packed.append((unit, stored, offset))
+                else:
+                    self._store_chunk(unit, stored, offset)
+        # a pack's chunks one after another: the volume writer then adds the pack once
+        for unit, stored, offset in packed:
+            self._store_chunk(unit, stored, offset)
 
     def _finish_read(self, unit: Unit, item: ScanItem, read: FileRead) -> bool:
         """Take a worker's read of *item* into its unit; False if it failed (reported)."""
@@ -494,6 +502,10 @@ class Backup:
         if len(data) < INLINE_MAX:
             return codec_for_thread(self.keys.id_key).encode(data)
         return self._known.encode(data)
+
+    def _encode_pack(self, datas: list[bytes]) -> list[StoredChunk]:
+        """The stored form of small chunks, in one pack (on a worker thread)."""
+        return codec_for_thread(self.keys.id_key).encode_pack(datas)
 
     # -- large files, streamed by a worker ------------------------------------------
 

@@ -13,6 +13,7 @@ hands its chunks to the workers. A file that changes while it is read is read ag
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import queue
 import stat
@@ -25,7 +26,7 @@ import blake3
 
 from durafs.engine.fsmeta import LONG_PATH, at_path, data_regions
 from durafs.format.chunker import SMALL_FILE_MAX, Chunker
-from durafs.format.frames import StoredChunk
+from durafs.format.frames import PACK_CHUNK_MAX, PACK_MAX_BYTES, PACK_MAX_CHUNKS, StoredChunk
 
 #: Files up to this size are read whole; larger ones stream through the chunker.
 WHOLE_READ = 8 * 1024 * 1024
@@ -40,6 +41,8 @@ class StreamStopped(Exception):
 
 #: Turns one chunk's bytes into its stored form (hash first, then compress).
 Encoder = Callable[[memoryview], StoredChunk]
+#: Turns several small chunks into one pack (ChunkCodec.encode_pack).
+PackEncoder = Callable[[list[bytes]], list[StoredChunk]]
 #: Takes one chunk of a file (its bytes, its offset in the file) for encoding elsewhere.
 Submit = Callable[[bytes | memoryview, int], None]
 
@@ -56,6 +59,8 @@ class FileRead:
     #: Bytes read: the file's size, whatever its status said (procfs and sysfs files
     #: tell 0 or a page); None where holes were not read (sparse files).
     size: int | None = None
+    #: A small file's content, until the batch it is read in packs it with others.
+    small: bytes | None = None
 
 
 class ReadRequest(NamedTuple):
@@ -67,11 +72,14 @@ class ReadRequest(NamedTuple):
 
 
 class WholeFileReader:
-    """Reads files of at most WHOLE_READ bytes whole; safe to share between threads."""
+    """Reads files of at most WHOLE_READ bytes whole; safe to share between threads. The
+    small files (PACK_CHUNK_MAX or less) of a batch are stored in packs (frames.py)."""
 
-    def __init__(self, chunker: Chunker, encode: Encoder, *, follow_symlinks: bool) -> None:
+    def __init__(self, chunker: Chunker, encode: Encoder, *, follow_symlinks: bool,
+                 encode_pack: PackEncoder | None = None) -> None:
         self.chunker = chunker
         self.encode = encode
+        self.encode_pack = encode_pack
         self.follow = follow_symlinks
         self._local = threading.local()
 
@@ -82,19 +90,40 @@ class WholeFileReader:
         return buffer
 
     def read_batch(self, requests: list[ReadRequest]) -> list[FileRead]:
-        return [self.read(r) for r in requests]
+        if self.encode_pack is None:
+            return [self.read(r) for r in requests]
+        reads = [read_until_still(r, functools.partial(self._read_once, r.path, pack=True))
+                 for r in requests]
+        self._pack(reads)
+        return reads
 
     def read(self, request: ReadRequest) -> FileRead:
         return read_until_still(request, lambda st: self._read_once(request.path, st))
 
-    def _read_once(self, path: bytes, expected: os.stat_result) -> FileRead:
+    def _pack(self, reads: list[FileRead]) -> None:
+        """Store the small files among *reads* in packs (one alone in a frame of its own)."""
+        assert self.encode_pack is not None
+        for group in pack_groups([r for r in reads if r.small is not None]):
+            datas = [r.small for r in group if r.small is not None]
+            if len(datas) > 1:
+                stored = self.encode_pack(datas)
+            else:
+                stored = [self.encode(memoryview(datas[0]))]
+            for read, chunk in zip(group, stored, strict=True):
+                read.pieces.append((0, chunk))
+                read.small = None
+
+    def _read_once(self, path: bytes, expected: os.stat_result, *,
+                   pack: bool = False) -> FileRead:
         fd = open_source_file(path, expected, follow=self.follow)
         try:
             data = self._buffer().read_all(fd, expected.st_size)
             result = FileRead(blake3=blake3.blake3(data, max_threads=1).digest(),
                               size=len(data))
             if len(data) <= SMALL_FILE_MAX:  # most files: one chunk (an empty one none)
-                if data:
+                if pack and 0 < len(data) <= PACK_CHUNK_MAX:
+                    result.small = bytes(data)  # the buffer is read into again
+                elif data:
                     result.pieces.append((0, self.encode(data)))
             else:
                 offset = 0
@@ -105,6 +134,20 @@ class WholeFileReader:
             return result
         finally:
             os.close(fd)
+
+
+def pack_groups(reads: list[FileRead]) -> list[list[FileRead]]:
+    """*reads* of small files cut into runs that each fill one pack."""
+    groups: list[list[FileRead]] = []
+    size = PACK_MAX_BYTES
+    for read in reads:
+        length = len(read.small or b"")
+        if size + length > PACK_MAX_BYTES or len(groups[-1]) >= PACK_MAX_CHUNKS:
+            groups.append([])
+            size = 0
+        groups[-1].append(read)
+        size += length
+    return groups
 
 
 #: What a streamed file's worker hands over, in order: a chunk (file offset, stored

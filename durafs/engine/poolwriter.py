@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from durafs.errors import MediumFullError, MediumOfflineError, MediumReadOnlyError
 from durafs.format.frames import StoredChunk
 from durafs.format.keys import CatalogKeys
-from durafs.format.writer import VolumeWriter, new_header
+from durafs.format.writer import VolumeWriter, chunk_growth, new_header
 from durafs.index.catalog import Catalog
 from durafs.index.rows import MediumRow, NewChunk, PoolRow, VolumeRow
 from durafs.media.base import Medium, MediumStatus, StoredVolume, VolumeSink
@@ -113,14 +113,17 @@ class PoolWriter:
         """Store one new chunk; returns cid -> chunks.id of any volume committed meanwhile."""
         committed: dict[bytes, int] = {}
         bound = VolumeWriter.chunk_record_bound(files)
-        extra = len(stored.frame) + bound
-        if self._writer is not None and not self._fits(self._writer, extra):
+        if self._writer is not None and not self._fits(
+                self._writer, self._writer.growth(stored, bound)):
             committed = self.commit()
-        # a chunk bigger than the room left on a medium goes to one with room for it
-        writer = self._writer or self._start("data", need=self._stored(FRESH_VOLUME + extra))
+        writer = self._writer
+        if writer is None:
+            # a chunk bigger than the room left on a medium goes to one with room for it
+            extra = chunk_growth(stored, bound, pack_added=False)
+            writer = self._start("data", need=self._stored(FRESH_VOLUME + extra))
         offset = writer.add_chunk(stored, files, bound)
         self.open[stored.id] = NewChunk(stored.id, offset, len(stored.frame), stored.size,
-                                        stored.raw)
+                                        stored.raw, stored.fpos)
         return committed
 
     def commit(self) -> dict[bytes, int]:

@@ -199,7 +199,8 @@ class Recover:
         reader = VolumeReader(handle.read_at, identities=self.identities, size=handle.size,
                               name=stored.name, catalog_id=self.keys.catalog_id)
         manifest = reader.read_manifest()
-        chunks = [NewChunk(c.id, c.offset, c.length, c.size, c.raw) for c in manifest.chunks]
+        chunks = [NewChunk(c.id, c.offset, c.length, c.size, c.raw, c.frame_pos)
+                  for c in manifest.chunks]
         with catalog.db.transaction():
             volume = catalog.add_volume(
                 medium_id, uuid=reader.header.volume_id, kind=reader.header.kind,
@@ -228,7 +229,7 @@ class Recover:
         (`damaged_chunks`): the next backup stores it again from a source that has it."""
         for (pool_id, cid), copies in self._copies.items():
             row = catalog.lookup_chunks(pool_id, [cid])[cid]
-            first = NewChunk(cid, row.offset, row.length, row.size, row.raw)
+            first = NewChunk(cid, row.offset, row.length, row.size, row.raw, row.fpos)
             if self._sound(row.volume_id, first):
                 continue
             with catalog.db.transaction():
@@ -248,7 +249,7 @@ class Recover:
         try:
             reader = VolumeReader(handle.read_at, identities=self.identities, size=handle.size,
                                   name=name, catalog_id=self.keys.catalog_id)
-            reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
+            reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid, chunk.fpos)
         except (OSError, DurafsError):
             return False
         finally:

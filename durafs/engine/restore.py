@@ -310,7 +310,7 @@ class Restore:
                 raise CatalogError(f"the index has no volume {chunk.volume_id}")
             self._volumes[chunk.volume_id] = volume
         return ChunkJob(volume.medium_id, volume.seq, chunk.offset, volume, chunk.length,
-                    chunk.size, chunk.cid, file, offset)
+                    chunk.size, chunk.cid, file, offset, chunk.fpos)
 
     # -- pass 2: content ----------------------------------------------------------------
 
@@ -384,10 +384,10 @@ class Restore:
                 yield job, None
             return
         span = read_span(reader, batch)
-        previous: tuple[int, bytes | None] = (-1, None)
+        previous: tuple[tuple[int, int], bytes | None] = ((-1, 0), None)
         for job in batch.jobs:
-            if job.offset == previous[0]:  # one chunk in several files, or twice in one
-                yield job, previous[1]
+            if (job.offset, job.fpos) == previous[0]:  # one chunk in several files, or
+                yield job, previous[1]                  # twice in one
                 continue
             data: bytes | None
             try:
@@ -395,7 +395,7 @@ class Restore:
             except (OSError, DurafsError) as exc:
                 self._report(job.file, exc)
                 data = None
-            previous = (job.offset, data)
+            previous = ((job.offset, job.fpos), data)
             yield job, data
 
     def _reader(self, volume: VolumeRow) -> VolumeReader:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from durafs.errors import DurafsError
 from durafs.format.catalog import TreeEntry
 from durafs.format.frames import codec_for_thread
-from durafs.format.reader import VolumeReader
+from durafs.format.reader import VolumeReader, chunk_what
 from durafs.index.rows import VolumeRow
 
 #: A batch is at most this much of one volume, read (and decrypted) at once...
@@ -66,10 +66,13 @@ class ChunkJob(NamedTuple):
     cid: bytes
     file: RestoredFile
     file_offset: int
+    #: Where the chunk starts in its frame's content (not 0 only in a pack).
+    fpos: int = 0
 
 
-#: The order chunks are read in: medium by medium, each volume once, front to back.
-JOB_ORDER = attrgetter("medium_id", "volume_seq", "offset")
+#: The order chunks are read in: medium by medium, each volume once, front to back (a
+#: pack's chunks one after another, so that it is decompressed once).
+JOB_ORDER = attrgetter("medium_id", "volume_seq", "offset", "fpos")
 
 
 @dataclass
@@ -119,7 +122,8 @@ def read_span(reader: VolumeReader, batch: Batch) -> memoryview | None:
 def decode_job(reader: VolumeReader, span: memoryview | None, start: int, job: ChunkJob) -> bytes:
     """The chunk of *job*, checked against its id."""
     if span is None:
-        return reader.read_chunk(job.offset, job.length, job.size, job.cid)
+        return reader.read_chunk(job.offset, job.length, job.size, job.cid, job.fpos)
     frame = span[job.offset - start : job.offset - start + job.length]
-    what = f"{reader.name}: chunk {job.cid.hex()[:16]} at offset {job.offset}"
-    return codec_for_thread(reader.header.id_key).decode(frame, job.size, job.cid, what)
+    what = chunk_what(reader.name, job.cid, job.offset, job.fpos)
+    return codec_for_thread(reader.header.id_key).decode(frame, job.size, job.cid, what,
+                                                         job.fpos)

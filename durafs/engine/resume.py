@@ -75,7 +75,8 @@ def _adopt(catalog: Catalog, keys: CatalogKeys, pool: PoolRow, row: MediumRow,
             row.id, uuid=stored.volume_id, kind="data", seq=stored.seq,
             name=stored.name, plain_size=plain, stored_size=stored.stored_size)
         catalog.add_chunks(pool.id, volume.id, [
-            NewChunk(c.id, c.offset, c.length, c.size, c.raw) for c in manifest.chunks])
+            NewChunk(c.id, c.offset, c.length, c.size, c.raw, c.frame_pos)
+            for c in manifest.chunks])
     return 1
 
 

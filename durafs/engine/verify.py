@@ -240,12 +240,12 @@ class Verify:
         hurt = False
         for chunk in chunks:
             self.result.chunks_read += 1
-            if sound.get(chunk.offset) == (chunk.cid, chunk.length):
+            if sound.get((chunk.offset, chunk.fpos)) == (chunk.cid, chunk.length):
                 self._sound.add(chunk.id)
                 continue  # the scan read and checked it
             self._reporter.add(bytes=chunk.size, bytes_read=chunk.size)
             try:
-                reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
+                reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid, chunk.fpos)
             except (OSError, DurafsError) as exc:
                 self._hurt(chunk, volume, name, exc)
                 hurt = True
@@ -271,19 +271,19 @@ class Verify:
 
     def _scan(
         self, volume: VolumeRow, reader: VolumeReader,
-    ) -> tuple[dict[int, tuple[bytes, int]], ScanDamage | None]:
+    ) -> tuple[dict[tuple[int, int], tuple[bytes, int]], ScanDamage | None]:
         """Every byte of the volume, front to back (docs/FORMAT.md §3.4): tar headers,
         padding, end blocks, every member against its manifest hash, the manifest against
         the seal, every frame against the id of what it holds. Returns (id, length) of each
-        chunk found sound, by offset, and what stopped the scan if it stopped at damage
+        chunk found sound, by (offset, fpos), and what stopped the scan if it stopped at damage
         (the chunks it did not reach are then read one by one). A frame damaged where its
         blocks still hold together does not stop it."""
-        sound: dict[int, tuple[bytes, int]] = {}
+        sound: dict[tuple[int, int], tuple[bytes, int]] = {}
         stopped: ScanDamage | None = None
         needed: set[int] | None = None
         for event in scan_reader(reader):
             if isinstance(event, ScannedChunk):
-                sound[event.offset] = (event.id, event.length)
+                sound[(event.offset, event.fpos)] = (event.id, event.length)
                 self._reporter.add(bytes=event.size, bytes_read=event.size)
             elif isinstance(event, ScanDamage) and event.frame:
                 # a damaged frame hurts its chunk alone, which is read on its own (and named
@@ -298,7 +298,7 @@ class Verify:
 
     def _chunks_of(self, volume: VolumeRow) -> list[ChunkRow]:
         ids = [r[0] for r in self.catalog.db.query(
-            "SELECT id FROM chunks WHERE volume_id = ? ORDER BY offset", (volume.id,))]
+            "SELECT id FROM chunks WHERE volume_id = ? ORDER BY offset, fpos", (volume.id,))]
         found = self.catalog.chunk_by_rowid(ids)
         return [found[i] for i in ids]
 

@@ -15,8 +15,15 @@ from typing import Any
 
 from durafs.errors import ForeignCatalogError, FormatError, UnsupportedVersionError
 
-#: The on-media format this code writes and the only one it reads (docs/FORMAT.md).
+#: The format of the records other than volumes' (keys file, medium marker, index meta)
+#: this code writes and the only one it reads (docs/FORMAT.md §8).
 FORMAT_VERSION = 1
+#: The format of volume headers, manifests and seals this code writes: version 2 added
+#: packs (several small chunks in one frame, §2.1) and the manifest's `fpos`.
+VOLUME_FORMAT = 2
+#: The volume formats this code reads: a version 1 volume is a version 2 volume without
+#: packs.
+VOLUME_FORMATS = (1, 2)
 VOLUME_MAGIC = "durafs-volume"
 
 HEADER_MEMBER = "durafs/volume.json"
@@ -109,7 +116,7 @@ class VolumeHeader:
         return dumps(
             {
                 "magic": VOLUME_MAGIC,
-                "format": FORMAT_VERSION,
+                "format": VOLUME_FORMAT,
                 "kind": self.kind,
                 "catalog_id": self.catalog_id,
                 "volume_id": self.volume_id,
@@ -128,7 +135,7 @@ class VolumeHeader:
         record = loads(data, what)
         if record.get("magic") != VOLUME_MAGIC:
             raise FormatError(f"{what}: not a durafs volume (no {VOLUME_MAGIC!r} magic)")
-        check_version(record, what)
+        check_version(record, what, VOLUME_FORMATS)
         try:
             header = cls(
                 catalog_id=str(record["catalog_id"]),
@@ -163,7 +170,8 @@ class ChunkEntry:
     *offset* is where its frame starts in the volume's plaintext stream, *length* the
     frame's length; *member*, *member_offset* and *member_pos* let a person who extracted
     the volume with tar find it: the frame's offset inside the member file and the chunk's
-    offset inside that member's decompressed bytes.
+    offset inside that member's decompressed bytes. *frame_pos* is the chunk's offset in
+    its frame's content (not 0 only in a pack).
     """
 
     id: bytes
@@ -175,6 +183,7 @@ class ChunkEntry:
     member_offset: int
     member_pos: int
     files: tuple[tuple[bytes, int], ...] = ()
+    frame_pos: int = 0
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -187,6 +196,7 @@ class ChunkEntry:
             "member": self.member,
             "moff": self.member_offset,
             "mpos": self.member_pos,
+            "fpos": self.frame_pos,
             "files": [[encode_path(p), o] for p, o in self.files],
         }
 
@@ -196,7 +206,8 @@ class ChunkEntry:
         return (f'{{"t":"chunk","id":"{self.id.hex()}","off":{self.offset},'
                 f'"len":{self.length},"size":{self.size},'
                 f'"raw":{"true" if self.raw else "false"},"member":{json_str(self.member)},'
-                f'"moff":{self.member_offset},"mpos":{self.member_pos},"files":[{files}]}}\n'
+                f'"moff":{self.member_offset},"mpos":{self.member_pos},"fpos":{self.frame_pos},'
+                f'"files":[{files}]}}\n'
                 ).encode("ascii")
 
     @classmethod
@@ -211,6 +222,7 @@ class ChunkEntry:
             member_offset=int(r["moff"]),
             member_pos=int(r["mpos"]),
             files=tuple((decode_path(p), int(o)) for p, o in r.get("files", ())),
+            frame_pos=int(r.get("fpos", 0)),  # absent in version 1: no packs
         )
 
 
@@ -254,7 +266,7 @@ def parse_manifest_lines(text: bytes, what: str) -> Manifest:
     if not lines:
         raise FormatError(f"{what}: manifest is empty")
     first = loads(lines[0], f"{what} manifest")
-    check_version(first, f"{what} manifest")
+    check_version(first, f"{what} manifest", VOLUME_FORMATS)
     chunks: list[ChunkEntry] = []
     members: list[MemberEntry] = []
     try:

@@ -22,6 +22,7 @@ from durafs.format.header import (
     SEAL_FROM_END,
     SEAL_MEMBER,
     SEAL_SIZE,
+    VOLUME_FORMATS,
     Manifest,
     MemberEntry,
     VolumeHeader,
@@ -35,6 +36,12 @@ Identity = age.X25519Identity | age.ScryptIdentity
 AGE_MAGIC = b"age-encryption.org/v1\n"
 #: The header member's JSON is small; one read of this much covers tar header and JSON.
 _HEAD_READ = 8192
+
+
+def chunk_what(volume: str, chunk_id: bytes, offset: int, fpos: int = 0) -> str:
+    """How errors name a chunk: its volume, id and where it is."""
+    where = f"at offset {offset}" if not fpos else f"at offset {offset} (+{fpos} in its pack)"
+    return f"{volume}: chunk {chunk_id.hex()[:16]} {where}"
 
 
 def is_encrypted(read_at: ReadAt) -> bool:
@@ -91,15 +98,17 @@ class VolumeReader:
             raise TruncatedError(f"{self.name}: volume ends {where}, expected data up to {end}")
         return data
 
-    def read_chunk(self, offset: int, length: int, size: int, chunk_id: bytes) -> bytes:
-        """The plaintext of the chunk whose frame is at *offset*, checked against its id."""
-        what = f"{self.name}: chunk {chunk_id.hex()[:16]} at offset {offset}"
+    def read_chunk(self, offset: int, length: int, size: int, chunk_id: bytes,
+                   fpos: int = 0) -> bytes:
+        """The plaintext of the chunk whose frame is at *offset* (at *fpos* of its content,
+        in a pack), checked against its id."""
+        what = chunk_what(self.name, chunk_id, offset, fpos)
         try:
             frame = self.read(offset, length)
         except IntegrityError as exc:
             raise IntegrityError(f"{what}: {exc}") from exc
         codec = codec_for_thread(self.header.id_key)
-        return codec.decode(frame, size, chunk_id, what)
+        return codec.decode(frame, size, chunk_id, what, fpos)
 
     def read_member(self, entry: MemberEntry) -> bytes:
         """A whole non-chunk member, checked against its manifest hash."""
@@ -147,7 +156,7 @@ class VolumeReader:
         if block[2 * tarfmt.BLOCK :] != tarfmt.END_OF_ARCHIVE:
             raise FormatError(f"{self.name}: damaged end-of-archive blocks")
         seal = loads(block[tarfmt.BLOCK : 2 * tarfmt.BLOCK], f"{self.name} seal")
-        check_version(seal, f"{self.name} seal")
+        check_version(seal, f"{self.name} seal", VOLUME_FORMATS)
         if seal.get("volume_id") != self.header.volume_id:
             raise FormatError(f"{self.name}: seal belongs to another volume")
         return seal

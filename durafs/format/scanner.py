@@ -7,7 +7,7 @@ the first damage it reports where and stops, having already yielded everything b
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 
 import blake3
@@ -15,12 +15,13 @@ import zstandard
 
 from durafs.errors import DurafsError, FormatError, IntegrityError, TruncatedError
 from durafs.format import tarfmt
-from durafs.format.frames import ZSTD_MAGIC, codec_for_thread
+from durafs.format.frames import ZSTD_MAGIC, codec_for_thread, parse_pack_table
 from durafs.format.header import (
     DATA_MEMBER_PREFIX,
     HEADER_MEMBER,
     MANIFEST_MEMBER,
     SEAL_MEMBER,
+    VOLUME_FORMATS,
     ChunkEntry,
     Manifest,
     MemberEntry,
@@ -29,7 +30,13 @@ from durafs.format.header import (
     loads,
     parse_manifest_lines,
 )
-from durafs.format.reader import Identity, ReadAt, VolumeReader, decompress_manifest
+from durafs.format.reader import (
+    Identity,
+    ReadAt,
+    VolumeReader,
+    chunk_what,
+    decompress_manifest,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,8 @@ class ScannedChunk:
     length: int
     size: int
     member: str
+    #: Where it starts in its frame's content (not 0 only in a pack).
+    fpos: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +106,7 @@ def scan_reader(
     except DurafsError as exc:
         yield ScanDamage(walker.pos, str(exc))
         return
-    for offset, message in walker.bad_frames:
+    for offset, message in walker.bad_frames.items():
         yield ScanDamage(offset, message, frame=True)
 
 
@@ -107,14 +116,15 @@ class _Walker:
         self.name = reader.name
         self.key = reader.header.id_key
         self.pos = 0
-        self.chunks: dict[int, ScannedChunk] = {}
+        self.chunks: dict[tuple[int, int], ScannedChunk] = {}  # by (offset, fpos)
         self.members: dict[str, ScannedMember] = {}
         self.seal: dict[str, object] | None = None
         self._data_members = 0
-        #: frames whose blocks are whole but whose content is not: offset -> (length, why)
-        self.undecodable: dict[int, tuple[int, str]] = {}
-        #: frames at their place in the manifest whose bytes are damaged: (offset, why)
-        self.bad_frames: list[tuple[int, str]] = []
+        #: frames whose blocks are whole but whose content is not: offset -> (length, why,
+        #: how many chunks the frame holds)
+        self.undecodable: dict[int, tuple[int, str, int]] = {}
+        #: frames at their place in the manifest whose bytes are damaged: offset -> why
+        self.bad_frames: dict[int, str] = {}
 
     def walk(self) -> Iterator[ScannedChunk | ScannedMember | Manifest]:
         manifest_data = b""
@@ -186,42 +196,64 @@ class _Walker:
         self._data_members += 1
         start = self.pos
         data = self._read_exact(size)
-        codec = codec_for_thread(self.key)
         pos = 0
         while pos < size:
-            dobj = zstandard.ZstdDecompressor().decompressobj()
             try:
-                plain = dobj.decompress(data[pos:])
-            except zstandard.ZstdError as exc:
-                message = f"{self.name}: damaged frame in {member} at offset {start + pos} ({exc})"
-                length = frame_length(data, pos)
-                if length is None:  # not even its blocks can be told apart: nothing after
-                    self.pos = start  # the damage is in this member's data
-                    raise IntegrityError(message) from exc
-                self.undecodable[start + pos] = (length, message)
-                pos += length
-                continue
-            if not dobj.eof:
-                raise IntegrityError(f"{self.name}: incomplete frame in {member} at {start + pos}")
-            length = size - pos - len(dobj.unused_data)
-            chunk = ScannedChunk(codec.chunk_id(plain), start + pos, length, len(plain), member)
-            self.chunks[chunk.offset] = chunk
-            yield chunk
+                table = parse_pack_table(data, pos)
+            except FormatError as exc:
+                self.pos = start  # the damage is in this member's data
+                raise IntegrityError(f"{self.name}: {member} at offset {start + pos}: {exc}"
+                                     ) from exc
+            sizes = None
+            if table is not None:
+                sizes, table_length = table
+                pos += table_length
+            length = yield from self._frame(member, data, start, pos, sizes)
             pos += length
+
+    def _frame(self, member: str, data: bytes, start: int, pos: int,
+               sizes: list[int] | None) -> Generator[ScannedChunk, None, int]:
+        """The chunks of the frame at *pos* of a data member's *data* (a pack's, if *sizes*
+        are given); returns the frame's length."""
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            plain = dobj.decompress(data[pos:])
+            if dobj.eof and sizes is not None and sum(sizes) != len(plain):
+                raise zstandard.ZstdError("its content is not what its pack table says")
+        except zstandard.ZstdError as exc:
+            message = f"{self.name}: damaged frame in {member} at offset {start + pos} ({exc})"
+            length = frame_length(data, pos)
+            if length is None:  # not even its blocks can be told apart: nothing after
+                self.pos = start  # the damage is in this member's data
+                raise IntegrityError(message) from exc
+            self.undecodable[start + pos] = (length, message, len(sizes or (0,)))
+            return length
+        if not dobj.eof:
+            raise IntegrityError(f"{self.name}: incomplete frame in {member} at {start + pos}")
+        length = len(data) - pos - len(dobj.unused_data)
+        codec = codec_for_thread(self.key)
+        fpos = 0
+        for size in sizes or (len(plain),):
+            piece = memoryview(plain)[fpos : fpos + size]
+            chunk = ScannedChunk(codec.chunk_id(piece), start + pos, length, size, member, fpos)
+            self.chunks[(chunk.offset, fpos)] = chunk
+            yield chunk
+            fpos += size
+        return length
 
     def _verify_manifest(self, data: bytes) -> Manifest:
         what = f"{self.name} manifest"
         scanned = self.members.get(MANIFEST_MEMBER)
         if self.seal is None or scanned is None:
             raise TruncatedError(f"{self.name}: no manifest or seal (truncated volume)")
-        check_version(self.seal, f"{self.name} seal")
+        check_version(self.seal, f"{self.name} seal", VOLUME_FORMATS)
         expected = {
             "volume_id": self.reader.header.volume_id,
             "manifest_off": scanned.offset,
             "manifest_len": scanned.size,
             "manifest_blake3": scanned.blake3.hex(),
             "members": len(self.members) + self._data_members,
-            "chunks": len(self.chunks) + len(self.undecodable),
+            "chunks": len(self.chunks) + self._undecodable_chunks(),
         }
         if any(self.seal.get(k) != v for k, v in expected.items()):
             raise IntegrityError(f"{what}: damaged (the seal does not match the volume)")
@@ -229,12 +261,11 @@ class _Walker:
         for entry in manifest.chunks:
             self._check_chunk(entry)
         # a damaged frame spoils its data member's hash too: that is the same damage
-        spoiled = {entry.member for entry in manifest.chunks
-                   if any(offset == entry.offset for offset, _ in self.bad_frames)}
+        spoiled = {entry.member for entry in manifest.chunks if entry.offset in self.bad_frames}
         for member_entry in manifest.members:
             if member_entry.name not in spoiled:
                 self._check_member(member_entry)
-        if len(manifest.chunks) != len(self.chunks) + len(self.undecodable):
+        if len(manifest.chunks) != len(self.chunks) + self._undecodable_chunks():
             raise IntegrityError(f"{what}: lists another number of chunks than the volume holds")
         return manifest
 
@@ -242,19 +273,22 @@ class _Walker:
         """A frame found at its place but holding other bytes is noted (`bad_frames`) and
         the scan goes on: the volume's structure holds, and what it damages is that chunk
         alone. No frame at all where the manifest has one is a broken volume."""
-        found = self.chunks.get(entry.offset)
+        found = self.chunks.get((entry.offset, entry.frame_pos))
         broken = self.undecodable.get(entry.offset)
         if broken is not None and broken[0] == entry.length:
-            self.bad_frames.append((entry.offset, broken[1]))
+            self.bad_frames[entry.offset] = broken[1]
         elif found is not None and found.length == entry.length and found.id != entry.id:
-            self.bad_frames.append((entry.offset, f"{self.name}: chunk {entry.id.hex()[:16]} "
-                                    f"at offset {entry.offset} is damaged (its bytes are not "
-                                    "what its id says)"))
+            what = chunk_what(self.name, entry.id, entry.offset, entry.frame_pos)
+            self.bad_frames.setdefault(
+                entry.offset, f"{what} is damaged (its bytes are not what its id says)")
         elif found is None or found.id != entry.id or found.length != entry.length:
             raise IntegrityError(
                 f"{self.name}: chunk {entry.id.hex()[:16]} at offset {entry.offset} "
                 "does not match the manifest"
             )
+
+    def _undecodable_chunks(self) -> int:
+        return sum(chunks for _, _, chunks in self.undecodable.values())
 
     def _check_member(self, entry: MemberEntry) -> None:
         found = self.members.get(entry.name)

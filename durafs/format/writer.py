@@ -17,14 +17,14 @@ import blake3
 import zstandard
 
 from durafs.format import age, tarfmt
-from durafs.format.frames import StoredChunk
+from durafs.format.frames import Pack, StoredChunk
 from durafs.format.header import (
     DATA_MEMBER_PREFIX,
-    FORMAT_VERSION,
     HEADER_MEMBER,
     MANIFEST_MEMBER,
     SEAL_MEMBER,
     SEAL_SIZE,
+    VOLUME_FORMAT,
     ChunkEntry,
     MemberEntry,
     VolumeHeader,
@@ -58,6 +58,21 @@ class _CountingSink:
     def write(self, data: age.Buffer) -> None:
         self.sink.write(data)
         self.count += len(data)
+
+
+class _PackSlot:
+    """A pack in the data member being filled: its chunks' files, filled in as the chunks
+    are added (each chunk of a pack the pool already has keeps none: it is listed, being in
+    the frame, but a file finds it where the pool had it)."""
+
+    __slots__ = ("files", "pack")
+
+    def __init__(self, pack: Pack) -> None:
+        self.pack = pack
+        self.files: dict[int, tuple[tuple[bytes, int], ...]] = {}
+
+
+_Pending = tuple[StoredChunk, tuple[tuple[bytes, int], ...]] | _PackSlot
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +112,7 @@ class VolumeWriter:
         self._members = 0
         self._chunks = 0
         self._pending: list[bytes] = []
-        self._pending_chunks: list[tuple[StoredChunk, tuple[tuple[bytes, int], ...]]] = []
+        self._pending_chunks: list[_Pending] = []
         self._pending_size = 0
         self._background = SerialWorker("durafs-volume")
         # Closed in finish(); a volume abandoned mid-way leaves it to the garbage collector.
@@ -108,7 +123,7 @@ class VolumeWriter:
             self._manifest_file, closefd=False
         )
         self._record(
-            {"t": "manifest", "format": FORMAT_VERSION, "volume_id": header.volume_id}
+            {"t": "manifest", "format": VOLUME_FORMAT, "volume_id": header.volume_id}
         )
         self.add_member(HEADER_MEMBER, header.to_json())
 
@@ -136,22 +151,55 @@ class VolumeWriter:
             bound += 6 * len(path)
         return bound
 
+    def growth(self, chunk: StoredChunk, record_bound: int) -> int:
+        """At most what `add_chunk` of *chunk* adds to `size + reserve` (`chunk_growth`)."""
+        added = chunk.pack is not None and self._pack_added(chunk.pack) is not None
+        return chunk_growth(chunk, record_bound, pack_added=added)
+
     def add_chunk(self, chunk: StoredChunk, files: Sequence[tuple[bytes, int]] = (),
                   record_bound: int | None = None) -> int:
         """Append one stored chunk; return the plaintext offset of its frame.
 
         *files* names the file pieces the chunk is: (path, offset in that file);
         *record_bound* is `chunk_record_bound` of them, when the caller has it already.
+        The chunks of a pack are added one after another: the first adds the pack (every
+        chunk in it is listed), the others only their files.
         """
         if record_bound is None:
             record_bound = self.chunk_record_bound(files)
-        self._manifest_bound += record_bound
-        if self._pending and self._pending_size + len(chunk.frame) > self._member_target:
+        pack = chunk.pack
+        if pack is None:
+            self._manifest_bound += record_bound
+            offset = self._add_frame([chunk.frame])
+            self._pending_chunks.append((chunk, tuple(files)))
+            return offset
+        slot = self._pack_added(pack)
+        if slot is None:
+            self._manifest_bound += RECORD_BOUND * len(pack.pieces)
+            offset = self._add_frame([pack.table, pack.frame]) + len(pack.table)
+            slot = _PackSlot(pack)
+            self._pending_chunks.append(slot)
+        else:
+            offset = self.pos + tarfmt.BLOCK + self._pending_size - len(pack.frame)
+        self._manifest_bound += record_bound - RECORD_BOUND
+        slot.files[chunk.fpos] = tuple(files)
+        return offset
+
+    def _pack_added(self, pack: Pack) -> _PackSlot | None:
+        """The slot of *pack* if it is the frame added last (and so still pending)."""
+        last = self._pending_chunks[-1] if self._pending_chunks else None
+        return last if isinstance(last, _PackSlot) and last.pack is pack else None
+
+    def _add_frame(self, parts: list[bytes]) -> int:
+        """Put *parts* (a frame, and the table before a pack's) into the data member being
+        filled, first closing it if they would take it past its target; returns where they
+        start in the plaintext stream."""
+        size = sum(map(len, parts))
+        if self._pending and self._pending_size + size > self._member_target:
             self._flush_member()
         offset = self.pos + tarfmt.BLOCK + self._pending_size
-        self._pending.append(chunk.frame)
-        self._pending_chunks.append((chunk, tuple(files)))
-        self._pending_size += len(chunk.frame)
+        self._pending.extend(parts)
+        self._pending_size += size
         return offset
 
     def add_member(self, name: str, data: bytes) -> MemberEntry:
@@ -196,7 +244,7 @@ class VolumeWriter:
         self._manifest_file.close()
         seal = dumps(
             {
-                "format": FORMAT_VERSION,
+                "format": VOLUME_FORMAT,
                 "volume_id": self.header.volume_id,
                 "manifest_off": manifest.offset,
                 "manifest_len": manifest.size,
@@ -261,27 +309,59 @@ class VolumeWriter:
                                 self._pending_chunks, parts)
         self.pos += sum(len(p) for p in parts)
         self._members += 1
-        self._chunks += len(self._pending_chunks)
+        self._chunks += sum(len(c.pack.pieces) if isinstance(c, _PackSlot) else 1
+                            for c in self._pending_chunks)
         self._pending = []
         self._pending_chunks = []
         self._pending_size = 0
 
     def _store_member(
-        self, name: str, data_offset: int,
-        chunks: list[tuple[StoredChunk, tuple[tuple[bytes, int], ...]]], parts: list[bytes],
+        self, name: str, data_offset: int, chunks: list[_Pending], parts: list[bytes],
     ) -> None:
         """On the volume's thread: the member's manifest records, then its bytes."""
         member_offset = member_pos = 0
-        for chunk, files in chunks:
-            entry = ChunkEntry(
+        write = self._manifest.write
+        for item in chunks:
+            if isinstance(item, _PackSlot):
+                member_offset, member_pos = self._pack_lines(
+                    item, name, data_offset, member_offset, member_pos)
+                continue
+            chunk, files = item
+            write(ChunkEntry(
                 chunk.id, data_offset + member_offset, len(chunk.frame), chunk.size,
                 chunk.raw, name, member_offset, member_pos, files,
-            )
-            self._manifest.write(entry.to_line())
+            ).to_line())
             member_offset += len(chunk.frame)
             member_pos += chunk.size
         for part in parts:
             self._out.write(part)
+
+    def _pack_lines(self, slot: _PackSlot, name: str, data_offset: int, member_offset: int,
+                    member_pos: int) -> tuple[int, int]:
+        """A pack's manifest records, one per chunk in it; returns where the member's next
+        frame starts (in its data and in its decompressed bytes)."""
+        pack = slot.pack
+        member_offset += len(pack.table)
+        fpos = 0
+        for cid, size in pack.pieces:
+            self._manifest.write(ChunkEntry(
+                cid, data_offset + member_offset, len(pack.frame), size, pack.raw, name,
+                member_offset, member_pos + fpos, slot.files.get(fpos, ()), fpos,
+            ).to_line())
+            fpos += size
+        return member_offset + len(pack.frame), member_pos + fpos
+
+
+def chunk_growth(chunk: StoredChunk, record_bound: int, *, pack_added: bool) -> int:
+    """At most what adding *chunk* adds to a volume's `size + reserve`: its frame and its
+    manifest record (*record_bound*); for the first chunk of a pack, the pack and a record
+    per chunk in it; for the others of the pack (*pack_added*), their record's files only."""
+    pack = chunk.pack
+    if pack is None:
+        return len(chunk.frame) + record_bound
+    if pack_added:
+        return record_bound - RECORD_BOUND
+    return len(pack.table) + len(pack.frame) + record_bound + RECORD_BOUND * (len(pack.pieces) - 1)
 
 
 def new_header(

@@ -45,7 +45,7 @@ from durafs.errors import DurafsError, MediumError, MediumOfflineError
 from durafs.format.age import Buffer
 from durafs.format.frames import codec_for_thread
 from durafs.format.keys import CatalogKeys
-from durafs.format.reader import VolumeReader
+from durafs.format.reader import VolumeReader, chunk_what
 from durafs.fs.errors import Interrupted
 from durafs.fs.requests import INTERRUPT_POLL, MediaRequests
 from durafs.fs.vfs import LRU, ReadPlan
@@ -247,7 +247,8 @@ class ChunkSource:
     def read_chunk(self, chunk: ChunkRow, volume: VolumeRow) -> bytes:
         background_thread()  # decoding yields the CPU to the thread answering requests
         reader = self._staged_reader(volume) or self.access.reader(volume)
-        return reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid)
+        return reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid,
+                                 chunk.fpos)
 
     def read_run(self, volume: VolumeRow, chunks: list[ChunkRow]) -> list[bytes]:
         """The plaintexts of *chunks* (all in *volume*, in volume order), each checked
@@ -262,8 +263,8 @@ class ChunkSource:
             data = memoryview(reader.read(start, group[-1].offset + group[-1].length - start))
             for c in group:
                 frame = data[c.offset - start : c.offset - start + c.length]
-                what = f"{reader.name}: chunk {c.cid.hex()[:16]} at offset {c.offset}"
-                out.append(codec.decode(frame, c.size, c.cid, what))
+                what = chunk_what(reader.name, c.cid, c.offset, c.fpos)
+                out.append(codec.decode(frame, c.size, c.cid, what, c.fpos))
         return out
 
     def _staged_reader(self, volume: VolumeRow) -> VolumeReader | None:
@@ -311,14 +312,17 @@ class ChunkSource:
 
 
 def _adjacent(chunks: list[ChunkRow]) -> list[list[ChunkRow]]:
-    """*chunks* (in volume order) cut where the gap to the next frame is over RUN_JOIN_GAP."""
+    """*chunks* (in volume order) cut where the gap to the next frame is over RUN_JOIN_GAP
+    (the chunks of one pack share their frame: no gap)."""
     groups: list[list[ChunkRow]] = []
     end = -1
     for c in chunks:
-        if not groups or not 0 <= c.offset - end <= RUN_JOIN_GAP:
+        if not groups or not (c.offset >= groups[-1][0].offset
+                              and c.offset - end <= RUN_JOIN_GAP):
             groups.append([])
+            end = c.offset + c.length
         groups[-1].append(c)
-        end = c.offset + c.length
+        end = max(end, c.offset + c.length)
     return groups
 
 

@@ -33,7 +33,7 @@ from durafs.format.header import FORMAT_VERSION
 log = logging.getLogger(__name__)
 
 #: The schema version this code reads and writes (PRAGMA user_version).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: How long a statement waits for a lock held by another connection, in milliseconds.
 #: Only the writer ever waits (for another writer); WAL readers do not take locks.
@@ -333,10 +333,19 @@ def _new_table(ddl: str) -> Callable[[Index], None]:
     return step
 
 
-# Schema 1 → 2: the `lost_volumes` table; 2 → 3: the `damaged_chunks` table.
+# Schema 1 → 2: the `lost_volumes` table; 2 → 3: the `damaged_chunks` table; 3 → 4: the
+# `fpos` column of `chunks` (packs, volume format 2: every chunk before them is at 0).
 MIGRATIONS[1] = _new_table(
     "CREATE TABLE lost_volumes (volume_id INTEGER PRIMARY KEY REFERENCES volumes (id),"
     " since_ns INTEGER NOT NULL) STRICT")
 MIGRATIONS[2] = _new_table(
     "CREATE TABLE damaged_chunks (chunk_id INTEGER PRIMARY KEY REFERENCES chunks (id),"
     " since_ns INTEGER NOT NULL) STRICT")
+
+
+def _add_chunk_fpos(index: Index) -> None:
+    index.execute(
+        "ALTER TABLE chunks ADD COLUMN fpos INTEGER NOT NULL DEFAULT 0 CHECK (fpos >= 0)")
+
+
+MIGRATIONS[3] = _add_chunk_fpos

@@ -193,6 +193,8 @@ class ChunkRow:
     size: int
     raw: bool
     medium_id: int
+    #: Where the chunk starts in its frame's content (not 0 only in a pack).
+    fpos: int = 0
 
 
 class NewChunk(NamedTuple):
@@ -203,6 +205,7 @@ class NewChunk(NamedTuple):
     length: int
     size: int
     raw: bool
+    fpos: int = 0
 
 
 class FilePiece(NamedTuple):

@@ -128,8 +128,13 @@ CREATE TABLE chunks (
                                                   -- plaintext (unencrypted tar) stream
     length    INTEGER NOT NULL CHECK (length > 0),   -- bytes of the frame
     size      INTEGER NOT NULL CHECK (size >= 0),    -- plaintext bytes of the chunk
-    raw       INTEGER NOT NULL CHECK (raw IN (0, 1))  -- 1: the frame holds raw blocks
+    raw       INTEGER NOT NULL CHECK (raw IN (0, 1)),  -- 1: the frame holds raw blocks
                                                   -- (stored uncompressed)
+    fpos      INTEGER NOT NULL DEFAULT 0 CHECK (fpos >= 0)  -- where the chunk starts in its
+                                                  -- frame's content: 0 for a frame of its
+                                                  -- own; in a pack (several small chunks in
+                                                  -- one frame, docs/FORMAT.md §2.1) chunks
+                                                  -- share offset and length, not fpos
 ) STRICT;
 CREATE UNIQUE INDEX chunks_pool_cid ON chunks (pool_id, cid);
 CREATE INDEX chunks_volume ON chunks (volume_id);
@@ -268,4 +273,4 @@ CREATE VIRTUAL TABLE path_names USING fts5 (
 );
 
 
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;

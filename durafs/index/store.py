@@ -34,7 +34,7 @@ _VOLUME = """
 
 _CHUNK = """
     SELECT c.id, c.pool_id, c.cid, c.volume_id, c.offset, c.length, c.size, c.raw,
-           (SELECT medium_id FROM volumes WHERE id = c.volume_id)
+           (SELECT medium_id FROM volumes WHERE id = c.volume_id), c.fpos
     FROM chunks c"""
 
 # Id lists are bound with carray as one value: one statement however many ids, each id
@@ -62,8 +62,9 @@ def _pool_row(row: tuple[Any, ...]) -> PoolRow:
 
 
 def _chunk_row(row: tuple[Any, ...]) -> ChunkRow:
-    id_, pool_id, cid, volume_id, offset, length, size, raw, medium_id = row
-    return ChunkRow(id_, pool_id, cid, volume_id, offset, length, size, bool(raw), medium_id)
+    id_, pool_id, cid, volume_id, offset, length, size, raw, medium_id, fpos = row
+    return ChunkRow(id_, pool_id, cid, volume_id, offset, length, size, bool(raw), medium_id,
+                    fpos)
 
 
 def chunks_by_id(db: Index, ids: Sequence[int]) -> dict[int, ChunkRow]:
@@ -359,11 +360,12 @@ class StoreCatalog:
                     next_id += 1
                     ids[c.cid] = next_id
                     rows.append(
-                        (next_id, pool_id, c.cid, volume_id, c.offset, c.length, c.size, int(c.raw))
+                        (next_id, pool_id, c.cid, volume_id, c.offset, c.length, c.size,
+                         int(c.raw), c.fpos)
                     )
             self.db.executemany(
-                "INSERT INTO chunks (id, pool_id, cid, volume_id, offset, length, size, raw)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (id, pool_id, cid, volume_id, offset, length, size, raw,"
+                " fpos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return ids
@@ -378,11 +380,12 @@ class StoreCatalog:
         if volume_id in lost:  # a stand-in for lost chunks (recover) takes none over
             return
         damaged = self.damaged_chunk_ids([row.id for row in known.values()])
-        moved = [(volume_id, c.offset, c.length, int(c.raw), known[c.cid].id)
+        moved = [(volume_id, c.offset, c.length, int(c.raw), c.fpos, known[c.cid].id)
                  for c in chunks if c.cid in known
                  and (known[c.cid].volume_id in lost or known[c.cid].id in damaged)]
         self.db.executemany(
-            "UPDATE chunks SET volume_id = ?, offset = ?, length = ?, raw = ? WHERE id = ?",
+            "UPDATE chunks SET volume_id = ?, offset = ?, length = ?, raw = ?, fpos = ?"
+            " WHERE id = ?",
             moved)
         self.set_chunks_damaged([row[-1] for row in moved], False)  # sound copies now
 

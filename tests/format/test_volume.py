@@ -252,10 +252,10 @@ def test_encrypted_volume_without_key_is_a_clear_error() -> None:
 
 
 def test_unknown_format_version_is_refused() -> None:
-    body = dumps({"magic": "durafs-volume", "format": 2, "kind": "data"})
+    body = dumps({"magic": "durafs-volume", "format": 3, "kind": "data"})
     data = tarfmt.member_header("durafs/volume.json", len(body), 0) + body
     data += bytes(tarfmt.padding(len(body))) + tarfmt.END_OF_ARCHIVE
-    with pytest.raises(UnsupportedVersionError, match="version 2"):
+    with pytest.raises(UnsupportedVersionError, match="version 3"):
         VolumeReader(lambda o, n: data[o : o + n])
 
 

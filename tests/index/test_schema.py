@@ -41,7 +41,7 @@ def test_create_gives_a_sound_index(index_path: Path) -> None:
     with open_index(index_path) as index:
         names = {row[0] for row in index.query("SELECT name FROM sqlite_schema")}
         assert names >= TABLES
-        assert index.user_version == SCHEMA_VERSION == 3
+        assert index.user_version == SCHEMA_VERSION == 4
         assert index.get_val("PRAGMA integrity_check") == "ok"
         assert index.query("PRAGMA foreign_key_check") == []
         assert index.get_val("PRAGMA journal_mode") == "wal"
@@ -127,6 +127,7 @@ def test_a_version_1_index_gains_the_lost_volumes_table(index_path: Path, readon
     with open_index(index_path) as index, index.transaction():
         index.execute("DROP TABLE lost_volumes")
         index.execute("DROP TABLE damaged_chunks")
+        index.execute("ALTER TABLE chunks DROP COLUMN fpos")
         index.execute("PRAGMA user_version = 1")
     with open_index(index_path, readonly=readonly) as index:
         assert index.user_version == SCHEMA_VERSION
@@ -134,7 +135,29 @@ def test_a_version_1_index_gains_the_lost_volumes_table(index_path: Path, readon
         assert columns == ["volume_id", "since_ns"]
         columns = [row[1] for row in index.query("PRAGMA table_info(damaged_chunks)")]
         assert columns == ["chunk_id", "since_ns"]  # and then 2 -> 3
+        assert "fpos" in [row[1] for row in index.query("PRAGMA table_info(chunks)")]
         assert index.get_val("PRAGMA integrity_check") == "ok"
+
+
+def test_a_version_3_index_keeps_its_chunks_at_fpos_0(index_path: Path) -> None:
+    """Schema 4 added `chunks.fpos` (packs): every chunk recorded before is a frame of its
+    own, at 0 of it."""
+    with open_index(index_path) as index, index.transaction():
+        index.execute("ALTER TABLE chunks DROP COLUMN fpos")
+        index.execute("PRAGMA user_version = 3")
+        index.execute("INSERT INTO pools (name, kind, volume_size, created_ns)"
+                      " VALUES ('p', 'dir', 1000000, 0)")
+        index.execute("INSERT INTO media (pool_id, uuid, label, kind, created_ns)"
+                      " VALUES (1, 'm', 'M', 'dir', 0)")
+        index.execute("INSERT INTO volumes (medium_id, uuid, kind, seq, plain_size,"
+                      " stored_size, created_ns) VALUES (1, 'v', 'data', 1, 10, 10, 0)")
+        index.execute("INSERT INTO chunks (pool_id, cid, volume_id, offset, length, size, raw)"
+                      " VALUES (1, zeroblob(32), 1, 1536, 9, 4, 0)")
+    with open_index(index_path) as index:
+        assert index.user_version == SCHEMA_VERSION
+        assert index.query("SELECT offset, length, size, fpos FROM chunks") == [(1536, 9, 4, 0)]
+        with pytest.raises(CatalogError):
+            index.execute("UPDATE chunks SET fpos = -1")
 
 
 def test_migrate_needs_a_transaction(index: Index) -> None:

@@ -1,0 +1,141 @@
+"""Small files in packs (docs/FORMAT.md §2.2), end to end: backup, restore, verify,
+recover and dedup, with real volumes on a directory medium."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+from durafs.engine.home import Home
+from durafs.format.header import ChunkEntry
+from durafs.format.reader import VolumeReader
+from durafs.index.catalog import open_catalog
+from tests.engine.cli import checkpoint_names, durafs, setup_catalog
+from tests.support.oddtree import compare_trees
+
+WORDS = [b"def ", b"return ", b"self.", b"import ", b"value", b"(x)", b"\n    ", b"# why\n"]
+
+
+def small_tree(root: Path, count: int, seed: int = 1, prefix: str = "f") -> None:
+    rng = random.Random(seed)
+    for i in range(count):
+        sub = root / f"d{i % 7}"
+        sub.mkdir(parents=True, exist_ok=True)
+        text = b"".join(rng.choices(WORDS, k=rng.randrange(50, 1500)))
+        (sub / f"{prefix}{i:04d}.py").write_bytes(text)
+
+
+def data_manifests(pool: Path) -> list[list[ChunkEntry]]:
+    """The chunk lines of every data volume on *pool* (a catalog in mode none)."""
+    out = []
+    for path in sorted((pool / "volumes").iterdir()):
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            reader = VolumeReader(lambda o, n, f=f: os.pread(f.fileno(), n, o), size=size)
+            if reader.header.kind == "data":
+                out.append(reader.read_manifest().chunks)
+    return out
+
+
+def test_small_files_go_in_packs_and_come_back(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    small_tree(source, 400)
+    (source / "big.bin").write_bytes(os.urandom(300_000))  # a frame of its own
+    pool = setup_catalog(tmp_path, encryption="none")
+    run = durafs("backup", source, "--pool", "p", "--json")
+    assert run.code == 0, run.err
+    chunks = [c for m in data_manifests(pool) for c in m]
+    assert len(chunks) == 401
+    frames = {c.offset for c in chunks}
+    assert len(frames) < 401 / 10  # most chunks share a frame
+    assert sum(c.frame_pos > 0 for c in chunks) > 300
+    assert all(len(c.files) == 1 for c in chunks)  # each listed for its file
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
+    assert durafs("verify", "--read-data").code == 0
+
+
+def test_a_pack_with_chunks_the_pool_has_is_stored_whole_and_reads(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    small_tree(source, 50)
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    # copies of stored files, next to new ones: read in one batch, packed together
+    for i, old in enumerate(sorted((source / "d0").iterdir())):
+        shutil.copy(old, source / "d0" / f"copy{i}.py")
+    small_tree(source / "d0", 5, seed=9, prefix="new")
+    stats = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
+    assert stats["chunks_new"] == 5
+    second = data_manifests(pool)[-1]
+    new = [c for c in second if c.files]
+    assert len(new) == 5 and len(second) > 5  # the copies are in the pack, listed, no files
+    assert {c.offset for c in second} == {c.offset for c in new}
+    for name in checkpoint_names():
+        out = tmp_path / f"out-{name}"
+        assert durafs("restore", f"default/{name}{source}", out).code == 0
+    assert compare_trees(source, tmp_path / f"out-{checkpoint_names()[-1]}") == []
+    assert durafs("verify", "--read-data").code == 0
+
+
+def test_damage_in_a_pack_is_named_and_hurts_nothing_outside_it(tmp_path: Path) -> None:
+    """A byte flipped in a pack's frame hurts the chunks whose bytes now differ (a
+    compressed frame has no checksum: what decodes before the damage is still what its id
+    says, and is used): verify names those files, all in the pack; restore reports them and
+    brings every other file back whole."""
+    source = tmp_path / "src"
+    small_tree(source, 200)
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    victim = source / "d3" / "f0003.py"
+    with open_catalog(Home().index_path, readonly=True) as catalog:
+        plan = catalog.plan("default")
+        checkpoint = catalog.checkpoint("default", "latest")
+        assert plan is not None and checkpoint is not None
+        found = catalog.resolve(plan.id, checkpoint.seq, os.fsencode(victim))
+        assert found is not None
+        chunk = catalog.file_chunks(found)[0].chunk
+        volume = catalog.volume(chunk.volume_id)
+        assert volume is not None and volume.name
+    in_pack = {bytes(f[0]) for c in data_manifests(pool)[0] if c.offset == chunk.offset
+               for f in c.files}
+    assert len(in_pack) > 1
+    with open(pool / "volumes" / volume.name, "r+b") as f:
+        f.seek(chunk.offset + chunk.length // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    run = durafs("verify", "--read-data", "--json")
+    assert run.code == 1
+    named = {("/" + p.split("/", 2)[2])[len(str(source)):]
+             for d in run.json()["damage"] for p in d["paths"]}
+    assert named and named <= {os.fsdecode(p)[len(str(source)):] for p in in_pack}
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 1
+    for path in source.rglob("*.py"):
+        name = os.fspath(path)[len(str(source)):]
+        if name in named:
+            assert name in run.err
+        else:
+            assert (out / path.relative_to(source)).read_bytes() == path.read_bytes()
+
+
+def test_recover_brings_packed_chunks_back(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    small_tree(source, 300)
+    pool = setup_catalog(tmp_path, encryption="key")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    identity = tmp_path / "identity.txt"
+    assert durafs("key", "export-identity", identity).code == 0
+    shutil.rmtree(Home().path)
+    run = durafs("recover", "--path", pool, "--identity", identity)
+    assert run.code == 0, run.err
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
+    assert durafs("verify", "--read-data").code == 0
+    stats = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
+    assert stats.get("bytes_new", 0) == 0
