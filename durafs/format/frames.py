@@ -218,7 +218,9 @@ class ChunkCodec:
                     size: int) -> bytes:
         if not 0 <= fpos + size <= content_size <= MAX_FRAME_CONTENT:
             return b""  # not what the index says: the caller reports the mismatch
-        if self._pack_frame != frame:
+        # bytes against bytes: a memoryview compares item by item, 40 times slower than
+        # the copy (a pack's frame is ~100 KiB)
+        if len(self._pack_frame) != len(frame) or self._pack_frame != bytes(frame):
             self._pack_content = b""  # the old one goes now, not after the new one is made
             self._pack_content = self._dctx.decompress(frame, max_output_size=content_size)
             self._pack_frame = bytes(frame)

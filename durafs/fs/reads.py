@@ -729,11 +729,13 @@ class Reader:
                 if c.offset < run.big_until:
                     self._nursery.start_soon(self._prefetch, c, volume)
                 continue
-            if group and (stored + c.length > RUN_BYTES or plain > RUN_PLAIN_BYTES):
+            shared = bool(group) and group[-1].offset == c.offset  # the same pack's frame
+            if (group and not shared
+                    and (stored + c.length > RUN_BYTES or plain > RUN_PLAIN_BYTES)):
                 self._start_group(volume, group)
                 group, stored, plain = [], 0, 0
             group.append(c)
-            stored += c.length
+            stored += 0 if shared else c.length
             plain += c.size
         if group:
             self._start_group(volume, group)
