@@ -221,7 +221,9 @@ class ChunkCodec:
         # bytes against bytes: a memoryview compares item by item, 40 times slower than
         # the copy (a pack's frame is ~100 KiB)
         if len(self._pack_frame) != len(frame) or self._pack_frame != bytes(frame):
-            self._pack_content = b""  # the old one goes now, not after the new one is made
+            # the old one goes now, not after the new one is made; the frame with it, so
+            # that one failing to decompress leaves no frame paired with content not its own
+            self._pack_frame = self._pack_content = b""
             self._pack_content = self._dctx.decompress(frame, max_output_size=content_size)
             self._pack_frame = bytes(frame)
         return self._pack_content[fpos : fpos + size]

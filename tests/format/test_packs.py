@@ -86,6 +86,21 @@ def test_a_piece_asked_at_the_wrong_place_is_refused() -> None:
         codec.decode(second.frame, second.size, second.id, "t")  # as if a frame of its own
 
 
+def test_a_pack_that_fails_to_decompress_spoils_no_other() -> None:
+    """The codec keeps the pack it decoded last: a damaged one read in between (a mount
+    reading one file after another) must not leave the sound one's pieces unreadable."""
+    codec = ChunkCodec(ID_KEY)
+    sound = codec.encode_pack(texts(3, seed=6))
+    other = codec.encode_pack(texts(3, seed=7))
+    assert not sound[0].raw and not other[0].raw
+    assert codec.decode(sound[0].frame, sound[0].size, sound[0].id, "t") == texts(3, seed=6)[0]
+    cut = other[1].frame[:-20]  # its header (and content size) whole, its blocks not
+    with pytest.raises(IntegrityError, match="stored frame is damaged"):
+        codec.decode(cut, other[1].size, other[1].id, "t", other[1].fpos)
+    s = sound[1]
+    assert codec.decode(s.frame, s.size, s.id, "t", s.fpos) == texts(3, seed=6)[1]
+
+
 @pytest.mark.parametrize("table", [
     PACK_MAGIC + (5).to_bytes(4, "little") + b"\x01" + (9).to_bytes(4, "little"),  # one chunk
     PACK_MAGIC + (9).to_bytes(4, "little") + b"\x02" + bytes(4),  # cut short
