@@ -317,7 +317,7 @@ def _adjacent(chunks: list[ChunkRow]) -> list[list[ChunkRow]]:
     groups: list[list[ChunkRow]] = []
     end = -1
     for c in chunks:
-        if not groups or not (c.offset >= groups[-1][0].offset
+        if not groups or not (c.offset >= groups[-1][-1].offset
                               and c.offset - end <= RUN_JOIN_GAP):
             groups.append([])
             end = c.offset + c.length

@@ -20,11 +20,18 @@ from durafs.engine.access import VolumeAccess
 from durafs.engine.home import Home
 from durafs.errors import MediumOfflineError
 from durafs.fs.errors import Interrupted
-from durafs.fs.reads import ChunkCache, ChunkSource, OfflinePolicy, Reader, Staging
+from durafs.fs.reads import (
+    ChunkCache,
+    ChunkSource,
+    OfflinePolicy,
+    Reader,
+    Staging,
+    _adjacent,
+)
 from durafs.fs.requests import MediaRequests, read_requests, signal_pending
 from durafs.fs.vfs import Tree
 from durafs.index.catalog import open_catalog
-from durafs.index.rows import MediumRow, VolumeRow
+from durafs.index.rows import ChunkRow, MediumRow, VolumeRow
 from tests.fs.polling import eventually
 
 from .catalogs import make_catalog
@@ -233,3 +240,17 @@ def test_requests_of_a_gone_mount_are_dropped(tmp_path: Path) -> None:
     assert [r["id"] for r in read_requests(tmp_path)] == ["live"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.json"]
     zombie.wait()
+
+
+def _row(rid: int, offset: int, length: int, size: int, fpos: int = 0) -> ChunkRow:
+    return ChunkRow(rid, 1, bytes(32), 1, offset, length, size, False, 1, fpos)
+
+
+def test_frames_read_together_are_in_volume_order() -> None:
+    """Chunks asked in another order than the volume's (rows moved to a new copy keep
+    their id) are never read as one span: it would end before one of them."""
+    a, b, c = _row(1, 1000, 100, 400), _row(2, 3000, 100, 400), _row(3, 2000, 100, 400)
+    assert _adjacent([a, b, c]) == [[a, b], [c]]
+    p0, p1, q = _row(4, 5000, 300, 900), _row(5, 5000, 300, 800, 900), _row(6, 5300, 50, 90)
+    assert _adjacent([p0, p1, q]) == [[p0, p1, q]]  # a pack's chunks share their frame
+
