@@ -250,6 +250,36 @@ def test_recover_a_chain_of_catalog_volumes_by_hand(tmp_path: Path) -> None:
         assert compare_all(snaps / str(step), Path(os.fspath(out) + os.fspath(source))) == []
 
 
+def test_recover_from_manifests_alone_with_a_chunk_listed_twice(tmp_path: Path) -> None:
+    """With no catalog volume left, §9.3 restores what the manifests name. A pack lists
+    every chunk in it, those stored before (here: a second file with the same bytes)
+    with `"files":[]`: that line must not hide the file the first one names."""
+    source, work, out = tmp_path / "data" / "src", tmp_path / "work", tmp_path / "out"
+    source.mkdir(parents=True)
+    (source / "a.txt").write_text("the same small text\n" * 30)
+    (source / "b.txt").write_text("the same small text\n" * 30)
+    (source / "c.txt").write_text("another small text\n" * 30)
+    medium = setup_catalog(tmp_path)
+    run = durafs("backup", source, "--pool", "p")
+    assert run.code == 0, run.err
+    work.mkdir()
+    assert durafs("key", "export-identity", work / "identity.txt").code == 0
+    program = unpack_by_hand(medium, work)
+    lines = [__import__("json").loads(line)
+             for m in work.glob("*-data-*/durafs/manifest.jsonl")
+             for line in m.read_text().splitlines() if '"t":"chunk"' in line]
+    assert any(not rec["files"] for rec in lines)  # the second copy, in the pack
+    named = {os.fsencode(path) for rec in lines for path, _ in rec["files"]}
+    assert len(named) == 2
+    for catalog_volume in work.glob("*-catalog-*/"):  # as if no catalog volume survived
+        shutil.rmtree(catalog_volume)
+    said = recover_by_hand(program, work, out)
+    assert "restoring from data manifests only" in said
+    for path in named:
+        got = Path(os.fsdecode(os.fsencode(out) + path))
+        assert got.read_bytes() == Path(os.fsdecode(path)).read_bytes(), path
+
+
 @pytest.mark.parametrize("tool", TOOLS)
 def test_recovery_tools_are_installed(tool: str) -> None:
     assert shutil.which(tool), f"{tool} is missing: scripts/setup.sh installs it"
