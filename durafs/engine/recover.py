@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -227,34 +228,34 @@ class Recover:
         later copy takes its place. Else every checkpoint using it would read the damage
         the heal had left behind. One found damaged with no sound copy is noted as such
         (`damaged_chunks`): the next backup stores it again from a source that has it."""
-        for (pool_id, cid), copies in self._copies.items():
-            row = catalog.lookup_chunks(pool_id, [cid])[cid]
-            first = NewChunk(cid, row.offset, row.length, row.size, row.raw, row.fpos)
-            if self._sound(row.volume_id, first):
-                continue
-            with catalog.db.transaction():
-                catalog.set_chunks_damaged([row.id], True)
-                sound = next((v for v, c in copies if self._sound(v, c)), None)
-                if sound is not None:  # its row moves there (and is no longer damaged)
-                    catalog.add_chunks(pool_id, sound, [c for v, c in copies if v == sound])
+        readers = CopyChecker(self._open_reader)
+        try:
+            for (pool_id, cid), copies in self._copies.items():
+                row = catalog.lookup_chunks(pool_id, [cid])[cid]
+                first = NewChunk(cid, row.offset, row.length, row.size, row.raw, row.fpos)
+                if readers.sound(row.volume_id, first):
+                    continue
+                with catalog.db.transaction():
+                    catalog.set_chunks_damaged([row.id], True)
+                    sound = next((v for v, c in copies if readers.sound(v, c)), None)
+                    if sound is not None:  # its row moves there (and is no longer damaged)
+                        catalog.add_chunks(pool_id, sound,
+                                           [c for v, c in copies if v == sound])
+        finally:
+            readers.close()
 
-    def _sound(self, volume_id: int, chunk: NewChunk) -> bool:
-        """Whether the frame of *chunk* in volume *volume_id* is what its id says."""
+    def _open_reader(self, volume_id: int) -> tuple[Any, VolumeReader]:
+        """Volume *volume_id* opened: (its handle, its reader)."""
         assert self.keys is not None
         medium, name = self._stored[volume_id]
+        handle = medium.open_volume(name)
         try:
-            handle = medium.open_volume(name)
-        except (OSError, DurafsError):
-            return False
-        try:
-            reader = VolumeReader(handle.read_at, identities=self.identities, size=handle.size,
-                                  name=name, catalog_id=self.keys.catalog_id)
-            reader.read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid, chunk.fpos)
-        except (OSError, DurafsError):
-            return False
-        finally:
+            return handle, VolumeReader(handle.read_at, identities=self.identities,
+                                        size=handle.size, name=name,
+                                        catalog_id=self.keys.catalog_id)
+        except BaseException:
             handle.close()
-        return True
+            raise
 
     def _replay(self, catalog: Catalog) -> None:
         by_checkpoint: dict[tuple[str, str], list[_CatalogVolume]] = {}
@@ -398,6 +399,50 @@ class Recover:
         # a frame's place and length are unknown: 0 and 1 (the schema's least)
         return catalog.add_chunks(pool_id, volume_id,
                                   [NewChunk(cid, 0, 1, size, False) for cid, size in missing])
+
+
+class CopyChecker:
+    """The last few volumes opened to check copies of chunks: a chunk stored more than
+    once is common (every pack lists the chunks in it that the pool had already), and
+    opening a volume costs a header decryption (with a passphrase, an scrypt)."""
+
+    KEEP = 8
+
+    def __init__(self, open_reader: Callable[[int], tuple[Any, VolumeReader]]) -> None:
+        self._open = open_reader
+        self._open_now: OrderedDict[int, tuple[Any, VolumeReader] | None] = OrderedDict()
+
+    def sound(self, volume_id: int, chunk: NewChunk) -> bool:
+        """Whether the frame of *chunk* in volume *volume_id* is what its id says."""
+        opened = self._reader(volume_id)
+        if opened is None:
+            return False
+        try:
+            opened[1].read_chunk(chunk.offset, chunk.length, chunk.size, chunk.cid, chunk.fpos)
+        except (OSError, DurafsError):
+            return False
+        return True
+
+    def _reader(self, volume_id: int) -> tuple[Any, VolumeReader] | None:
+        if volume_id in self._open_now:
+            self._open_now.move_to_end(volume_id)
+            return self._open_now[volume_id]
+        try:
+            opened: tuple[Any, VolumeReader] | None = self._open(volume_id)
+        except (OSError, DurafsError):
+            opened = None  # unreadable: so is every copy in it
+        self._open_now[volume_id] = opened
+        if len(self._open_now) > self.KEEP:
+            _, dropped = self._open_now.popitem(last=False)
+            if dropped is not None:
+                dropped[0].close()
+        return opened
+
+    def close(self) -> None:
+        for opened in self._open_now.values():
+            if opened is not None:
+                opened[0].close()
+        self._open_now.clear()
 
 
 def _advance(tree: ChainedTree, chain: list[_CatalogVolume]) -> None:

@@ -9,12 +9,17 @@ import shutil
 from pathlib import Path
 
 from durafs.engine.home import Home
+from durafs.engine.recover import CopyChecker
+from durafs.format.frames import ChunkCodec
 from durafs.format.header import ChunkEntry
 from durafs.format.reader import VolumeReader
+from durafs.format.writer import VolumeWriter, new_header
 from durafs.index.catalog import open_catalog
+from durafs.index.rows import NewChunk
 from tests.engine.cli import checkpoint_names, durafs, setup_catalog
 from tests.support.oddtree import compare_trees
 
+ID_KEY = bytes(range(32))
 WORDS = [b"def ", b"return ", b"self.", b"import ", b"value", b"(x)", b"\n    ", b"# why\n"]
 
 
@@ -139,3 +144,49 @@ def test_recover_brings_packed_chunks_back(tmp_path: Path) -> None:
     assert durafs("verify", "--read-data").code == 0
     stats = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
     assert stats.get("bytes_new", 0) == 0
+
+
+def test_copies_of_chunks_are_checked_with_each_volume_opened_once(tmp_path: Path) -> None:
+    """Recover checks the first copy of every chunk stored twice; packs make those
+    common (each lists the chunks in it the pool had), so a volume is opened (with a
+    passphrase: an scrypt) once for all of its copies, not once per copy."""
+    codec = ChunkCodec(ID_KEY)
+    packed = codec.encode_pack([b"one" * 100, b"two" * 100, b"three" * 100])
+    path = tmp_path / "v.tar"
+    with open(path, "wb") as out:
+        writer = VolumeWriter(out, new_header("c", "v", "data", "p", "none", ID_KEY))
+        offset = writer.add_chunk(packed[0], [(b"/a", 0)])
+        writer.finish()
+    opened: list[int] = []
+    closed: list[int] = []
+
+    class Handle:
+        def __init__(self, volume_id: int) -> None:
+            self.volume_id = volume_id
+            self.file = open(path, "rb")  # noqa: SIM115
+
+        def close(self) -> None:
+            closed.append(self.volume_id)
+            self.file.close()
+
+    def open_reader(volume_id: int) -> tuple[Handle, VolumeReader]:
+        if volume_id == 99:
+            raise OSError("gone")
+        opened.append(volume_id)
+        handle = Handle(volume_id)
+        fd = handle.file.fileno()
+        return handle, VolumeReader(lambda o, n: os.pread(fd, n, o), size=path.stat().st_size)
+
+    checker = CopyChecker(open_reader)
+    chunks = [NewChunk(s.id, offset, len(s.frame), s.size, s.raw, s.fpos) for s in packed]
+    wrong = NewChunk(packed[1].id, offset, len(packed[1].frame), packed[1].size, False, 0)
+    for _ in range(50):
+        assert all(checker.sound(1, c) for c in chunks)
+        assert not checker.sound(1, wrong)
+        assert not checker.sound(99, chunks[0])
+    assert opened == [1]
+    for volume_id in range(2, 2 + CopyChecker.KEEP):  # the oldest goes when more are open
+        assert checker.sound(volume_id, chunks[2])
+    assert closed == [1]
+    checker.close()
+    assert sorted(closed) == [1, *range(2, 2 + CopyChecker.KEEP)]
