@@ -236,8 +236,10 @@ class Verify:
             for chunk in chunks:
                 self._hurt(chunk, volume, name, exc)
             return
-        sound, stopped = self._scan(volume, reader) if self.fraction >= 1 else ({}, None)
+        sound, stopped, frames = (self._scan(volume, reader) if self.fraction >= 1
+                                  else ({}, None, {}))
         hurt = False
+        hurt_frames = set()
         for chunk in chunks:
             self.result.chunks_read += 1
             if sound.get((chunk.offset, chunk.fpos)) == (chunk.cid, chunk.length):
@@ -249,8 +251,14 @@ class Verify:
             except (OSError, DurafsError) as exc:
                 self._hurt(chunk, volume, name, exc)
                 hurt = True
+                hurt_frames.add(chunk.offset)
             else:
                 self._sound.add(chunk.id)
+        for offset, message in frames.items():
+            if offset not in hurt_frames:  # a pack: what rows point at in it reads sound
+                self.result.frames_unneeded.append(
+                    f"{message} (in a pack; the chunks in it that checkpoints use read "
+                    "sound: the damage is in copies of chunks stored elsewhere too)")
         if stopped is not None and scan_damage:
             healed = (volume.kind == "data" and not hurt
                       and _in_a_healed_member(reader, stopped.offset, {c.offset for c in chunks}))
@@ -271,16 +279,18 @@ class Verify:
 
     def _scan(
         self, volume: VolumeRow, reader: VolumeReader,
-    ) -> tuple[dict[tuple[int, int], tuple[bytes, int]], ScanDamage | None]:
+    ) -> tuple[dict[tuple[int, int], tuple[bytes, int]], ScanDamage | None, dict[int, str]]:
         """Every byte of the volume, front to back (docs/FORMAT.md §3.4): tar headers,
         padding, end blocks, every member against its manifest hash, the manifest against
         the seal, every frame against the id of what it holds. Returns (id, length) of each
         chunk found sound, by (offset, fpos), and what stopped the scan if it stopped at damage
-        (the chunks it did not reach are then read one by one). A frame damaged where its
-        blocks still hold together does not stop it."""
+        (the chunks it did not reach are then read one by one), and the damaged frames that
+        chunk rows point at (offset -> message). A frame damaged where its blocks still
+        hold together does not stop it."""
         sound: dict[tuple[int, int], tuple[bytes, int]] = {}
         stopped: ScanDamage | None = None
         needed: set[int] | None = None
+        frames: dict[int, str] = {}
         for event in scan_reader(reader):
             if isinstance(event, ScannedChunk):
                 sound[(event.offset, event.fpos)] = (event.id, event.length)
@@ -292,9 +302,11 @@ class Verify:
                     needed = {c.offset for c in self._chunks_of(volume)}
                 if event.offset not in needed:
                     self.result.frames_unneeded.append(event.message)
+                else:
+                    frames[event.offset] = event.message
             elif isinstance(event, ScanDamage):
                 stopped = event
-        return sound, stopped
+        return sound, stopped, frames
 
     def _chunks_of(self, volume: VolumeRow) -> list[ChunkRow]:
         ids = [r[0] for r in self.catalog.db.query(

@@ -32,6 +32,15 @@ def small_tree(root: Path, count: int, seed: int = 1, prefix: str = "f") -> None
         (sub / f"{prefix}{i:04d}.py").write_bytes(text)
 
 
+def data_volumes(pool: Path) -> dict[Path, list[ChunkEntry]]:
+    """The chunk lines of every data volume on *pool* (a catalog in mode none), by file."""
+    return dict(zip(data_files(pool), data_manifests(pool), strict=True))
+
+
+def data_files(pool: Path) -> list[Path]:
+    return [p for p in sorted((pool / "volumes").iterdir()) if "-data-" in p.name]
+
+
 def data_manifests(pool: Path) -> list[list[ChunkEntry]]:
     """The chunk lines of every data volume on *pool* (a catalog in mode none)."""
     out = []
@@ -190,3 +199,36 @@ def test_copies_of_chunks_are_checked_with_each_volume_opened_once(tmp_path: Pat
     assert closed == [1]
     checker.close()
     assert sorted(closed) == [1, *range(2, 2 + CopyChecker.KEEP)]
+
+
+def test_damage_only_in_a_packs_copy_of_a_stored_chunk_is_named_unneeded(
+        tmp_path: Path) -> None:
+    """A pack stores whole the chunks in it the pool had already (a copy of a file next
+    to new ones). Damage in such a copy hurts no checkpoint (their rows point at the first
+    copy), but it is damage on the medium, which verify names; it used to say nothing."""
+    source = tmp_path / "src"
+    source.mkdir()
+    first = os.urandom(3000)  # random: a raw pack, whose other pieces stay readable
+    (source / "a.bin").write_bytes(first)
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    (source / "b.bin").write_bytes(first)
+    (source / "c.bin").write_bytes(os.urandom(3000))
+    (source / "d.bin").write_bytes(os.urandom(3000))
+    assert durafs("backup", source, "--pool", "p").code == 0
+    volume, chunks = list(data_volumes(pool).items())[-1]
+    copy = next(c for c in chunks if not c.files)
+    assert copy.raw and copy.frame_pos < 3000 * 3
+    with open(volume, "r+b") as f:  # in the copy's piece of the raw frame
+        f.seek(copy.offset + copy.length - 3 * 3000 + copy.frame_pos + 100)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    run = durafs("verify", "--read-data", "--json")
+    report = run.json()
+    assert report["damage"] == []
+    assert len(report["damage_unneeded"]) == 1
+    assert copy.id.hex()[:16] in report["damage_unneeded"][0]
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
