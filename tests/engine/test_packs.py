@@ -264,3 +264,35 @@ def test_packs_in_many_volumes_come_back(tmp_path: Path) -> None:
     assert durafs("restore", f"default/latest{source}", out2).code == 0
     assert compare_trees(source, out2) == []
     assert durafs("verify", "--read-data").code == 0
+
+
+def test_a_pack_cut_by_a_volume_boundary_is_stored_whole_again(tmp_path: Path) -> None:
+    """Long paths make each chunk's manifest record big, so a small volume fills while a
+    pack's chunks are being added: it is committed, and the next volume holds the whole
+    pack again, its chunks listed in both (with their files where they were added)."""
+    deep = tmp_path / "src"
+    for i in range(12):
+        deep = deep / (f"{i:02d}" + "d" * 240)
+    deep.mkdir(parents=True)
+    rng = random.Random(7)
+    for i in range(60):
+        (deep / f"{i:02d}{'f' * 200}").write_bytes(rng.randbytes(3000))
+    source = tmp_path / "src"
+    pool = setup_catalog(tmp_path, encryption="none", volume_size="1M")
+    run = durafs("backup", source, "--pool", "p", "--json")
+    assert run.code == 0, run.err
+    volumes = list(data_volumes(pool).values())
+    assert len(volumes) >= 2
+    first, second = ({c.id for c in v} for v in volumes[:2])
+    assert first & second  # the pack in both
+    with_files = [c.id for v in volumes for c in v if c.files]
+    assert sorted(with_files) == sorted(set(with_files)) and len(with_files) == 60
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
+    assert durafs("verify", "--read-data").code == 0
+    shutil.rmtree(Home().path)
+    assert durafs("recover", "--path", pool).code == 0
+    out2 = tmp_path / "out2"
+    assert durafs("restore", f"default/latest{source}", out2).code == 0
+    assert compare_trees(source, out2) == []
