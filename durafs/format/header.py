@@ -111,12 +111,14 @@ class VolumeHeader:
     encryption: str
     id_key: bytes
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The volume's format version; its manifest and seal carry the same (§8).
+    format: int = VOLUME_FORMAT
 
     def to_json(self) -> bytes:
         return dumps(
             {
                 "magic": VOLUME_MAGIC,
-                "format": VOLUME_FORMAT,
+                "format": self.format,
                 "kind": self.kind,
                 "catalog_id": self.catalog_id,
                 "volume_id": self.volume_id,
@@ -135,7 +137,7 @@ class VolumeHeader:
         record = loads(data, what)
         if record.get("magic") != VOLUME_MAGIC:
             raise FormatError(f"{what}: not a durafs volume (no {VOLUME_MAGIC!r} magic)")
-        check_version(record, what, VOLUME_FORMATS)
+        version = check_version(record, what, VOLUME_FORMATS)
         try:
             header = cls(
                 catalog_id=str(record["catalog_id"]),
@@ -146,6 +148,7 @@ class VolumeHeader:
                 encryption=str(record["encryption"]),
                 id_key=bytes.fromhex(record["id_key"]),
                 extra=dict(record.get("extra") or {}),
+                format=version,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise FormatError(f"{what}: volume header is incomplete ({exc})") from exc
@@ -258,8 +261,17 @@ class Manifest:
     members: list[MemberEntry]
 
 
-def parse_manifest_lines(text: bytes, what: str) -> Manifest:
-    """Parse the decompressed manifest (JSON lines, the first naming the volume)."""
+def check_same_version(record: dict[str, Any], header: VolumeHeader, what: str) -> None:
+    """Refuse a manifest or seal whose version is not its volume header's: the three are
+    written together (docs/FORMAT.md §8), so a difference is damage or a forgery."""
+    if record.get("format") != header.format:
+        raise FormatError(f"{what} is format version {record.get('format')!r}, its volume "
+                          f"header version {header.format}")
+
+
+def parse_manifest_lines(text: bytes, what: str, header: VolumeHeader) -> Manifest:
+    """Parse the decompressed manifest (JSON lines, the first naming the volume) of the
+    volume whose header is *header*: the same version, and no packs in a version 1 one."""
     lines = text.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -267,6 +279,7 @@ def parse_manifest_lines(text: bytes, what: str) -> Manifest:
         raise FormatError(f"{what}: manifest is empty")
     first = loads(lines[0], f"{what} manifest")
     check_version(first, f"{what} manifest", VOLUME_FORMATS)
+    check_same_version(first, header, f"{what} manifest")
     chunks: list[ChunkEntry] = []
     members: list[MemberEntry] = []
     try:
@@ -280,4 +293,6 @@ def parse_manifest_lines(text: bytes, what: str) -> Manifest:
                 raise FormatError(f"{what}: unknown manifest record type {record.get('t')!r}")
     except (KeyError, ValueError, TypeError) as exc:
         raise FormatError(f"{what}: malformed manifest record ({exc})") from exc
+    if first["format"] == 1 and any(c.frame_pos for c in chunks):
+        raise FormatError(f"{what}: a format version 1 manifest lists chunks in packs")
     return Manifest(str(first.get("volume_id")), chunks, members)

@@ -26,6 +26,7 @@ from durafs.format.header import (
     Manifest,
     MemberEntry,
     VolumeHeader,
+    check_same_version,
     check_version,
     loads,
     parse_manifest_lines,
@@ -128,7 +129,7 @@ class VolumeReader:
         if digest.hex() != seal["manifest_blake3"]:
             raise IntegrityError(f"{what}: damaged (hash does not match the seal)")
         text = decompress_manifest(compressed, what)
-        manifest = parse_manifest_lines(text, self.name)
+        manifest = parse_manifest_lines(text, self.name, self.header)
         if manifest.volume_id != self.header.volume_id:
             raise FormatError(f"{what}: belongs to volume {manifest.volume_id}")
         return manifest
@@ -157,6 +158,7 @@ class VolumeReader:
             raise FormatError(f"{self.name}: damaged end-of-archive blocks")
         seal = loads(block[tarfmt.BLOCK : 2 * tarfmt.BLOCK], f"{self.name} seal")
         check_version(seal, f"{self.name} seal", VOLUME_FORMATS)
+        check_same_version(seal, self.header, f"{self.name} seal")
         if seal.get("volume_id") != self.header.volume_id:
             raise FormatError(f"{self.name}: seal belongs to another volume")
         return seal

@@ -26,6 +26,7 @@ from durafs.format.header import (
     Manifest,
     MemberEntry,
     VolumeHeader,
+    check_same_version,
     check_version,
     loads,
     parse_manifest_lines,
@@ -206,6 +207,10 @@ class _Walker:
                                      ) from exc
             sizes = None
             if table is not None:
+                if self.reader.header.format < 2:
+                    self.pos = start
+                    raise IntegrityError(f"{self.name}: {member} at offset {start + pos}: a "
+                                         "pack table in a format version 1 volume")
                 sizes, table_length = table
                 pos += table_length
             length = yield from self._frame(member, data, start, pos, sizes)
@@ -247,6 +252,7 @@ class _Walker:
         if self.seal is None or scanned is None:
             raise TruncatedError(f"{self.name}: no manifest or seal (truncated volume)")
         check_version(self.seal, f"{self.name} seal", VOLUME_FORMATS)
+        check_same_version(self.seal, self.reader.header, f"{self.name} seal")
         expected = {
             "volume_id": self.reader.header.volume_id,
             "manifest_off": scanned.offset,
@@ -257,7 +263,8 @@ class _Walker:
         }
         if any(self.seal.get(k) != v for k, v in expected.items()):
             raise IntegrityError(f"{what}: damaged (the seal does not match the volume)")
-        manifest = parse_manifest_lines(decompress_manifest(data, what), self.name)
+        manifest = parse_manifest_lines(decompress_manifest(data, what), self.name,
+                                        self.reader.header)
         for entry in manifest.chunks:
             self._check_chunk(entry)
         # a damaged frame spoils its data member's hash too: that is the same damage

@@ -24,7 +24,6 @@ from durafs.format.header import (
     MANIFEST_MEMBER,
     SEAL_MEMBER,
     SEAL_SIZE,
-    VOLUME_FORMAT,
     ChunkEntry,
     MemberEntry,
     VolumeHeader,
@@ -123,7 +122,7 @@ class VolumeWriter:
             self._manifest_file, closefd=False
         )
         self._record(
-            {"t": "manifest", "format": VOLUME_FORMAT, "volume_id": header.volume_id}
+            {"t": "manifest", "format": header.format, "volume_id": header.volume_id}
         )
         self.add_member(HEADER_MEMBER, header.to_json())
 
@@ -244,7 +243,7 @@ class VolumeWriter:
         self._manifest_file.close()
         seal = dumps(
             {
-                "format": VOLUME_FORMAT,
+                "format": self.header.format,
                 "volume_id": self.header.volume_id,
                 "manifest_off": manifest.offset,
                 "manifest_len": manifest.size,

@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,36 @@ def test_a_format_1_volume_still_reads() -> None:
     events = list(scan_volume(lambda o, n: data[o : o + n], size=len(data)))
     assert not [e for e in events if isinstance(e, ScanDamage)]
     assert len([e for e in events if isinstance(e, ScannedChunk)]) == 3
+
+
+def test_a_manifest_and_seal_of_another_version_than_the_header_are_refused() -> None:
+    """The three records of a volume carry one version (§8): a version 1 header over a
+    version 2 manifest and seal is damage or a forgery, not a volume to read as either."""
+    vol = write("none", [ChunkCodec(ID_KEY).encode(b"plain" * 100)])
+    data = vol.data.replace(b'"format":2,"kind"', b'"format":1,"kind"', 1)
+    assert data != vol.data
+    reader = VolumeReader(lambda o, n: data[o : o + n], size=len(data))
+    assert reader.header.format == 1
+    with pytest.raises(FormatError, match="seal is format version 2, its volume header version 1"):
+        reader.read_manifest()
+    events = list(scan_volume(lambda o, n: data[o : o + n], size=len(data)))
+    stops = [e for e in events if isinstance(e, ScanDamage)]
+    assert len(stops) == 1 and "format version 2, its volume header version 1" in stops[0].message
+
+
+def test_a_pack_in_a_format_1_volume_is_refused() -> None:
+    codec = ChunkCodec(ID_KEY)
+    out = io.BytesIO()
+    header = replace(new_header(CATALOG, "v", "data", "pool", "none", ID_KEY), format=1)
+    writer = VolumeWriter(out, header)
+    for stored in codec.encode_pack(texts(3, seed=6)):
+        writer.add_chunk(stored, [(b"/f", 0)])
+    writer.finish()
+    data = out.getvalue()
+    reader = VolumeReader(lambda o, n: data[o : o + n], size=len(data))
+    with pytest.raises(FormatError, match="format version 1 manifest lists chunks in packs"):
+        reader.read_manifest()
+    events = list(scan_volume(lambda o, n: data[o : o + n], size=len(data)))
+    assert not [e for e in events if isinstance(e, ScannedChunk)]
+    stops = [e for e in events if isinstance(e, ScanDamage)]
+    assert len(stops) == 1 and "pack table in a format version 1 volume" in stops[0].message
