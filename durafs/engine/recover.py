@@ -210,9 +210,11 @@ class Recover:
             known = catalog.lookup_chunks(pool_id, [c.cid for c in chunks])
             catalog.add_chunks(pool_id, volume.id, chunks)
         self._stored[volume.id] = (medium, stored.name)
-        for c in chunks:
-            if c.cid in known:
+        listed: set[bytes] = set()
+        for c in chunks:  # a chunk listed again in this volume (in a pack) is a copy too
+            if c.cid in known or c.cid in listed:
                 self._copies.setdefault((pool_id, c.cid), []).append((volume.id, c))
+            listed.add(c.cid)
         self.result.volumes += 1
         self.result.chunks += len(manifest.chunks)
         if reader.header.kind == "catalog":
@@ -223,11 +225,12 @@ class Recover:
         self.progress(f"read {stored.name}")
 
     def _keep_sound_copies(self, catalog: Catalog) -> None:
-        """A chunk stored more than once (a run resumed; or a backup stored again a chunk
-        verify found damaged) keeps its first copy, unless that one is damaged: then a sound
-        later copy takes its place. Else every checkpoint using it would read the damage
-        the heal had left behind. One found damaged with no sound copy is noted as such
-        (`damaged_chunks`): the next backup stores it again from a source that has it."""
+        """A chunk stored more than once (a run resumed; a backup stored again a chunk
+        verify found damaged; a pack holding it again, in the same volume or a later one)
+        keeps its first copy, unless that one is damaged: then a sound later copy takes its
+        place. Else every checkpoint using it would read the damage the heal had left behind.
+        One found damaged with no sound copy is noted as such (`damaged_chunks`): the next
+        backup stores it again from a source that has it."""
         readers = CopyChecker(self._open_reader)
         try:
             for (pool_id, cid), copies in self._copies.items():
@@ -237,10 +240,9 @@ class Recover:
                     continue
                 with catalog.db.transaction():
                     catalog.set_chunks_damaged([row.id], True)
-                    sound = next((v for v, c in copies if readers.sound(v, c)), None)
+                    sound = next(((v, c) for v, c in copies if readers.sound(v, c)), None)
                     if sound is not None:  # its row moves there (and is no longer damaged)
-                        catalog.add_chunks(pool_id, sound,
-                                           [c for v, c in copies if v == sound])
+                        catalog.add_chunks(pool_id, sound[0], [sound[1]])
         finally:
             readers.close()
 

@@ -296,3 +296,46 @@ def test_a_pack_cut_by_a_volume_boundary_is_stored_whole_again(tmp_path: Path) -
     out2 = tmp_path / "out2"
     assert durafs("restore", f"default/latest{source}", out2).code == 0
     assert compare_trees(source, out2) == []
+
+
+def raw_frame_byte(entry: ChunkEntry, content_pos: int) -> int:
+    """Where byte *content_pos* of the raw frame of *entry* is in its volume (a raw frame:
+    a 13-byte header, then blocks of at most 128 KiB, each after a 3-byte block header)."""
+    assert entry.raw
+    return entry.offset + 13 + 3 * (content_pos // (128 * 1024) + 1) + content_pos
+
+
+def test_recover_takes_a_sound_copy_in_the_same_volume(tmp_path: Path) -> None:
+    """Packs list again the chunks in them stored before, in the same volume too (the same
+    small file in two batches). Recover keeps a sound later copy of a chunk whose first
+    copy is damaged: one in the same volume as much as one in another."""
+    source = tmp_path / "src"
+    rng = random.Random(11)
+    same = rng.randbytes(3000)  # random: raw packs, whose other pieces stay readable
+    for name in ("a", "m", "z"):
+        (source / name).mkdir(parents=True)
+    (source / "a" / "same").write_bytes(same)
+    for i in range(150):  # a few batches between the two copies
+        (source / "m" / f"r{i:03d}").write_bytes(rng.randbytes(3000))
+    (source / "z" / "same").write_bytes(same)
+    pool = setup_catalog(tmp_path, encryption="none")
+    assert durafs("backup", source, "--pool", "p").code == 0
+    [(volume, chunks)] = data_volumes(pool).items()
+    listed = [c for c in chunks if c.size == 3000 and c.files
+              and bytes(c.files[0][0]).endswith(b"/same")]
+    assert len(listed) == 1
+    first = listed[0]
+    copies = [c for c in chunks if c.id == first.id and c.offset != first.offset]
+    assert copies and not copies[0].files  # in another pack of the same volume
+    with open(volume, "r+b") as f:
+        f.seek(raw_frame_byte(first, first.frame_pos + 100))
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    shutil.rmtree(Home().path)
+    assert durafs("recover", "--path", pool).code == 0
+    out = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}", out)
+    assert run.code == 0, run.err
+    assert compare_trees(source, out) == []
+    assert durafs("verify", "--read-data").code == 0
