@@ -153,14 +153,20 @@ def compare_trees(src: Path, out: Path) -> None:
 
 
 def unpack_by_hand(medium: Path, work: Path) -> Path:
-    """Run §9.1 and §9.2 in *work* (which holds identity.txt) and save §9.3's program."""
+    """Run §9.1 and §9.2 into *work* (identity.txt in it is moved out first, a key is not
+    kept with the volumes) and save §9.3's program."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
     assert not missing, f"install {missing} (scripts/setup.sh does): the test needs the real tools"
     shell_dir, _tape, unpack = doc_blocks("sh")
-    env = {"PATH": os.environ["PATH"], "MEDIUM": str(medium), "LC_ALL": "C"}
-    script = shell_dir.replace("MEDIUM=/media/HDD-001\n", "").replace(
-        "mkdir -p work && cd work\n", "")
-    subprocess.run(["bash", "-euc", script + unpack], cwd=work, env=env, check=True)
+    assert work.name == "work"  # the block makes it and goes there, as a person would
+    identity = work.parent / "keys" / "identity.txt"  # kept elsewhere, as a person would
+    identity.parent.mkdir()
+    (work / "identity.txt").rename(identity)
+    env = {"PATH": os.environ["PATH"], "MEDIUM": str(medium), "LC_ALL": "C",
+           "IDENTITY": str(identity)}
+    script = "\n".join(line for line in shell_dir.split("\n")  # the two set by hand
+                       if not line.startswith(("MEDIUM=", "IDENTITY=")))
+    subprocess.run(["bash", "-euc", script + unpack], cwd=work.parent, env=env, check=True)
     program = work / "recover.py"
     program.write_text(doc_blocks("python")[0])
     return program
