@@ -2,7 +2,7 @@
 
 A stored chunk is one zstd frame (RFC 8878), or a piece of a *pack*: one frame holding
 several small chunks back to back, announced by a skippable frame that lists their sizes
-(docs/FORMAT.md §2.1). Small files compressed together take a quarter less room than each
+(docs/FORMAT.md §2.1, §2.2). Small files compressed together take a quarter less room than each
 alone (zstd learns their common vocabulary once per pack, not once per file). Either way a
 whole data member decompresses with plain ``zstd -d`` (which skips skippable frames) to
 the chunks' plaintexts back to back. Data that compresses is a frame made by libzstd; data
@@ -94,7 +94,7 @@ def looks_incompressible(data: bytes | memoryview, probe: zstandard.ZstdCompress
 
 
 def pack_table(sizes: list[int]) -> bytes:
-    """The skippable frame announcing a pack of chunks of *sizes* (docs/FORMAT.md §2.1)."""
+    """The skippable frame announcing a pack of chunks of *sizes* (docs/FORMAT.md §2.2)."""
     content = struct.pack(f"<B{len(sizes)}I", len(sizes), *sizes)
     return PACK_MAGIC + struct.pack("<I", len(content)) + content
 

@@ -19,7 +19,7 @@ from durafs.errors import ForeignCatalogError, FormatError, UnsupportedVersionEr
 #: this code writes and the only one it reads (docs/FORMAT.md §8).
 FORMAT_VERSION = 1
 #: The format of volume headers, manifests and seals this code writes: version 2 added
-#: packs (several small chunks in one frame, §2.1) and the manifest's `fpos`.
+#: packs (several small chunks in one frame, §2.2) and the manifest's `fpos`.
 VOLUME_FORMAT = 2
 #: The volume formats this code reads: a version 1 volume is a version 2 volume without
 #: packs.
