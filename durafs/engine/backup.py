@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import logging
 import os
 import socket
@@ -48,6 +49,7 @@ from durafs.engine.hooks import run_hook
 from durafs.engine.known import KnownChunks
 from durafs.engine.memory import Trimmer, limit_arenas
 from durafs.engine.owndata import own_directories, refuse_only_own_data
+from durafs.engine.packing import Packer
 from durafs.engine.pipeline import (
     BatchJob,
     ChunkJob,
@@ -67,7 +69,7 @@ from durafs.engine.switching import switch_interval
 from durafs.errors import CatalogError, UsageError
 from durafs.format.catalog import XATTRS_UNREAD
 from durafs.format.chunker import Chunker
-from durafs.format.frames import StoredChunk, codec_for_thread
+from durafs.format.frames import PACK_CHUNK_MAX, StoredChunk, codec_for_thread
 from durafs.format.keys import CatalogKeys
 from durafs.index.catalog import Catalog
 from durafs.index.rows import (
@@ -175,7 +177,6 @@ class Backup:
         self.problems: list[Problem] = []
         self.notes: list[Problem] = []
         self.stats: dict[str, Any] = collections.Counter()
-        self._init_pipeline(options)
         # paths recorded without some of their xattrs (unreadable): this run's, kept in its
         # checkpoint, and the previous checkpoint's, whose xattrs are read again rather
         # than taken from it (the next run may be allowed to read them all)
@@ -185,6 +186,7 @@ class Backup:
         # whether the pool is empty is known once orphan volumes are adopted (_run_plan)
         self._known = KnownChunks(catalog.db.path, pool.id, keys.id_key, empty=False)
         self._chunks = PoolChunks(catalog, self.writer, self._known)
+        self._init_pipeline(options)
         self._own: dict[tuple[int, int], str] = {}  # durafs's own data (`scan`'s *own*)
         self._tree: TreeWriter
         self._pool: concurrent.futures.ThreadPoolExecutor
@@ -195,12 +197,14 @@ class Backup:
 
     def _init_pipeline(self, options: BackupOptions) -> None:
         """The readers, and the state of the jobs and entries on their way."""
+        self._packer = Packer(self.keys.id_key, self._known, self._stored_by_run)
+        self._batches = 0  # batches submitted so far: the next one's number
         self._jobs: collections.deque[Job] = collections.deque()
         self._batch: list[tuple[Unit, ScanItem]] = []
         self._batch_bytes = 0
         self._reader = WholeFileReader(self.chunker, self._encode,
                                        follow_symlinks=options.follow_symlinks,
-                                       encode_pack=self._encode_pack)
+                                       encode_small=self._packer.encode)
         self._sparse = SparseReader(self.chunker, follow_symlinks=options.follow_symlinks)
         self._streams = Streams(
             StreamReader(self.chunker, self._encode, follow_symlinks=options.follow_symlinks),
@@ -453,11 +457,14 @@ class Backup:
         items = [item for _, item in self._batch]
         requests = [ReadRequest(item.path, item.st) for item in items]
         future: concurrent.futures.Future[list[FileRead]] | Done[list[FileRead]]
+        number = self._batches
+        self._batches += 1
+        read = functools.partial(self._reader.read_batch, batch=number)
         if self._inline.wanted(self._batch_bytes):  # tiny files (see InlineReads)
-            future = self._inline.read(self._reader.read_batch, requests)
+            future = self._inline.read(read, requests)
         else:
-            future = self._pool.submit(self._reader.read_batch, requests)
-        self._jobs.append(BatchJob(units, items, future, self._batch_bytes))
+            future = self._pool.submit(read, requests)
+        self._jobs.append(BatchJob(units, items, future, self._batch_bytes, number))
         self._in_flight += self._batch_bytes
         self._batch, self._batch_bytes = [], 0
         while self._in_flight > IN_FLIGHT:
@@ -466,19 +473,21 @@ class Backup:
     def _store_batch(self, job: BatchJob) -> None:
         if not self._chunks.index_empty():  # a first backup's pool: nothing to ask
             self._chunks.look_up(job.cids())
-        packed = []
+        small = []
         for unit, item, read in zip(job.units, job.items, job.future.result(), strict=True):
             if not self._finish_read(unit, item, read):
                 continue
             for offset, stored in read.pieces:
                 self.stats["bytes_read"] += stored.size
-                if stored.pack is not None:
-                    packed.append((unit, stored, offset))
+                if stored.size <= PACK_CHUNK_MAX and len(read.pieces) == 1:
+                    small.append((unit, stored, offset))
                 else:
                     self._store_chunk(unit, stored, offset)
-        # a pack's chunks one after another: the volume writer then adds the pack once
-        for unit, stored, offset in packed:
+        # a pack's chunks one after another (the volume writer then adds the pack once),
+        # and a chunk packed earlier in the batch before a reference to it
+        for unit, stored, offset in small:
             self._store_chunk(unit, stored, offset)
+        self._packer.release([stored.id for _, stored, _ in small], job.number)
 
     def _finish_read(self, unit: Unit, item: ScanItem, read: FileRead) -> bool:
         """Take a worker's read of *item* into its unit; False if it failed (reported)."""
@@ -503,9 +512,10 @@ class Backup:
             return codec_for_thread(self.keys.id_key).encode(data)
         return self._known.encode(data)
 
-    def _encode_pack(self, datas: list[bytes]) -> list[StoredChunk]:
-        """The stored form of small chunks, in one pack (on a worker thread)."""
-        return codec_for_thread(self.keys.id_key).encode_pack(datas)
+    def _stored_by_run(self, cid: bytes) -> bool:
+        """Whether this run has stored *cid* (asked on worker threads: two dict look-ups,
+        each atomic; a miss while a volume is committed only costs a copy)."""
+        return cid in self.writer.open or cid in self._chunks.ids
 
     # -- large files, streamed by a worker ------------------------------------------
 

@@ -26,7 +26,7 @@ import blake3
 
 from durafs.engine.fsmeta import LONG_PATH, at_path, data_regions
 from durafs.format.chunker import SMALL_FILE_MAX, Chunker
-from durafs.format.frames import PACK_CHUNK_MAX, PACK_MAX_BYTES, PACK_MAX_CHUNKS, StoredChunk
+from durafs.format.frames import PACK_CHUNK_MAX, StoredChunk
 
 #: Files up to this size are read whole; larger ones stream through the chunker.
 WHOLE_READ = 8 * 1024 * 1024
@@ -41,8 +41,9 @@ class StreamStopped(Exception):
 
 #: Turns one chunk's bytes into its stored form (hash first, then compress).
 Encoder = Callable[[memoryview], StoredChunk]
-#: Turns several small chunks into one pack (ChunkCodec.encode_pack).
-PackEncoder = Callable[[list[bytes]], list[StoredChunk]]
+#: Turns the small chunks of a batch (its number given) into stored ones: packed, or
+#: references to copies stored already (engine/packing.py).
+SmallEncoder = Callable[[list[bytes], int], list[StoredChunk]]
 #: Takes one chunk of a file (its bytes, its offset in the file) for encoding elsewhere.
 Submit = Callable[[bytes | memoryview, int], None]
 
@@ -76,10 +77,10 @@ class WholeFileReader:
     small files (PACK_CHUNK_MAX or less) of a batch are stored in packs (frames.py)."""
 
     def __init__(self, chunker: Chunker, encode: Encoder, *, follow_symlinks: bool,
-                 encode_pack: PackEncoder | None = None) -> None:
+                 encode_small: SmallEncoder | None = None) -> None:
         self.chunker = chunker
         self.encode = encode
-        self.encode_pack = encode_pack
+        self.encode_small = encode_small
         self.follow = follow_symlinks
         self._local = threading.local()
 
@@ -89,29 +90,23 @@ class WholeFileReader:
             buffer = self._local.buffer = ReadBuffer()
         return buffer
 
-    def read_batch(self, requests: list[ReadRequest]) -> list[FileRead]:
-        if self.encode_pack is None:
+    def read_batch(self, requests: list[ReadRequest], batch: int = 0) -> list[FileRead]:
+        """Read *requests*, batch number *batch* of the run (its small files' chunks are
+        encoded together, see `encode_small`)."""
+        if self.encode_small is None:
             return [self.read(r) for r in requests]
         reads = [read_until_still(r, functools.partial(self._read_once, r.path, pack=True))
                  for r in requests]
-        self._pack(reads)
+        small = [r for r in reads if r.small is not None]
+        if small:
+            stored = self.encode_small([r.small for r in small if r.small is not None], batch)
+            for read, chunk in zip(small, stored, strict=True):
+                read.pieces.append((0, chunk))
+                read.small = None
         return reads
 
     def read(self, request: ReadRequest) -> FileRead:
         return read_until_still(request, lambda st: self._read_once(request.path, st))
-
-    def _pack(self, reads: list[FileRead]) -> None:
-        """Store the small files among *reads* in packs (one alone in a frame of its own)."""
-        assert self.encode_pack is not None
-        for group in pack_groups([r for r in reads if r.small is not None]):
-            datas = [r.small for r in group if r.small is not None]
-            if len(datas) > 1:
-                stored = self.encode_pack(datas)
-            else:
-                stored = [self.encode(memoryview(datas[0]))]
-            for read, chunk in zip(group, stored, strict=True):
-                read.pieces.append((0, chunk))
-                read.small = None
 
     def _read_once(self, path: bytes, expected: os.stat_result, *,
                    pack: bool = False) -> FileRead:
@@ -134,20 +129,6 @@ class WholeFileReader:
             return result
         finally:
             os.close(fd)
-
-
-def pack_groups(reads: list[FileRead]) -> list[list[FileRead]]:
-    """*reads* of small files cut into runs that each fill one pack."""
-    groups: list[list[FileRead]] = []
-    size = PACK_MAX_BYTES
-    for read in reads:
-        length = len(read.small or b"")
-        if size + length > PACK_MAX_BYTES or len(groups[-1]) >= PACK_MAX_CHUNKS:
-            groups.append([])
-            size = 0
-        groups[-1].append(read)
-        size += length
-    return groups
 
 
 #: What a streamed file's worker hands over, in order: a chunk (file offset, stored

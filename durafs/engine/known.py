@@ -52,6 +52,16 @@ class KnownChunks:
             return StoredChunk(cid, len(data), b"", raw=False)
         return codec.encode(data, cid)
 
+    def known_of(self, cids: list[bytes]) -> set[bytes]:
+        """Which of *cids* the pool has (one query; nothing asked while `empty`). The
+        walking thread takes their row ids (`found`)."""
+        if self.empty or not cids:
+            return set()
+        rows = self._catalog().lookup_chunks(self.pool_id, cids, usable=True)
+        for cid, row in rows.items():
+            self._found[cid] = row.id
+        return set(rows)
+
     def found(self, cid: bytes) -> int | None:
         """The row id `encode` found for *cid*, once (None: not found there, or asked
         already)."""

@@ -67,6 +67,8 @@ class BatchJob:
     items: list[ScanItem]
     future: concurrent.futures.Future[list[FileRead]] | Done[list[FileRead]]
     size: int
+    #: Its number in the run: batches are stored in this order (see engine/packing.py).
+    number: int = 0
 
     def cids(self) -> list[bytes]:
         return [stored.id for read in self.future.result() for _, stored in read.pieces]

@@ -180,12 +180,14 @@ class ChunkCodec:
                 return StoredChunk(chunk_id, size, frame, raw=False)
         return StoredChunk(chunk_id, size, raw_frame(data), raw=True)
 
-    def encode_pack(self, chunks: list[bytes]) -> list[StoredChunk]:
-        """Hash *chunks* and store them together in one pack (at least two, each at most
-        PACK_CHUNK_MAX bytes, at most PACK_MAX_CHUNKS of them)."""
+    def encode_pack(self, chunks: list[bytes], ids: list[bytes] | None = None
+                    ) -> list[StoredChunk]:
+        """Hash *chunks* (unless their *ids* are given) and store them together in one
+        pack (at least two, each at most PACK_CHUNK_MAX bytes, at most PACK_MAX_CHUNKS)."""
         if not 2 <= len(chunks) <= PACK_MAX_CHUNKS:
             raise ValueError(f"a pack holds 2 to {PACK_MAX_CHUNKS} chunks, not {len(chunks)}")
-        ids = [self.chunk_id(c) for c in chunks]
+        if ids is None:
+            ids = [self.chunk_id(c) for c in chunks]
         content = b"".join(chunks)
         whole = self.encode(content, b"")
         pack = Pack(whole.frame, whole.raw, pack_table([len(c) for c in chunks]),

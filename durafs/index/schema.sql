@@ -133,7 +133,7 @@ CREATE TABLE chunks (
     fpos      INTEGER NOT NULL DEFAULT 0 CHECK (fpos >= 0)  -- where the chunk starts in its
                                                   -- frame's content: 0 for a frame of its
                                                   -- own; in a pack (several small chunks in
-                                                  -- one frame, docs/FORMAT.md §2.1) chunks
+                                                  -- one frame, docs/FORMAT.md §2.2) chunks
                                                   -- share offset and length, not fpos
 ) STRICT;
 CREATE UNIQUE INDEX chunks_pool_cid ON chunks (pool_id, cid);

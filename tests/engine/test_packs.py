@@ -3,6 +3,7 @@ recover and dedup, with real volumes on a directory medium."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -72,25 +73,54 @@ def test_small_files_go_in_packs_and_come_back(tmp_path: Path) -> None:
     assert durafs("verify", "--read-data").code == 0
 
 
-def test_a_pack_with_chunks_the_pool_has_is_stored_whole_and_reads(tmp_path: Path) -> None:
+def test_copies_of_stored_files_next_to_new_ones_are_not_packed_again(
+        tmp_path: Path) -> None:
+    """A batch's small chunks the pool has already are left out of its pack (a pack is
+    stored whole): only the new ones are stored."""
     source = tmp_path / "src"
     small_tree(source, 50)
     pool = setup_catalog(tmp_path, encryption="none")
     assert durafs("backup", source, "--pool", "p").code == 0
-    # copies of stored files, next to new ones: read in one batch, packed together
+    # copies of stored files, next to new ones: read in one batch
     for i, old in enumerate(sorted((source / "d0").iterdir())):
         shutil.copy(old, source / "d0" / f"copy{i}.py")
     small_tree(source / "d0", 5, seed=9, prefix="new")
     stats = durafs("backup", source, "--pool", "p", "--json").json()["stats"]
     assert stats["chunks_new"] == 5
     second = data_manifests(pool)[-1]
-    new = [c for c in second if c.files]
-    assert len(new) == 5 and len(second) > 5  # the copies are in the pack, listed, no files
-    assert {c.offset for c in second} == {c.offset for c in new}
+    assert len(second) == 5 and all(c.files for c in second)
+    assert len({c.offset for c in second}) == 1  # one pack
     for name in checkpoint_names():
         out = tmp_path / f"out-{name}"
         assert durafs("restore", f"default/{name}{source}", out).code == 0
     assert compare_trees(source, tmp_path / f"out-{checkpoint_names()[-1]}") == []
+    assert durafs("verify", "--read-data").code == 0
+
+
+def test_a_small_file_many_times_in_one_run_is_stored_once(tmp_path: Path) -> None:
+    """Copies of one small file, in one batch and across many, are stored once: each
+    batch's pack leaves out what an earlier batch packs or the run stored. (Two batches
+    read at once may both pack it before either claims it: then one copy more.)"""
+    source = tmp_path / "src"
+    rng = random.Random(3)
+    same = rng.randbytes(8000)
+    for i in range(1000):
+        sub = source / f"d{i // 40:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:04d}").write_bytes(same if i % 20 == 0 else rng.randbytes(1000))
+    (source / "d00" / "again").write_bytes(same)  # twice in one batch
+    pool = setup_catalog(tmp_path, encryption="none")
+    run = durafs("backup", source, "--pool", "p", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["stats"]["chunks_new"] == 951
+    listed = [c for chunks in data_manifests(pool) for c in chunks]
+    assert len({c.id for c in listed}) == 951
+    # the two batches the workers read first may both pack it: one copy at most
+    assert len(listed) <= 952
+    assert sum(len(c.files) for c in listed) == 951
+    out = tmp_path / "out"
+    assert durafs("restore", f"default/latest{source}", out).code == 0
+    assert compare_trees(source, out) == []
     assert durafs("verify", "--read-data").code == 0
 
 
@@ -201,26 +231,35 @@ def test_copies_of_chunks_are_checked_with_each_volume_opened_once(tmp_path: Pat
     assert sorted(closed) == [1, *range(2, 2 + CopyChecker.KEEP)]
 
 
+def long_paths_split_a_pack(tmp_path: Path, encryption: str = "none") -> tuple[Path, Path]:
+    """A tree whose long paths make each chunk's manifest record big, so a 1 MiB volume
+    fills while a pack's chunks are being added: the next volume holds the whole pack
+    again. Backed up into pool `p` of a new catalog; returns (source, pool)."""
+    deep = tmp_path / "src"
+    for i in range(12):
+        deep = deep / (f"{i:02d}" + "d" * 240)
+    deep.mkdir(parents=True)
+    rng = random.Random(7)
+    for i in range(60):  # random: raw packs, whose other pieces stay readable
+        (deep / f"{i:02d}{'f' * 200}").write_bytes(rng.randbytes(3000))
+    pool = setup_catalog(tmp_path, encryption=encryption, volume_size="1M")
+    run = durafs("backup", tmp_path / "src", "--pool", "p", "--json")
+    assert run.code == 0, run.err
+    return tmp_path / "src", pool
+
+
 def test_damage_only_in_a_packs_copy_of_a_stored_chunk_is_named_unneeded(
         tmp_path: Path) -> None:
-    """A pack stores whole the chunks in it the pool had already (a copy of a file next
-    to new ones). Damage in such a copy hurts no checkpoint (their rows point at the first
-    copy), but it is damage on the medium, which verify names; it used to say nothing."""
-    source = tmp_path / "src"
-    source.mkdir()
-    first = os.urandom(3000)  # random: a raw pack, whose other pieces stay readable
-    (source / "a.bin").write_bytes(first)
-    pool = setup_catalog(tmp_path, encryption="none")
-    assert durafs("backup", source, "--pool", "p").code == 0
-    (source / "b.bin").write_bytes(first)
-    (source / "c.bin").write_bytes(os.urandom(3000))
-    (source / "d.bin").write_bytes(os.urandom(3000))
-    assert durafs("backup", source, "--pool", "p").code == 0
-    volume, chunks = list(data_volumes(pool).items())[-1]
+    """A pack stored again whole (a volume filled while its chunks were added) holds
+    copies of chunks whose rows point at the first volume. Damage in such a copy hurts no
+    checkpoint, but it is damage on the medium, which verify names; it used to say
+    nothing."""
+    source, pool = long_paths_split_a_pack(tmp_path)
+    volume, chunks = list(data_volumes(pool).items())[1]
     copy = next(c for c in chunks if not c.files)
-    assert copy.raw and copy.frame_pos < 3000 * 3
+    assert copy.raw
     with open(volume, "r+b") as f:  # in the copy's piece of the raw frame
-        f.seek(copy.offset + copy.length - 3 * 3000 + copy.frame_pos + 100)
+        f.seek(raw_frame_byte(copy, copy.frame_pos + 100))
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
@@ -267,20 +306,10 @@ def test_packs_in_many_volumes_come_back(tmp_path: Path) -> None:
 
 
 def test_a_pack_cut_by_a_volume_boundary_is_stored_whole_again(tmp_path: Path) -> None:
-    """Long paths make each chunk's manifest record big, so a small volume fills while a
-    pack's chunks are being added: it is committed, and the next volume holds the whole
-    pack again, its chunks listed in both (with their files where they were added)."""
-    deep = tmp_path / "src"
-    for i in range(12):
-        deep = deep / (f"{i:02d}" + "d" * 240)
-    deep.mkdir(parents=True)
-    rng = random.Random(7)
-    for i in range(60):
-        (deep / f"{i:02d}{'f' * 200}").write_bytes(rng.randbytes(3000))
-    source = tmp_path / "src"
-    pool = setup_catalog(tmp_path, encryption="none", volume_size="1M")
-    run = durafs("backup", source, "--pool", "p", "--json")
-    assert run.code == 0, run.err
+    """The volume that fills while a pack's chunks are being added is committed, and the
+    next volume holds the whole pack again, its chunks listed in both (with their files
+    where they were added). Restore, verify and recover find every chunk."""
+    source, pool = long_paths_split_a_pack(tmp_path)
     volumes = list(data_volumes(pool).values())
     assert len(volumes) >= 2
     first, second = ({c.id for c in v} for v in volumes[:2])
@@ -306,36 +335,42 @@ def raw_frame_byte(entry: ChunkEntry, content_pos: int) -> int:
 
 
 def test_recover_takes_a_sound_copy_in_the_same_volume(tmp_path: Path) -> None:
-    """Packs list again the chunks in them stored before, in the same volume too (the same
-    small file in two batches). Recover keeps a sound later copy of a chunk whose first
-    copy is damaged: one in the same volume as much as one in another."""
+    """A chunk may be listed twice in one volume (two batches packing the same small file
+    at once: each claims it before the other has). Recover keeps a sound later copy of a
+    chunk whose first copy is damaged, one in the same volume as much as one in another.
+    The volume is written again here with a second copy, as such a run leaves it."""
     source = tmp_path / "src"
     rng = random.Random(11)
-    same = rng.randbytes(3000)  # random: raw packs, whose other pieces stay readable
-    for name in ("a", "m", "z"):
-        (source / name).mkdir(parents=True)
+    same = rng.randbytes(3000)  # random: raw frames
+    (source / "a").mkdir(parents=True)
     (source / "a" / "same").write_bytes(same)
-    for i in range(150):  # a few batches between the two copies
-        (source / "m" / f"r{i:03d}").write_bytes(rng.randbytes(3000))
-    (source / "z" / "same").write_bytes(same)
+    for i in range(10):
+        (source / "a" / f"r{i:03d}").write_bytes(rng.randbytes(3000))
     pool = setup_catalog(tmp_path, encryption="none")
     assert durafs("backup", source, "--pool", "p").code == 0
     [(volume, chunks)] = data_volumes(pool).items()
-    listed = [c for c in chunks if c.size == 3000 and c.files
-              and bytes(c.files[0][0]).endswith(b"/same")]
-    assert len(listed) == 1
-    first = listed[0]
-    copies = [c for c in chunks if c.id == first.id and c.offset != first.offset]
-    assert copies and not copies[0].files  # in another pack of the same volume
+    data = volume.read_bytes()
+    reader = VolumeReader(lambda o, n: data[o : o + n], size=len(data))
+    codec = ChunkCodec(reader.header.id_key)
+    out = io.BytesIO()
+    writer = VolumeWriter(out, reader.header)
+    for c in chunks:
+        plain = reader.read_chunk(c.offset, c.length, c.size, c.id, c.frame_pos)
+        writer.add_chunk(codec.encode(plain), c.files)
+    writer.add_chunk(codec.encode(same), [])  # the second copy
+    writer.finish()
+    volume.write_bytes(out.getvalue())
+    copies = [c for c in data_volumes(pool)[volume] if c.id == codec.chunk_id(same)]
+    assert len(copies) == 2 and copies[0].raw
     with open(volume, "r+b") as f:
-        f.seek(raw_frame_byte(first, first.frame_pos + 100))
+        f.seek(raw_frame_byte(copies[0], 100))
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
     shutil.rmtree(Home().path)
     assert durafs("recover", "--path", pool).code == 0
-    out = tmp_path / "out"
-    run = durafs("restore", f"default/latest{source}", out)
+    restored = tmp_path / "out"
+    run = durafs("restore", f"default/latest{source}", restored)
     assert run.code == 0, run.err
-    assert compare_trees(source, out) == []
+    assert compare_trees(source, restored) == []
     assert durafs("verify", "--read-data").code == 0

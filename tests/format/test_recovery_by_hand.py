@@ -29,6 +29,7 @@ from durafs.format.frames import ChunkCodec
 from durafs.format.keys import CatalogKeys
 from durafs.format.writer import VolumeWriter, new_header
 from tests.engine.cli import checkpoint_names, durafs, setup_catalog
+from tests.engine.test_packs import long_paths_split_a_pack
 from tests.support.oddtree import compare_trees as compare_all
 
 FORMAT_MD = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
@@ -258,25 +259,20 @@ def test_recover_a_chain_of_catalog_volumes_by_hand(tmp_path: Path) -> None:
 
 def test_recover_from_manifests_alone_with_a_chunk_listed_twice(tmp_path: Path) -> None:
     """With no catalog volume left, §9.3 restores what the manifests name. A pack lists
-    every chunk in it, those stored before (here: a second file with the same bytes)
-    with `"files":[]`: that line must not hide the file the first one names."""
-    source, work, out = tmp_path / "data" / "src", tmp_path / "work", tmp_path / "out"
-    source.mkdir(parents=True)
-    (source / "a.txt").write_text("the same small text\n" * 30)
-    (source / "b.txt").write_text("the same small text\n" * 30)
-    (source / "c.txt").write_text("another small text\n" * 30)
-    medium = setup_catalog(tmp_path)
-    run = durafs("backup", source, "--pool", "p")
-    assert run.code == 0, run.err
+    every chunk in it; one stored again whole in the next volume (its volume filled while
+    its chunks were added) lists the copies with `"files":[]`: that line must not hide
+    the file the first one names."""
+    source, medium = long_paths_split_a_pack(tmp_path, encryption="key")
+    work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
     assert durafs("key", "export-identity", work / "identity.txt").code == 0
     program = unpack_by_hand(medium, work)
     lines = [__import__("json").loads(line)
              for m in work.glob("*-data-*/durafs/manifest.jsonl")
              for line in m.read_text().splitlines() if '"t":"chunk"' in line]
-    assert any(not rec["files"] for rec in lines)  # the second copy, in the pack
+    assert any(not rec["files"] for rec in lines)  # the copies, in the pack stored again
     named = {os.fsencode(path) for rec in lines for path, _ in rec["files"]}
-    assert len(named) == 2
+    assert len(named) == 60
     for catalog_volume in work.glob("*-catalog-*/"):  # as if no catalog volume survived
         shutil.rmtree(catalog_volume)
     said = recover_by_hand(program, work, out)
@@ -284,6 +280,7 @@ def test_recover_from_manifests_alone_with_a_chunk_listed_twice(tmp_path: Path) 
     for path in named:
         got = Path(os.fsdecode(os.fsencode(out) + path))
         assert got.read_bytes() == Path(os.fsdecode(path)).read_bytes(), path
+    assert source.is_dir()
 
 
 @pytest.mark.parametrize("tool", TOOLS)
