@@ -293,16 +293,20 @@ def test_packs_in_many_volumes_come_back(tmp_path: Path) -> None:
     assert sum(c.frame_pos > 0 for c in listed) > 600
     assert {c.id for c in listed if c.files} == {c.id for c in listed}
     assert sum(len(c.files) for c in listed) == 900
-    out = tmp_path / "out"
-    assert durafs("restore", f"default/latest{source}", out).code == 0
-    assert compare_trees(source, out) == []
-    assert durafs("verify", "--read-data").code == 0
-    shutil.rmtree(Home().path)
-    assert durafs("recover", "--path", pool).code == 0
-    out2 = tmp_path / "out2"
-    assert durafs("restore", f"default/latest{source}", out2).code == 0
-    assert compare_trees(source, out2) == []
-    assert durafs("verify", "--read-data").code == 0
+    restores_verifies_and_recovers(source, pool, tmp_path)
+
+
+def restores_verifies_and_recovers(source: Path, pool: Path, tmp_path: Path) -> None:
+    """The latest checkpoint of *source* restores whole, verifies, and does both again
+    after the index is rebuilt from *pool* (a catalog in mode none)."""
+    for attempt in ("out", "out-recovered"):
+        out = tmp_path / attempt
+        assert durafs("restore", f"default/latest{source}", out).code == 0
+        assert compare_trees(source, out) == []
+        assert durafs("verify", "--read-data").code == 0
+        if attempt == "out":
+            shutil.rmtree(Home().path)
+            assert durafs("recover", "--path", pool).code == 0
 
 
 def test_a_pack_cut_by_a_volume_boundary_is_stored_whole_again(tmp_path: Path) -> None:
@@ -316,15 +320,7 @@ def test_a_pack_cut_by_a_volume_boundary_is_stored_whole_again(tmp_path: Path) -
     assert first & second  # the pack in both
     with_files = [c.id for v in volumes for c in v if c.files]
     assert sorted(with_files) == sorted(set(with_files)) and len(with_files) == 60
-    out = tmp_path / "out"
-    assert durafs("restore", f"default/latest{source}", out).code == 0
-    assert compare_trees(source, out) == []
-    assert durafs("verify", "--read-data").code == 0
-    shutil.rmtree(Home().path)
-    assert durafs("recover", "--path", pool).code == 0
-    out2 = tmp_path / "out2"
-    assert durafs("restore", f"default/latest{source}", out2).code == 0
-    assert compare_trees(source, out2) == []
+    restores_verifies_and_recovers(source, pool, tmp_path)
 
 
 def raw_frame_byte(entry: ChunkEntry, content_pos: int) -> int:
