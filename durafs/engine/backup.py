@@ -621,11 +621,16 @@ class Backup:
         ids = self._chunks.ids
         if cid not in ids and cid not in self.writer.open:
             found = known if known is not None else self._chunks.find(cid)
+            if found is None and not stored.frame and size:
+                # a reference: stored before, perhaps by a backup of another plan into
+                # the pool since this run last asked the index
+                found = self._chunks.find_now(cid)
             if found is not None:
                 ids[cid] = found
             else:
                 if not stored.frame and size:
-                    # KnownChunks saw it in the index; only this run writes the pool
+                    # a reference to a chunk the index had, or an earlier batch stored:
+                    # only a backup writes chunks, none removes them, so never
                     raise CatalogError(f"chunk {cid.hex()[:16]} left the index during the run")
                 ids.update(self.writer.add_chunk(stored, [(unit.entry.path, offset)]))
                 self.stats["chunks_new"] += 1

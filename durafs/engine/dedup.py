@@ -78,6 +78,11 @@ class PoolChunks:
         told already)."""
         if self._absent.pop(cid, False) or self.index_empty():
             return None
+        return self.find_now(cid)
+
+    def find_now(self, cid: bytes) -> int | None:
+        """The row id of *cid* in the pool's index, asked now (no answer kept from before
+        counts: a backup of another plan into the pool may have stored it since)."""
         row = self.catalog.lookup_chunks(self.pool_id, [cid], usable=True).get(cid)
         return None if row is None else row.id
 
