@@ -44,12 +44,8 @@ class KnownChunks:
         written: the caller finds the chunk in the index and only refers to it)."""
         codec = codec_for_thread(self.id_key)
         cid = codec.chunk_id(data)
-        if self.empty:
-            return codec.encode(data, cid)
-        found = self._catalog().lookup_chunks(self.pool_id, [cid], usable=True).get(cid)
-        if found is not None:
-            self._found[cid] = found.id
-            return StoredChunk(cid, len(data), b"", raw=False)
+        if self.known_of([cid]):
+            return StoredChunk.reference(cid, len(data))
         return codec.encode(data, cid)
 
     def known_of(self, cids: list[bytes]) -> set[bytes]:
@@ -63,7 +59,7 @@ class KnownChunks:
         return set(rows)
 
     def found(self, cid: bytes) -> int | None:
-        """The row id `encode` found for *cid*, once (None: not found there, or asked
+        """The row id `encode` or `known_of` found for *cid*, once (None: not found there, or asked
         already)."""
         return self._found.pop(cid, None)
 

@@ -55,7 +55,7 @@ class Packer:
         seen: set[bytes] = set()
         for i, cid in enumerate(ids):
             if cid in elsewhere or cid in seen:
-                out.append(StoredChunk(cid, len(datas[i]), b"", raw=False))
+                out.append(StoredChunk.reference(cid, len(datas[i])))
             else:
                 seen.add(cid)
                 new.append(i)

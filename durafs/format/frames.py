@@ -139,6 +139,11 @@ class StoredChunk:
     pack: Pack | None = None
     fpos: int = 0
 
+    @classmethod
+    def reference(cls, chunk_id: bytes, size: int) -> StoredChunk:
+        """A chunk stored already: no frame (never written, the caller only refers to it)."""
+        return cls(chunk_id, size, b"", raw=False)
+
 
 class ChunkCodec:
     """Turns plaintext chunks into frames and back, and checks ids.

@@ -22,12 +22,10 @@ from durafs.format.header import (
     SEAL_FROM_END,
     SEAL_MEMBER,
     SEAL_SIZE,
-    VOLUME_FORMATS,
     Manifest,
     MemberEntry,
     VolumeHeader,
     check_same_version,
-    check_version,
     loads,
     parse_manifest_lines,
 )
@@ -157,7 +155,6 @@ class VolumeReader:
         if block[2 * tarfmt.BLOCK :] != tarfmt.END_OF_ARCHIVE:
             raise FormatError(f"{self.name}: damaged end-of-archive blocks")
         seal = loads(block[tarfmt.BLOCK : 2 * tarfmt.BLOCK], f"{self.name} seal")
-        check_version(seal, f"{self.name} seal", VOLUME_FORMATS)
         check_same_version(seal, self.header, f"{self.name} seal")
         if seal.get("volume_id") != self.header.volume_id:
             raise FormatError(f"{self.name}: seal belongs to another volume")

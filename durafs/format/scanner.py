@@ -21,13 +21,11 @@ from durafs.format.header import (
     HEADER_MEMBER,
     MANIFEST_MEMBER,
     SEAL_MEMBER,
-    VOLUME_FORMATS,
     ChunkEntry,
     Manifest,
     MemberEntry,
     VolumeHeader,
     check_same_version,
-    check_version,
     loads,
     parse_manifest_lines,
 )
@@ -251,7 +249,6 @@ class _Walker:
         scanned = self.members.get(MANIFEST_MEMBER)
         if self.seal is None or scanned is None:
             raise TruncatedError(f"{self.name}: no manifest or seal (truncated volume)")
-        check_version(self.seal, f"{self.name} seal", VOLUME_FORMATS)
         check_same_version(self.seal, self.reader.header, f"{self.name} seal")
         expected = {
             "volume_id": self.reader.header.volume_id,
